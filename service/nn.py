@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BinaryClassification", "HIDDEN", "DROPOUT"]
+__all__ = ["DROPOUT", "HIDDEN", "BinaryClassification"]
 
 HIDDEN = 64
 DROPOUT = 0.5

@@ -1,0 +1,200 @@
+"""The ``gshap`` command: train, groups, figures, serve, openapi.
+
+Each sub-command is a thin shell around a library function, so that tests and integrators can call the
+same code without a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from service.features import PIMA_SPEC, FeatureSpec
+    from service.pipeline import save_result, set_default
+    from service.train import TrainConfig, train
+
+    if args.spec:
+        spec = FeatureSpec.from_dict(json.loads(Path(args.spec).read_text()))
+    elif args.data and args.target:
+        import pandas as pd
+
+        cols = [c for c in pd.read_csv(args.data, nrows=0).columns if c != args.target]
+        spec = FeatureSpec.from_columns(cols, args.target, missing_zero=args.missing_zero or ())
+    else:
+        spec = PIMA_SPEC
+    defaults = TrainConfig()
+    config = TrainConfig(
+        seed=args.seed,
+        max_epochs=args.epochs or defaults.max_epochs,
+        learning_rate=args.lr or defaults.learning_rate,
+        patience=args.patience or defaults.patience,
+        n_baselines=args.baselines or defaults.n_baselines,
+    )
+    t0 = time.perf_counter()
+    bar = tqdm(total=config.max_epochs, desc="epochs", unit="epoch", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(row: dict[str, float]) -> None:
+        bar.update(1)
+        bar.set_postfix(train_loss=f"{row['train_loss']:.4f}", val_loss=f"{row['val_loss']:.4f}")
+
+    def stage(msg: str) -> None:
+        bar.write(f"· {msg}", file=sys.stderr)
+
+    result = train(args.data, spec, config, progress=progress, stage=stage)
+    bar.close()
+    stage("explaining the evaluation set and summarising the outcome groups")
+    folder = save_result(result, Path(args.out), args.name, args.version)
+    if args.set_default:
+        set_default(Path(args.out), args.name, args.version)
+    print(_summary_table(result.metrics, result.best_epoch, len(result.history)))
+    print(f"bundle written to {folder} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _summary_table(metrics: dict[str, Any], best_epoch: int, epochs: int) -> str:
+    rows = ["accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1", "brier"]
+    m, lr = metrics["mlp"], metrics["logistic_regression"]
+
+    def cell(d: dict[str, float]) -> str:
+        return f"{d['value']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+
+    lines = [
+        f"{metrics['evaluation_set']}; 95% bootstrap intervals; best epoch {best_epoch} of {epochs} run",
+        f"{'metric':<12} {'MLP':<24} {'logistic regression':<24}",
+    ]
+    lines += [f"{r:<12} {cell(m[r]):<24} {cell(lr[r]):<24}" for r in rows]
+    cv = metrics["cross_validation"]
+    lines.append(
+        f"{'cv roc_auc':<12} {cv['mlp_roc_auc']['mean']:.3f} ± {cv['mlp_roc_auc']['std']:.3f}{'':<11}"
+        f"{cv['logistic_roc_auc']['mean']:.3f} ± {cv['logistic_roc_auc']['std']:.3f}  ({cv['folds']}-fold)"
+    )
+    lines.append(f"{'threshold':<12} {m['threshold']:<24.4f} {lr['threshold']:<24.4f}")
+    c, cl = m["confusion_matrix"], lr["confusion_matrix"]
+    lines.append(f"{'confusion':<12} {_cm(c):<24} {_cm(cl):<24}")
+    return "\n".join(lines)
+
+
+def _cm(c: dict[str, int]) -> str:
+    return f"TN {c['tn']} FP {c['fp']} FN {c['fn']} TP {c['tp']}"
+
+
+def _groups(args: argparse.Namespace) -> int:
+    from service.model_store import load_bundle, write_groups
+    from service.pipeline import compute_groups
+
+    bundle = load_bundle(args.model)
+    write_groups(bundle.path, compute_groups(bundle))
+    print(f"group summaries rewritten in {bundle.path / 'groups.json'}")
+    return 0
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from service.figures import write_figures
+
+    for path in write_figures(args.model, Path(args.out), record=args.record):
+        print(path)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.config import Settings
+    from service.main import serve
+
+    overrides = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "workers": args.workers,
+            "model_path": args.model,
+        }.items()
+        if v is not None
+    }
+    return serve(Settings(**overrides))
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    from service.main import openapi_yaml
+
+    text = openapi_yaml()
+    out = Path(args.out)
+    if args.check:
+        if not out.is_file() or out.read_text() != text:
+            print(f"{out} differs from the spec the app serves; run: gshap openapi", file=sys.stderr)
+            return 1
+        print(f"{out} matches the served spec")
+        return 0
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gshap", description="GradientSHAP explanation service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model and write its bundle")
+    p.add_argument("--data", default=None, help="CSV with a header row (default: the shipped Pima data)")
+    p.add_argument("--out", default="model_store", help="store folder; the bundle goes to OUT/NAME/VERSION")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--name", default="pima-diabetes")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--spec", default=None, help="feature specification JSON (FeatureSpec.to_dict format)")
+    p.add_argument("--target", default=None, help="target column, for a CSV without a --spec")
+    p.add_argument("--missing-zero", nargs="*", default=None, help="columns whose 0 means not measured")
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
+    p.add_argument("--baselines", type=int, default=None, help="size of the baseline distribution")
+    p.add_argument("--set-default", action="store_true", help="point OUT/DEFAULT at the new bundle")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("groups", help="recompute the outcome-group summaries of an existing bundle")
+    p.add_argument("--model", default=None, help="bundle folder or store (default: the served default)")
+    p.set_defaults(func=_groups)
+
+    p = sub.add_parser("figures", help="write PNG and SVG figures for a bundle")
+    p.add_argument("--model", default=None, help="bundle folder or store (default: the served default)")
+    p.add_argument("--out", default="docs/figures")
+    p.add_argument("--record", type=int, default=0, help="evaluation-set index of the waterfall's record")
+    p.set_defaults(func=_figures)
+
+    p = sub.add_parser("serve", help="serve the REST API with uvicorn")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--model", default=None, help="bundle folder or store (default: the served default)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("openapi", help="write (or --check) openapi.yaml from the app")
+    p.add_argument("--out", default="openapi.yaml")
+    p.add_argument("--check", action="store_true")
+    p.set_defaults(func=_openapi)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from service.model_store import BundleError
+
+    try:
+        code = int(args.func(args))
+    except BundleError as exc:
+        print(f"gshap: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,250 @@
+"""The model bundle: a versioned folder the service loads, verified file by file.
+
+Layout of ``model_store/<name>/<version>/``::
+
+    manifest.json          format version, feature specification, preprocessing, threshold, metrics,
+                           training configuration, data sha256, library versions, creation time
+    weights.safetensors    the MLP's state dict (safetensors: tensors only, nothing that executes)
+    baselines.safetensors  the GradientSHAP baseline distribution, model space: points (K, F), weights (K,)
+    evaluation.safetensors the evaluation set: raw values (N, F) in original units with NaN = not measured,
+                           labels (N,), CSV row numbers (N,)
+    groups.json            outcome-group summaries of the evaluation set (written by ``gshap train``/``groups``)
+    SHA256SUMS             sha256 of every file above, checked on load
+
+``model_store/DEFAULT`` names the bundle served by default (``<name>/<version>``). No web framework here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file as load_torch
+from safetensors.torch import save_file as save_torch
+
+from service.features import FeatureSpec
+from service.nn import BinaryClassification
+from service.preprocess import Preprocessor
+
+__all__ = [
+    "DEFAULT_STORE",
+    "FORMAT_VERSION",
+    "Bundle",
+    "BundleError",
+    "default_bundle_path",
+    "load_bundle",
+    "write_bundle",
+    "write_groups",
+]
+
+FORMAT_VERSION = 1
+DEFAULT_STORE = Path(__file__).resolve().parent.parent / "model_store"
+CHECKSUMS = "SHA256SUMS"
+REQUIRED = ("manifest.json", "weights.safetensors", "baselines.safetensors", "evaluation.safetensors")
+
+
+class BundleError(Exception):
+    """A bundle that cannot be served: missing, tampered, truncated or of an unknown format. One-line message."""
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle. ``model`` is in eval mode and takes model-space ``(N, F)`` float32 inputs."""
+
+    path: Path
+    name: str
+    version: str
+    manifest: dict[str, Any]
+    model: BinaryClassification
+    spec: FeatureSpec
+    preprocessor: Preprocessor
+    baselines: torch.Tensor
+    baseline_weights: torch.Tensor
+    threshold: float
+    metrics: dict[str, Any]
+    eval_raw: np.ndarray
+    eval_y: np.ndarray
+    eval_rows: np.ndarray
+    groups: dict[str, Any] | None = field(default=None)
+
+    @property
+    def eval_x(self) -> torch.Tensor:
+        """The evaluation set in model space, ``(N, F)`` float32."""
+        return self.to_model_space(self.eval_raw)
+
+    def to_model_space(self, raw: np.ndarray | Sequence[Mapping[str, float | None]]) -> torch.Tensor:
+        """Raw records → ``(N, F)`` float32 model-space tensor.
+
+        ``raw`` is either an ``(N, F)`` array in original units (NaN = not measured) or a list of records
+        keyed by feature name, where ``None`` (or 0 for a feature whose zero means "not measured") is missing.
+        """
+        arr = raw if isinstance(raw, np.ndarray) else self.records_to_array(raw)
+        return torch.as_tensor(self.preprocessor.transform(arr), dtype=torch.float32)
+
+    def records_to_array(self, records: Sequence[Mapping[str, float | None]]) -> np.ndarray:
+        """Records keyed by feature name → ``(N, F)`` float64 in original units with NaN for missing."""
+        out = np.empty((len(records), len(self.spec)), dtype=np.float64)
+        for j, feat in enumerate(self.spec):
+            for i, rec in enumerate(records):
+                v = rec.get(feat.name)
+                missing = v is None or (feat.zero_means_missing and v == 0)
+                if missing and not feat.may_be_missing:
+                    raise ValueError(f"feature {feat.name!r} is required")
+                out[i, j] = np.nan if missing else float(v)  # type: ignore[arg-type]
+        return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+def _write_checksums(folder: Path) -> None:
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
+    lines = [f"{_sha256(folder / n)}  {n}\n" for n in names]
+    (folder / CHECKSUMS).write_text("".join(lines))
+
+
+def write_bundle(
+    folder: Path,
+    *,
+    model: torch.nn.Module,
+    manifest: dict[str, Any],
+    baselines: np.ndarray,
+    baseline_weights: np.ndarray,
+    eval_raw: np.ndarray,
+    eval_y: np.ndarray,
+    eval_rows: np.ndarray,
+    groups: dict[str, Any] | None = None,
+) -> Path:
+    """Write a bundle folder (created if needed) and its checksums; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_torch(state, str(folder / "weights.safetensors"), metadata={"format": "pt"})
+    save_numpy(
+        {
+            "points": np.ascontiguousarray(baselines, dtype=np.float64),
+            "weights": np.ascontiguousarray(baseline_weights, dtype=np.float64),
+        },
+        str(folder / "baselines.safetensors"),
+    )
+    save_numpy(
+        {
+            "raw": np.ascontiguousarray(eval_raw, dtype=np.float64),
+            "y": np.ascontiguousarray(eval_y, dtype=np.int64),
+            "rows": np.ascontiguousarray(eval_rows, dtype=np.int64),
+        },
+        str(folder / "evaluation.safetensors"),
+    )
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        **manifest,
+        "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+    }
+    (folder / "manifest.json").write_bytes(_json_bytes(manifest))
+    if groups is not None:
+        (folder / "groups.json").write_bytes(_json_bytes(groups))
+    _write_checksums(folder)
+    return folder
+
+
+def write_groups(folder: Path, groups: dict[str, Any]) -> None:
+    """Replace a bundle's group summaries and refresh its checksums (the bundle must verify first)."""
+    _verify(folder)
+    (folder / "groups.json").write_bytes(_json_bytes(groups))
+    _write_checksums(folder)
+
+
+def default_bundle_path(store: Path = DEFAULT_STORE) -> Path:
+    """The folder named by ``<store>/DEFAULT``."""
+    pointer = store / "DEFAULT"
+    if not pointer.is_file():
+        raise BundleError(f"no default model: {pointer} does not exist")
+    return store / pointer.read_text().strip()
+
+
+def _verify(folder: Path) -> None:
+    if not folder.is_dir():
+        raise BundleError(f"model bundle {folder} does not exist")
+    sums = folder / CHECKSUMS
+    if not sums.is_file():
+        raise BundleError(f"model bundle {folder}: {CHECKSUMS} is missing")
+    listed: dict[str, str] = {}
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        if not name or len(digest) != 64:
+            raise BundleError(f"model bundle {folder}: {CHECKSUMS} is malformed")
+        listed[name] = digest
+    for name in REQUIRED:
+        if name not in listed:
+            raise BundleError(f"model bundle {folder}: {name} is not listed in {CHECKSUMS}")
+    for name, digest in listed.items():
+        p = folder / name
+        if not p.is_file():
+            raise BundleError(f"model bundle {folder}: {name} is missing")
+        if _sha256(p) != digest:
+            raise BundleError(f"model bundle {folder}: checksum mismatch for {name} (tampered or truncated)")
+
+
+def load_bundle(path: str | Path | None = None) -> Bundle:
+    """Load and verify a bundle: ``path`` is a bundle folder, a store with a DEFAULT pointer, or None (default).
+
+    Raises :class:`BundleError` with a one-line reason naming the file at fault.
+    """
+    folder = Path(path) if path is not None else default_bundle_path()
+    if (folder / "DEFAULT").is_file():
+        folder = default_bundle_path(folder)
+    _verify(folder)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"model bundle {folder}: manifest.json is not valid JSON ({exc})") from exc
+    fmt = manifest.get("format_version")
+    if fmt != FORMAT_VERSION:
+        raise BundleError(
+            f"model bundle {folder}: manifest.json has format_version {fmt!r}; this service reads {FORMAT_VERSION}"
+        )
+    try:
+        spec = FeatureSpec.from_dict(manifest["features"])
+        pre = Preprocessor.from_dict(manifest["preprocessing"])
+        model = BinaryClassification(len(spec))
+        model.load_state_dict(load_torch(str(folder / "weights.safetensors")))
+        model.eval()
+        base = load_numpy(str(folder / "baselines.safetensors"))
+        ev = load_numpy(str(folder / "evaluation.safetensors"))
+        groups = None
+        if (folder / "groups.json").is_file():
+            groups = json.loads((folder / "groups.json").read_text())
+    except BundleError:
+        raise
+    except Exception as exc:  # any decoding problem is a bundle that cannot be served
+        raise BundleError(f"model bundle {folder}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    return Bundle(
+        path=folder,
+        name=str(manifest["name"]),
+        version=str(manifest["version"]),
+        manifest=manifest,
+        model=model,
+        spec=spec,
+        preprocessor=pre,
+        baselines=torch.as_tensor(base["points"]),
+        baseline_weights=torch.as_tensor(base["weights"]),
+        threshold=float(manifest["threshold"]),
+        metrics=manifest["metrics"],
+        eval_raw=ev["raw"],
+        eval_y=ev["y"],
+        eval_rows=ev["rows"],
+        groups=groups,
+    )

@@ -1,0 +1,281 @@
+"""Training: data → split → preprocessing → the seed MLP with early stopping → evaluation → bundle.
+
+No web framework here. Determinism: every random draw comes from the seed (split, initial weights, batch
+order, dropout masks, bootstrap), training runs on one thread with deterministic algorithms, so the same seed
+on the same machine gives byte-identical weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, train_test_split
+from torch import nn
+
+from service.data import Dataset, Split, load_dataset, stratified_split
+from service.features import PIMA_SPEC, FeatureSpec
+from service.metrics import classification_metrics, youden_threshold
+from service.nn import DROPOUT, HIDDEN, BinaryClassification
+from service.preprocess import Preprocessor
+
+__all__ = ["TrainConfig", "TrainResult", "fit_mlp", "train"]
+
+Progress = Callable[[dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the trained weights; stored in the manifest."""
+
+    seed: int = 42
+    max_epochs: int = 300
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 20
+    test_fraction: float = 0.2
+    validation_fraction: float = 0.2
+    cv_folds: int = 5
+    n_baselines: int = 64
+    n_bootstrap: int = 2000
+
+
+@dataclass
+class TrainResult:
+    model: BinaryClassification
+    preprocessor: Preprocessor
+    split: Split
+    threshold: float
+    metrics: dict[str, Any]
+    baselines: np.ndarray
+    baseline_weights: np.ndarray
+    history: list[dict[str, float]]
+    best_epoch: int
+    config: TrainConfig
+    dataset: Dataset
+
+
+@contextmanager
+def _deterministic() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(was)
+
+
+def _logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    model.eval()
+    with torch.inference_mode():
+        out: np.ndarray = model(torch.as_tensor(x, dtype=torch.float32)).squeeze(1).double().numpy()
+    return out
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-z))
+    return out
+
+
+def fit_mlp(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    config: TrainConfig,
+    seed: int,
+    progress: Progress | None = None,
+) -> tuple[BinaryClassification, list[dict[str, float]], int]:
+    """Train the seed MLP on model-space ``(N, F)`` arrays; early stopping on validation loss.
+
+    The class imbalance is handled with ``pos_weight = negatives / positives`` of the training split. The
+    weights of the epoch with the lowest validation loss are restored before returning (the seed's notebook
+    saved them but kept using the last epoch's).
+    """
+    with _deterministic():
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        model = BinaryClassification(x_train.shape[1])
+        pos = float(y_train.sum())
+        pos_weight = torch.tensor([(len(y_train) - pos) / max(pos, 1.0)])
+        loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        xt = torch.as_tensor(x_train, dtype=torch.float32)
+        yt = torch.as_tensor(y_train, dtype=torch.float32).unsqueeze(1)
+        xv = torch.as_tensor(x_val, dtype=torch.float32)
+        yv = torch.as_tensor(y_val, dtype=torch.float32).unsqueeze(1)
+        best_loss, best_epoch, best_state = float("inf"), 0, copy.deepcopy(model.state_dict())
+        history: list[dict[str, float]] = []
+        n = len(xt)
+        for epoch in range(1, config.max_epochs + 1):
+            model.train()
+            order = torch.randperm(n, generator=gen)
+            total = 0.0
+            for start in range(0, n, config.batch_size):
+                idx = order[start : start + config.batch_size]
+                if len(idx) < 2:  # BatchNorm cannot train on a batch of one
+                    continue
+                opt.zero_grad()
+                loss = loss_fn(model(xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            model.eval()
+            with torch.inference_mode():
+                val_loss = float(loss_fn(model(xv), yv))
+            row = {"epoch": float(epoch), "train_loss": total / n, "val_loss": val_loss}
+            history.append(row)
+            if progress:
+                progress(row)
+            if val_loss < best_loss - 1e-6:
+                best_loss, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
+            elif epoch - best_epoch >= config.patience:
+                break
+        model.load_state_dict(best_state)
+        model.eval()
+    return model, history, best_epoch
+
+
+def _logistic(x: np.ndarray, y: np.ndarray) -> LogisticRegression:
+    return LogisticRegression(class_weight="balanced", max_iter=5000).fit(x, y)
+
+
+def _cross_validated_auc(ds: Dataset, dev: np.ndarray, config: TrainConfig) -> dict[str, Any]:
+    """Stratified k-fold AUC of the MLP and the logistic baseline over the development rows (train+validation).
+
+    Each fold refits the preprocessing on its own training part; the MLP's early stopping uses a stratified
+    20 % of that training part. The test split is never touched.
+    """
+    skf = StratifiedKFold(n_splits=config.cv_folds, shuffle=True, random_state=config.seed)
+    mlp_aucs, lr_aucs = [], []
+    for k, (tr, te) in enumerate(skf.split(dev, ds.y[dev])):
+        tr_idx, te_idx = dev[tr], dev[te]
+        fit_idx, stop_idx = train_test_split(
+            tr_idx, test_size=0.2, stratify=ds.y[tr_idx], random_state=config.seed + 100 + k
+        )
+        pre = Preprocessor.fit(ds.x[fit_idx])
+        model, _, _ = fit_mlp(
+            pre.transform(ds.x[fit_idx]),
+            ds.y[fit_idx],
+            pre.transform(ds.x[stop_idx]),
+            ds.y[stop_idx],
+            config,
+            seed=config.seed + 1000 + k,
+        )
+        mlp_aucs.append(float(roc_auc_score(ds.y[te_idx], _logits(model, pre.transform(ds.x[te_idx])))))
+        pre_lr = Preprocessor.fit(ds.x[tr_idx])
+        lr = _logistic(pre_lr.transform(ds.x[tr_idx]), ds.y[tr_idx])
+        lr_aucs.append(float(roc_auc_score(ds.y[te_idx], lr.decision_function(pre_lr.transform(ds.x[te_idx])))))
+
+    def summary(a: list[float]) -> dict[str, Any]:
+        return {
+            "mean": round(float(np.mean(a)), 6),
+            "std": round(float(np.std(a, ddof=1)), 6),
+            "folds": [round(v, 6) for v in a],
+        }
+
+    return {
+        "folds": config.cv_folds,
+        "rows": len(dev),
+        "description": "stratified k-fold over the training+validation rows; test split untouched",
+        "mlp_roc_auc": summary(mlp_aucs),
+        "logistic_roc_auc": summary(lr_aucs),
+    }
+
+
+def train(
+    data: str | Path | None = None,
+    spec: FeatureSpec = PIMA_SPEC,
+    config: TrainConfig | None = None,
+    progress: Progress | None = None,
+    stage: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Run the whole pipeline and return everything the bundle stores."""
+    from service.baselines import summarize_baselines  # the engine's choice of baseline distribution
+
+    config = config or TrainConfig()
+    say = stage or (lambda _msg: None)
+    ds = load_dataset(data, spec) if data is not None else load_dataset(spec=spec)
+    split = stratified_split(ds.y, config.seed, config.test_fraction, config.validation_fraction)
+    pre = Preprocessor.fit(ds.x[split.train])
+    xtr, xva, xte = (pre.transform(ds.x[i]) for i in (split.train, split.validation, split.test))
+    ytr, yva, yte = (ds.y[i] for i in (split.train, split.validation, split.test))
+
+    say(f"training the MLP on {len(ytr)} records (validation {len(yva)}, test {len(yte)})")
+    model, history, best_epoch = fit_mlp(xtr, ytr, xva, yva, config, seed=config.seed, progress=progress)
+    threshold = youden_threshold(yva, _sigmoid(_logits(model, xva)))
+
+    say("fitting the logistic-regression baseline")
+    lr = _logistic(xtr, ytr)
+    lr_threshold = youden_threshold(yva, lr.predict_proba(xva)[:, 1])
+
+    say(f"evaluating on the test split with {config.n_bootstrap} bootstrap resamples")
+    p_test = _sigmoid(_logits(model, xte))
+    metrics: dict[str, Any] = {
+        "evaluation_set": f"test split, {len(yte)} records",
+        "threshold_rule": "Youden's J (sensitivity + specificity - 1) maximised on the validation split",
+        "mlp": classification_metrics(yte, p_test, threshold, n_boot=config.n_bootstrap, seed=config.seed),
+        "logistic_regression": classification_metrics(
+            yte, lr.predict_proba(xte)[:, 1], lr_threshold, n_boot=config.n_bootstrap, seed=config.seed
+        ),
+        "validation_loss_best": round(min(h["val_loss"] for h in history), 6),
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+    }
+    say(f"{config.cv_folds}-fold cross-validation of both models")
+    metrics["cross_validation"] = _cross_validated_auc(ds, np.concatenate([split.train, split.validation]), config)
+
+    say(f"summarising the training split into {config.n_baselines} weighted baselines")
+    baselines, weights = summarize_baselines(xtr, k=config.n_baselines, seed=config.seed)
+    return TrainResult(
+        model=model,
+        preprocessor=pre,
+        split=split,
+        threshold=threshold,
+        metrics=metrics,
+        baselines=np.asarray(baselines, dtype=np.float64),
+        baseline_weights=np.asarray(weights, dtype=np.float64),
+        history=history,
+        best_epoch=best_epoch,
+        config=config,
+        dataset=ds,
+    )
+
+
+def describe_environment() -> dict[str, str]:
+    import captum
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "captum": captum.__version__,
+    }
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    return {
+        **asdict(config),
+        "architecture": {
+            "hidden": HIDDEN,
+            "dropout": DROPOUT,
+            "layers": "Linear-ReLU-BatchNorm1d-Linear-ReLU-BatchNorm1d-Dropout-Linear",
+        },
+        "optimizer": "Adam",
+        "loss": "BCEWithLogitsLoss(pos_weight=negatives/positives of the training split)",
+    }
