@@ -1,0 +1,40 @@
+"""Figures: every picture is written as PNG and SVG, from the bundle's own numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+
+from service.figures import write_figures
+
+
+def test_all_figures_written(tmp_path: Path) -> None:
+    """Confusion matrix, four groups, the panel, global influence and a waterfall, each as PNG and SVG."""
+    paths = write_figures(None, tmp_path, record=3)
+    stems = {p.stem for p in paths}
+    assert stems == {"confusion_matrix", "group_TP", "group_TN", "group_FP", "group_FN", "groups_panel",
+                     "global_influence", "waterfall_record_3"}
+    assert len(paths) == 2 * len(stems)
+    for p in paths:
+        assert p.stat().st_size > 5_000, p
+    img = mpimg.imread(tmp_path / "groups_panel.png")
+    assert img.shape[0] > 500
+    assert img.shape[1] > 800
+    assert (img[..., :3].std(axis=(0, 1)) > 0.05).all()  # not a blank canvas
+
+
+def test_svg_is_reproducible(tmp_path: Path) -> None:
+    """Two runs give byte-identical SVGs (no timestamps), so committed figures only change with the model."""
+    a = write_figures(None, tmp_path / "a")
+    b = write_figures(None, tmp_path / "b")
+    for pa, pb in zip(a, b, strict=True):
+        if pa.suffix == ".svg":
+            assert pa.read_bytes() == pb.read_bytes(), pa.name
+
+
+def test_record_out_of_range_is_refused(tmp_path: Path) -> None:
+    """A waterfall record index outside the evaluation set is a clear error."""
+    with pytest.raises(ValueError, match="--record"):
+        write_figures(None, tmp_path, record=10_000)
