@@ -1,0 +1,797 @@
+"""The GradientSHAP engine: exact, sampled, quadrature and Captum estimators of one estimand.
+
+Estimand (Captum's GradientShap, ``shap.GradientExplainer``'s "expected gradients")::
+
+    φ(x) = E_{b ~ baselines, weighted} E_{α ~ U(0,1)} E_ε [ (x + ε − b) ⊙ ∇f(b + α (x + ε − b)) ],   ε ~ N(0, stdevs² I)
+
+with ``f`` the model's logit (``output="logit"``) or ``sigmoid(logit)`` (``output="probability"``). Without noise
+the attributions add up to ``f(x) − E_b f(b)`` (completeness) when the expectation over α is computed exactly.
+
+Estimators (``method``):
+
+- ``"exact"`` (default): the model in eval mode is piecewise linear in its input (Linear, ReLU, BatchNorm1d and
+  Dropout folded into affine maps), so along each straight path ``b → x`` the gradient is constant between the
+  points where a hidden unit changes sign and the α-integral is a finite sum. :func:`path_integrals_fast` does it
+  for two hidden layers without enumerating pieces (dense prefix sums, fully vectorised);
+  :func:`path_integrals_by_pieces` enumerates every linear piece (any depth; also the probability output).
+  Completeness gap ~1e-15 in float64. Raises ``ValueError`` for models it cannot fold.
+- ``"sampled"``: Captum's Monte-Carlo estimator (one weighted random baseline, one α and one noise draw per
+  sample), with draws made from ``seed`` alone and shared by every record.
+- ``"quadrature"``: Gauss–Legendre nodes in α for every baseline, autograd gradients; any differentiable model.
+- ``"captum"``: ``captum.attr.GradientShap`` itself (the reference), seeded under a lock, record by record.
+
+Reproducibility: a record's numbers depend only on (record, settings, seed), never on its neighbours or its
+position in the batch. The exact estimator only uses element-wise arithmetic, sorts, sequential prefix sums and
+reductions of fixed length across records; the other estimators run record by record with identically shaped
+tensors. Memory: records are processed in chunks (see :class:`GradientShapEngine`), so peak memory does not
+grow with the batch size.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, cast, get_args
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from service.nn import BinaryClassification
+
+__all__ = [
+    "DEFAULT_N_SAMPLES",
+    "MAX_N_SAMPLES",
+    "Explanation",
+    "GradientShapEngine",
+    "Method",
+    "Output",
+    "PiecewiseLinearNet",
+    "fold_piecewise_linear",
+    "path_integrals_by_pieces",
+    "path_integrals_fast",
+]
+
+Method = Literal["exact", "sampled", "quadrature", "captum"]
+Output = Literal["logit", "probability"]
+METHODS: tuple[str, ...] = get_args(Method)
+OUTPUTS: tuple[str, ...] = get_args(Output)
+
+MAX_N_SAMPLES = 2000
+"""Upper bound on ``n_samples`` (samples, quadrature nodes or noise draws) accepted by :meth:`explain`."""
+
+DEFAULT_N_SAMPLES: dict[str, int] = {"exact": 50, "sampled": 200, "quadrature": 64, "captum": 200}
+"""``n_samples`` used when it is ``None``. For ``exact`` it is the number of noise draws and only used when
+``stdevs > 0`` (without noise exact uses no samples and reports ``n_samples = 0``)."""
+
+_CAPTUM_LOCK = threading.Lock()  # Captum draws from the global RNGs: seed-and-call must be atomic
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model as a composition of affine maps and ReLUs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PiecewiseLinearNet:
+    """``f(z) = A_L ∘ relu ∘ A_{L-1} ∘ … ∘ relu ∘ A_0 (z)``: affine maps ``A_l(h) = W_l h + c_l`` in float64.
+
+    ``weights[l]`` is ``(H_{l+1}, H_l)`` with ``H_0 = F`` and ``H_{L+1} = 1``; ``biases[l]`` is ``(H_{l+1},)``.
+    ``L = len(weights) - 1`` is the number of hidden (ReLU) layers. Built by :func:`fold_piecewise_linear`.
+    """
+
+    weights: tuple[Tensor, ...]
+    biases: tuple[Tensor, ...]
+
+    @property
+    def depth(self) -> int:
+        """Number of hidden ReLU layers."""
+        return len(self.weights) - 1
+
+    @property
+    def n_features(self) -> int:
+        return int(self.weights[0].shape[1])
+
+    def pre_activations(self, z: Tensor, layer: int) -> Tensor:
+        """``(R, F) -> (R, H_{layer+1})``: the input of the ``layer``-th ReLU (``layer = L``: the logit, ``(R, 1)``)."""
+        h = z
+        for i in range(layer + 1):
+            if i:
+                h = torch.relu(h)
+            h = h @ self.weights[i].T + self.biases[i]
+        return h
+
+    def logit(self, z: Tensor) -> Tensor:
+        """``(R, F) -> (R,)`` logits, by BLAS matrix products (row values may differ in the last bit by batch)."""
+        return self.pre_activations(z, self.depth)[:, 0]
+
+    def logit_rowwise(self, z: Tensor) -> Tensor:
+        """``(R, F) -> (R,)`` logits by element-wise products and fixed-length sums: a row's value is bitwise the
+        same in any batch (no BLAS, whose blocking depends on the batch size). Memory ``R·max(H)²``."""
+        h = z
+        for i, (w, c) in enumerate(zip(self.weights, self.biases, strict=True)):
+            if i:
+                h = torch.relu(h)
+            h = (h[:, None, :] * w[None]).sum(-1) + c
+        return h[:, 0]
+
+    def logit_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``(R, F) -> ((R,), (R, F))``: logit and its input gradient (masks times weights, no autograd)."""
+        masks = []
+        h = z
+        for i in range(self.depth):
+            pre = h @ self.weights[i].T + self.biases[i]
+            masks.append((pre > 0).to(z.dtype))
+            h = pre * masks[-1]
+        out = (h @ self.weights[-1].T + self.biases[-1])[:, 0]
+        g = self.weights[-1].expand(z.shape[0], -1)
+        for i in range(self.depth - 1, -1, -1):
+            g = (g * masks[i]) @ self.weights[i]
+        return out, g
+
+
+def _bn_affine(bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
+    """Eval-mode BatchNorm1d as ``y = s ⊙ x + t`` (float64)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(
+            "BatchNorm1d without running statistics (track_running_stats=False) normalises each batch by its "
+            "own statistics: the model is not a per-record function and cannot be folded"
+        )
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    s = 1.0 / torch.sqrt(var + bn.eps)
+    t = -mean * s
+    if bn.weight is not None:
+        s = s * bn.weight.detach().double()
+        t = t * bn.weight.detach().double()
+    if bn.bias is not None:
+        t = t + bn.bias.detach().double()
+    return s, t
+
+
+def _flatten_modules(model: nn.Module) -> list[nn.Module]:
+    if type(model) is BinaryClassification or (
+        isinstance(model, BinaryClassification) and type(model).forward is BinaryClassification.forward
+    ):
+        m = model
+        return [m.layer_1, m.relu, m.batchnorm1, m.layer_2, m.relu, m.batchnorm2, m.dropout, m.layer_out]
+    if type(model) is nn.Sequential:
+        out: list[nn.Module] = []
+        for child in model:
+            out.extend(_flatten_modules(child) if type(child) is nn.Sequential else [child])
+        return out
+    if isinstance(model, nn.Linear | nn.ReLU | nn.BatchNorm1d | nn.Dropout | nn.Identity):
+        return [model]
+    raise ValueError(
+        f"the exact estimator needs a ReLU MLP it can fold (service.nn.BinaryClassification or an nn.Sequential of "
+        f"Linear/ReLU/BatchNorm1d/Dropout); got {type(model).__name__}. Use method='quadrature' or 'sampled'."
+    )
+
+
+def fold_piecewise_linear(model: nn.Module) -> PiecewiseLinearNet:
+    """Fold an eval-mode ReLU MLP into affine maps and ReLUs (BatchNorm and Dropout are affine in eval mode).
+
+    Accepts :class:`service.nn.BinaryClassification` (with its own ``forward``) and ``nn.Sequential`` of
+    ``Linear``, ``ReLU``, ``BatchNorm1d`` (with running statistics), ``Dropout`` and ``Identity``, ending in one
+    output. Raises ``ValueError`` naming the obstacle for anything else (e.g. ``Tanh``): such models are not
+    piecewise linear, or not in a form this function can prove to be.
+    """
+    mods = _flatten_modules(model)
+    width: int | None = None
+    w: Tensor | None = None  # current affine map since the last ReLU (None = identity)
+    c: Tensor | None = None
+    weights: list[Tensor] = []
+    biases: list[Tensor] = []
+
+    def close() -> None:
+        nonlocal w, c
+        assert width is not None
+        weights.append(w if w is not None else torch.eye(width, dtype=torch.float64))
+        biases.append(c if c is not None else torch.zeros(width, dtype=torch.float64))
+        w, c = None, None
+
+    for mod in mods:
+        if isinstance(mod, nn.Linear):
+            if width is not None and mod.in_features != width:
+                raise ValueError(f"Linear expects {mod.in_features} inputs after a layer of width {width}")
+            width = width if width is not None else mod.in_features
+            lw = mod.weight.detach().double()
+            lb = mod.bias.detach().double() if mod.bias is not None else torch.zeros(mod.out_features).double()
+            w = lw if w is None else lw @ w
+            c = lb if c is None else lw @ c + lb
+            width = mod.out_features
+        elif isinstance(mod, nn.BatchNorm1d):
+            if width is None or mod.num_features != width:
+                raise ValueError(f"BatchNorm1d({mod.num_features}) does not follow a layer of that width")
+            s, t = _bn_affine(mod)
+            w = torch.diag(s) if w is None else s[:, None] * w
+            c = t if c is None else s * c + t
+        elif isinstance(mod, nn.ReLU):
+            if width is None:
+                raise ValueError("a ReLU before the first Linear layer is not supported")
+            close()
+        elif isinstance(mod, nn.Dropout | nn.Identity):
+            continue  # identity in eval mode
+        else:
+            raise ValueError(
+                f"{type(mod).__name__} is not piecewise linear (or not supported by the exact estimator); "
+                "use method='quadrature' or 'sampled'"
+            )
+    if width is None:
+        raise ValueError("the model has no Linear layer")
+    close()
+    if weights[-1].shape[0] != 1:
+        raise ValueError(f"the model must return one logit per row, this one returns {weights[-1].shape[0]}")
+    return PiecewiseLinearNet(tuple(x.contiguous() for x in weights), tuple(x.contiguous() for x in biases))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exact path integrals
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _sigmoid_secant(a: Tensor, b: Tensor) -> Tensor:
+    """``(σ(b) − σ(a)) / (b − a)`` element-wise, ``σ'(a)`` where ``a == b``; no cancellation or overflow.
+
+    Uses ``σ(hi) − σ(lo) = σ(hi) σ(−lo) (1 − e^{−(hi−lo)})`` with ``lo ≤ hi`` (the secant is symmetric).
+    """
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+    delta = hi - lo
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    ratio = torch.where(delta > 0, -torch.expm1(-delta) / safe, torch.ones_like(delta))
+    return torch.sigmoid(-lo) * torch.sigmoid(hi) * ratio
+
+
+def path_integrals_by_pieces(
+    net: PiecewiseLinearNet, x: Tensor, baselines: Tensor, output: Output = "logit"
+) -> tuple[Tensor, Tensor]:
+    """Exact ``∫₀¹ ∇g(b_k + α (x − b_k)) dα`` for each baseline by enumerating the linear pieces of each path.
+
+    Knots are found layer by layer: between consecutive knots found so far, the next layer's pre-activations
+    are linear in α, so their sign changes are located by linear interpolation. On each piece all ReLU masks are
+    constant: the gradient is the masked product of the weights, and ``g = logit`` is linear, so
+    ``∫ σ'(logit) dα = len · (σ(ℓ_end) − σ(ℓ_start)) / (ℓ_end − ℓ_start)`` for ``g = sigmoid(logit)``.
+
+    Args:
+        net: the folded model (any depth).
+        x: ``(F,)`` one record, float64.
+        baselines: ``(K, F)`` float64.
+        output: ``"logit"`` or ``"probability"``.
+
+    Returns:
+        ``(integrals, n_pieces)``: ``(K, F)`` gradient integrals and ``(K,)`` number of pieces per path.
+    """
+    k = baselines.shape[0]
+    d = x[None, :] - baselines
+    alpha = torch.tensor([0.0, 1.0], dtype=x.dtype).repeat(k)
+    pid = torch.arange(k).repeat_interleave(2)
+    for layer in range(net.depth):
+        pre = net.pre_activations(baselines[pid] + alpha[:, None] * d[pid], layer)
+        same = pid[1:] == pid[:-1]
+        u, v = pre[:-1], pre[1:]
+        cross = ((u > 0) != (v > 0)) & same[:, None]
+        seg, _unit = cross.nonzero(as_tuple=True)
+        uu, vv = u[cross], v[cross]
+        pos = alpha[seg] + (alpha[seg + 1] - alpha[seg]) * (uu / (uu - vv))
+        alpha = torch.cat([alpha, pos.clamp(0.0, 1.0)])
+        pid = torch.cat([pid, pid[seg]])
+        order = torch.sort(alpha, stable=True).indices
+        alpha, pid = alpha[order], pid[order]
+        order = torch.sort(pid, stable=True).indices
+        alpha, pid = alpha[order], pid[order]
+    same = pid[1:] == pid[:-1]
+    start, end, owner = alpha[:-1][same], alpha[1:][same], pid[:-1][same]
+    length = end - start
+    _, grad = net.logit_and_grad(baselines[owner] + (0.5 * (start + end))[:, None] * d[owner])
+    if output == "logit":
+        weight = length
+    else:
+        lo = net.logit(baselines[owner] + start[:, None] * d[owner])
+        hi = net.logit(baselines[owner] + end[:, None] * d[owner])
+        weight = length * _sigmoid_secant(lo, hi)
+    integrals = torch.zeros(k, x.shape[0], dtype=x.dtype).index_add_(0, owner, weight[:, None] * grad)
+    n_pieces = torch.bincount(owner[length > 0], minlength=k)
+    return integrals, n_pieces
+
+
+class _FastExact:
+    """Precomputed, baseline-only quantities of :func:`path_integrals_fast` for a two-hidden-layer net."""
+
+    def __init__(self, net: PiecewiseLinearNet, baselines: Tensor, dtype: torch.dtype) -> None:
+        if net.depth != 2:
+            raise ValueError(f"the fast exact kernel needs two hidden layers, this model has {net.depth}")
+        w1, w2, w3 = (w.to(dtype) for w in net.weights)
+        b1, b2, _ = (c.to(dtype) for c in net.biases)
+        self.dtype = dtype
+        self.w1 = w1  # (H1, F)
+        self.w2t = w2.T.contiguous()  # (H1, H2): row i = outgoing weights of layer-1 unit i
+        self.v = (w2.T * w3[0][None, :]).contiguous()  # (H1, H2): V_ij = W2_ji w3_j
+        self.b = baselines.to(dtype)  # (K, F)
+        db = (self.b[:, None, :] * w1[None]).sum(-1)  # (K, H1): W1 b
+        self.db = db
+        self.ab = db + b1  # layer-1 pre-activations at the baselines
+        self.m0 = self.ab > 0
+        m0f = self.m0.to(dtype)
+        self.m0f = m0f
+        self.h0 = (torch.relu(self.ab)[:, None, :] * w2[None]).sum(-1) + b2  # (K, H2) layer-2 at α = 0
+        self.s0b = ((m0f * db)[:, None, :] * w2[None]).sum(-1)  # (K, H2)
+        self.g = (w2[None] * m0f[:, None, :]).contiguous()  # (K, H2, H1): W2 with the baseline's layer-1 mask
+        self.tiny = torch.finfo(dtype).tiny
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``(n, F) -> (n, K, F)`` gradient integrals for every record and baseline."""
+        x = x.to(self.dtype)
+        n, k, h1 = x.shape[0], self.ab.shape[0], self.ab.shape[1]
+        dx = (x[:, None, :] * self.w1[None]).sum(-1)  # (n, H1)
+        d = dx[:, None, :] - self.db[None]  # (n, K, H1) layer-1 slope along each path
+        m0 = self.m0.expand(n, k, h1)
+        t = -self.ab / d  # α where each layer-1 unit changes sign
+        toggle = torch.where(m0, d < 0, d > 0) & (t < 1)
+        key = torch.where(toggle, t, torch.full_like(t, 2.0))
+        key, order = torch.sort(key, dim=-1, stable=True)
+        e = int(toggle.sum(-1).max())  # trailing sorted units never toggle: drop their (empty) segments
+        ke, oe = key[..., :e], order[..., :e]
+        zero = torch.zeros(n, k, 1, dtype=self.dtype)
+        knots = torch.cat([zero, ke.clamp(max=1.0), zero + 1.0], -1)  # (n, K, e+2)
+        seg = knots.diff(dim=-1)[..., None]  # (n, K, e+1, 1) segment lengths
+        m0s = torch.gather(self.m0f.expand(n, k, h1), -1, oe)  # (n, K, e) initial state of the sorted units
+        ds = torch.gather(d, -1, oe)
+        coef = torch.where(ke < 2, ds * (1.0 - 2.0 * m0s), torch.zeros_like(ds))  # ± slope change at the knot
+        # slope of the layer-2 pre-activations on each layer-1 segment: S_0, then rank-1 updates at each knot
+        s0 = (dx[:, None, None, :] * self.g[None]).sum(-1) - self.s0b[None]  # (n, K, H2)
+        slope = torch.cat([s0[:, :, None, :], self.w2t[oe] * coef[..., None]], 2).cumsum(2)  # (n, K, e+1, H2)
+        # layer-2 pre-activations at the knots (continuous, piecewise linear in α)
+        h = torch.cat([self.h0.expand(n, k, -1)[:, :, None, :], slope.mul_(seg)], 2).cumsum(2)  # (n,K,e+2,H2)
+        # length of the part of each segment where a layer-2 unit is active: len·(u⁺ + v⁺)/(|u| + |v|)
+        a = h.abs()
+        den = a[:, :, :-1].add(a[:, :, 1:]).add_(self.tiny)
+        p = h.clamp_(min=0)
+        act = p[:, :, :-1].add(p[:, :, 1:]).div_(den).mul_(seg)  # (n, K, e+1, H2)
+        cum = act.cumsum(2)  # co-activation time up to the end of each segment
+        total = cum[:, :, e]  # (n, K, H2) total active time of each layer-2 unit
+        # a toggling layer-1 unit is active on a prefix (starts active) or a suffix (starts inactive) of the path
+        m = cum[:, :, :e].mul_(2.0 * m0s[..., None] - 1.0).add_(total[:, :, None, :] * (1.0 - m0s[..., None]))
+        g1_toggling = (self.v[oe] * m).sum(-1)  # (n, K, e)
+        g1_constant = (total[:, :, None, :] * self.v[None, None]).sum(-1) * self.m0f  # (n, K, H1)
+        g1 = g1_constant.scatter(-1, oe, g1_toggling)
+        return (g1[..., None] * self.w1[None, None]).sum(-2)  # (n, K, F)
+
+
+def path_integrals_fast(net: PiecewiseLinearNet, x: Tensor, baselines: Tensor) -> Tensor:
+    """Exact logit-gradient integrals along every path, for a two-hidden-layer ReLU net, without enumerating pieces.
+
+    With ``f(z) = w3·relu(W2 relu(W1 z + b1) + b2) + b3`` and the path ``z(α) = b + α(x − b)``, the layer-1
+    pre-activations are linear in α; sorting their sign changes ``t_i`` gives segments with constant layer-1
+    masks, on which the layer-2 pre-activations ``h2`` are linear (obtained at the knots by prefix sums of rank-1
+    slope updates). The part of segment ``k`` where unit ``j`` is active has length
+    ``L_kj = len_k (h2⁺(start) + h2⁺(end)) / (|h2(start)| + |h2(end)|)``. Since layer-1 unit ``i`` is active on
+    a prefix or a suffix of the path, its co-activation time with unit ``j``, ``M_ij = Σ_k m1_ki L_kj``, is a
+    prefix sum of ``L``. Then ``∫∇f dα = W1ᵀ (Σ_j V_ij M_ij)_i`` with ``V_ij = W2_ji w3_j``.
+
+    Args:
+        net: folded two-hidden-layer net.
+        x: ``(N, F)`` records.
+        baselines: ``(K, F)``.
+
+    Returns:
+        ``(N, K, F)`` float64 integrals. Cost ``O(N·K·H1·H2)`` time and memory; chunk the records for large N.
+    """
+    return _FastExact(net, baselines.double(), torch.float64)(x.double())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Attributions of a batch of records, with their error measures. Arrays are float64 numpy.
+
+    Attributes:
+        output_value: ``(N,)`` f(x): logit or probability.
+        base_value: ``E_b[f(b)]`` over the whole weighted baseline distribution.
+        attributions: ``(N, F)``.
+        attribution_se: ``(N, F)`` Monte-Carlo standard error of each attribution (0 where exact or quadrature).
+        completeness_gap: ``(N,)`` ``f(x) − (base_value + Σ attributions)``.
+        method, n_samples, seed, output, stdevs: the settings used (``n_samples = 0``: no sampling).
+    """
+
+    output_value: np.ndarray
+    base_value: float
+    attributions: np.ndarray
+    attribution_se: np.ndarray
+    completeness_gap: np.ndarray
+    method: str
+    n_samples: int
+    seed: int
+    output: str
+    stdevs: float
+
+
+GradFn = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+class GradientShapEngine:
+    """GradientSHAP for one model and one weighted baseline distribution.
+
+    Args:
+        model: ``(N, F)`` model-space float32 inputs → ``(N, 1)`` logits. Put in eval mode here (Captum never
+            does; BatchNorm in train mode would make a record depend on its neighbours). Its weights are read
+            once, at construction.
+        baselines: ``(K, F)`` model-space points.
+        baseline_weights: ``(K,)`` nonnegative, normalised to sum 1; ``None`` = uniform.
+        chunk_size: number of paths (records × baselines) processed at once by the exact estimator, and of
+            points per gradient call by the other estimators. Peak memory of ``exact`` is about
+            ``chunk_size · (H1 + 2) · H2 · 8 bytes · 8`` (≈ 35 MB for 128 paths and 64-unit layers in float64),
+            whatever the batch size.
+        exact_dtype: float64 (default) or float32 for the exact estimator's arithmetic.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        baselines: Tensor | np.ndarray,
+        baseline_weights: Tensor | np.ndarray | None = None,
+        *,
+        chunk_size: int = 128,
+        exact_dtype: torch.dtype = torch.float64,
+    ) -> None:
+        model.eval()
+        self._model = model
+        b = torch.as_tensor(baselines).detach().to(torch.float64).cpu()
+        if b.ndim != 2 or b.shape[0] < 1:
+            raise ValueError(f"baselines must be a non-empty (K, F) tensor, got shape {tuple(b.shape)}")
+        if not bool(torch.isfinite(b).all()):
+            raise ValueError("baselines contain NaN or infinite values")
+        if baseline_weights is None:
+            w = torch.full((b.shape[0],), 1.0 / b.shape[0], dtype=torch.float64)
+        else:
+            w = torch.as_tensor(baseline_weights).detach().to(torch.float64).cpu().reshape(-1)
+            if w.shape[0] != b.shape[0]:
+                raise ValueError(f"{w.shape[0]} baseline weights for {b.shape[0]} baselines")
+            if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
+                raise ValueError("baseline weights must be finite, nonnegative and not all zero")
+            w = w / w.sum()
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be positive")
+        if exact_dtype not in (torch.float64, torch.float32):
+            raise ValueError("exact_dtype must be torch.float64 or torch.float32")
+        self._b, self._w = b, w
+        self.chunk_size = chunk_size
+        self.exact_dtype = exact_dtype
+        try:
+            self._net: PiecewiseLinearNet | None = fold_piecewise_linear(model)
+            self._fold_error = ""
+        except ValueError as exc:
+            self._net, self._fold_error = None, str(exc)
+        if self._net is not None and self._net.n_features != self.n_features:
+            raise ValueError(f"model takes {self._net.n_features} features, baselines have {self.n_features}")
+        self._model64 = copy.deepcopy(model).double().eval()
+        for p in self._model64.parameters():
+            p.requires_grad_(False)
+        self._fast = _FastExact(self._net, b, exact_dtype) if self._net is not None and self._net.depth == 2 else None
+        fb = self._f64(b)
+        self._base = {
+            "logit": float((w * fb).sum()),
+            "probability": float((w * torch.sigmoid(fb)).sum()),
+        }
+
+    # -- properties --------------------------------------------------------------------------------------------
+
+    @property
+    def n_features(self) -> int:
+        return int(self._b.shape[1])
+
+    @property
+    def baselines(self) -> np.ndarray:
+        """``(K, F)`` float64 copy of the baseline points."""
+        return self._b.numpy().copy()
+
+    @property
+    def baseline_weights(self) -> np.ndarray:
+        """``(K,)`` float64 normalised weights."""
+        return self._w.numpy().copy()
+
+    @property
+    def is_piecewise_linear(self) -> bool:
+        """Whether the exact estimator is available for this model."""
+        return self._net is not None
+
+    # -- evaluation of f -----------------------------------------------------------------------------------------
+
+    def _f64(self, z: Tensor) -> Tensor:
+        """``(R, F) float64 -> (R,)`` logits in float64, a row's value independent of the batch when folded."""
+        with torch.inference_mode():
+            if self._net is not None:
+                step = max(1, 4096 // max(w.shape[0] for w in self._net.weights))
+                return torch.cat([self._net.logit_rowwise(c) for c in torch.split(z, step)]) if len(z) else z[:, 0]
+            return torch.cat([self._model64(z[i : i + 1]).reshape(-1) for i in range(z.shape[0])])
+
+    def base_value(self, output: Output = "logit") -> float:
+        """``E_b[f(b)]`` over the weighted baselines, ``f`` = logit or probability."""
+        _check_output(output)
+        return self._base[output]
+
+    def predict_logit(self, x: Tensor | np.ndarray) -> np.ndarray:
+        """``(N, F) -> (N,)`` float64 logits (evaluated in float64 from the model's weights, as in :meth:`explain`)."""
+        return self._f64(self._as_input(x)).numpy()
+
+    def _as_input(self, x: Tensor | np.ndarray) -> Tensor:
+        t = torch.as_tensor(x).detach().to(torch.float64).cpu()
+        if t.ndim == 1:
+            t = t[None, :]
+        if t.ndim != 2 or t.shape[1] != self.n_features:
+            raise ValueError(f"x must be (N, {self.n_features}), got shape {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("x contains NaN or infinite values")
+        return t
+
+    # -- explain -------------------------------------------------------------------------------------------------
+
+    def explain(
+        self,
+        x: Tensor | np.ndarray,
+        *,
+        method: Method = "exact",
+        n_samples: int | None = None,
+        seed: int = 0,
+        output: Output = "logit",
+        stdevs: float = 0.0,
+    ) -> Explanation:
+        """Attribute ``f(x) − E_b f(b)`` to the features of each record.
+
+        Args:
+            x: ``(N, F)`` model-space records (float32 or float64).
+            method: ``"exact"`` | ``"sampled"`` | ``"quadrature"`` | ``"captum"`` (see the module docstring).
+            n_samples: samples (sampled, captum), Gauss–Legendre nodes (quadrature) or noise draws (exact with
+                ``stdevs > 0``); ``None`` = :data:`DEFAULT_N_SAMPLES`; at most :data:`MAX_N_SAMPLES`.
+            seed: seed of every random draw (baseline index, α, noise); the same for every record.
+            output: ``"logit"`` or ``"probability"`` (``sigmoid(logit)``).
+            stdevs: standard deviation of Gaussian noise added to ``x`` (model-space units), as Captum's
+                ``stdevs``. With noise the attributions add up to ``E_ε f(x + ε) − E_b f(b)``; the gap to
+                ``f(x)`` then includes that smoothing.
+
+        Returns:
+            :class:`Explanation` with ``(N, F)`` attributions and their standard errors.
+        """
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        _check_output(output)
+        if not (math.isfinite(stdevs) and stdevs >= 0):
+            raise ValueError(f"stdevs must be a finite number >= 0, got {stdevs}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        xt = self._as_input(x)
+        n = self._resolve_n(method, n_samples, stdevs)
+        if method == "exact":
+            attr, se = self._exact(xt, output, n, seed, stdevs)
+        elif method == "sampled":
+            attr, se = self._sampled(xt, output, n, seed, stdevs)
+        elif method == "quadrature":
+            if stdevs > 0:
+                raise ValueError("quadrature does not take stdevs > 0; use method='exact' or 'sampled' with noise")
+            attr, se = self._quadrature(xt, output, n)
+        else:
+            attr, se = self._captum(xt, output, n, seed, stdevs)
+        fx = self._f64(xt)
+        value = fx if output == "logit" else torch.sigmoid(fx)
+        base = self._base[output]
+        attr_np = attr.double().numpy()
+        value_np = value.numpy()
+        return Explanation(
+            output_value=value_np,
+            base_value=base,
+            attributions=attr_np,
+            attribution_se=se.double().numpy(),
+            completeness_gap=value_np - (base + attr_np.sum(1)),
+            method=method,
+            n_samples=n,
+            seed=seed,
+            output=output,
+            stdevs=float(stdevs),
+        )
+
+    @staticmethod
+    def _resolve_n(method: str, n_samples: int | None, stdevs: float) -> int:
+        if method == "exact" and stdevs == 0:
+            return 0
+        n = DEFAULT_N_SAMPLES[method] if n_samples is None else n_samples
+        low = 1 if method == "quadrature" else 2
+        if not isinstance(n, int) or isinstance(n, bool) or not low <= n <= MAX_N_SAMPLES:
+            raise ValueError(f"n_samples must be an integer in [{low}, {MAX_N_SAMPLES}] for {method}, got {n!r}")
+        return n
+
+    def _draws(self, n: int, seed: int, stdevs: float) -> tuple[Tensor, Tensor, Tensor]:
+        """The seed's sequence of (baseline index ``(n,)``, α ``(n,)``, noise ``(n, F)``), shared by all records."""
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.multinomial(self._w, n, replacement=True, generator=gen)
+        alpha = torch.rand(n, generator=gen, dtype=torch.float64)
+        noise = torch.randn(n, self.n_features, generator=gen, dtype=torch.float64) * stdevs
+        return idx, alpha, noise
+
+    # exact ---------------------------------------------------------------------------------------------------------
+
+    def _require_net(self) -> PiecewiseLinearNet:
+        if self._net is None:
+            raise ValueError(f"method='exact' is not available for this model: {self._fold_error}")
+        return self._net
+
+    def _exact_integrals(self, x: Tensor, output: Output) -> Tensor:
+        """``(n, F) -> (n, K, F)`` exact gradient integrals along every path of a chunk of records."""
+        net = self._require_net()
+        if self._fast is not None and output == "logit":
+            return self._fast(x).double()
+        return _stack([path_integrals_by_pieces(net, row, self._b, output)[0] for row in x], self.n_features)
+
+    def _exact_attributions(self, x: Tensor, output: Output) -> Tensor:
+        """``(N, F) -> (N, F)`` exact attributions ``Σ_k w_k (x − b_k) ⊙ ∫∇f``, chunk by chunk."""
+        per = max(1, self.chunk_size // self._b.shape[0])
+        parts = [
+            ((xc[:, None, :] - self._b[None]) * self._exact_integrals(xc, output) * self._w[None, :, None]).sum(1)
+            for xc in torch.split(x, per)
+        ]
+        return _stack(parts, self.n_features, cat=True)
+
+    def _exact(self, x: Tensor, output: Output, n: int, seed: int, stdevs: float) -> tuple[Tensor, Tensor]:
+        self._require_net()
+        with torch.inference_mode():
+            if stdevs == 0:
+                attr = self._exact_attributions(x, output)
+                return attr, torch.zeros_like(attr)
+            _, _, noise = self._draws(n, seed, stdevs)
+            attrs, ses = [], []
+            for row in x:
+                per_draw = self._exact_attributions(row[None, :] + noise, output)  # (n, F): one row per draw
+                attrs.append(per_draw.mean(0))
+                ses.append(per_draw.std(0) / math.sqrt(n))
+            return _stack(attrs, self.n_features), _stack(ses, self.n_features)
+
+    # gradient-based estimators -------------------------------------------------------------------------------------
+
+    def _grad_fn(self, output: Output) -> GradFn:
+        """``(R, F) float64 -> ((R,), (R, F))``: output value and its input gradient at each point."""
+        net = self._net
+        if net is not None:
+
+            def folded(z: Tensor) -> tuple[Tensor, Tensor]:
+                val, g = net.logit_and_grad(z)
+                if output == "probability":
+                    s = torch.sigmoid(val)
+                    return s, g * (s * (1 - s))[:, None]
+                return val, g
+
+            return folded
+
+        model = self._model64
+
+        def autograd(z: Tensor) -> tuple[Tensor, Tensor]:
+            with torch.enable_grad():
+                zz = z.detach().clone().requires_grad_(True)
+                val = model(zz).reshape(-1)
+                if output == "probability":
+                    val = torch.sigmoid(val)
+                (g,) = torch.autograd.grad(val.sum(), zz)
+            return val.detach(), g
+
+        return autograd
+
+    def _grads_chunked(self, fn: GradFn, z: Tensor) -> Tensor:
+        """Gradients at ``(R, F)`` points in blocks of ``chunk_size`` rows (block boundaries depend on R only)."""
+        return torch.cat([fn(c)[1] for c in torch.split(z, self.chunk_size)])
+
+    def _sampled(self, x: Tensor, output: Output, n: int, seed: int, stdevs: float) -> tuple[Tensor, Tensor]:
+        idx, alpha, noise = self._draws(n, seed, stdevs)
+        fn = self._grad_fn(output)
+        bsel = self._b[idx]  # (n, F)
+        attrs, ses = [], []
+        with torch.inference_mode(self._net is not None):
+            for row in x:
+                diff = row[None, :] + noise - bsel
+                contrib = diff * self._grads_chunked(fn, bsel + alpha[:, None] * diff)  # (n, F) per sample
+                attrs.append(contrib.mean(0))
+                ses.append(contrib.std(0) / math.sqrt(n))
+        return _stack(attrs, self.n_features), _stack(ses, self.n_features)
+
+    def _quadrature(self, x: Tensor, output: Output, n: int) -> tuple[Tensor, Tensor]:
+        nodes, weights = np.polynomial.legendre.leggauss(n)
+        alpha = torch.as_tensor((nodes + 1.0) / 2.0)
+        qw = torch.as_tensor(weights / 2.0)
+        fn = self._grad_fn(output)
+        k, f = self._b.shape
+        attrs = []
+        with torch.inference_mode(self._net is not None):
+            for row in x:
+                diff = row[None, :] - self._b  # (K, F)
+                pts = (self._b[:, None, :] + alpha[None, :, None] * diff[:, None, :]).reshape(k * n, f)
+                g = self._grads_chunked(fn, pts).reshape(k, n, f)
+                integral = (g * qw[None, :, None]).sum(1)  # (K, F)
+                attrs.append((diff * integral * self._w[:, None]).sum(0))
+        attr = _stack(attrs, f)
+        return attr, torch.zeros_like(attr)
+
+    # captum --------------------------------------------------------------------------------------------------------
+
+    def captum_baselines(self, rows_per_unit_weight: int = 100) -> Tensor:
+        """``(M, F)`` float32 rows whose *uniform* distribution approximates the weighted baselines (for Captum,
+        which draws baselines uniformly): each baseline repeated ``≈ w_k · M`` times (largest remainders), with
+        ``M = rows_per_unit_weight · K``. Exactly the baselines when the weights are uniform."""
+        k = self._b.shape[0]
+        if bool(torch.allclose(self._w, torch.full_like(self._w, 1.0 / k), rtol=0, atol=1e-12)):
+            return self._b.float()
+        m = rows_per_unit_weight * k
+        raw = self._w.numpy() * m
+        counts = np.floor(raw).astype(np.int64)
+        short = m - int(counts.sum())
+        counts[np.argsort(-(raw - counts), kind="stable")[:short]] += 1
+        return self._b.float().repeat_interleave(torch.as_tensor(counts), dim=0)
+
+    def _captum(self, x: Tensor, output: Output, n: int, seed: int, stdevs: float) -> tuple[Tensor, Tensor]:
+        from captum.attr import GradientShap, NoiseTunnel
+        from captum.attr._core.gradient_shap import InputBaselineXGradient
+
+        model = self._model
+
+        def forward(z: Tensor) -> Tensor:
+            out = model(z)
+            return torch.sigmoid(out) if output == "probability" else out
+
+        base = self.captum_baselines()
+        gs = GradientShap(forward)
+        var_tunnel = NoiseTunnel(InputBaselineXGradient(forward))
+        attrs, ses = [], []
+        with _CAPTUM_LOCK, _global_rng_restored():
+            model.eval()
+            for row in x:
+                inp = row[None, :].float()
+                _seed_global(seed)
+                a = gs.attribute(inp, base, n_samples=n, stdevs=stdevs, target=None)
+                _seed_global(seed)  # the same draws again, for the variance of the per-sample contributions
+                var = var_tunnel.attribute(
+                    inp,
+                    nt_type="vargrad",
+                    nt_samples=n,
+                    stdevs=stdevs,
+                    draw_baseline_from_distrib=True,
+                    baselines=base,
+                    target=None,
+                )
+                attrs.append(a.detach().double()[0])
+                ses.append(torch.sqrt(var.detach().double()[0].clamp(min=0) / (n - 1)))
+        return _stack(attrs, self.n_features), _stack(ses, self.n_features)
+
+
+def _seed_global(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+class _global_rng_restored:  # noqa: N801 - used as a context manager
+    """Save and restore torch's and numpy's global RNG states (the Captum path must not disturb callers)."""
+
+    def __enter__(self) -> None:
+        self._torch = torch.get_rng_state()
+        self._np = np.random.get_state()
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_rng_state(self._torch)
+        np.random.set_state(self._np)
+
+
+def _stack(rows: list[Tensor], f: int, cat: bool = False) -> Tensor:
+    if not rows:
+        return torch.zeros(0, f, dtype=torch.float64)
+    return torch.cat(rows) if cat else torch.stack(rows)
+
+
+def _check_output(output: str) -> None:
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+
+
+def _as_output(output: str) -> Output:
+    _check_output(output)
+    return cast(Output, output)
