@@ -1,0 +1,100 @@
+"""The service's settings: one class, the only place that reads the environment.
+
+Every setting has an environment variable ``GSHAP_<NAME>`` (``GSHAP_PORT=9000``); lists are comma-separated
+(``GSHAP_API_KEYS=key-2025-a,key-2025-b``). ``gshap serve`` passes its command-line options as keyword
+arguments, which win over the environment. With several workers the settings travel to the worker processes
+through the environment again (:meth:`Settings.as_env`), because uvicorn builds each worker's app itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ENV_PREFIX", "Settings"]
+
+ENV_PREFIX = "GSHAP_"
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Network, limits, security and logging of one service instance."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, protected_namespaces=())
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
+    model_path: Path | None = Field(
+        None, description="Bundle folder, or a store with a DEFAULT pointer; None: the committed default bundle."
+    )
+    max_batch_records: int = Field(100, ge=1, description="Most records one batch request may carry (else 413).")
+    max_body_bytes: int = Field(1_048_576, ge=256, description="Largest request body in bytes (else 413).")
+    max_n_samples: int | None = Field(
+        None, ge=1, description="Lowers the engine's MAX_N_SAMPLES for /explain; None: the engine's own bound."
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted API keys (several, so that keys can rotate); empty: no authentication.",
+    )
+    rate_limit_per_minute: int | None = Field(
+        None, ge=1, description="Requests per minute per API key (per client address without keys); None: off."
+    )
+    rate_limit_burst: int | None = Field(None, ge=1, description="Token-bucket capacity; None: the per-minute rate.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty: CORS closed."
+    )
+    log_level: LogLevel = Field("info", description="Level of the JSON-lines logs on stderr.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="Intra-op threads of torch; None: the machine's cores divided by the workers."
+    )
+    graceful_shutdown_seconds: float = Field(10.0, ge=0, description="How long in-flight requests may finish.")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _blank_path_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("max_n_samples", "rate_limit_per_minute", "rate_limit_burst", "torch_threads", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        # "GSHAP_RATE_LIMIT_PER_MINUTE=" or "=0" in a deployment file means "off", not a validation error
+        return None if value in ("", 0, "0") else value
+
+    def api_key_values(self) -> list[str]:
+        """The accepted keys in clear, for the one place that compares them."""
+        return [k.get_secret_value() for k in self.api_keys]
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that rebuilds these settings in another process (``Settings()`` there)."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            key = f"{ENV_PREFIX}{name.upper()}"
+            if value is None:
+                out[key] = ""
+            elif isinstance(value, list):
+                out[key] = ",".join(v.get_secret_value() if isinstance(v, SecretStr) else str(v) for v in value)
+            else:
+                out[key] = str(value)
+        return out

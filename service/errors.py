@@ -1,0 +1,303 @@
+"""The service's error tree and the one place that renders it as RFC 9457 ``application/problem+json``.
+
+::
+
+    ServiceError                 500  internal                the client learns only the request id
+     ├── MalformedBody           400  malformed-body          the body is not JSON (syntax)
+     ├── Unauthorized            401  unauthorized            API key missing or wrong (one body for both)
+     ├── NotFound                404  not-found               no such route, or no such outcome group
+     ├── MethodNotAllowed        405  method-not-allowed      with an ``Allow`` header
+     ├── PayloadTooLarge         413  payload-too-large       body over GSHAP_MAX_BODY_BYTES, or a batch over
+     │                                                        GSHAP_MAX_BATCH_RECORDS; ``limit`` names the bound
+     ├── UnsupportedMediaType    415  unsupported-media-type  a body that is not application/json
+     ├── InvalidInput            422  validation              ``errors``: one {field, rule, message} per broken rule
+     ├── RateLimited             429  rate-limited            with ``Retry-After`` (seconds)
+     └── ModelNotReady           503  model-not-ready         the bundle or the engine is not loaded (yet)
+
+Domain code raises these; FastAPI's ``RequestValidationError`` and Starlette's ``HTTPException`` are
+translated into them at one boundary (:func:`install_exception_handlers`), and the middlewares that answer
+before routing (authentication, rate limit, body size, the catch-all) call :func:`problem_response` too, so
+every error a client can see has the same shape::
+
+    {"type": "https://gshap.dev/problems/validation", "title": "Invalid input", "status": 422,
+     "detail": "1 field breaks the request schema: glucose.", "instance": "/predict",
+     "errors": [{"field": "glucose", "rule": "less_than_equal", "message": "...", "limit": 600}],
+     "request_id": "..."}
+
+No problem carries a stack trace, an exception message of ours or a patient's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Scope
+
+__all__ = [
+    "PROBLEM_BASE",
+    "PROBLEM_MEDIA_TYPE",
+    "FieldError",
+    "InvalidInput",
+    "MalformedBody",
+    "MethodNotAllowed",
+    "ModelNotReady",
+    "NotFound",
+    "OtherHTTPError",
+    "PayloadTooLarge",
+    "RateLimited",
+    "ServiceError",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "field_errors",
+    "install_exception_handlers",
+    "invalid_input",
+    "problem_body",
+    "problem_response",
+    "request_id_of",
+]
+
+PROBLEM_BASE = "https://gshap.dev/problems/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One broken rule: the field's path (``glucose``, ``records.3``, ``body``), the rule and a message."""
+
+    field: str
+    rule: str
+    message: str
+    limit: float | int | str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"field": self.field, "rule": self.rule, "message": self.message}
+        if self.limit is not None:
+            out["limit"] = self.limit
+        return out
+
+
+class ServiceError(Exception):
+    """Base of every error a client may see; on its own, an internal error (500) that says nothing more."""
+
+    status = 500
+    slug = "internal"
+    title = "Internal server error"
+    default_detail = "The server failed to handle the request; quote the request id when reporting it."
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        errors: Sequence[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.detail = detail or self.default_detail
+        self.errors = tuple(errors)
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+        super().__init__(self.detail)
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+
+class MalformedBody(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 400
+    slug = "malformed-body"
+    title = "Malformed body"
+
+
+class Unauthorized(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 401
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+
+class NotFound(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class MethodNotAllowed(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 405
+    slug = "method-not-allowed"
+    title = "Method not allowed"
+
+
+class PayloadTooLarge(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 413
+    slug = "payload-too-large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class InvalidInput(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 422
+    slug = "validation"
+    title = "Invalid input"
+
+
+class RateLimited(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests"
+
+
+class ModelNotReady(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 503
+    slug = "model-not-ready"
+    title = "Model not ready"
+
+
+class OtherHTTPError(ServiceError):
+    """A Starlette HTTP error without a class of its own here (e.g. 400 from a body that cannot be read)."""
+
+    def __init__(self, status: int, *, headers: Mapping[str, str] | None = None) -> None:
+        self.status = status
+        self.slug = f"http-{status}"
+        self.title = _reason(status)
+        super().__init__(self.title, headers=headers)
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The request id the request-context middleware stored in the scope (None outside it)."""
+    state = scope.get("state")
+    rid = state.get("request_id") if isinstance(state, Mapping) else None
+    return rid if isinstance(rid, str) else None
+
+
+def problem_body(exc: ServiceError, *, instance: str | None, request_id: str | None) -> dict[str, Any]:
+    """The problem document of ``exc`` as a dict (also used for the per-record errors of a batch)."""
+    body: dict[str, Any] = {
+        "type": exc.type_uri,
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+    }
+    if instance is not None:
+        body["instance"] = instance
+    if exc.errors:
+        body["errors"] = [e.to_dict() for e in exc.errors]
+    body.update(exc.extra)
+    body["request_id"] = request_id
+    return body
+
+
+def problem_response(exc: ServiceError, *, instance: str | None, request_id: str | None) -> Response:
+    """THE rendering of an error: ``application/problem+json`` with the error's status and headers."""
+    content = orjson.dumps(problem_body(exc, instance=instance, request_id=request_id))
+    return Response(content, status_code=exc.status, headers=dict(exc.headers), media_type=PROBLEM_MEDIA_TYPE)
+
+
+# ---- translation of pydantic / FastAPI / Starlette errors -------------------------------------------------
+
+_LIMIT_KEYS = ("ge", "le", "gt", "lt", "max_length", "min_length", "expected")
+
+
+def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[FieldError]:
+    """Pydantic error dicts → :class:`FieldError` s, the input values left out on purpose.
+
+    FastAPI's ``"body"`` prefix is dropped from locations: ``("body", "glucose")`` → ``"glucose"``.
+    """
+    out: list[FieldError] = []
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        if loc[:1] == ("body",):
+            loc = loc[1:]
+        loc = tuple(str(p) for p in loc)
+        ctx = err.get("ctx") or {}
+        limit = next((ctx[k] for k in _LIMIT_KEYS if k in ctx), None)
+        if limit is not None and not isinstance(limit, int | float | str):
+            limit = str(limit)
+        out.append(
+            FieldError(
+                field=".".join(loc) or "body",
+                rule=str(err.get("type", "invalid")),
+                message=str(err.get("msg", "invalid value")),
+                limit=limit,
+            )
+        )
+    return out
+
+
+def invalid_input(errors: Sequence[FieldError]) -> InvalidInput:
+    """A 422 naming every broken field in its detail."""
+    names = sorted({e.field for e in errors})
+    noun = "field breaks" if len(names) == 1 else "fields break"
+    return InvalidInput(detail=f"{len(names)} {noun} the request schema: {', '.join(names)}.", errors=errors)
+
+
+def _from_validation(exc: RequestValidationError) -> ServiceError:
+    raw = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in raw):
+        reason = next((str(e.get("ctx", {}).get("error", "")) for e in raw if e.get("type") == "json_invalid"), "")
+        pos = next((e["loc"][1] for e in raw if e.get("type") == "json_invalid" and len(e["loc"]) > 1), None)
+        where = f" at character {pos}" if isinstance(pos, int) else ""
+        return MalformedBody(
+            detail=f"The body is not valid JSON ({reason or 'syntax error'}{where}).",
+            errors=[FieldError("body", "json_invalid", "The body must be one JSON document (RFC 8259).")],
+        )
+    # FastAPI reports an absent body as a missing "body" field; say so in plain words
+    errors = [
+        FieldError("body", "missing", "A JSON body is required.") if (e.field, e.rule) == ("body", "missing") else e
+        for e in field_errors(raw)
+    ]
+    return invalid_input(errors)
+
+
+def _from_http(exc: StarletteHTTPException) -> ServiceError:
+    headers = dict(exc.headers or {})
+    if exc.status_code == 404:
+        return NotFound(detail="No resource at this path; see /docs for the API.", headers=headers)
+    if exc.status_code == 405:
+        allow = headers.get("Allow") or headers.get("allow") or ""
+        return MethodNotAllowed(detail=f"This path accepts: {allow or 'other methods'}.", headers=headers)
+    if exc.status_code == 413:
+        return PayloadTooLarge(detail="The request body is too large.", headers=headers)
+    if exc.status_code == 415:
+        return UnsupportedMediaType(detail="Send the body as application/json.", headers=headers)
+    return OtherHTTPError(exc.status_code, headers=headers)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def install_exception_handlers(app: FastAPI) -> None:
+    """Route every handled exception of the app through :func:`problem_response`."""
+
+    async def on_service_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        return problem_response(exc, instance=request.url.path, request_id=request_id_of(request.scope))
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return await on_service_error(request, _from_validation(exc))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return await on_service_error(request, _from_http(exc))
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -1,0 +1,377 @@
+"""From validated records to predictions and explanations: everything numeric the web layer needs, no web.
+
+:class:`InferenceRuntime` wraps one loaded bundle and its :class:`~service.explain.GradientShapEngine`. It turns
+records (mappings keyed by feature name, in the data set's units, ``None`` = not measured) into the model's
+input, predicts, explains, flags imputed and out-of-training-range values and writes the one-sentence summary.
+Its answers are plain frozen dataclasses; the routes only translate them to JSON.
+
+Concurrency: torch work is CPU-bound and must not block the event loop, so the async entry points
+(:meth:`InferenceRuntime.apredict`, :meth:`InferenceRuntime.aexplain`) run it on ONE dedicated worker thread.
+One thread keeps torch's own intra-op threads from fighting each other, and every engine call goes through one
+queue: the natural place for a later pass to coalesce concurrent requests into one batched engine call (a
+record's attributions never depend on its batch neighbours, so that is safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+import numpy as np
+import torch
+
+from service.explain import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, GradientShapEngine
+from service.features import Feature, FeatureSpec
+from service.model_store import Bundle, BundleError
+
+__all__ = [
+    "DEFAULT_N_SAMPLES",
+    "MAX_N_SAMPLES",
+    "MIN_N_SAMPLES",
+    "ExplainOptions",
+    "FeatureAttribution",
+    "FeatureWarning",
+    "InferenceRuntime",
+    "Prediction",
+    "RecordExplanation",
+    "configure_torch",
+    "ensure_compatible",
+    "format_value",
+    "summary_sentence",
+]
+
+Method = Literal["exact", "sampled", "quadrature"]
+Output = Literal["logit", "probability"]
+Record = Mapping[str, float | int | None]
+T = TypeVar("T")
+
+# the engine's lower bounds of n_samples: a Monte-Carlo standard error needs two draws, quadrature one node
+MIN_N_SAMPLES: dict[str, int] = {"exact": 1, "sampled": 2, "quadrature": 1}
+
+# units that read badly after a number in a sentence ("6 count", "0.627 score")
+_SILENT_UNITS = frozenset({"", "count", "score"})
+# a driver is named in the summary only if it moves the output by at least this share of the strongest one
+_SUMMARY_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """How to explain: GradientSHAP estimator, its sample count and seed, and the output explained."""
+
+    method: Method = "exact"
+    n_samples: int | None = None
+    seed: int = 0
+    output: Output = "logit"
+
+
+@dataclass(frozen=True)
+class FeatureWarning:
+    """A caveat about one input value, e.g. outside the range seen in training (the model extrapolates)."""
+
+    feature: str
+    code: str
+    message: str
+    value: float
+    train_min: float
+    train_max: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One record's prediction; ``label`` is 1 when ``probability >= threshold``."""
+
+    probability: float
+    logit: float
+    label: int
+    label_name: str
+    threshold: float
+    model_version: str
+    imputed: tuple[str, ...]
+    warnings: tuple[FeatureWarning, ...]
+
+
+@dataclass(frozen=True)
+class FeatureAttribution:
+    """One feature's share of ``output_value - base_value``, with the value it was computed at."""
+
+    feature: str
+    label: str
+    unit: str
+    value: float
+    imputed: bool
+    attribution: float
+    standard_error: float
+
+
+@dataclass(frozen=True)
+class RecordExplanation:
+    """One record's prediction and GradientSHAP explanation; attributions in the feature specification's order."""
+
+    prediction: Prediction
+    output: str
+    base_value: float
+    output_value: float
+    attributions: tuple[FeatureAttribution, ...]
+    completeness_gap: float
+    method: str
+    n_samples: int
+    n_baselines: int
+    seed: int
+    summary: str
+
+
+@dataclass(frozen=True)
+class _Batch:
+    raw: np.ndarray  # (N, F) original units, NaN = not measured
+    values: np.ndarray  # (N, F) original units, imputed
+    missing: np.ndarray  # (N, F) bool
+    x: torch.Tensor  # (N, F) float32 model space
+
+
+def ensure_compatible(bundle: Bundle, spec: FeatureSpec) -> None:
+    """Raise :class:`BundleError` unless ``bundle`` takes the records the request schema (``spec``) describes."""
+
+    def shape(s: FeatureSpec) -> list[tuple[str, bool, bool]]:
+        return [(f.name, f.integer, f.zero_means_missing) for f in s]
+
+    if shape(bundle.spec) != shape(spec):
+        raise BundleError(
+            f"model bundle {bundle.path}: its features {bundle.spec.names} do not match the service's request "
+            f"schema {spec.names} (incompatible bundle)"
+        )
+    n = len(spec)
+    pre = bundle.preprocessor
+    if any(np.shape(a) != (n,) for a in (pre.fill, pre.mean, pre.scale, pre.train_min, pre.train_max)):
+        raise BundleError(f"model bundle {bundle.path}: preprocessing does not have {n} features (incompatible)")
+    if (
+        bundle.baselines.ndim != 2
+        or bundle.baselines.shape[1] != n
+        or len(bundle.baseline_weights) != len(bundle.baselines)
+    ):
+        raise BundleError(f"model bundle {bundle.path}: baselines are not (K, {n}) with K weights (incompatible)")
+
+
+def configure_torch(threads: int | None, workers: int = 1) -> int:
+    """Set torch's intra-op threads (default: the cores shared among the workers); returns the number set."""
+    n = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    torch.set_num_threads(n)
+    with contextlib.suppress(RuntimeError):  # settable once per process, before any parallel work
+        torch.set_num_interop_threads(1)
+    return n
+
+
+def format_value(value: float, integer: bool = False) -> str:
+    """A value as people write it: ``148``, ``33.6``, ``0.627``."""
+    if integer or float(value).is_integer():
+        return str(round(value))
+    return f"{value:.6g}"
+
+
+def _lower_label(label: str) -> str:
+    # "Blood pressure" → "blood pressure" inside a sentence, but "BMI" stays "BMI"
+    return label if label[:2].isupper() else label[:1].lower() + label[1:]
+
+
+def _phrase(feat: Feature, value: float, imputed: bool, first: bool) -> str:
+    label = feat.label if first else _lower_label(feat.label)
+    shown = format_value(value, feat.integer)
+    unit = "" if feat.unit in _SILENT_UNITS else f" {feat.unit}"
+    if imputed:
+        return f"{label} (not measured; imputed as {shown}{unit})"
+    if feat.unit == "count":
+        return f"{label} of {shown}" if first else f"{shown} {_lower_label(feat.label)}"
+    return f"{label} of {shown}{unit}"
+
+
+def summary_sentence(spec: FeatureSpec, attributions: Sequence[FeatureAttribution], target: str = "risk") -> str:
+    """One plain sentence naming the strongest drivers up and down.
+
+    e.g. "Glucose of 148 mg/dL and BMI of 33.6 kg/m² push the predicted risk up most; age of 50 years pushes
+    it down." At most two features a direction, each moving the output by at least a tenth of the strongest.
+    """
+    if not attributions:
+        return "The model has no features to explain."
+    strongest = max(abs(a.attribution) for a in attributions)
+    if not math.isfinite(strongest) or strongest <= 1e-12:
+        return f"No feature moves the predicted {target} away from the baseline average."
+    ranked = sorted(
+        (a for a in attributions if abs(a.attribution) >= _SUMMARY_SHARE * strongest),
+        key=lambda a: -abs(a.attribution),
+    )
+    up = [a for a in ranked if a.attribution > 0][:2]
+    down = [a for a in ranked if a.attribution < 0][:2]
+    sides: list[tuple[list[FeatureAttribution], str]] = [(up, "up"), (down, "down")]
+    if ranked[0].attribution < 0:
+        sides.reverse()
+    clauses: list[str] = []
+    for items, direction in sides:
+        if not items:
+            continue
+        first_clause = not clauses
+        names = " and ".join(
+            _phrase(spec.by_name(a.feature), a.value, a.imputed, first_clause and i == 0) for i, a in enumerate(items)
+        )
+        verb = "pushes" if len(items) == 1 else "push"
+        what = f"the predicted {target} {direction} most" if first_clause else f"it {direction}"
+        clauses.append(f"{names} {verb} {what}")
+    return "; ".join(clauses) + "."
+
+
+class InferenceRuntime:
+    """One bundle, its engine and the worker thread they run on; ``ready`` once warmed up."""
+
+    def __init__(self, bundle: Bundle, *, max_n_samples: int | None = None) -> None:
+        self.bundle = bundle
+        self.spec = bundle.spec
+        self.model_version = f"{bundle.name}/{bundle.version}"
+        self.max_n_samples = min(max_n_samples or MAX_N_SAMPLES, MAX_N_SAMPLES)
+        self.engine = GradientShapEngine(bundle.model, bundle.baselines, bundle.baseline_weights)
+        self.ready = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gshap-engine")
+        pre = bundle.preprocessor
+        self._train_min = np.asarray(pre.train_min, dtype=np.float64)
+        self._train_max = np.asarray(pre.train_max, dtype=np.float64)
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+
+    def example_record(self) -> dict[str, float | None]:
+        """The specification's example patient (used for the warm-up and in the docs)."""
+        return {f.name: f.example for f in self.spec}
+
+    def warm_up(self) -> None:
+        """Run one prediction and one explanation per method, so the first client does not pay for it."""
+        record = [self.example_record()]
+        self.predict(record)
+        methods: tuple[Method, ...] = ("exact", "sampled", "quadrature")
+        for method in methods:
+            n = None if method == "exact" else min(8, self.max_n_samples)
+            self.explain(record, ExplainOptions(method=method, n_samples=n))
+        self.ready = True
+
+    def close(self) -> None:
+        """Stop accepting work; in-flight work finishes on the worker thread."""
+        self.ready = False
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, fn: Callable[..., T], /, *args: object) -> T:
+        """Run ``fn(*args)`` on the runtime's worker thread without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def apredict(self, records: Sequence[Record]) -> list[Prediction]:
+        return await self.run(self.predict, records)
+
+    async def aexplain(self, records: Sequence[Record], options: ExplainOptions) -> list[RecordExplanation]:
+        return await self.run(self.explain, records, options)
+
+    # ---- the work -----------------------------------------------------------------------------------------
+
+    def _prepare(self, records: Sequence[Record]) -> _Batch:
+        raw = self.bundle.records_to_array(records)
+        missing = np.isnan(raw)
+        values = self.bundle.preprocessor.impute(raw)
+        x = torch.as_tensor(self.bundle.preprocessor.transform(raw), dtype=torch.float32)
+        return _Batch(raw=raw, values=values, missing=missing, x=x)
+
+    def _warnings(self, raw_row: np.ndarray) -> tuple[FeatureWarning, ...]:
+        out: list[FeatureWarning] = []
+        for j, feat in enumerate(self.spec):
+            v = float(raw_row[j])
+            lo, hi = float(self._train_min[j]), float(self._train_max[j])
+            if math.isnan(v) or lo <= v <= hi:
+                continue
+            unit = "" if feat.unit in _SILENT_UNITS else f" {feat.unit}"
+            side, bound, word = ("below", lo, "lowest") if v < lo else ("above", hi, "highest")
+            out.append(
+                FeatureWarning(
+                    feature=feat.name,
+                    code="outside_training_range",
+                    message=(
+                        f"{feat.label} of {format_value(v, feat.integer)}{unit} is {side} the {word} value seen in "
+                        f"training ({format_value(bound, feat.integer)}{unit}); the model extrapolates here."
+                    ),
+                    value=v,
+                    train_min=lo,
+                    train_max=hi,
+                )
+            )
+        return tuple(out)
+
+    def _predictions(self, batch: _Batch, logits: np.ndarray) -> list[Prediction]:
+        names = self.spec.names
+        threshold = float(self.bundle.threshold)
+        out: list[Prediction] = []
+        for i, logit in enumerate(np.asarray(logits, dtype=np.float64)):
+            probability = float(1.0 / (1.0 + np.exp(-logit)))
+            label = int(probability >= threshold)
+            out.append(
+                Prediction(
+                    probability=probability,
+                    logit=float(logit),
+                    label=label,
+                    label_name=self.spec.positive_label if label else self.spec.negative_label,
+                    threshold=threshold,
+                    model_version=self.model_version,
+                    imputed=tuple(n for n, m in zip(names, batch.missing[i], strict=True) if m),
+                    warnings=self._warnings(batch.raw[i]),
+                )
+            )
+        return out
+
+    def predict(self, records: Sequence[Record]) -> list[Prediction]:
+        """Predict ``N`` records (blocking; runs torch)."""
+        if not records:
+            return []
+        batch = self._prepare(records)
+        return self._predictions(batch, self.engine.predict_logit(batch.x))
+
+    def explain(self, records: Sequence[Record], options: ExplainOptions) -> list[RecordExplanation]:
+        """Predict and explain ``N`` records with the same settings (blocking; runs torch)."""
+        if not records:
+            return []
+        batch = self._prepare(records)
+        predictions = self._predictions(batch, self.engine.predict_logit(batch.x))
+        ex = self.engine.explain(
+            batch.x, method=options.method, n_samples=options.n_samples, seed=options.seed, output=options.output
+        )
+        attributions = np.asarray(ex.attributions, dtype=np.float64)
+        standard_errors = np.asarray(ex.attribution_se, dtype=np.float64)
+        output_values = np.asarray(ex.output_value, dtype=np.float64)
+        gaps = np.asarray(ex.completeness_gap, dtype=np.float64)
+        out: list[RecordExplanation] = []
+        for i, prediction in enumerate(predictions):
+            items = tuple(
+                FeatureAttribution(
+                    feature=feat.name,
+                    label=feat.label,
+                    unit=feat.unit,
+                    value=float(batch.values[i, j]),
+                    imputed=bool(batch.missing[i, j]),
+                    attribution=float(attributions[i, j]),
+                    standard_error=float(standard_errors[i, j]),
+                )
+                for j, feat in enumerate(self.spec)
+            )
+            out.append(
+                RecordExplanation(
+                    prediction=prediction,
+                    output=str(ex.output),
+                    base_value=float(ex.base_value),
+                    output_value=float(output_values[i]),
+                    attributions=items,
+                    completeness_gap=float(gaps[i]),
+                    method=str(ex.method),
+                    n_samples=int(ex.n_samples),
+                    n_baselines=len(self.bundle.baselines),
+                    seed=int(ex.seed),
+                    summary=summary_sentence(self.spec, items),
+                )
+            )
+        return out

@@ -1,0 +1,239 @@
+"""Assembles the app: settings, lifespan, middlewares, error handlers, routers, OpenAPI. Nothing else.
+
+- :func:`create_app` builds an app; its lifespan loads and verifies the bundle once (unless one is handed in),
+  builds the engine and runs a warm-up explanation before ``/readyz`` turns ready.
+- :func:`serve` is ``gshap serve``: it loads and verifies the bundle *before* uvicorn starts, so that a
+  missing, tampered or incompatible bundle ends the process with a one-line reason and a non-zero exit.
+- :func:`openapi_yaml` is ``gshap openapi``: the served OpenAPI document as YAML (``openapi.yaml``).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import FrameType
+from typing import Any
+
+import anyio
+import yaml
+from fastapi import FastAPI
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from service import __version__
+from service.config import Settings
+from service.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
+from service.inference import InferenceRuntime, configure_torch, ensure_compatible
+from service.model_store import Bundle, BundleError, load_bundle
+from service.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
+from service.routes import AppState, explain, groups, health, model, predict
+from service.schemas import SCHEMA_SPEC
+from service.security import ApiKeyMiddleware, BodySizeLimitMiddleware, SecurityHeadersMiddleware
+
+__all__ = ["create_app", "openapi_yaml", "serve"]
+
+DESCRIPTION = f"""\
+Why did the model score this patient as it did? Predictions of a PyTorch MLP trained on the Pima Indians
+diabetes data, with per-feature **GradientSHAP** attributions relative to the training population.
+
+- Records are in the data set's units (see each field). Glucose, blood pressure, skin thickness, insulin and
+  BMI may be `null`, `0` or omitted when not measured: they are imputed and listed in `imputed`.
+- Types are strict: numbers must be JSON numbers (not strings or booleans), counts JSON integers, values
+  finite and within each field's range; unknown fields are refused. Refusals are RFC 9457
+  `application/problem+json` documents (`type` = `{PROBLEM_BASE}<kind>`) whose `errors` name the field
+  and the rule.
+- Batches (`/predict/batch`, `/explain/batch`) answer every record on its own, in order; over
+  GSHAP_MAX_BATCH_RECORDS records (default 100) the whole request is refused with 413.
+- When the server is started with GSHAP_API_KEYS, every endpoint but `/healthz` and `/readyz` needs
+  `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+- Every answer carries `X-Request-ID` (yours, if you sent a plain one), `X-Service-Version` and
+  `X-Model-Version`.
+"""
+
+TAGS = [
+    {"name": "predict", "description": "The model's probability and label."},
+    {"name": "explain", "description": "GradientSHAP attributions of a prediction."},
+    {"name": "groups", "description": "Mean explanations by outcome group of the evaluation set."},
+    {"name": "model", "description": "The model card."},
+    {"name": "health", "description": "Liveness and readiness for orchestrators."},
+]
+
+SECURITY_SCHEMES = {
+    "BearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key as a bearer token; required only when the server sets GSHAP_API_KEYS.",
+    },
+    "ApiKeyHeader": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "The same API key in X-API-Key; required only when the server sets GSHAP_API_KEYS.",
+    },
+}
+
+
+async def _start(state: AppState) -> None:
+    settings = state.settings
+    configure_logging(settings.log_level)
+    t0 = time.perf_counter()
+    try:
+        bundle = state.preloaded
+        if bundle is None:
+            bundle = await anyio.to_thread.run_sync(load_bundle, settings.model_path)
+        ensure_compatible(bundle, SCHEMA_SPEC)
+    except BundleError as exc:
+        log_event("startup_failed", 40, reason=str(exc))
+        raise
+    threads = configure_torch(settings.torch_threads, settings.workers)
+    runtime = InferenceRuntime(bundle, max_n_samples=settings.max_n_samples)
+    state.runtime = runtime
+    await runtime.run(runtime.warm_up)
+    log_event(
+        "ready",
+        model_version=runtime.model_version,
+        torch_threads=threads,
+        startup_ms=round((time.perf_counter() - t0) * 1000, 1),
+    )
+
+
+def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -> FastAPI:
+    """The service's app. ``settings`` default to the environment; ``bundle`` (already loaded) skips loading."""
+    settings = settings or Settings()
+    state = AppState(settings=settings, preloaded=bundle)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await _start(state)
+        try:
+            yield
+        finally:
+            if state.runtime is not None:
+                state.runtime.close()
+            log_event("stopped")
+
+    def model_version() -> str | None:
+        return state.runtime.model_version if state.runtime is not None else None
+
+    middleware = [
+        Middleware(SecurityHeadersMiddleware),
+        Middleware(RequestContextMiddleware, service_version=__version__, model_version=model_version),
+    ]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "X-API-Key", "Content-Type", REQUEST_ID_HEADER],
+                expose_headers=[REQUEST_ID_HEADER, "X-Service-Version", "X-Model-Version", "Retry-After"],
+                max_age=600,
+            )
+        )
+    middleware += [
+        Middleware(
+            ApiKeyMiddleware,
+            api_keys=settings.api_key_values(),
+            rate_limit_per_minute=settings.rate_limit_per_minute,
+            rate_limit_burst=settings.rate_limit_burst,
+        ),
+        Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+    ]
+    app = FastAPI(
+        title="gshap-service",
+        summary="Predictions and GradientSHAP explanations of a diabetes-risk model.",
+        description=DESCRIPTION,
+        version=__version__,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        middleware=middleware,
+    )
+    app.state.gshap = state
+    install_exception_handlers(app)
+    for area in (predict, explain, groups, model, health):
+        app.include_router(area.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, plus: problem answers as application/problem+json, and the optional API keys."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    doc = FastAPI.openapi(app)
+    fastapi_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
+    for path_item in doc.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.get("responses", {})
+            # FastAPI adds its own 422 to routes with parameters; ours are problems, declared where they occur
+            if responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema") == fastapi_422:
+                del responses["422"]
+            for code, response in responses.items():
+                content = response.get("content", {})
+                if code[:1] in "45" and "application/json" in content:
+                    response["content"] = {PROBLEM_MEDIA_TYPE: content.pop("application/json")}
+    components = doc.setdefault("components", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.get("schemas", {}).pop(unused, None)
+    components["securitySchemes"] = SECURITY_SCHEMES
+    # either scheme, or none: keys are optional, decided by the server's configuration
+    doc["security"] = [{"BearerAuth": []}, {"ApiKeyHeader": []}, {}]
+    app.openapi_schema = doc
+    return doc
+
+
+class _OpenAPIDumper(yaml.SafeDumper):
+    """Multi-line strings as literal blocks (readable descriptions in diffs)."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_OpenAPIDumper.add_representer(str, _str_representer)
+
+
+def openapi_yaml() -> str:
+    """The OpenAPI document the app serves, as YAML in the document's own key order (deterministic)."""
+    doc = create_app(Settings()).openapi()
+    return yaml.dump(doc, Dumper=_OpenAPIDumper, sort_keys=False, allow_unicode=True, width=120)
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def serve(settings: Settings) -> int:
+    """Run uvicorn until SIGTERM/SIGINT (exit 0); a bundle that cannot be served raises ``BundleError`` first."""
+    configure_logging(settings.log_level)
+    bundle = load_bundle(settings.model_path)
+    ensure_compatible(bundle, SCHEMA_SPEC)
+    import uvicorn
+
+    # uvicorn re-raises the signal it handled once it has shut down: make that a clean exit
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
+        "server_header": False,
+    }
+    try:
+        if settings.workers == 1:
+            uvicorn.run(create_app(settings, bundle), **common)
+        else:
+            import os
+
+            # each worker builds its own app from the environment (and loads the bundle in its lifespan)
+            os.environ.update(settings.as_env())
+            del bundle
+            uvicorn.run("service.main:create_app", factory=True, workers=settings.workers, **common)
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,145 @@
+"""What the route modules share: the app state, the dependencies (``RuntimeDep``, ...) and the batch splitter.
+
+One module an area (``predict``, ``explain``, ``groups``, ``model``, ``health``), each an ``APIRouter`` named
+``router``; :func:`service.main.create_app` includes them. Routes translate HTTP to
+:class:`~service.inference.InferenceRuntime` calls and back, and raise :mod:`service.errors` problems; they
+hold no maths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.message import Message
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from pydantic import ValidationError
+
+from service.config import Settings
+from service.errors import (
+    ModelNotReady,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    field_errors,
+    invalid_input,
+    problem_body,
+    request_id_of,
+)
+from service.inference import InferenceRuntime
+from service.model_store import Bundle
+from service.schemas import BatchItemError, PatientRecord, Problem
+
+__all__ = [
+    "GET_PROBLEMS",
+    "POST_PROBLEMS",
+    "AppState",
+    "RequestIdDep",
+    "RuntimeDep",
+    "SettingsDep",
+    "get_runtime",
+    "problem_responses",
+    "require_json",
+    "split_batch",
+]
+
+
+@dataclass
+class AppState:
+    """Per-app state: the settings, a bundle handed in by the caller (tests, ``serve``) and the runtime."""
+
+    settings: Settings
+    preloaded: Bundle | None = None
+    runtime: InferenceRuntime | None = None
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.gshap
+    return state
+
+
+def get_settings(request: Request) -> Settings:
+    return get_state(request).settings
+
+
+def get_runtime(request: Request) -> InferenceRuntime:
+    """The loaded, warmed-up runtime, or a 503 problem."""
+    runtime = get_state(request).runtime
+    if runtime is None or not runtime.ready:
+        raise ModelNotReady("The model is loading or shutting down; retry shortly.", headers={"Retry-After": "1"})
+    return runtime
+
+
+def get_request_id(request: Request) -> str | None:
+    return request_id_of(request.scope)
+
+
+async def require_json(request: Request) -> None:
+    """415 unless a non-empty body is declared ``application/json`` (or ``+json``)."""
+    content_type = request.headers.get("content-type")
+    if content_type is None and not await request.body():
+        return  # no body at all: the body validation reports it as missing (422)
+    msg = Message()
+    msg["content-type"] = content_type or ""
+    subtype = msg.get_content_subtype()
+    if (
+        content_type is None
+        or msg.get_content_maintype() != "application"
+        or not (subtype == "json" or subtype.endswith("+json"))
+    ):
+        raise UnsupportedMediaType(
+            "Send the body as JSON with 'Content-Type: application/json'.",
+            headers={"Accept-Post": "application/json"},
+        )
+
+
+RuntimeDep = Annotated[InferenceRuntime, Depends(get_runtime)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RequestIdDep = Annotated[str | None, Depends(get_request_id)]
+
+
+def split_batch(
+    records: Sequence[Any], *, limit: int, instance: str, request_id: str | None
+) -> tuple[list[tuple[int, dict[str, Any]]], list[BatchItemError]]:
+    """Validate a batch record by record: ``(index, record)`` pairs to answer and the refusals by index.
+
+    Raises :class:`PayloadTooLarge` (413) when the batch has more than ``limit`` records.
+    """
+    if len(records) > limit:
+        raise PayloadTooLarge(
+            f"The batch has {len(records)} records; at most {limit} are accepted (GSHAP_MAX_BATCH_RECORDS).",
+            extra={"limit": limit, "limit_name": "max_batch_records", "received": len(records)},
+        )
+    valid: list[tuple[int, dict[str, Any]]] = []
+    refused: list[BatchItemError] = []
+    for i, item in enumerate(records):
+        try:
+            valid.append((i, PatientRecord.model_validate(item).model_dump()))
+        except ValidationError as exc:
+            problem = problem_body(
+                invalid_input(field_errors(exc.errors())), instance=f"{instance}#/records/{i}", request_id=request_id
+            )
+            refused.append(BatchItemError(index=i, ok=False, error=Problem.model_validate(problem)))
+    return valid, refused
+
+
+_DESCRIPTIONS = {
+    400: "Malformed body: not valid JSON.",
+    401: "API key missing or wrong (only when the server is configured with GSHAP_API_KEYS).",
+    404: "Not found.",
+    413: "Body over GSHAP_MAX_BODY_BYTES, or a batch over GSHAP_MAX_BATCH_RECORDS; `limit` names the bound.",
+    415: "The body is not application/json.",
+    422: "Invalid input: `errors` names each field and the rule it breaks.",
+    429: "Rate limit exceeded (GSHAP_RATE_LIMIT_PER_MINUTE); see the Retry-After header.",
+    500: "Internal error: the problem carries only the request id.",
+    503: "The model is not loaded yet (or shutting down).",
+}
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries of problem answers (rendered as application/problem+json)."""
+    return {code: {"model": Problem, "description": _DESCRIPTIONS[code]} for code in codes}
+
+
+GET_PROBLEMS = (401, 429, 500, 503)
+POST_PROBLEMS = (400, 401, 413, 415, 422, 429, 500, 503)

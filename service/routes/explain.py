@@ -1,0 +1,138 @@
+"""``POST /explain`` and ``POST /explain/batch``: a prediction and its GradientSHAP attributions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Request
+
+from service.errors import FieldError, invalid_input
+from service.inference import MIN_N_SAMPLES, ExplainOptions, InferenceRuntime
+from service.routes import (
+    POST_PROBLEMS,
+    RequestIdDep,
+    RuntimeDep,
+    SettingsDep,
+    problem_responses,
+    require_json,
+    split_batch,
+)
+from service.routes.predict import RECORD_EXAMPLES
+from service.schemas import (
+    SCHEMA_SPEC,
+    BatchItemError,
+    ExplainBatchRequest,
+    ExplainRequest,
+    ExplainSettings,
+    ExplanationBatchItem,
+    ExplanationBatchPublic,
+    ExplanationPublic,
+    example_record,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["explain"], dependencies=[Depends(require_json)])
+
+_RECORD_FIELDS = set(SCHEMA_SPEC.names)
+
+EXPLAIN_EXAMPLES: dict[str, Any] = {
+    "default": {"summary": "Exact attributions of the logit (defaults)", "value": example_record()},
+    "probability": {
+        "summary": "Attributions on the probability scale",
+        "value": {**example_record(), "output": "probability"},
+    },
+    "sampled": {
+        "summary": "Monte-Carlo estimate with a seed (reproducible)",
+        "value": {**example_record(), "method": "sampled", "n_samples": 200, "seed": 7},
+    },
+    "not_measured": {**RECORD_EXAMPLES["not_measured"]},
+}
+
+
+EXPLAIN_BATCH_EXAMPLES: dict[str, Any] = {
+    "two_records": {
+        "summary": "Two records explained on the probability scale",
+        "value": {"records": [example_record(), {**example_record(), "glucose": 0}], "output": "probability"},
+    },
+}
+
+
+def explain_options(settings: ExplainSettings, runtime: InferenceRuntime) -> ExplainOptions:
+    """The request's settings, checked against this server's sample bound (which may be below the schema's)."""
+    n = settings.n_samples
+    if n is not None and n > runtime.max_n_samples:
+        raise invalid_input(
+            [
+                FieldError(
+                    "n_samples",
+                    "less_than_equal",
+                    f"Input should be less than or equal to {runtime.max_n_samples} on this server",
+                    runtime.max_n_samples,
+                )
+            ]
+        )
+    low = MIN_N_SAMPLES[settings.method]
+    if n is not None and n < low:
+        raise invalid_input(
+            [
+                FieldError(
+                    "n_samples",
+                    "greater_than_equal",
+                    f"Input should be greater than or equal to {low} for method '{settings.method}'",
+                    low,
+                )
+            ]
+        )
+    return ExplainOptions(
+        method=settings.method, n_samples=settings.n_samples, seed=settings.seed, output=settings.output
+    )
+
+
+@router.post(
+    "/explain",
+    operation_id="explain",
+    summary="Explain one patient's prediction",
+    response_description="The prediction, the attributions in the feature specification's order and a summary.",
+    responses=problem_responses(*POST_PROBLEMS),
+)
+async def explain(
+    body: Annotated[ExplainRequest, Body(openapi_examples=EXPLAIN_EXAMPLES)], runtime: RuntimeDep
+) -> ExplanationPublic:
+    """Why the model scored this patient as it did: each feature's GradientSHAP attribution relative to the
+    training population (the baseline distribution), adding up to output_value - base_value, with a
+    one-sentence summary of the strongest drivers."""
+    options = explain_options(body, runtime)
+    record = body.model_dump(include=_RECORD_FIELDS)
+    [explanation] = await runtime.aexplain([record], options)
+    return ExplanationPublic.model_validate(explanation)
+
+
+@router.post(
+    "/explain/batch",
+    operation_id="explain_batch",
+    summary="Explain several patients' predictions",
+    response_description="One result per record, in order; refused records carry a problem.",
+    responses=problem_responses(*POST_PROBLEMS),
+)
+async def explain_batch(
+    body: Annotated[ExplainBatchRequest, Body(openapi_examples=EXPLAIN_BATCH_EXAMPLES)],
+    request: Request,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> ExplanationBatchPublic:
+    """Explain up to GSHAP_MAX_BATCH_RECORDS records (default 100; more: 413) with the same settings, given
+    at the top level. A refused record is reported by its index with a 422 problem; the others are answered,
+    and each record's attributions are the same as if it were explained alone."""
+    options = explain_options(body, runtime)
+    valid, refused = split_batch(
+        body.records, limit=settings.max_batch_records, instance=request.url.path, request_id=request_id
+    )
+    explanations = await runtime.aexplain([record for _, record in valid], options)
+    answered = [
+        ExplanationBatchItem.model_validate({"index": i, "ok": True, **vars(e)})
+        for (i, _), e in zip(valid, explanations, strict=True)
+    ]
+    results: list[ExplanationBatchItem | BatchItemError] = sorted([*answered, *refused], key=lambda item: item.index)
+    return ExplanationBatchPublic(results=results, succeeded=len(answered), failed=len(refused))

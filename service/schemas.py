@@ -1,0 +1,588 @@
+"""Request and response models, named by role, with units, ranges and examples in every description.
+
+The patient record is not written out here: :func:`patient_record_model` builds it from the feature
+specification (:data:`service.features.PIMA_SPEC`), one field a feature, with the spec's description, unit,
+valid range, integer rule and "missing" rule, and the spec's example values. Start-up refuses a bundle whose
+features differ from the specification the schema was built from (:func:`service.inference.ensure_compatible`).
+
+Types are strict on purpose: a record is clinical data, so ``"148"`` (a string), ``true`` (a boolean),
+``6.0`` for a count, ``NaN`` or ``Infinity`` are refused with a 422 naming the field rather than coerced; an
+unknown field (``"glucos"``) is refused rather than ignored, because ignoring it would silently turn a
+misspelled measurement into a missing one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, create_model
+
+from service.explain import DEFAULT_N_SAMPLES, MAX_N_SAMPLES
+from service.features import PIMA_SPEC, Feature, FeatureSpec
+
+__all__ = [
+    "SCHEMA_SPEC",
+    "AttributionPublic",
+    "BatchItemError",
+    "ExplainBatchRequest",
+    "ExplainRequest",
+    "ExplainSettings",
+    "ExplanationBatchItem",
+    "ExplanationBatchPublic",
+    "ExplanationPublic",
+    "FeatureCard",
+    "FeatureWarningPublic",
+    "GroupFeaturePublic",
+    "GroupPublic",
+    "GroupsPublic",
+    "HealthPublic",
+    "ModelCardPublic",
+    "PatientRecord",
+    "PredictBatchRequest",
+    "PredictionBatchItem",
+    "PredictionBatchPublic",
+    "PredictionPublic",
+    "Problem",
+    "ProblemFieldError",
+    "ReadinessPublic",
+    "example_record",
+    "patient_record_model",
+]
+
+SCHEMA_SPEC: FeatureSpec = PIMA_SPEC
+"""The feature specification the request schema is built from."""
+
+SEED_MAX = 2**31 - 1
+
+
+# ---- the patient record, from the specification -----------------------------------------------------------
+
+
+def _num(value: float, integer: bool = False) -> int | float:
+    return int(value) if integer or float(value).is_integer() else float(value)
+
+
+def example_record(spec: FeatureSpec = SCHEMA_SPEC) -> dict[str, Any]:
+    """The specification's example patient, as a client would post it."""
+    return {f.name: _num(f.example, f.integer) for f in spec}
+
+
+def _unit_text(feat: Feature) -> str:
+    return f" {feat.unit}" if feat.unit else ""
+
+
+def _field(feat: Feature) -> tuple[Any, Any]:
+    lo, hi = _num(feat.valid_min, feat.integer), _num(feat.valid_max, feat.integer)
+    kind = "A whole number (JSON integer)" if feat.integer else "A number"
+    text = (
+        f"{feat.description} Unit: {feat.unit or 'none'}. {kind} from {lo} to {hi}{_unit_text(feat)}; "
+        "values outside are refused as implausible."
+    )
+    py_type: Any = int if feat.integer else float
+    if feat.may_be_missing:
+        text += (
+            " Optional: null, 0 or an omitted field mean 'not measured'; the value is then imputed with the "
+            "training median and the feature is listed in `imputed`."
+        )
+        return (
+            py_type | None,
+            Field(
+                None,
+                title=feat.label_with_unit(),
+                description=text,
+                ge=lo,
+                le=hi,
+                allow_inf_nan=False,
+                examples=[_num(feat.example, feat.integer)],
+            ),
+        )
+    return (
+        py_type,
+        Field(
+            ...,
+            title=feat.label_with_unit(),
+            description=text + " Required.",
+            ge=lo,
+            le=hi,
+            allow_inf_nan=False,
+            examples=[_num(feat.example, feat.integer)],
+        ),
+    )
+
+
+def record_fields(spec: FeatureSpec = SCHEMA_SPEC) -> dict[str, Any]:
+    """``create_model`` field definitions of a patient record, in the specification's order."""
+    return {f.name: _field(f) for f in spec}
+
+
+def patient_record_model(spec: FeatureSpec = SCHEMA_SPEC, name: str = "PatientRecord") -> type[BaseModel]:
+    """The request model of one patient record, built from ``spec``."""
+    return create_model(
+        name,
+        __config__=ConfigDict(
+            extra="forbid",
+            strict=True,
+            title=name,
+            json_schema_extra={"examples": [example_record(spec)]},
+        ),
+        __doc__=(
+            f"One patient's measurements, in the data set's units. Every field is one model input; "
+            f"{', '.join(f.name for f in spec if f.may_be_missing)} may be null, 0 or omitted when not measured."
+        ),
+        **record_fields(spec),
+    )
+
+
+class ExplainSettings(BaseModel):
+    """How to explain: GradientSHAP estimator, sample count, seed and the output explained."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    n_samples: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_N_SAMPLES,
+        description=(
+            f"Samples per record: Monte-Carlo draws for method 'sampled' (2 to {MAX_N_SAMPLES}, default "
+            f"{DEFAULT_N_SAMPLES['sampled']}) or Gauss-Legendre nodes per baseline for 'quadrature' (1 to "
+            f"{MAX_N_SAMPLES}, default {DEFAULT_N_SAMPLES['quadrature']}); ignored by 'exact', which samples "
+            "nothing. The server may lower the upper bound (GSHAP_MAX_N_SAMPLES, see GET /model). null: the "
+            "method's default. The answer reports the count used."
+        ),
+        examples=[64],
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        le=SEED_MAX,
+        description="Seed of the random draws (method 'sampled'), 0 to 2^31-1: the same seed gives the same answer.",
+        examples=[0],
+    )
+    output: Literal["logit", "probability"] = Field(
+        "logit",
+        description=(
+            "What the attributions add up to: 'logit' (log-odds, additive, the default) or 'probability' (0-1 scale)."
+        ),
+    )
+    method: Literal["exact", "sampled", "quadrature"] = Field(
+        "exact",
+        description=(
+            "GradientSHAP estimator: 'exact' (the expectation over all baselines, computed exactly for this "
+            "piecewise-linear network; standard errors 0), 'sampled' (Monte-Carlo, like Captum; standard "
+            "errors estimated) or 'quadrature' (numerical integration along each path)."
+        ),
+    )
+
+
+if TYPE_CHECKING:
+
+    class PatientRecord(BaseModel):
+        """Static stand-in: the real fields are built from the feature specification at import."""
+
+    class ExplainRequest(PatientRecord, ExplainSettings):
+        """Static stand-in of the record plus the explanation settings."""
+
+else:
+    PatientRecord = patient_record_model()
+    _options = {k: (f.annotation, f) for k, f in ExplainSettings.model_fields.items()}
+    ExplainRequest = create_model(
+        "ExplainRequest",
+        __config__=ConfigDict(
+            extra="forbid",
+            strict=True,
+            title="ExplainRequest",
+            json_schema_extra={"examples": [{**example_record(), "method": "exact", "output": "logit"}]},
+        ),
+        __doc__="One patient record plus the optional explanation settings, all at the top level.",
+        **record_fields(),
+        **_options,
+    )
+    del _options
+
+
+def _accept_any(value: Any) -> Any:
+    return value
+
+
+# A batch item is validated record by record in the route, so that one bad record is reported by its index
+# without failing the others; the schema still documents each item as a PatientRecord.
+RecordSlot = Annotated[Any, PlainValidator(_accept_any, json_schema_input_type=PatientRecord)]
+
+
+class PredictBatchRequest(BaseModel):
+    """Several patient records; each is answered (or refused) on its own, in order."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"records": [example_record(), {**example_record(), "glucose": None}]}]},
+    )
+
+    records: list[RecordSlot] = Field(
+        ...,
+        min_length=1,
+        description=(
+            "Patient records (PatientRecord). At most GSHAP_MAX_BATCH_RECORDS (default 100) per request, else 413."
+        ),
+    )
+
+
+class ExplainBatchRequest(ExplainSettings):
+    """Several patient records explained with the same settings; each is answered (or refused) on its own."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"records": [example_record(), {**example_record(), "glucose": None}], "method": "exact"},
+            ]
+        },
+    )
+
+    records: list[RecordSlot] = Field(
+        ...,
+        min_length=1,
+        description=(
+            "Patient records (PatientRecord). At most GSHAP_MAX_BATCH_RECORDS (default 100) per request, else 413."
+        ),
+    )
+
+
+# ---- problems ---------------------------------------------------------------------------------------------
+
+
+class ProblemFieldError(BaseModel):
+    """One broken rule of the request."""
+
+    field: str = Field(
+        ..., description="Path of the offending field: 'glucose', 'n_samples', 'records', or 'body' for the whole body."
+    )
+    rule: str = Field(
+        ...,
+        description=(
+            "Machine-readable rule (pydantic's error type): e.g. 'less_than_equal', 'greater_than_equal', "
+            "'float_type', 'int_type', 'finite_number', 'missing', 'extra_forbidden', 'literal_error', "
+            "'json_invalid', 'too_long'."
+        ),
+    )
+    message: str = Field(..., description="The rule in words, without the offending value.")
+    limit: float | int | str | None = Field(
+        None, description="The bound of a range or length rule, in the field's unit (e.g. 600 for glucose)."
+    )
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (media type application/problem+json)."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "https://gshap.dev/problems/validation",
+                    "title": "Invalid input",
+                    "status": 422,
+                    "detail": "1 field breaks the request schema: glucos.",
+                    "instance": "/predict",
+                    "errors": [
+                        {"field": "glucos", "rule": "extra_forbidden", "message": "Extra inputs are not permitted"}
+                    ],
+                    "request_id": "3f2c9f8e0d7b4a51a1e6c2b9d8f7e6a5",
+                }
+            ]
+        },
+    )
+
+    type: str = Field(
+        ...,
+        description=(
+            "Stable URI of the problem kind: https://gshap.dev/problems/ + one of validation, malformed-body, "
+            "unauthorized, not-found, method-not-allowed, payload-too-large, unsupported-media-type, "
+            "rate-limited, model-not-ready, internal."
+        ),
+    )
+    title: str = Field(..., description="Short summary of the problem kind.")
+    status: int = Field(..., description="The HTTP status code.")
+    detail: str = Field(..., description="What went wrong with this request, in words; never a stack trace.")
+    instance: str | None = Field(None, description="The request path.")
+    errors: list[ProblemFieldError] | None = Field(
+        None, description="For 4xx input problems: every broken rule, each naming its field."
+    )
+    request_id: str | None = Field(
+        None, description="The request id (also in the X-Request-ID header): quote it when reporting a problem."
+    )
+
+
+# ---- answers ----------------------------------------------------------------------------------------------
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class FeatureWarningPublic(_Public):
+    """A caveat about one input value."""
+
+    feature: str = Field(..., description="Feature name, as in the request.")
+    code: str = Field(
+        ...,
+        description="Machine-readable kind: 'outside_training_range' (the model extrapolates beyond its data).",
+    )
+    message: str = Field(..., description="The caveat in words, with the value and the training range in units.")
+    value: float = Field(..., description="The value received, in the feature's unit.")
+    train_min: float = Field(..., description="Lowest measured value in the training split, in the feature's unit.")
+    train_max: float = Field(..., description="Highest measured value in the training split, in the feature's unit.")
+
+
+class PredictionPublic(_Public):
+    """The model's prediction for one patient."""
+
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "probability": 0.8,
+                    "logit": 1.386,
+                    "label": 1,
+                    "label_name": "diabetes",
+                    "threshold": 0.6094,
+                    "model_version": "pima-diabetes/1.0.0",
+                    "imputed": ["insulin"],
+                    "warnings": [],
+                }
+            ]
+        },
+    )
+
+    probability: float = Field(
+        ..., ge=0, le=1, description="Predicted probability (0-1) that the patient tests positive for diabetes."
+    )
+    logit: float = Field(..., description="The model's raw output: log-odds of the probability (unitless).")
+    label: Literal[0, 1] = Field(
+        ..., description="1 = predicted diabetes (probability >= threshold), 0 = predicted no diabetes."
+    )
+    label_name: str = Field(..., description="The label in words: 'diabetes' or 'no diabetes'.")
+    threshold: float = Field(
+        ..., description="Probability threshold of the label (0-1), chosen on the validation split (Youden's J)."
+    )
+    model_version: str = Field(..., description="The model that answered: '<name>/<version>'.")
+    imputed: list[str] = Field(
+        ...,
+        description="Features that were not measured (null, 0 or omitted) and were filled in with the training median.",
+    )
+    warnings: list[FeatureWarningPublic] = Field(
+        ..., description="Caveats, e.g. values outside the range seen in training, where the model extrapolates."
+    )
+
+
+class AttributionPublic(_Public):
+    """One feature's GradientSHAP attribution."""
+
+    feature: str = Field(..., description="Feature name, as in the request.")
+    label: str = Field(..., description="Human label of the feature.")
+    unit: str = Field(..., description="Unit of `value` (e.g. 'mg/dL').")
+    value: float = Field(
+        ..., description="The value explained, in `unit`: as received, or the imputed median when `imputed` is true."
+    )
+    imputed: bool = Field(..., description="True when the feature was not measured and `value` is the imputed median.")
+    attribution: float = Field(
+        ...,
+        description=(
+            "This feature's share of output_value - base_value, in the unit of `output` (log-odds or "
+            "probability); positive pushes towards diabetes."
+        ),
+    )
+    standard_error: float = Field(
+        ..., description="Monte-Carlo standard error of `attribution` (same unit); 0 for the exact method."
+    )
+
+
+class ExplanationPublic(_Public):
+    """A prediction and its GradientSHAP explanation."""
+
+    prediction: PredictionPublic = Field(..., description="The prediction explained (as POST /predict answers).")
+    output: Literal["logit", "probability"] = Field(
+        ..., description="The model output explained: 'logit' (log-odds) or 'probability' (0-1)."
+    )
+    base_value: float = Field(
+        ...,
+        description=(
+            "Expected output over the baseline distribution (the training population), in the unit of `output`."
+        ),
+    )
+    output_value: float = Field(..., description="The model's output for this record, in the unit of `output`.")
+    attributions: list[AttributionPublic] = Field(
+        ..., description="One entry a feature, in the feature specification's order."
+    )
+    completeness_gap: float = Field(
+        ...,
+        description=(
+            "output_value - base_value - sum(attributions), in the unit of `output`: how far the attributions are "
+            "from adding up exactly (about 0 for 'exact' on the logit)."
+        ),
+    )
+    method: str = Field(..., description="The GradientSHAP estimator used.")
+    n_samples: int = Field(
+        ..., description="Samples used per record, as the engine reports it: 0 for 'exact', which samples nothing."
+    )
+    n_baselines: int = Field(
+        ..., description="Points in the baseline distribution the attributions are relative to (weighted)."
+    )
+    seed: int = Field(..., description="Seed used (matters for 'sampled' only).")
+    summary: str = Field(..., description="One plain-language sentence naming the strongest drivers up and down.")
+
+
+class _BatchOk(BaseModel):
+    index: int = Field(..., ge=0, description="Position of the record in the request's `records` (0-based).")
+    ok: Literal[True] = Field(..., description="True: this record was answered.")
+
+
+class PredictionBatchItem(PredictionPublic, _BatchOk):
+    """One answered record of a batch: its index and its prediction's fields."""
+
+
+class ExplanationBatchItem(ExplanationPublic, _BatchOk):
+    """One answered record of a batch: its index and its explanation's fields."""
+
+
+class BatchItemError(BaseModel):
+    """One refused record of a batch: its index and the problem (422, naming the fields)."""
+
+    index: int = Field(..., ge=0, description="Position of the record in the request's `records` (0-based).")
+    ok: Literal[False] = Field(..., description="False: this record was refused; see `error`.")
+    error: Problem = Field(..., description="Why the record was refused (RFC 9457 problem, status 422).")
+
+
+class PredictionBatchPublic(BaseModel):
+    """Answers to a batch, one per record, in the request's order."""
+
+    results: list[PredictionBatchItem | BatchItemError] = Field(
+        ..., description="One item per record, in order; `ok` tells an answer from a refusal."
+    )
+    succeeded: int = Field(..., ge=0, description="Number of records answered.")
+    failed: int = Field(..., ge=0, description="Number of records refused.")
+
+
+class ExplanationBatchPublic(BaseModel):
+    """Explanations of a batch, one per record, in the request's order."""
+
+    results: list[ExplanationBatchItem | BatchItemError] = Field(
+        ..., description="One item per record, in order; `ok` tells an answer from a refusal."
+    )
+    succeeded: int = Field(..., ge=0, description="Number of records answered.")
+    failed: int = Field(..., ge=0, description="Number of records refused.")
+
+
+# ---- groups -----------------------------------------------------------------------------------------------
+
+
+class GroupFeaturePublic(BaseModel):
+    """One feature's attribution statistics over the records of an outcome group."""
+
+    model_config = ConfigDict(extra="allow")
+
+    feature: str = Field(..., description="Feature name.")
+    mean: float = Field(..., description="Mean attribution over the group's records (log-odds).")
+    ci_low: float | None = Field(None, description="Lower bound of the 95% interval of the mean (log-odds).")
+    ci_high: float | None = Field(None, description="Upper bound of the 95% interval of the mean (log-odds).")
+    std: float | None = Field(None, description="Standard deviation of the attributions in the group (log-odds).")
+    mean_abs: float | None = Field(None, description="Mean absolute attribution: influence regardless of sign.")
+    mean_value: float | None = Field(
+        None, description="Mean feature value in the group, original units, not-measured values imputed."
+    )
+
+
+class GroupPublic(BaseModel):
+    """An outcome group of the evaluation set and its mean explanation."""
+
+    model_config = ConfigDict(extra="allow")
+
+    group: str = Field(..., description="TP, TN, FP, FN (true/false positives/negatives) or ALL.")
+    count: int = Field(..., ge=0, description="Records of the evaluation set in the group.")
+    features: list[GroupFeaturePublic] = Field(..., description="One entry a feature, in the specification's order.")
+
+
+class GroupsPublic(BaseModel):
+    """Outcome-group summaries of the evaluation set, computed when the model was trained."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model_version: str = Field(..., description="The model summarised: '<name>/<version>'.")
+    groups: dict[str, GroupPublic] = Field(..., description="By group: TP, TN, FP, FN and ALL.")
+    evaluation_set_size: int | None = Field(None, description="Records in the evaluation (test) split.")
+    threshold: float | None = Field(None, description="Probability threshold (0-1) that defines the groups.")
+    confusion_matrix: dict[str, int] | None = Field(None, description="Counts: tn, fp, fn, tp.")
+    explanation: dict[str, Any] | None = Field(None, description="Settings of the explanations summarised.")
+
+
+# ---- model card -------------------------------------------------------------------------------------------
+
+
+class FeatureCard(BaseModel):
+    """One model input as the model card describes it."""
+
+    name: str = Field(..., description="Field name in requests.")
+    column: str = Field(..., description="Column in the training data set.")
+    label: str = Field(..., description="Human label.")
+    unit: str = Field(..., description="Unit of the values.")
+    description: str = Field(..., description="What the value measures.")
+    valid_min: float = Field(..., description="Lowest accepted value, in `unit`.")
+    valid_max: float = Field(..., description="Highest accepted value, in `unit`.")
+    integer: bool = Field(..., description="Whether values must be whole numbers.")
+    missing: str = Field(..., description="The 'missing' rule: whether and how a value may be left out.")
+    imputed_with: float = Field(..., description="Value filled in when not measured (training median), in `unit`.")
+    train_min: float = Field(..., description="Lowest measured value in the training split, in `unit`.")
+    train_max: float = Field(..., description="Highest measured value in the training split, in `unit`.")
+    example: float = Field(..., description="Example value, in `unit`.")
+
+
+class ModelCardPublic(BaseModel):
+    """What the served model is, how good it is, what it was trained on and how it is explained."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str = Field(..., description="Model name.")
+    version: str = Field(..., description="Model version.")
+    model_version: str = Field(..., description="'<name>/<version>', as in the X-Model-Version header.")
+    service_version: str = Field(..., description="Version of this service, as in the X-Service-Version header.")
+    task: str = Field(..., description="What the model predicts.")
+    created_at: str | None = Field(None, description="When the bundle was written (ISO 8601, UTC).")
+    target: dict[str, str] = Field(..., description="Target column and the words for the positive/negative label.")
+    features: list[FeatureCard] = Field(..., description="The feature specification, in input order.")
+    threshold: float = Field(..., description="Probability threshold (0-1) of label 1.")
+    threshold_rule: str | None = Field(None, description="How the threshold was chosen.")
+    metrics: dict[str, Any] = Field(
+        ...,
+        description=(
+            "Evaluation-set metrics of the MLP and of a logistic-regression reference, each "
+            "{value, ci_low, ci_high} with 95% bootstrap intervals; confusion matrices; cross-validated ROC AUC."
+        ),
+    )
+    preprocessing: dict[str, str] = Field(..., description="Imputation and scaling rules (fitted on training only).")
+    training: dict[str, Any] = Field(..., description="Training configuration (seed, epochs, optimiser, ...).")
+    data: dict[str, Any] = Field(..., description="Training data: file, sha256, record counts, split, provenance.")
+    baselines: dict[str, Any] = Field(
+        ..., description="The GradientSHAP baseline distribution: count, rule, weights, points in original units."
+    )
+    explanation_defaults: dict[str, Any] = Field(..., description="Default explanation settings.")
+    limits: dict[str, int] = Field(
+        ..., description="This server's limits: max_batch_records, max_n_samples, max_body_bytes."
+    )
+
+
+# ---- health -----------------------------------------------------------------------------------------------
+
+
+class HealthPublic(BaseModel):
+    """Liveness: the process answers."""
+
+    status: Literal["ok"] = Field(..., description="Always 'ok' when the process can answer.")
+
+
+class ReadinessPublic(BaseModel):
+    """Readiness: the bundle and the engine are loaded and warmed up."""
+
+    status: Literal["ready"] = Field(..., description="'ready'; otherwise the answer is a 503 problem.")
+    model_version: str = Field(..., description="The model served: '<name>/<version>'.")

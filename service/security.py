@@ -1,0 +1,245 @@
+"""In-app hardening: API keys, a per-key rate limit, the body-size limit and the security headers.
+
+All four are plain ASGI middlewares, so that they answer before FastAPI parses anything and cover every
+route, the docs included. Their refusals are :mod:`service.errors` problems rendered by
+:func:`service.errors.problem_response`, like every other error.
+
+- API keys (``GSHAP_API_KEYS``, a list so that keys can rotate): ``Authorization: Bearer <key>`` or
+  ``X-API-Key: <key>``, compared in constant time against every key; a missing and a wrong key get the same
+  401. ``/healthz`` and ``/readyz`` stay open for orchestrators.
+- Rate limit (``GSHAP_RATE_LIMIT_PER_MINUTE``): a token bucket per API key (per client address without
+  keys), in-process, so with N workers the effective limit is up to N times higher. 429 with ``Retry-After``.
+- Body size (``GSHAP_MAX_BODY_BYTES``): ``Content-Length`` checked first, then the streamed size while the
+  body is read into memory (bodies here are small JSON documents). 413.
+- Headers: ``nosniff``, ``DENY`` framing, ``no-referrer``, ``no-store`` and a CSP that forbids everything
+  on API answers; only the two documentation pages get one that lets Swagger UI and ReDoc load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import PayloadTooLarge, RateLimited, ServiceError, Unauthorized, problem_response, request_id_of
+
+__all__ = [
+    "OPEN_PATHS",
+    "ApiKeyMiddleware",
+    "BodySizeLimitMiddleware",
+    "SecurityHeadersMiddleware",
+    "TokenBucket",
+    "key_id",
+]
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+# Swagger UI and ReDoc load from jsDelivr and run an inline bootstrap script; ReDoc uses Google Fonts and a
+# blob worker. Nothing else is relaxed, and only on these pages.
+DOCS_CSP = (
+    "default-src 'none'; "
+    "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src https://fonts.gstatic.com; "
+    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+    "connect-src 'self'; worker-src blob:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+UNAUTHORIZED_DETAIL = "A valid API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
+
+
+def key_id(key: str) -> str:
+    """A short, stable, non-reversible id of an API key, for logs and rate-limit buckets."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+async def _refuse(exc: ServiceError, scope: Scope, receive: Receive, send: Send) -> None:
+    response = problem_response(exc, instance=scope.get("path"), request_id=request_id_of(scope))
+    await response(scope, receive, send)
+
+
+class TokenBucket:
+    """Token buckets keyed by client: ``rate`` tokens a second up to ``capacity``; the least recent evicted."""
+
+    def __init__(
+        self,
+        rate_per_minute: int,
+        capacity: int | None = None,
+        *,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate_per_minute / 60.0
+        self.capacity = float(capacity or rate_per_minute)
+        self.max_clients = max_clients
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, client: str) -> float:
+        """Take one token; returns 0 if granted, else the seconds until one is available."""
+        now = self.clock()
+        tokens, last = self._buckets.pop(client, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self._buckets[client] = (tokens, now)
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+class ApiKeyMiddleware:
+    """Authentication by API key and the rate limit; either may be off (no keys, no rate)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: Iterable[str] = (),
+        rate_limit_per_minute: int | None = None,
+        rate_limit_burst: int | None = None,
+    ) -> None:
+        self.app = app
+        self._keys = [(_digest(k), key_id(k)) for k in api_keys]
+        self.bucket = TokenBucket(rate_limit_per_minute, rate_limit_burst) if rate_limit_per_minute else None
+
+    def _match(self, headers: Headers) -> str | None:
+        """The id of the key presented, or None; every configured key is compared, in constant time each."""
+        presented: list[str] = []
+        auth = headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            presented.append(token.strip())
+        if x_key := headers.get("x-api-key"):
+            presented.append(x_key)
+        found: str | None = None
+        for candidate in presented:
+            digest = _digest(candidate)
+            for known, kid in self._keys:
+                if hmac.compare_digest(digest, known):
+                    found = kid
+        return found
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or (not self._keys and self.bucket is None):
+            await self.app(scope, receive, send)
+            return
+        client = None
+        if self._keys:
+            client = self._match(Headers(scope=scope))
+            if client is None:
+                await _refuse(
+                    Unauthorized(UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": 'Bearer realm="gshap"'}),
+                    scope,
+                    receive,
+                    send,
+                )
+                return
+            state: MutableMapping[str, Any] = scope.setdefault("state", {})
+            state["api_key_id"] = client
+        if self.bucket is not None:
+            who = client or f"addr:{(scope.get('client') or ('unknown', 0))[0]}"
+            wait = self.bucket.take(who)
+            if wait > 0:
+                retry = max(1, math.ceil(wait))
+                await _refuse(
+                    RateLimited(
+                        f"Rate limit exceeded; retry in {retry} s.",
+                        headers={"Retry-After": str(retry)},
+                        extra={"retry_after": retry},
+                    ),
+                    scope,
+                    receive,
+                    send,
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+class BodySizeLimitMiddleware:
+    """413 for a body over ``max_bytes``: by ``Content-Length``, then by the bytes actually streamed."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"The request body is larger than {self.max_bytes} bytes (GSHAP_MAX_BODY_BYTES).",
+            extra={"limit": self.max_bytes, "limit_name": "max_body_bytes"},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _refuse(self._too_large(), scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await _refuse(self._too_large(), scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class SecurityHeadersMiddleware:
+    """The security headers of every answer; the docs pages get the relaxed CSP they need."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = DOCS_CSP if scope["path"] in DOCS_PATHS else API_CSP
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["X-Frame-Options"] = "DENY"
+                headers["Referrer-Policy"] = "no-referrer"
+                headers["Cache-Control"] = "no-store"
+                headers["Content-Security-Policy"] = csp
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
