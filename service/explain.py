@@ -450,7 +450,7 @@ class Explanation:
     stdevs: float
 
 
-GradFn = Callable[[Tensor], tuple[Tensor, Tensor]]
+GradFn = Callable[[Tensor], Tensor]
 
 
 class GradientShapEngine:
@@ -688,64 +688,65 @@ class GradientShapEngine:
 
     # gradient-based estimators -------------------------------------------------------------------------------------
 
-    def _grad_fn(self, output: Output) -> GradFn:
-        """``(R, F) float64 -> ((R,), (R, F))``: output value and its input gradient at each point."""
+    def _grad_fn(self, output: Output, *, autograd: bool) -> GradFn:
+        """``(R, F) float64 -> (R, F)``: gradient of the output at each point, by the folded net's masks or by
+        autograd through a float64 copy of the model (any differentiable model)."""
         net = self._net
-        if net is not None:
+        if net is not None and not autograd:
 
-            def folded(z: Tensor) -> tuple[Tensor, Tensor]:
+            def folded(z: Tensor) -> Tensor:
                 val, g = net.logit_and_grad(z)
                 if output == "probability":
                     s = torch.sigmoid(val)
-                    return s, g * (s * (1 - s))[:, None]
-                return val, g
+                    return g * (s * (1 - s))[:, None]
+                return g
 
             return folded
 
         model = self._model64
 
-        def autograd(z: Tensor) -> tuple[Tensor, Tensor]:
-            with torch.enable_grad():
-                zz = z.detach().clone().requires_grad_(True)
+        def by_autograd(z: Tensor) -> Tensor:
+            with torch.inference_mode(False), torch.enable_grad():
+                zz = z.clone().requires_grad_(True)
                 val = model(zz).reshape(-1)
                 if output == "probability":
                     val = torch.sigmoid(val)
                 (g,) = torch.autograd.grad(val.sum(), zz)
-            return val.detach(), g
+            return g
 
-        return autograd
+        return by_autograd
 
     def _grads_chunked(self, fn: GradFn, z: Tensor) -> Tensor:
         """Gradients at ``(R, F)`` points in blocks of ``chunk_size`` rows (block boundaries depend on R only)."""
-        return torch.cat([fn(c)[1] for c in torch.split(z, self.chunk_size)])
+        return torch.cat([fn(c) for c in torch.split(z, self.chunk_size)])
 
     def _sampled(self, x: Tensor, output: Output, n: int, seed: int, stdevs: float) -> tuple[Tensor, Tensor]:
+        """Captum's estimator with the seed's draws, record by record: ``(N, F)`` means and standard errors."""
         idx, alpha, noise = self._draws(n, seed, stdevs)
-        fn = self._grad_fn(output)
+        fn = self._grad_fn(output, autograd=self._net is None)
         bsel = self._b[idx]  # (n, F)
         attrs, ses = [], []
-        with torch.inference_mode(self._net is not None):
-            for row in x:
-                diff = row[None, :] + noise - bsel
-                contrib = diff * self._grads_chunked(fn, bsel + alpha[:, None] * diff)  # (n, F) per sample
-                attrs.append(contrib.mean(0))
-                ses.append(contrib.std(0) / math.sqrt(n))
+        for row in x:
+            diff = row[None, :] + noise - bsel
+            contrib = diff * self._grads_chunked(fn, bsel + alpha[:, None] * diff)  # (n, F) one row per sample
+            attrs.append(contrib.mean(0))
+            ses.append(contrib.std(0) / math.sqrt(n))
         return _stack(attrs, self.n_features), _stack(ses, self.n_features)
 
     def _quadrature(self, x: Tensor, output: Output, n: int) -> tuple[Tensor, Tensor]:
+        """Gauss–Legendre in α for every baseline, autograd gradients: ``(N, F)`` attributions, zero SE."""
         nodes, weights = np.polynomial.legendre.leggauss(n)
         alpha = torch.as_tensor((nodes + 1.0) / 2.0)
         qw = torch.as_tensor(weights / 2.0)
-        fn = self._grad_fn(output)
+        fn = self._grad_fn(output, autograd=True)
         k, f = self._b.shape
         attrs = []
-        with torch.inference_mode(self._net is not None):
-            for row in x:
-                diff = row[None, :] - self._b  # (K, F)
-                pts = (self._b[:, None, :] + alpha[None, :, None] * diff[:, None, :]).reshape(k * n, f)
-                g = self._grads_chunked(fn, pts).reshape(k, n, f)
-                integral = (g * qw[None, :, None]).sum(1)  # (K, F)
-                attrs.append((diff * integral * self._w[:, None]).sum(0))
+        for row in x:
+            diff = row[None, :] - self._b  # (K, F)
+            pts = (self._b[:, None, :] + alpha[None, :, None] * diff[:, None, :]).reshape(k * n, f)
+            g = self._grads_chunked(fn, pts).reshape(k, n, f)
+            integral = (g * qw[None, :, None]).sum(1)  # (K, F)
+            attrs.append((diff * integral * self._w[:, None]).sum(0))
         attr = _stack(attrs, f)
         return attr, torch.zeros_like(attr)
 
