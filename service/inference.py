@@ -185,8 +185,8 @@ def _phrase(feat: Feature, value: float, imputed: bool, first: bool) -> str:
     unit = "" if feat.unit in _SILENT_UNITS else f" {feat.unit}"
     if imputed:
         return f"{label} (not measured; imputed as {shown}{unit})"
-    if feat.unit == "count":
-        return f"{label} of {shown}" if first else f"{shown} {_lower_label(feat.label)}"
+    if feat.unit == "count":  # "the number of pregnancies (6)": singular, whatever the count
+        return f"{'The' if first else 'the'} number of {_lower_label(feat.label)} ({shown})"
     return f"{label} of {shown}{unit}"
 
 

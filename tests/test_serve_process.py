@@ -1,0 +1,118 @@
+"""`gshap serve` as a real process: serves on the default bundle, refuses a bad one, exits 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import free_port, record
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+def _gshap(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    # `python -m service.cli` is the `gshap` script's own entry point, independent of how the venv was installed
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *args],
+        cwd=root,
+        env={**os.environ, "GSHAP_LOG_LEVEL": "info", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT)
+
+
+def _wait_ready(proc: subprocess.Popen[str], base: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _, err = proc.communicate(timeout=STOP_TIMEOUT)
+            pytest.fail(f"server exited with {proc.returncode} before it was ready: {err[-2000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"server not ready within {START_TIMEOUT} s")
+
+
+@pytest.fixture
+def server(root: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    proc = _gshap(root, "serve", "--host", "127.0.0.1", "--port", str(port))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(proc, base)
+        yield proc, base
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.slow
+def test_serve_answers_explain_over_http_and_stops_on_sigterm(server: tuple[subprocess.Popen[str], str]) -> None:
+    """The real server explains a record over TCP, with its headers, and exits 0 on SIGTERM with JSON logs."""
+    proc, base = server
+    r = httpx.post(f"{base}/explain", json=record(glucose=147.123), timeout=30.0)
+    assert r.status_code == 200, r.text
+    ex = r.json()
+    assert [a["feature"] for a in ex["attributions"]][:2] == ["pregnancies", "glucose"]
+    assert ex["prediction"]["model_version"] == r.headers["x-model-version"] == "pima-diabetes/1.0.0"
+    assert r.headers["x-request-id"]
+    assert "server" not in r.headers
+    bad = httpx.post(f"{base}/predict", json={**record(), "glucos": 1}, timeout=30.0)
+    assert bad.status_code == 422
+    assert bad.headers["content-type"] == "application/problem+json"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=STOP_TIMEOUT) == 0
+    _, err = proc.communicate(timeout=STOP_TIMEOUT)
+    assert '"route":"/explain"' in err
+    assert "147.123" not in err  # no patient value in the logs
+
+
+@pytest.mark.slow
+def test_serve_refuses_a_missing_bundle_with_one_line(root: Path) -> None:
+    """`gshap serve --model /nonexistent` exits non-zero at once with a one-line reason on stderr."""
+    proc = _gshap(root, "serve", "--port", str(free_port()), "--model", "/nonexistent")
+    try:
+        _, err = proc.communicate(timeout=START_TIMEOUT)
+    finally:
+        _stop(proc)
+    assert proc.returncode != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "/nonexistent" in lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_serve_refuses_a_tampered_bundle(root: Path, bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A bundle whose weights changed after checksumming stops start-up with a one-line reason naming the file."""
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    weights = copy / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    proc = _gshap(root, "serve", "--port", str(free_port()), "--model", str(copy))
+    try:
+        _, err = proc.communicate(timeout=START_TIMEOUT)
+    finally:
+        _stop(proc)
+    assert proc.returncode != 0
+    [line] = err.strip().splitlines()
+    assert "weights.safetensors" in line
