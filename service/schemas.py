@@ -317,12 +317,64 @@ class Problem(BaseModel):
 # ---- answers ----------------------------------------------------------------------------------------------
 
 
+# Real answers of the shipped model (pima-diabetes/1.0.0) to the example record, rounded for reading.
+EXAMPLE_PREDICTION: dict[str, Any] = {
+    "probability": 0.8096,
+    "logit": 1.4474,
+    "label": 1,
+    "label_name": "diabetes",
+    "threshold": 0.6094,
+    "model_version": "pima-diabetes/1.0.0",
+    "imputed": ["insulin"],
+    "warnings": [],
+}
+EXAMPLE_WARNING: dict[str, Any] = {
+    "feature": "insulin",
+    "code": "outside_training_range",
+    "message": (
+        "Insulin of 900 µU/mL is above the highest value seen in training (744 µU/mL); the model extrapolates here."
+    ),
+    "value": 900.0,
+    "train_min": 15.0,
+    "train_max": 744.0,
+}
+_EXAMPLE_ATTRIBUTIONS = [
+    ("pregnancies", "Pregnancies", "count", 6.0, False, 0.0579),
+    ("glucose", "Glucose", "mg/dL", 148.0, False, 0.8474),
+    ("blood_pressure", "Blood pressure", "mm Hg", 72.0, False, 0.0385),
+    ("skin_thickness", "Skin thickness", "mm", 35.0, False, 0.0857),
+    ("insulin", "Insulin", "µU/mL", 125.0, True, -0.0031),
+    ("bmi", "BMI", "kg/m²", 33.6, False, 0.131),
+    ("diabetes_pedigree_function", "Diabetes pedigree", "score", 0.627, False, 0.1632),
+    ("age", "Age", "years", 50.0, False, 0.2407),
+]
+EXAMPLE_EXPLANATION: dict[str, Any] = {
+    "prediction": EXAMPLE_PREDICTION,
+    "output": "logit",
+    "base_value": -0.1139,
+    "output_value": 1.4474,
+    "attributions": [
+        dict(zip(("feature", "label", "unit", "value", "imputed", "attribution"), row, strict=True))
+        | {"standard_error": 0.0}
+        for row in _EXAMPLE_ATTRIBUTIONS
+    ],
+    "completeness_gap": 2.2e-16,
+    "method": "exact",
+    "n_samples": 0,
+    "n_baselines": 64,
+    "seed": 0,
+    "summary": "Glucose of 148 mg/dL and age of 50 years push the predicted risk up most.",
+}
+
+
 class _Public(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
 class FeatureWarningPublic(_Public):
     """A caveat about one input value."""
+
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_WARNING]})
 
     feature: str = Field(..., description="Feature name, as in the request.")
     code: str = Field(
@@ -338,23 +390,7 @@ class FeatureWarningPublic(_Public):
 class PredictionPublic(_Public):
     """The model's prediction for one patient."""
 
-    model_config = ConfigDict(
-        from_attributes=True,
-        json_schema_extra={
-            "examples": [
-                {
-                    "probability": 0.8,
-                    "logit": 1.386,
-                    "label": 1,
-                    "label_name": "diabetes",
-                    "threshold": 0.6094,
-                    "model_version": "pima-diabetes/1.0.0",
-                    "imputed": ["insulin"],
-                    "warnings": [],
-                }
-            ]
-        },
-    )
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_PREDICTION]})
 
     probability: float = Field(
         ..., ge=0, le=1, description="Predicted probability (0-1) that the patient tests positive for diabetes."
@@ -402,6 +438,8 @@ class AttributionPublic(_Public):
 class ExplanationPublic(_Public):
     """A prediction and its GradientSHAP explanation."""
 
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_EXPLANATION]})
+
     prediction: PredictionPublic = Field(..., description="The prediction explained (as POST /predict answers).")
     output: Literal["logit", "probability"] = Field(
         ..., description="The model output explained: 'logit' (log-odds) or 'probability' (0-1)."
@@ -442,9 +480,17 @@ class _BatchOk(BaseModel):
 class PredictionBatchItem(PredictionPublic, _BatchOk):
     """One answered record of a batch: its index and its prediction's fields."""
 
+    model_config = ConfigDict(
+        from_attributes=True, json_schema_extra={"examples": [{"index": 0, "ok": True, **EXAMPLE_PREDICTION}]}
+    )
+
 
 class ExplanationBatchItem(ExplanationPublic, _BatchOk):
     """One answered record of a batch: its index and its explanation's fields."""
+
+    model_config = ConfigDict(
+        from_attributes=True, json_schema_extra={"examples": [{"index": 0, "ok": True, **EXAMPLE_EXPLANATION}]}
+    )
 
 
 class BatchItemError(BaseModel):

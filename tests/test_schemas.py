@@ -158,3 +158,21 @@ def test_summary_sentence_without_drivers() -> None:
     """All-zero attributions say that nothing moves the risk."""
     attrs = [_attr("glucose", 117, 0.0), _attr("age", 30, 0.0)]
     assert summary_sentence(SCHEMA_SPEC, attrs) == "No feature moves the predicted risk away from the baseline average."
+
+
+def test_documented_examples_validate_against_their_models() -> None:
+    """Every example shown in /docs is a valid instance of its model (request or answer)."""
+    from pydantic import BaseModel
+
+    from service import schemas
+
+    checked = 0
+    for name in schemas.__all__:
+        model = getattr(schemas, name)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        extra = model.model_config.get("json_schema_extra")
+        for example in extra.get("examples", []) if isinstance(extra, dict) else []:
+            model.model_validate(example)
+            checked += 1
+    assert checked >= 8
