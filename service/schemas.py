@@ -273,7 +273,11 @@ class ProblemFieldError(BaseModel):
 
 
 class Problem(BaseModel):
-    """An RFC 9457 problem document (media type application/problem+json)."""
+    """An RFC 9457 problem document (media type application/problem+json).
+
+    Extension members where they apply: `limit`, `limit_name` and `received` (413: the bound that was
+    exceeded, e.g. max_batch_records), `retry_after` (429, seconds, as the Retry-After header).
+    """
 
     model_config = ConfigDict(
         extra="allow",

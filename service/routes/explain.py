@@ -113,6 +113,7 @@ async def explain(
     operation_id="explain_batch",
     summary="Explain several patients' predictions",
     response_description="One result per record, in order; refused records carry a problem.",
+    response_model_exclude_none=True,
     responses=problem_responses(*POST_PROBLEMS),
 )
 async def explain_batch(

@@ -76,6 +76,7 @@ async def predict(
     operation_id="predict_batch",
     summary="Predict several patients",
     response_description="One result per record, in order; refused records carry a problem.",
+    response_model_exclude_none=True,
     responses=problem_responses(*POST_PROBLEMS),
 )
 async def predict_batch(
