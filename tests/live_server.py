@@ -59,9 +59,10 @@ def running_server(
     env: Mapping[str, str] | None = None,
     *,
     command: Sequence[str] = ("serve", "--host", "127.0.0.1"),
+    program: Sequence[str] = (sys.executable, "-m", "service.cli"),
     timeout: float = START_TIMEOUT,
 ) -> Iterator[LiveServer]:
-    """Run ``gshap <command>`` in a subprocess until the block ends.
+    """Run ``<program> <command>`` (by default ``gshap serve`` via ``-m``) in a subprocess until the block ends.
 
     ``env`` adds GSHAP_* settings to a clean environment; GSHAP_PORT is always set, to a free port.
     """
@@ -71,7 +72,7 @@ def running_server(
         log = Path(tmp) / "server.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", *command],
+                [*program, *command],
                 cwd=ROOT,
                 env=full_env,
                 stdin=subprocess.DEVNULL,

@@ -383,7 +383,10 @@ def test_container_command_serves_and_passes_its_healthcheck() -> None:
     env["GSHAP_API_KEYS"] = "container-test-key"
     check = parse_healthcheck(runtime.last("HEALTHCHECK")).command
     assert check[0] == "python"
-    with running_server(env, command=cmd[1:]) as server:
+    # the installed console script itself when this environment has it, as the image runs it
+    script = Path(sys.executable).with_name(cmd[0])
+    program = [str(script)] if script.is_file() else [sys.executable, "-m", "service.cli"]
+    with running_server(env, command=cmd[1:], program=program) as server:
         ok = subprocess.run([sys.executable, *check[1:]], env=server.env, timeout=30, check=False)
         assert ok.returncode == 0
         dead = {**server.env, "GSHAP_PORT": str(free_port())}
