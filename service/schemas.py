@@ -529,25 +529,29 @@ class ExplanationBatchPublic(BaseModel):
 
 
 class GroupFeaturePublic(BaseModel):
-    """One feature's attribution statistics over the records of an outcome group."""
-
-    model_config = ConfigDict(extra="allow")
+    """One feature's attribution statistics over the records of an outcome group (None for an empty group)."""
 
     feature: str = Field(..., description="Feature name.")
-    mean: float = Field(..., description="Mean attribution over the group's records (log-odds).")
-    ci_low: float | None = Field(None, description="Lower bound of the 95% interval of the mean (log-odds).")
-    ci_high: float | None = Field(None, description="Upper bound of the 95% interval of the mean (log-odds).")
-    std: float | None = Field(None, description="Standard deviation of the attributions in the group (log-odds).")
-    mean_abs: float | None = Field(None, description="Mean absolute attribution: influence regardless of sign.")
+    label: str | None = Field(None, description="Human label of the feature.")
+    unit: str | None = Field(None, description="Unit of `mean_value`.")
+    mean: float | None = Field(..., description="Mean attribution over the group's records (log-odds).")
+    ci_low: float | None = Field(
+        ..., description="Lower bound of the 95% Student-t interval of the mean attribution (log-odds)."
+    )
+    ci_high: float | None = Field(
+        ..., description="Upper bound of the 95% Student-t interval of the mean attribution (log-odds)."
+    )
+    std: float | None = Field(..., description="Standard deviation of the attributions in the group (log-odds).")
+    mean_abs: float | None = Field(
+        ..., description="Mean absolute attribution (log-odds): influence regardless of direction."
+    )
     mean_value: float | None = Field(
-        None, description="Mean feature value in the group, original units, not-measured values imputed."
+        ..., description="Mean feature value in the group, in `unit`, not-measured values imputed by the median."
     )
 
 
 class GroupPublic(BaseModel):
     """An outcome group of the evaluation set and its mean explanation."""
-
-    model_config = ConfigDict(extra="allow")
 
     group: str = Field(..., description="TP, TN, FP, FN (true/false positives/negatives) or ALL.")
     count: int = Field(..., ge=0, description="Records of the evaluation set in the group.")
@@ -557,14 +561,22 @@ class GroupPublic(BaseModel):
 class GroupsPublic(BaseModel):
     """Outcome-group summaries of the evaluation set, computed when the model was trained."""
 
-    model_config = ConfigDict(extra="allow")
-
     model_version: str = Field(..., description="The model summarised: '<name>/<version>'.")
     groups: dict[str, GroupPublic] = Field(..., description="By group: TP, TN, FP, FN and ALL.")
     evaluation_set_size: int | None = Field(None, description="Records in the evaluation (test) split.")
-    threshold: float | None = Field(None, description="Probability threshold (0-1) that defines the groups.")
-    confusion_matrix: dict[str, int] | None = Field(None, description="Counts: tn, fp, fn, tp.")
-    explanation: dict[str, Any] | None = Field(None, description="Settings of the explanations summarised.")
+    threshold: float | None = Field(None, description="Probability threshold (0-1) of the predicted labels.")
+    confusion_matrix: dict[str, int] = Field(
+        ..., description="Counts of the evaluation set at the threshold: tn, fp, fn, tp."
+    )
+    interval: str | None = Field(None, description="How the intervals of the means were computed.")
+    mean_feature_value: str | None = Field(None, description="How `mean_value` was computed.")
+    explanation: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "Settings of the explanations summarised (method, output, seed, n_samples), their base_value "
+            "(log-odds) and the largest completeness gap."
+        ),
+    )
 
 
 # ---- model card -------------------------------------------------------------------------------------------

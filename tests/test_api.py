@@ -398,6 +398,10 @@ def test_groups_lists_outcome_groups(client: AppClient, bundle: Bundle) -> None:
         for f in g["features"]:
             assert {"mean", "ci_low", "ci_high", "std", "mean_abs", "mean_value"} <= set(f)
     assert out["model_version"] == f"{bundle.name}/{bundle.version}"
+    matrix = out["confusion_matrix"]
+    assert matrix == {k.lower(): groups[k]["count"] for k in ("TN", "FP", "FN", "TP")}
+    assert out["evaluation_set_size"] == len(bundle.eval_y)
+    assert out["threshold"] == bundle.threshold
 
 
 def test_one_group_and_unknown_group(client: AppClient) -> None:

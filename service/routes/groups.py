@@ -11,7 +11,7 @@ from service.inference import InferenceRuntime
 from service.routes import GET_PROBLEMS, RuntimeDep, problem_responses
 from service.schemas import GroupPublic, GroupsPublic
 
-__all__ = ["router"]
+__all__ = ["GROUP_NAMES", "router"]
 
 router = APIRouter(tags=["groups"])
 
@@ -19,14 +19,22 @@ GROUP_NAMES = ("TP", "TN", "FP", "FN", "ALL")
 
 
 def _summaries(runtime: InferenceRuntime) -> dict[str, Any]:
+    """``bundle.groups`` (groups.json): one key a group plus the evaluation's settings; 404 without it."""
     groups = runtime.bundle.groups
-    if not groups or not isinstance(groups.get("groups"), dict):
+    if not groups or not any(g in groups for g in GROUP_NAMES):
         raise NotFound("This model bundle carries no group summaries (they are written by 'gshap groups').")
     return groups
 
 
-def _group(name: str, raw: dict[str, Any]) -> GroupPublic:
-    return GroupPublic.model_validate({**raw, "group": name})
+def _group(runtime: InferenceRuntime, name: str, raw: dict[str, Any]) -> GroupPublic:
+    spec = runtime.spec
+    features = [
+        {**f, "label": spec.by_name(f["feature"]).label, "unit": spec.by_name(f["feature"]).unit}
+        if f.get("feature") in spec.names
+        else f
+        for f in raw.get("features", [])
+    ]
+    return GroupPublic.model_validate({**raw, "group": name, "features": features})
 
 
 @router.get(
@@ -40,9 +48,17 @@ async def list_groups(runtime: RuntimeDep) -> GroupsPublic:
     negatives (TN), false positives (FP), false negatives (FN) and all records (ALL): mean attribution with
     its 95% interval, spread, mean absolute attribution and mean feature value. Computed at training time."""
     summaries = _summaries(runtime)
-    groups = {name: _group(name, raw) for name, raw in summaries["groups"].items()}
-    rest = {k: v for k, v in summaries.items() if k != "groups"}
-    return GroupsPublic.model_validate({**rest, "groups": groups, "model_version": runtime.model_version})
+    groups = {name: _group(runtime, name, summaries[name]) for name in GROUP_NAMES if name in summaries}
+    counts = {name: g.count for name, g in groups.items()}
+    rest = {k: v for k, v in summaries.items() if k not in GROUP_NAMES}
+    return GroupsPublic.model_validate(
+        {
+            **rest,
+            "model_version": runtime.model_version,
+            "groups": groups,
+            "confusion_matrix": {k.lower(): counts[k] for k in ("TN", "FP", "FN", "TP") if k in counts},
+        }
+    )
 
 
 @router.get(
@@ -56,8 +72,8 @@ async def get_group(
     group: str = Path(description="TP, TN, FP, FN or ALL (case-insensitive).", examples=["TP"]),
 ) -> GroupPublic:
     """One outcome group's summary; an unknown group is a 404 problem."""
-    summaries = _summaries(runtime)["groups"]
+    summaries = _summaries(runtime)
     key = group.upper()
-    if key not in summaries:
-        raise NotFound(f"No outcome group of that name; known groups: {', '.join(summaries)}.")
-    return _group(key, summaries[key])
+    if key not in GROUP_NAMES or key not in summaries:
+        raise NotFound(f"No outcome group of that name; known groups: {', '.join(GROUP_NAMES)}.")
+    return _group(runtime, key, summaries[key])
