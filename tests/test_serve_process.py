@@ -116,3 +116,28 @@ def test_serve_refuses_a_tampered_bundle(root: Path, bundle, tmp_path: Path) -> 
     assert proc.returncode != 0
     [line] = err.strip().splitlines()
     assert "weights.safetensors" in line
+
+
+@pytest.mark.slow
+def test_serve_refuses_an_incompatible_bundle(root: Path, bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A verified bundle whose features differ from the request schema stops start-up with a one-line reason."""
+    import json
+    import shutil
+
+    from service.model_store import _write_checksums
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["features"]["features"][1]["name"] = "plasma_glucose"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    _write_checksums(copy)
+    proc = _gshap(root, "serve", "--port", str(free_port()), "--model", str(copy))
+    try:
+        _, err = proc.communicate(timeout=START_TIMEOUT)
+    finally:
+        _stop(proc)
+    assert proc.returncode != 0
+    [line] = err.strip().splitlines()
+    assert "incompatible" in line
+    assert "plasma_glucose" in line
