@@ -12,7 +12,8 @@
      ├── UnsupportedMediaType    415  unsupported-media-type  a body that is not application/json
      ├── InvalidInput            422  validation              ``errors``: one {field, rule, message} per broken rule
      ├── RateLimited             429  rate-limited            with ``Retry-After`` (seconds)
-     └── ModelNotReady           503  model-not-ready         the bundle or the engine is not loaded (yet)
+     ├── ModelNotReady           503  model-not-ready         the bundle or the engine is not loaded (yet)
+     └── OtherHTTPError          any  http-<status>           any other Starlette HTTP error, by its status
 
 Domain code raises these; FastAPI's ``RequestValidationError`` and Starlette's ``HTTPException`` are
 translated into them at one boundary (:func:`install_exception_handlers`), and the middlewares that answer
