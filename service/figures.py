@@ -55,8 +55,15 @@ def confusion_figure(bundle: Bundle) -> Figure:
     for i in range(2):
         for j in range(2):
             share = m[i, j] / m[i].sum() if m[i].sum() else 0.0
-            ax.text(j, i, f"{names[i][j]}\n{m[i, j]}\n({share:.0%} of row)", ha="center", va="center",
-                    color="white" if m[i, j] > m.max() / 2 else "black", fontsize=11)
+            ax.text(
+                j,
+                i,
+                f"{names[i][j]}\n{m[i, j]}\n({share:.0%} of row)",
+                ha="center",
+                va="center",
+                color="white" if m[i, j] > m.max() / 2 else "black",
+                fontsize=11,
+            )
     neg, pos = bundle.spec.negative_label, bundle.spec.positive_label
     ax.set_xticks([0, 1], [f"predicted\n{neg}", f"predicted\n{pos}"])
     ax.set_yticks([0, 1], [f"actual\n{neg}", f"actual\n{pos}"])
@@ -70,8 +77,9 @@ def confusion_figure(bundle: Bundle) -> Figure:
     return fig
 
 
-def _bars(ax: Axes, labels: list[str], mean: np.ndarray, lo: np.ndarray | None, hi: np.ndarray | None,
-          title: str, xlabel: str) -> None:
+def _bars(
+    ax: Axes, labels: list[str], mean: np.ndarray, lo: np.ndarray | None, hi: np.ndarray | None, title: str, xlabel: str
+) -> None:
     order = np.argsort(np.abs(mean))
     y = np.arange(len(order))
     colours = [UP if mean[i] > 0 else DOWN for i in order]
@@ -96,11 +104,25 @@ def group_figure(bundle: Bundle, groups: dict[str, Any], name: str) -> Figure:
     mean = np.nan_to_num(_group_arrays(g, "mean"))
     lo, hi = _group_arrays(g, "ci_low"), _group_arrays(g, "ci_high")
     has_ci = not np.isnan(lo).all()
-    _bars(ax, _labels(bundle), mean, lo if has_ci else None, hi if has_ci else None,
-          f"{GROUP_TITLES.get(name, name)}: n={g['count']}",
-          f"mean GradientSHAP attribution (logit) with {groups.get('interval', '95% interval')}")
-    ax.text(0.99, 0.02, "red: pushes toward diabetes · blue: pushes away\nrelative to the base value",
-            transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="dimgrey")
+    _bars(
+        ax,
+        _labels(bundle),
+        mean,
+        lo if has_ci else None,
+        hi if has_ci else None,
+        f"{GROUP_TITLES.get(name, name)}: n={g['count']}",
+        f"mean GradientSHAP attribution (logit) with {groups.get('interval', '95% interval')}",
+    )
+    ax.text(
+        0.99,
+        0.02,
+        "red: pushes toward diabetes · blue: pushes away\nrelative to the base value",
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=7,
+        color="dimgrey",
+    )
     return fig
 
 
@@ -111,8 +133,15 @@ def groups_panel(bundle: Bundle, groups: dict[str, Any]) -> Figure:
         mean = np.nan_to_num(_group_arrays(g, "mean"))
         lo, hi = _group_arrays(g, "ci_low"), _group_arrays(g, "ci_high")
         ok = not np.isnan(lo).all()
-        _bars(ax, _labels(bundle), mean, lo if ok else None, hi if ok else None,
-              f"{GROUP_TITLES[name]}: n={g['count']}", "mean attribution (logit), 95% CI")
+        _bars(
+            ax,
+            _labels(bundle),
+            mean,
+            lo if ok else None,
+            hi if ok else None,
+            f"{GROUP_TITLES[name]}: n={g['count']}",
+            "mean attribution (logit), 95% CI",
+        )
     fig.suptitle("GradientSHAP by outcome group on the evaluation set", fontsize=12)
     fig.tight_layout()
     return fig
@@ -122,8 +151,15 @@ def global_figure(bundle: Bundle, groups: dict[str, Any]) -> Figure:
     g = groups["ALL"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2), sharey=False)
     labels = _labels(bundle)
-    _bars(a1, labels, _group_arrays(g, "mean"), _group_arrays(g, "ci_low"), _group_arrays(g, "ci_high"),
-          f"Signed mean attribution, all {g['count']} records", "mean attribution (logit), 95% CI")
+    _bars(
+        a1,
+        labels,
+        _group_arrays(g, "mean"),
+        _group_arrays(g, "ci_low"),
+        _group_arrays(g, "ci_high"),
+        f"Signed mean attribution, all {g['count']} records",
+        "mean attribution (logit), 95% CI",
+    )
     mean_abs = _group_arrays(g, "mean_abs")
     order = np.argsort(mean_abs)
     a2.barh(np.arange(len(order)), mean_abs[order], color="#7d3c98", alpha=0.85)
@@ -147,12 +183,22 @@ def waterfall_figure(bundle: Bundle, record: int) -> Figure:
     order = np.argsort(np.abs(attr))[::-1]
     fig, ax = plt.subplots(figsize=(8, 4.8))
     running = ex.base_value
+    ends = [running]
     for k, j in enumerate(order):
         a = attr[j]
         ax.barh(k, a, left=running, color=UP if a > 0 else DOWN, alpha=0.85)
-        ax.text(running + a + (0.02 if a > 0 else -0.02), k, f"{a:+.2f}", va="center",
-                ha="left" if a > 0 else "right", fontsize=8)
+        ax.text(
+            running + a + (0.02 if a > 0 else -0.02),
+            k,
+            f"{a:+.2f}",
+            va="center",
+            ha="left" if a > 0 else "right",
+            fontsize=8,
+        )
         running += a
+        ends.append(running)
+    span = max(ends) - min(ends) or 1.0
+    ax.set_xlim(min(ends) - 0.18 * span, max(ends) + 0.18 * span)
     f = bundle.spec.features
     names = []
     for j in order:
@@ -162,10 +208,15 @@ def waterfall_figure(bundle: Bundle, record: int) -> Figure:
     ax.invert_yaxis()
     ax.axvline(ex.base_value, color="grey", ls="--", lw=1)
     ax.axvline(float(ex.output_value[0]), color="black", lw=1)
+    top = len(order) - 0.4
+    ax.text(
+        ex.base_value, top, f" base value\n E[f(b)] = {ex.base_value:.2f}", fontsize=8, color="dimgrey", va="bottom"
+    )
+    ax.text(float(ex.output_value[0]), top, f" f(x) = {ex.output_value[0]:.2f}", fontsize=8, va="bottom")
     truth = bundle.spec.positive_label if bundle.eval_y[record] else bundle.spec.negative_label
     prob = 1 / (1 + np.exp(-ex.output_value[0]))
     ax.set_title(
-        f"Evaluation record {record} (data row {int(bundle.eval_rows[record]) + 1}, actual: {truth})\n"
+        f"Evaluation record {record} (data record {int(bundle.eval_rows[record]) + 1} of the CSV, actual: {truth})\n"
         f"base value {ex.base_value:.2f} → logit {ex.output_value[0]:.2f} (probability {prob:.2f}); "
         f"completeness gap {ex.completeness_gap[0]:.1e}",
         fontsize=9,
