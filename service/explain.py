@@ -339,6 +339,10 @@ class _FastExact:
         self.tiny = torch.finfo(dtype).tiny
         self.zero = torch.zeros(baselines.shape[0], 1, dtype=dtype)
         self.one = torch.ones(baselines.shape[0], 1, dtype=dtype)
+        self.np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        self.w1_np, self.db_np, self.ab_np = (a.numpy() for a in (self.w1, self.db, self.ab))
+        self.m0_np, self.m0f_np = self.m0.numpy(), self.m0f.numpy()
+        self.zero_np, self.one_np = self.zero.numpy(), self.one.numpy()
         self._local = threading.local()
 
     def _workspace(self) -> _Workspace:
@@ -354,18 +358,21 @@ class _FastExact:
         are safe for reproducibility (their blocking, hence rounding, depends on the shapes). The large arrays
         are laid out ``(H2, K, knots)`` so that prefix sums run along the contiguous last axis.
         """
-        x = x.to(self.dtype)
         k, h2 = self.ab.shape[0], self.w2.shape[0]
-        d = (self.w1 @ x)[None, :] - self.db  # (K, H1) slope of the layer-1 pre-activations along each path
-        t = -self.ab / d  # α where each layer-1 unit changes sign
-        toggle = torch.where(self.m0, d < 0, d > 0) & (t < 1)
-        key, order = torch.sort(torch.where(toggle, t, 2.0), dim=-1)
-        e = int(toggle.sum(-1).max())  # units sorted after the last toggle never change: no segments for them
-        ke, oe = key[:, :e], order[:, :e]
-        knots = torch.cat([self.zero, ke.clamp(max=1.0), self.one], 1)  # (K, e+2)
-        seg = knots.diff(dim=1)  # (K, e+1) segment lengths
-        m0s = torch.gather(self.m0f, 1, oe)  # (K, e) initial state of the sorted units
-        coef = torch.gather(d, 1, oe).mul_(1.0 - 2.0 * m0s).mul_(ke < 2)  # ± slope change at each knot
+        # small (K, H1) bookkeeping in numpy: lower per-call overhead, and argsort is ~8x faster than torch.sort
+        d_np = self.w1_np @ x.numpy().astype(self.np_dtype) - self.db_np  # (K, H1) layer-1 slope along each path
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = -self.ab_np / d_np  # α where each layer-1 unit changes sign
+            toggle = np.where(self.m0_np, d_np < 0, d_np > 0) & (t < 1)
+        key = np.where(toggle, t, 2.0)
+        order = np.argsort(key, axis=1)
+        e = int(toggle.sum(1).max())  # units sorted after the last toggle never change: no segments for them
+        oe_np = order[:, :e]
+        ke = np.take_along_axis(key, oe_np, 1)
+        seg_np = np.diff(np.concatenate([self.zero_np, np.minimum(ke, 1.0), self.one_np], 1), axis=1)
+        m0s_np = np.take_along_axis(self.m0f_np, oe_np, 1)  # (K, e) initial state of the sorted units
+        coef_np = np.take_along_axis(d_np, oe_np, 1) * (1.0 - 2.0 * m0s_np) * (ke < 2)  # ± slope change at each knot
+        d, seg, m0s, coef, oe = (torch.from_numpy(a) for a in (d_np, seg_np, m0s_np, coef_np, oe_np))
         ws = self._workspace()
         cols = ws.take("cols", (2 * h2, k, e))  # W2[:, i] and V[i, :] of the sorted units i
         torch.gather(self.w2_vt, 1, oe.reshape(1, -1).expand(2 * h2, -1), out=cols.view(2 * h2, k * e))
