@@ -123,10 +123,10 @@ class PiecewiseLinearNet:
         masks = []
         h = z
         for i in range(self.depth):
-            pre = h @ self.weights[i].T + self.biases[i]
+            pre = torch.addmm(self.biases[i], h, self.weights[i].T)
             masks.append((pre > 0).to(z.dtype))
-            h = pre * masks[-1]
-        out = (h @ self.weights[-1].T + self.biases[-1])[:, 0]
+            h = pre.mul_(masks[-1])
+        out = torch.addmm(self.biases[-1], h, self.weights[-1].T)[:, 0]
         g = self.weights[-1].expand(z.shape[0], -1)
         for i in range(self.depth - 1, -1, -1):
             g = (g * masks[i]) @ self.weights[i]
@@ -725,6 +725,8 @@ class GradientShapEngine:
 
     def _grads_chunked(self, fn: GradFn, z: Tensor) -> Tensor:
         """Gradients at ``(R, F)`` points in blocks of ``chunk_size`` rows (block boundaries depend on R only)."""
+        if z.shape[0] <= self.chunk_size:
+            return fn(z)
         return torch.cat([fn(c) for c in torch.split(z, self.chunk_size)])
 
     def _sampled(self, x: Tensor, output: Output, n: int, seed: int, stdevs: float) -> tuple[Tensor, Tensor]:
@@ -733,9 +735,10 @@ class GradientShapEngine:
         fn = self._grad_fn(output, autograd=self._net is None)
         bsel = self._b[idx]  # (n, F)
         attrs, ses = [], []
+        shift = noise - bsel  # (n, F): x + ε − b = x + shift
         for row in x:
-            diff = row[None, :] + noise - bsel
-            contrib = diff * self._grads_chunked(fn, bsel + alpha[:, None] * diff)  # (n, F) one row per sample
+            diff = shift + row
+            contrib = diff * self._grads_chunked(fn, torch.addcmul(bsel, alpha[:, None], diff))  # (n, F) per sample
             attrs.append(contrib.mean(0))
             ses.append(contrib.std(0) / math.sqrt(n))
         return _stack(attrs, self.n_features), _stack(ses, self.n_features)
