@@ -12,6 +12,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["svg.hashsalt"] = "gshap-service"  # stable element ids: identical SVGs run to run
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes

@@ -55,7 +55,8 @@ class Preprocessor:
 
     def inverse(self, x_model: np.ndarray) -> np.ndarray:
         """``(N, F)`` model space → original units (used to describe baselines to people)."""
-        return x_model * self.scale + self.mean
+        out: np.ndarray = x_model * self.scale + self.mean
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
