@@ -32,7 +32,7 @@ from service.routes import AppState, explain, groups, health, model, predict
 from service.schemas import SCHEMA_SPEC
 from service.security import ApiKeyMiddleware, BodySizeLimitMiddleware, SecurityHeadersMiddleware
 
-__all__ = ["create_app", "openapi_yaml", "serve"]
+__all__ = ["create_app", "openapi_yaml", "serve", "uvicorn_options"]
 
 DESCRIPTION = f"""\
 Why did the model score this patient as it did? Predictions of a PyTorch MLP trained on the Pima Indians
@@ -206,6 +206,19 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for ``settings`` (shared with the benchmark's ceiling app, so both run alike)."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
+        "server_header": False,
+    }
+
+
 def serve(settings: Settings) -> int:
     """Run uvicorn until SIGTERM/SIGINT (exit 0); a bundle that cannot be served raises ``BundleError`` first."""
     configure_logging(settings.log_level)
@@ -215,15 +228,7 @@ def serve(settings: Settings) -> int:
 
     # uvicorn re-raises the signal it handled once it has shut down: make that a clean exit
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,
-        "access_log": False,
-        "lifespan": "on",
-        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
-        "server_header": False,
-    }
+    common = uvicorn_options(settings)
     try:
         if settings.workers == 1:
             uvicorn.run(create_app(settings, bundle), **common)

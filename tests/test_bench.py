@@ -1,0 +1,209 @@
+"""The benchmark harness's pieces (scripts/bench.py, naive_peer.py, ceiling_app.py), without timing anything."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import app_client
+
+from service.config import Settings
+from service.schemas import example_record
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _load(name: str) -> ModuleType:
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return _load("bench")
+
+
+def test_percentile_matches_numpy_linear(bench: ModuleType) -> None:
+    """Percentiles interpolate between closest ranks, as numpy's default does."""
+    rng = np.random.default_rng(0)
+    data = list(rng.exponential(5.0, size=101))
+    for q in (0, 1, 50, 95, 99, 100):
+        assert bench.percentile(data, q) == pytest.approx(float(np.percentile(data, q)), rel=1e-12)
+    assert bench.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert math.isnan(bench.percentile([], 50))
+    with pytest.raises(ValueError, match="percentile"):
+        bench.percentile([1.0], 101)
+
+
+def test_parse_wrk_output_rates_errors_and_milliseconds(bench: ModuleType) -> None:
+    """The done() line becomes requests/s, summed errors and latencies in milliseconds."""
+    line = (
+        'WRKJSON {"requests":5000,"duration_us":2000000,"bytes":1,'
+        '"errors":{"connect":0,"read":1,"write":0,"status":2,"timeout":3},'
+        '"latency_us":{"min":100,"max":9000,"mean":1500.0,"stdev":10.0,'
+        '"p50":1200,"p90":2000,"p95":2500,"p99":4000,"p999":8000}}'
+    )
+    r = bench.parse_wrk_output("Running 2s test\n" + line + "\n")
+    assert r["rps"] == 2500.0
+    assert r["errors"] == 6
+    assert (r["p50_ms"], r["p95_ms"], r["p99_ms"]) == (1.2, 2.5, 4.0)
+    empty = bench.parse_wrk_output(line.replace('"requests":5000', '"requests":0'))
+    assert empty["rps"] == 0.0
+    assert math.isnan(empty["p99_ms"])
+    with pytest.raises(ValueError, match="WRKJSON"):
+        bench.parse_wrk_output("no summary")
+
+
+def test_wrk_script_rotates_the_bodies(bench: ModuleType) -> None:
+    """The Lua script embeds every body verbatim and reports with the marker parse_wrk_output looks for."""
+    bodies = ['{"a":1}', '{"b":"x y"}']
+    script = bench.wrk_lua_script("/explain", bodies)
+    assert all(f"[==[{b}]==]" in script for b in bodies)
+    assert '"POST", "/explain"' in script
+    assert bench.WRK_MARK in script
+    with pytest.raises(ValueError, match="terminator"):
+        bench.wrk_lua_script("/x", ["]==]"])
+
+
+def test_trivial_responder_answers_split_and_pipelined_requests(bench: ModuleType) -> None:
+    """The capacity target answers each complete request once, whatever the chunking of its bytes."""
+
+    class Transport:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.sent.append(data)
+
+    body = b'{"glucose":148}'
+    request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    proto = bench._TrivialProtocol()
+    transport = Transport()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    proto.data_received(request[:10])
+    proto.data_received(request[10:-3])
+    assert transport.sent == []
+    proto.data_received(request[-3:] + request + b"GET / HTTP/1.1\r\n\r\n")
+    assert len(transport.sent) == 3
+    assert transport.sent[0].startswith(b"HTTP/1.1 200 OK")
+
+
+def test_targets_use_the_records_and_batch_size(bench: ModuleType) -> None:
+    """Every target sends valid JSON; the batch target carries 100 records and counts them."""
+    records = [dict(example_record(), age=20 + i) for i in range(150)]
+    by_key = {t.key: t for t in bench.targets(records)}
+    assert {"ceiling", "peer", "predict", "explain", "explain_sampled", "explain_batch"} <= set(by_key)
+    assert json.loads(by_key["explain_sampled"].bodies[0])["n_samples"] == 200
+    batch = json.loads(by_key["explain_batch"].bodies[0])
+    assert len(batch["records"]) == bench.BATCH_RECORDS == by_key["explain_batch"].records_per_request
+
+
+def _cell(bench: ModuleType, target: str, rps: float, p99: float = 5.0, records: int = 1) -> Any:
+    return bench.CellResult(
+        target=target,
+        server="x",
+        label=target,
+        concurrency=8,
+        seconds=1.0,
+        requests=int(rps),
+        rps=rps,
+        records_per_s=rps * records,
+        p50_ms=1.0,
+        p95_ms=2.0,
+        p99_ms=p99,
+        max_ms=9.0,
+        errors=0,
+        error_kinds={},
+        server_cpu_share=1.0,
+        wrk_cpu_share=0.1,
+    )
+
+
+def test_goals_ratios_and_report(bench: ModuleType) -> None:
+    """Ratios against the ceiling and the peer, verdicts per goal, and a JSON-serialisable result."""
+    cells = [
+        _cell(bench, "ceiling", 4000),
+        _cell(bench, "peer", 100),
+        _cell(bench, "explain", 2500, p99=20.0),
+        _cell(bench, "explain_sampled", 900),
+        _cell(bench, "predict", 2000),
+        _cell(bench, "explain_batch", 30, records=100),
+    ]
+    servers = {"ours": {"cold_start_s": 2.0, "memory_after_load": {"rss_peak_mb": 400.0}}}
+    ev = bench.evaluate_goals(cells, servers, {"mismatches": 0, "batch_vs_single_mismatches": 0})
+    assert ev["ratios"]["explain_vs_ceiling_c8"] == pytest.approx(0.625)
+    assert ev["ratios"]["explain_vs_peer_c8"] == pytest.approx(25.0)
+    met = {g["goal"]: g["met"] for g in ev["goals"]}
+    assert met == {
+        "explain_c8_vs_ceiling": True,
+        "explain_c8_vs_peer": True,
+        "explain_c8_p99": True,
+        "predict_c8_vs_ceiling": False,
+        "batch_records_per_s": True,
+        "cold_start": True,
+        "rss_after_load": True,
+        "no_errors": True,
+        "same_results": True,
+    }
+    result = {
+        "meta": {
+            "date": "2025-01-01 00:00 UTC",
+            "machine": {"summary": "test"},
+            "git": "abc",
+            "mode": "quick",
+            "seconds_per_cell": 1,
+            "warmup_seconds": 0,
+            "loadavg_start": "0",
+        },
+        "cells": [vars(c) for c in cells],
+        "servers": servers | {"ceiling": {"cold_start_s": math.nan}},
+        "evaluation": ev,
+        "generator": {"concurrency": 8, "rps": 40000.0, "wrk_cpu_share": 0.9},
+    }
+    table = bench.markdown_table(result)
+    assert "| explain | 8 | 2,500.0 |" in table
+    assert "10.0× the ceiling" in table
+    assert json.loads(json.dumps(bench._finite(result), allow_nan=False))["servers"]["ceiling"]["cold_start_s"] is None
+
+
+def test_naive_peer_explains_one_record(bundle: Any) -> None:
+    """The peer answers the service's record schema with Captum attributions that roughly add up."""
+    peer = _load("naive_peer")
+    with app_client(peer.create_peer_app(bundle)) as client:
+        resp = client.post("/explain", json=example_record())
+        assert resp.status_code == 200
+        answer = resp.json()
+        assert client.post("/explain", json={**example_record(), "glucose": "high"}).status_code == 422
+    assert list(answer["attributions"]) == list(bundle.spec.names)
+    logit = float(bundle.model(bundle.to_model_space([example_record()])).detach()[0, 0])
+    assert answer["logit"] == pytest.approx(logit, abs=1e-5)
+    assert all(math.isfinite(v) for v in answer["attributions"].values())
+
+
+def test_ceiling_app_validates_without_the_model(bundle: Any) -> None:
+    """The ceiling routes sit in the service's own app and validate the same patient body."""
+    ceiling = _load("ceiling_app")
+    app = ceiling.create_ceiling_app(Settings(log_level="warning"), bundle)
+    with app_client(app) as client:
+        for path in (ceiling.CEILING_PATH, ceiling.CEILING_DEF_PATH):
+            ok = client.post(path, json=example_record())
+            assert ok.status_code == 200
+            assert ok.json() == {"ok": True, "features": len(bundle.spec.names)}
+            bad = client.post(path, json={**example_record(), "unknown": 1})
+            assert bad.status_code == 422
+            assert bad.headers["content-type"].startswith("application/problem+json")
+        assert client.get("/readyz").status_code == 200
