@@ -14,8 +14,16 @@ def test_all_figures_written(tmp_path: Path) -> None:
     """Confusion matrix, four groups, the panel, global influence and a waterfall, each as PNG and SVG."""
     paths = write_figures(None, tmp_path, record=3)
     stems = {p.stem for p in paths}
-    assert stems == {"confusion_matrix", "group_TP", "group_TN", "group_FP", "group_FN", "groups_panel",
-                     "global_influence", "waterfall_record_3"}
+    assert stems == {
+        "confusion_matrix",
+        "group_TP",
+        "group_TN",
+        "group_FP",
+        "group_FN",
+        "groups_panel",
+        "global_influence",
+        "waterfall_record_3",
+    }
     assert len(paths) == 2 * len(stems)
     for p in paths:
         assert p.stat().st_size > 5_000, p
