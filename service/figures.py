@@ -12,7 +12,6 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-matplotlib.rcParams["svg.hashsalt"] = "gshap-service"  # stable element ids: identical SVGs run to run
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
@@ -21,6 +20,8 @@ from matplotlib.figure import Figure
 from service.model_store import Bundle, load_bundle
 
 __all__ = ["GROUP_TITLES", "write_figures"]
+
+matplotlib.rcParams["svg.hashsalt"] = "gshap-service"  # stable element ids: identical SVGs run to run
 
 GROUP_TITLES = {
     "TP": "True positives (diabetes, predicted diabetes)",
