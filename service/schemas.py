@@ -6,16 +6,18 @@ valid range, integer rule and "missing" rule, and the spec's example values. Sta
 features differ from the specification the schema was built from (:func:`service.inference.ensure_compatible`).
 
 Types are strict on purpose: a record is clinical data, so ``"148"`` (a string), ``true`` (a boolean),
-``6.0`` for a count, ``NaN`` or ``Infinity`` are refused with a 422 naming the field rather than coerced; an
+``6.5`` for a count, ``NaN`` or ``Infinity`` are refused with a 422 naming the field rather than coerced; an
 unknown field (``"glucos"``) is refused rather than ignored, because ignoring it would silently turn a
-misspelled measurement into a missing one.
+misspelled measurement into a missing one. ``6.0`` for a count is accepted as ``6``: JSON has one number type,
+and the published schema (JSON Schema 2020-12, where ``integer`` is any number with a zero fractional part)
+already calls it an integer; refusing it would refuse requests the contract allows, and nothing is guessed.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, create_model
 
 from service.explain import DEFAULT_N_SAMPLES, MAX_N_SAMPLES
 from service.features import PIMA_SPEC, Feature, FeatureSpec
@@ -47,6 +49,7 @@ __all__ = [
     "ReadinessPublic",
     "example_record",
     "patient_record_model",
+    "whole_number",
 ]
 
 SCHEMA_SPEC: FeatureSpec = PIMA_SPEC
@@ -56,6 +59,22 @@ SEED_MAX = 2**31 - 1
 
 
 # ---- the patient record, from the specification -----------------------------------------------------------
+
+
+def _whole_float_to_int(value: Any) -> Any:
+    # 6.0 and 6 are the same JSON number (and a JSON Schema integer); 6.5 stays a float and is refused
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+def whole_number(ge: int, le: int) -> Any:
+    """A strict integer from ``ge`` to ``le`` that also takes ``6.0`` (never ``6.5``, ``"6"`` or ``true``).
+
+    The bounds sit inside the type, before the validator, so that the JSON Schema shows them as
+    ``minimum``/``maximum`` whether or not the field may be null.
+    """
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_whole_float_to_int)]
 
 
 def _num(value: float, integer: bool = False) -> int | float:
@@ -73,12 +92,13 @@ def _unit_text(feat: Feature) -> str:
 
 def _field(feat: Feature) -> tuple[Any, Any]:
     lo, hi = _num(feat.valid_min, feat.integer), _num(feat.valid_max, feat.integer)
-    kind = "A whole number (JSON integer)" if feat.integer else "A number"
+    kind = "A whole number (JSON integer; 6.0 is read as 6)" if feat.integer else "A number"
     text = (
         f"{feat.description} Unit: {feat.unit or 'none'}. {kind} from {lo} to {hi}{_unit_text(feat)}; "
         "values outside are refused as implausible."
     )
-    py_type: Any = int if feat.integer else float
+    py_type: Any = whole_number(int(lo), int(hi)) if feat.integer else float
+    bounds: dict[str, Any] = {} if feat.integer else {"ge": lo, "le": hi, "allow_inf_nan": False}
     if feat.may_be_missing:
         text += (
             " Optional: null, 0 or an omitted field mean 'not measured'; the value is then imputed with the "
@@ -90,10 +110,8 @@ def _field(feat: Feature) -> tuple[Any, Any]:
                 None,
                 title=feat.label_with_unit(),
                 description=text,
-                ge=lo,
-                le=hi,
-                allow_inf_nan=False,
                 examples=[_num(feat.example, feat.integer)],
+                **bounds,
             ),
         )
     return (
@@ -102,10 +120,8 @@ def _field(feat: Feature) -> tuple[Any, Any]:
             ...,
             title=feat.label_with_unit(),
             description=text + " Required.",
-            ge=lo,
-            le=hi,
-            allow_inf_nan=False,
             examples=[_num(feat.example, feat.integer)],
+            **bounds,
         ),
     )
 
@@ -133,15 +149,17 @@ def patient_record_model(spec: FeatureSpec = SCHEMA_SPEC, name: str = "PatientRe
     )
 
 
+NSamples = Annotated[int, Field(ge=1, le=MAX_N_SAMPLES), BeforeValidator(_whole_float_to_int)]
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX), BeforeValidator(_whole_float_to_int)]
+
+
 class ExplainSettings(BaseModel):
     """How to explain: GradientSHAP estimator, sample count, seed and the output explained."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    n_samples: int | None = Field(
+    n_samples: NSamples | None = Field(
         None,
-        ge=1,
-        le=MAX_N_SAMPLES,
         description=(
             f"Samples per record: Monte-Carlo draws for method 'sampled' (2 to {MAX_N_SAMPLES}, default "
             f"{DEFAULT_N_SAMPLES['sampled']}) or Gauss-Legendre nodes per baseline for 'quadrature' (1 to "
@@ -151,10 +169,8 @@ class ExplainSettings(BaseModel):
         ),
         examples=[64],
     )
-    seed: int = Field(
+    seed: Seed = Field(
         0,
-        ge=0,
-        le=SEED_MAX,
         description="Seed of the random draws (method 'sampled'), 0 to 2^31-1: the same seed gives the same answer.",
         examples=[0],
     )

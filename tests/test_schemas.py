@@ -68,7 +68,7 @@ def test_example_record_is_valid() -> None:
     [
         ({"glucose": "148"}, "float_type"),
         ({"glucose": True}, "float_type"),
-        ({"pregnancies": 6.0}, "int_type"),
+        ({"pregnancies": 6.5}, "int_type"),
         ({"pregnancies": False}, "int_type"),
         ({"glucose": float("nan")}, "finite_number"),
         ({"glucose": float("inf")}, "finite_number"),
@@ -106,7 +106,9 @@ def test_explain_settings_are_at_the_top_level_and_strict() -> None:
     req = ExplainRequest.model_validate(example_record())
     assert (req.method, req.output, req.seed, req.n_samples) == ("exact", "logit", 0, None)
     with pytest.raises(ValidationError):
-        ExplainRequest.model_validate({**example_record(), "seed": 1.0})
+        ExplainRequest.model_validate({**example_record(), "seed": 1.5})
+    # 6.0 and 6 are the same JSON number, and a JSON Schema integer: read as the integer
+    assert ExplainRequest.model_validate({**example_record(), "seed": 1.0, "pregnancies": 6.0}).seed == 1
     batch = ExplainBatchRequest.model_validate({"records": [1, "x"], "output": "probability"})
     assert batch.records == [1, "x"]  # records are validated one by one by the route, by index
 
