@@ -3,7 +3,7 @@
 ::
 
     ServiceError                 500  internal                the client learns only the request id
-     ├── MalformedBody           400  malformed-body          the body is not JSON (syntax)
+     ├── MalformedBody           400  malformed-body          the body is not JSON (syntax, encoding, depth)
      ├── Unauthorized            401  unauthorized            API key missing or wrong (one body for both)
      ├── NotFound                404  not-found               no such route, or no such outcome group
      ├── MethodNotAllowed        405  method-not-allowed      with an ``Allow`` header
@@ -168,7 +168,7 @@ class ModelNotReady(ServiceError):  # noqa: N818 (the names kserve and the issue
 
 
 class OtherHTTPError(ServiceError):
-    """A Starlette HTTP error without a class of its own here (e.g. 400 from a body that cannot be read)."""
+    """A Starlette HTTP error without a class of its own here (none is expected; kept so that none is lost)."""
 
     def __init__(self, status: int, *, headers: Mapping[str, str] | None = None) -> None:
         self.status = status
@@ -210,19 +210,27 @@ def problem_response(exc: ServiceError, *, instance: str | None, request_id: str
 # ---- translation of pydantic / FastAPI / Starlette errors -------------------------------------------------
 
 _LIMIT_KEYS = ("ge", "le", "gt", "lt", "max_length", "min_length", "expected")
+# an unknown field's name is echoed so that the client sees its typo, but not at any length: a body of 1 MB
+# made of one key would otherwise come back twice (in `detail` and in `errors`)
+_MAX_NAME_CHARS = 64
+
+
+def _short(part: str) -> str:
+    return part if len(part) <= _MAX_NAME_CHARS else part[: _MAX_NAME_CHARS - 1] + "…"
 
 
 def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[FieldError]:
     """Pydantic error dicts → :class:`FieldError` s, the input values left out on purpose.
 
-    FastAPI's ``"body"`` prefix is dropped from locations: ``("body", "glucose")`` → ``"glucose"``.
+    FastAPI's ``"body"`` prefix is dropped from locations: ``("body", "glucose")`` → ``"glucose"``; a name
+    over 64 characters (an unknown field's) is cut there.
     """
     out: list[FieldError] = []
     for err in errors:
         loc = tuple(err.get("loc", ()))
         if loc[:1] == ("body",):
             loc = loc[1:]
-        loc = tuple(str(p) for p in loc)
+        loc = tuple(_short(str(p)) for p in loc)
         ctx = err.get("ctx") or {}
         limit = next((ctx[k] for k in _LIMIT_KEYS if k in ctx), None)
         if limit is not None and not isinstance(limit, int | float | str):
@@ -265,6 +273,14 @@ def _from_validation(exc: RequestValidationError) -> ServiceError:
 
 def _from_http(exc: StarletteHTTPException) -> ServiceError:
     headers = dict(exc.headers or {})
+    if exc.status_code == 400:
+        # FastAPI's 400 for a JSON body it could not decode for a reason other than syntax: bytes that are not
+        # UTF-8, nesting deeper than the parser's recursion limit, an integer literal over 4300 digits
+        return MalformedBody(
+            detail="The body could not be decoded as JSON (not UTF-8, nested too deeply, or a number too long).",
+            errors=[FieldError("body", "json_invalid", "The body must be one JSON document (RFC 8259).")],
+            headers=headers,
+        )
     if exc.status_code == 404:
         return NotFound(detail="No resource at this path; see /docs for the API.", headers=headers)
     if exc.status_code == 405:
