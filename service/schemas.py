@@ -21,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidat
 
 from service.explain import DEFAULT_N_SAMPLES, MAX_N_SAMPLES
 from service.features import PIMA_SPEC, Feature, FeatureSpec
+from service.inference import MIN_N_SAMPLES
 
 __all__ = [
     "SCHEMA_SPEC",
@@ -152,11 +153,24 @@ def patient_record_model(spec: FeatureSpec = SCHEMA_SPEC, name: str = "PatientRe
 NSamples = Annotated[int, Field(ge=1, le=MAX_N_SAMPLES), BeforeValidator(_whole_float_to_int)]
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX), BeforeValidator(_whole_float_to_int)]
 
+# The lower bound of n_samples depends on the method ('sampled' needs two draws for a standard error): a rule
+# across two fields, published as a JSON Schema if/then so that the document allows only what is accepted.
+N_SAMPLES_BY_METHOD: dict[str, Any] = {
+    "allOf": [
+        {
+            "if": {"properties": {"method": {"const": method}}, "required": ["method"]},
+            "then": {"properties": {"n_samples": {"anyOf": [{"type": "integer", "minimum": low}, {"type": "null"}]}}},
+        }
+        for method, low in MIN_N_SAMPLES.items()
+        if low > 1
+    ]
+}
+
 
 class ExplainSettings(BaseModel):
     """How to explain: GradientSHAP estimator, sample count, seed and the output explained."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=N_SAMPLES_BY_METHOD)
 
     n_samples: NSamples | None = Field(
         None,
@@ -207,7 +221,10 @@ else:
             extra="forbid",
             strict=True,
             title="ExplainRequest",
-            json_schema_extra={"examples": [{**example_record(), "method": "exact", "output": "logit"}]},
+            json_schema_extra={
+                "examples": [{**example_record(), "method": "exact", "output": "logit"}],
+                **N_SAMPLES_BY_METHOD,
+            },
         ),
         __doc__="One patient record plus the optional explanation settings, all at the top level.",
         **record_fields(),
@@ -252,7 +269,8 @@ class ExplainBatchRequest(ExplainSettings):
         json_schema_extra={
             "examples": [
                 {"records": [example_record(), {**example_record(), "glucose": None}], "method": "exact"},
-            ]
+            ],
+            **N_SAMPLES_BY_METHOD,
         },
     )
 
