@@ -1,0 +1,103 @@
+"""Schemathesis against the committed ``openapi.yaml`` and the real ``gshap serve`` process: every operation.
+
+Each operation gets the spec's examples, schemathesis' coverage cases (boundaries, missing and extra fields,
+wrong types, unsupported methods and content types) and ``MAX_EXAMPLES`` generated cases, positive and
+negative, derandomized so that a run is repeatable. Every answer is checked by schemathesis' default checks:
+no 5xx, a documented status code, the documented content type and response schema and headers, valid data
+accepted, invalid data refused.
+
+One refinement: a batch answers each record on its own (``/predict/batch``, ``/explain/batch``), so a batch
+whose only schema violation is inside a record is *not* refused as a whole: it is answered 200 with that
+record refused. For those two operations, a negative case answered 200 must therefore report at least one
+refused record; any other answer goes through schemathesis' own negative-data check.
+
+The figures (examples per operation, positive and negative) are printed by the last test (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from live_server import ROOT, LiveServer, running_server
+from schemathesis.specs.openapi.checks import negative_data_rejection
+
+MAX_EXAMPLES = 40
+BATCH_PATHS = frozenset({"/predict/batch", "/explain/batch"})
+OPERATIONS = 9
+
+schema = schemathesis.openapi.from_path(
+    ROOT / "openapi.yaml", config=schemathesis.Config.from_dict({"generation": {"mode": "all"}})
+)
+
+EXAMPLES: Counter[str] = Counter()
+NEGATIVE: Counter[str] = Counter()
+REFUSED_IN_BATCH: Counter[str] = Counter()
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[LiveServer]:
+    with running_server() as server:
+        yield server
+
+
+@schemathesis.check
+def negative_data_rejection_per_record(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Negative data is refused: as a whole (4xx), or, in a batch, as the record that carries it."""
+    if case.path in BATCH_PATHS and response.status_code == 200:
+        failed = response.json()["failed"]
+        if not _is_negative(case):
+            assert failed == 0, "a batch of schema-valid records had a record refused"
+        elif failed >= 1:
+            return True
+    result: bool | None = negative_data_rejection(ctx, response, case)
+    return result
+
+
+def _is_negative(case: Any) -> bool:
+    meta = case.meta
+    return meta is not None and meta.generation.mode.is_negative
+
+
+@schema.parametrize()
+@settings(
+    max_examples=MAX_EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
+def test_every_operation_conforms_to_the_spec(case: Any, live: LiveServer) -> None:
+    """No 5xx; every answer has a documented status, content type and schema; bad input is refused."""
+    response = case.call(base_url=live.url, timeout=60)
+    EXAMPLES[f"{case.method} {case.path}"] += 1
+    if _is_negative(case):
+        NEGATIVE[f"{case.method} {case.path}"] += 1
+    case.validate_response(
+        response,
+        excluded_checks=[negative_data_rejection],
+        additional_checks=[negative_data_rejection_per_record],
+    )
+    if case.path in BATCH_PATHS and response.status_code == 200 and response.json()["failed"]:
+        REFUSED_IN_BATCH[case.path] += 1
+
+
+def test_fuzzing_reached_every_operation() -> None:
+    """Every documented operation was fuzzed with at least MAX_EXAMPLES cases (figures printed)."""
+    if not EXAMPLES:
+        pytest.skip("run together with test_every_operation_conforms_to_the_spec")
+    documented = {f"{method.upper()} {path}" for path, item in schema.raw_schema["paths"].items() for method in item}
+    assert len(documented) == OPERATIONS
+    for operation in sorted(documented):
+        print(f"fuzz: {operation:<24} {EXAMPLES[operation]:>4} cases, {NEGATIVE[operation]:>4} negative")
+    others = sum(n for op, n in EXAMPLES.items() if op not in documented)
+    print(
+        f"fuzz: {sum(EXAMPLES.values())} cases in all ({sum(NEGATIVE.values())} negative; {others} with "
+        f"undocumented methods); {sum(REFUSED_IN_BATCH.values())} negative batches answered record by record"
+    )
+    assert all(EXAMPLES[op] >= MAX_EXAMPLES for op in documented if "{" in op or op.startswith("POST"))
+    assert all(EXAMPLES[op] >= 1 for op in documented)
