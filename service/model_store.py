@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +34,7 @@ from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
 from service.features import FeatureSpec
+from service.groups import GROUPS
 from service.nn import BinaryClassification
 from service.preprocess import Preprocessor
 
@@ -50,6 +53,7 @@ FORMAT_VERSION = 1
 DEFAULT_STORE = Path(__file__).resolve().parent.parent / "model_store"
 CHECKSUMS = "SHA256SUMS"
 REQUIRED = ("manifest.json", "weights.safetensors", "baselines.safetensors", "evaluation.safetensors")
+MANIFEST_KEYS = ("name", "version", "features", "preprocessing", "threshold", "metrics")
 
 
 class BundleError(Exception):
@@ -198,6 +202,65 @@ def _verify(folder: Path) -> None:
             raise BundleError(f"model bundle {folder}: checksum mismatch for {name} (tampered or truncated)")
 
 
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line and at most 300 characters (torch's messages span several lines)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+@contextmanager
+def _reading(folder: Path, name: str, what: str = "cannot be read") -> Iterator[None]:
+    """Turn any failure while decoding ``name`` into a one-line :class:`BundleError` naming the file."""
+    try:
+        yield
+    except BundleError:
+        raise
+    except Exception as exc:  # any decoding problem is a bundle that cannot be served
+        raise BundleError(f"model bundle {folder}: {name} {what} ({_one_line(exc)})") from exc
+
+
+_GROUP_STATS = ("mean", "ci_low", "ci_high", "std", "mean_abs", "mean_value")
+_GROUPS_EXTRAS: dict[str, type | tuple[type, ...]] = {
+    "evaluation_set_size": int,
+    "threshold": (int, float),
+    "interval": str,
+    "mean_feature_value": str,
+    "explanation": dict,
+}
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _groups_problem(groups: Any) -> str | None:
+    """What is wrong with the layout of a groups.json (as :func:`service.groups.summarize_groups` writes it)."""
+    if not isinstance(groups, dict):
+        return "is not a JSON object"
+    for g in GROUPS:
+        if g not in groups:
+            continue
+        item = groups[g]
+        if not isinstance(item, dict):
+            return f"has a group {g} that is not an object"
+        if type(item.get("count")) is not int or item["count"] < 0:
+            return f"has no whole, non-negative {g}.count"
+        features = item.get("features")
+        if not isinstance(features, list):
+            return f"has no list {g}.features"
+        for i, row in enumerate(features):
+            if not isinstance(row, dict) or not isinstance(row.get("feature"), str):
+                return f"has no feature name in {g}.features[{i}]"
+            for stat in _GROUP_STATS:
+                if stat not in row or (row[stat] is not None and not _is_number(row[stat])):
+                    return f"has no finite number or null as {g}.features[{i}].{stat}"
+    for key, kind in _GROUPS_EXTRAS.items():
+        value = groups.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"has a {key} of the wrong type"
+    return None
+
+
 def load_bundle(path: str | Path | None = None) -> Bundle:
     """Load and verify a bundle: ``path`` is a bundle folder, a store with a DEFAULT pointer, or None (default).
 
@@ -210,27 +273,39 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"model bundle {folder}: manifest.json is not valid JSON ({exc})") from exc
+        raise BundleError(f"model bundle {folder}: manifest.json is not valid JSON ({_one_line(exc)})") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(f"model bundle {folder}: manifest.json is not a JSON object")
     fmt = manifest.get("format_version")
     if fmt != FORMAT_VERSION:
         raise BundleError(
             f"model bundle {folder}: manifest.json has format_version {fmt!r}; this service reads {FORMAT_VERSION}"
         )
-    try:
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise BundleError(f"model bundle {folder}: manifest.json has no {', '.join(missing)}")
+    with _reading(folder, "manifest.json"):
         spec = FeatureSpec.from_dict(manifest["features"])
         pre = Preprocessor.from_dict(manifest["preprocessing"])
-        model = BinaryClassification(len(spec))
-        model.load_state_dict(load_torch(str(folder / "weights.safetensors")))
-        model.eval()
+        threshold = float(manifest["threshold"])
+    model = BinaryClassification(len(spec))
+    with _reading(folder, "weights.safetensors"):
+        state = load_torch(str(folder / "weights.safetensors"))
+    with _reading(folder, "weights.safetensors", "does not fit the network"):
+        model.load_state_dict(state)
+    model.eval()
+    with _reading(folder, "baselines.safetensors"):
         base = load_numpy(str(folder / "baselines.safetensors"))
+        points, weights = torch.as_tensor(base["points"]), torch.as_tensor(base["weights"])
+    with _reading(folder, "evaluation.safetensors"):
         ev = load_numpy(str(folder / "evaluation.safetensors"))
-        groups = None
-        if (folder / "groups.json").is_file():
+        eval_raw, eval_y, eval_rows = ev["raw"], ev["y"], ev["rows"]
+    groups = None
+    if (folder / "groups.json").is_file():
+        with _reading(folder, "groups.json"):
             groups = json.loads((folder / "groups.json").read_text())
-    except BundleError:
-        raise
-    except Exception as exc:  # any decoding problem is a bundle that cannot be served
-        raise BundleError(f"model bundle {folder}: cannot be read ({type(exc).__name__}: {exc})") from exc
+        if problem := _groups_problem(groups):
+            raise BundleError(f"model bundle {folder}: groups.json {problem}")
     return Bundle(
         path=folder,
         name=str(manifest["name"]),
@@ -239,12 +314,12 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
         model=model,
         spec=spec,
         preprocessor=pre,
-        baselines=torch.as_tensor(base["points"]),
-        baseline_weights=torch.as_tensor(base["weights"]),
-        threshold=float(manifest["threshold"]),
+        baselines=points,
+        baseline_weights=weights,
+        threshold=threshold,
         metrics=manifest["metrics"],
-        eval_raw=ev["raw"],
-        eval_y=ev["y"],
-        eval_rows=ev["rows"],
+        eval_raw=eval_raw,
+        eval_y=eval_y,
+        eval_rows=eval_rows,
         groups=groups,
     )
