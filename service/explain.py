@@ -364,6 +364,10 @@ class _FastExact:
         are safe for reproducibility (their blocking, hence rounding, depends on the shapes). The large arrays
         are laid out ``(H2, K, knots)`` so that prefix sums run along the contiguous last axis.
         """
+        with torch.inference_mode():  # the reused buffers are inference tensors: always work on them in that mode
+            return self._integrals(x)
+
+    def _integrals(self, x: Tensor) -> Tensor:
         k, h2 = self.ab.shape[0], self.w2.shape[0]
         # small (K, H1) bookkeeping in numpy: lower per-call overhead, and argsort is ~8x faster than torch.sort
         d_np = self.w1_np @ x.numpy().astype(self.np_dtype) - self.db_np  # (K, H1) layer-1 slope along each path
