@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +42,16 @@ def _data(seed: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     b = torch.randn(k, F, generator=gen, dtype=torch.float64)
     w = torch.rand(k, generator=gen, dtype=torch.float64) + 0.1
     return x, b, w
+
+
+@pytest.fixture(autouse=True)
+def _threads(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One torch thread unless a test asks for more: the kernels are many medium-sized operations, and on a
+    shared 2-core machine each 2-thread operation waits for a core another process may hold."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(getattr(request, "param", 1))
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +173,7 @@ def test_captum_path_leaves_global_rngs_untouched(engine: GradientShapEngine, re
 # --- reproducibility -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("_threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("method", ["exact", "sampled", "quadrature", "captum"])
 def test_record_does_not_depend_on_batch_neighbours(
     engine: GradientShapEngine, records: torch.Tensor, method: str
