@@ -30,12 +30,17 @@ STOP_TIMEOUT = 15.0
 
 @dataclass(frozen=True)
 class LiveServer:
-    """A started server: its base URL, port and the environment it runs with."""
+    """A started server: its base URL, port, the environment it runs with, its log and its process."""
 
     url: str
     port: int
     env: Mapping[str, str]
     log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
 
 def free_port() -> int:
@@ -82,7 +87,7 @@ def running_server(
             try:
                 url = f"http://127.0.0.1:{port}"
                 _wait_ready(proc, url, log, timeout)
-                yield LiveServer(url=url, port=port, env=full_env, log=log)
+                yield LiveServer(url=url, port=port, env=full_env, log=log, process=proc)
             finally:
                 proc.terminate()
                 try:
