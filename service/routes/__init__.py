@@ -58,7 +58,11 @@ def get_state(request: Request) -> AppState:
     return state
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency on its
+# threadpool, which would cost every request a thread hop (and a GIL hand-over) for an attribute lookup.
+
+
+async def get_settings(request: Request) -> Settings:
     return get_state(request).settings
 
 
@@ -70,8 +74,13 @@ def get_runtime(request: Request) -> InferenceRuntime:
     return runtime
 
 
-def get_request_id(request: Request) -> str | None:
+async def get_request_id(request: Request) -> str | None:
     return request_id_of(request.scope)
+
+
+async def runtime_dependency(request: Request) -> InferenceRuntime:
+    """:func:`get_runtime` as a dependency."""
+    return get_runtime(request)
 
 
 async def require_json(request: Request) -> None:
@@ -93,7 +102,7 @@ async def require_json(request: Request) -> None:
         )
 
 
-RuntimeDep = Annotated[InferenceRuntime, Depends(get_runtime)]
+RuntimeDep = Annotated[InferenceRuntime, Depends(runtime_dependency)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RequestIdDep = Annotated[str | None, Depends(get_request_id)]
 
