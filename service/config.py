@@ -8,6 +8,7 @@ through the environment again (:meth:`Settings.as_env`), because uvicorn builds 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -56,7 +57,27 @@ class Settings(BaseSettings):
     )
     log_level: LogLevel = Field("info", description="Level of the JSON-lines logs on stderr.")
     torch_threads: int | None = Field(
-        None, ge=1, description="Intra-op threads of torch; None: the machine's cores divided by the workers."
+        None,
+        ge=1,
+        description=(
+            "Intra-op threads of torch; None: 1. The engine threads already run in parallel, and intra-op "
+            "threads spinning on a busy machine slow every engine call down (measured by scripts/bench.py)."
+        ),
+    )
+    engine_threads: int | None = Field(
+        None, ge=1, le=64, description="Threads running the engine; None: the machine's cores divided by the workers."
+    )
+    max_coalesce: int = Field(
+        64, ge=1, description="Most records merged into one engine call from concurrent requests with equal settings."
+    )
+    batch_window_ms: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description=(
+            "How long a free engine thread waits for more requests to merge; 0: never (requests that arrive "
+            "while the threads are busy are merged anyway)."
+        ),
     )
     graceful_shutdown_seconds: float = Field(10.0, ge=0, description="How long in-flight requests may finish.")
 
@@ -75,11 +96,17 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("max_n_samples", "rate_limit_per_minute", "rate_limit_burst", "torch_threads", mode="before")
+    @field_validator(
+        "max_n_samples", "rate_limit_per_minute", "rate_limit_burst", "torch_threads", "engine_threads", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         # "GSHAP_RATE_LIMIT_PER_MINUTE=" or "=0" in a deployment file means "off", not a validation error
         return None if value in ("", 0, "0") else value
+
+    def engine_thread_count(self) -> int:
+        """``engine_threads``, or the machine's cores shared among the worker processes."""
+        return self.engine_threads or max(1, (os.cpu_count() or 1) // self.workers)
 
     def api_key_values(self) -> list[str]:
         """The accepted keys in clear, for the one place that compares them."""

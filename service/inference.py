@@ -6,27 +6,27 @@ input, predicts, explains, flags imputed and out-of-training-range values and wr
 Its answers are plain frozen dataclasses; the routes only translate them to JSON.
 
 Concurrency: torch work is CPU-bound and must not block the event loop, so the async entry points
-(:meth:`InferenceRuntime.apredict`, :meth:`InferenceRuntime.aexplain`) run it on ONE dedicated worker thread.
-One thread keeps torch's own intra-op threads from fighting each other, and every engine call goes through one
-queue: the natural place for a later pass to coalesce concurrent requests into one batched engine call (a
-record's attributions never depend on its batch neighbours, so that is safe).
+(:meth:`InferenceRuntime.apredict`, :meth:`InferenceRuntime.aexplain`) go through a
+:class:`~service.batching.Coalescer`: concurrent requests with the same settings are merged into one engine call
+on one of ``engine_threads`` worker threads (a record's answer never depends on its batch neighbours, so the
+results are exactly those of one call per request), and a large batch request is split across the threads.
+Predictions are so cheap (tens of microseconds) that a thread hop would cost more than the work: they are
+merged with the predictions of the same event-loop turn and computed on the loop's thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import numpy as np
 import torch
 
+from service.batching import Coalescer
 from service.explain import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, GradientShapEngine
 from service.features import Feature, FeatureSpec
 from service.model_store import Bundle, BundleError
@@ -59,6 +59,7 @@ MIN_N_SAMPLES: dict[str, int] = {"exact": 1, "sampled": 2, "quadrature": 1}
 _SILENT_UNITS = frozenset({"", "count", "score"})
 # a driver is named in the summary only if it moves the output by at least this share of the strongest one
 _SUMMARY_SHARE = 0.1
+_PREDICT_KEY = ("predict",)
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,14 @@ def ensure_compatible(bundle: Bundle, spec: FeatureSpec) -> None:
         raise BundleError(f"model bundle {bundle.path}: baselines are not (K, {n}) with K weights (incompatible)")
 
 
-def configure_torch(threads: int | None, workers: int = 1) -> int:
-    """Set torch's intra-op threads (default: the cores shared among the workers); returns the number set."""
-    n = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+def configure_torch(threads: int | None) -> int:
+    """Set torch's intra-op threads (default 1: parallelism comes from the engine threads); returns the number.
+
+    One intra-op thread per engine thread: on this service's small tensors intra-op threads gain little, and
+    their spin-waiting competes with the event loop and the other engine threads (and any other process on a
+    shared machine), which made explanations several times slower under load. The answers do not depend on it.
+    """
+    n = threads or 1
     torch.set_num_threads(n)
     with contextlib.suppress(RuntimeError):  # settable once per process, before any parallel work
         torch.set_num_interop_threads(1)
@@ -227,14 +233,27 @@ def summary_sentence(spec: FeatureSpec, attributions: Sequence[FeatureAttributio
 class InferenceRuntime:
     """One bundle, its engine and the worker thread they run on; ``ready`` once warmed up."""
 
-    def __init__(self, bundle: Bundle, *, max_n_samples: int | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        max_n_samples: int | None = None,
+        engine_threads: int = 1,
+        max_coalesce: int = 64,
+        batch_window_ms: float = 0.0,
+    ) -> None:
         self.bundle = bundle
         self.spec = bundle.spec
         self.model_version = f"{bundle.name}/{bundle.version}"
         self.max_n_samples = min(max_n_samples or MAX_N_SAMPLES, MAX_N_SAMPLES)
         self.engine = GradientShapEngine(bundle.model, bundle.baselines, bundle.baseline_weights)
         self.ready = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gshap-engine")
+        self.coalescer = Coalescer(
+            threads=engine_threads,
+            max_records=max_coalesce,
+            window_s=batch_window_ms / 1000,
+            thread_name_prefix="gshap-engine",
+        )
         pre = bundle.preprocessor
         self._train_min = np.asarray(pre.train_min, dtype=np.float64)
         self._train_max = np.asarray(pre.train_max, dtype=np.float64)
@@ -253,23 +272,32 @@ class InferenceRuntime:
         for method in methods:
             n = None if method == "exact" else min(8, self.max_n_samples)
             self.explain(record, ExplainOptions(method=method, n_samples=n))
+
+    async def start(self) -> None:
+        """Warm up every engine thread (the exact kernel's buffers are per thread), then turn ready."""
+        await self.coalescer.on_every_thread(self.warm_up)
         self.ready = True
 
     def close(self) -> None:
-        """Stop accepting work; in-flight work finishes on the worker thread."""
+        """Stop accepting work; in-flight work finishes on the worker threads."""
         self.ready = False
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.coalescer.close()
 
     async def run(self, fn: Callable[..., T], /, *args: object) -> T:
-        """Run ``fn(*args)`` on the runtime's worker thread without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        """Run ``fn(*args)`` on an engine thread without blocking the event loop (not merged with anything)."""
+        return await self.coalescer.call(fn, *args)
 
     async def apredict(self, records: Sequence[Record]) -> list[Prediction]:
-        return await self.run(self.predict, records)
+        """:meth:`predict`, merged with the other predictions of this event-loop turn, on the loop's thread."""
+        return await self.coalescer.run(_PREDICT_KEY, self.predict, records, inline=True)
 
     async def aexplain(self, records: Sequence[Record], options: ExplainOptions) -> list[RecordExplanation]:
-        return await self.run(self.explain, records, options)
+        """:meth:`explain` on an engine thread, merged with concurrent requests that have the same options."""
+        fn = functools.partial(self._explain_list, options=options)
+        return await self.coalescer.run(("explain", options), fn, records)
+
+    def _explain_list(self, records: list[Record], options: ExplainOptions) -> list[RecordExplanation]:
+        return self.explain(records, options)
 
     # ---- the work -----------------------------------------------------------------------------------------
 
