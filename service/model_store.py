@@ -294,9 +294,14 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
     with _reading(folder, "weights.safetensors", "does not fit the network"):
         model.load_state_dict(state)
     model.eval()
+    # a NaN weight passes every check above and the warm-up, and then fails every request with a 500
+    if not all(bool(torch.isfinite(t).all()) for t in state.values()):
+        raise BundleError(f"model bundle {folder}: weights.safetensors holds NaN or infinite values")
     with _reading(folder, "baselines.safetensors"):
         base = load_numpy(str(folder / "baselines.safetensors"))
         points, weights = torch.as_tensor(base["points"]), torch.as_tensor(base["weights"])
+    if not (bool(torch.isfinite(points).all()) and bool(torch.isfinite(weights).all())):
+        raise BundleError(f"model bundle {folder}: baselines.safetensors holds NaN or infinite values")
     with _reading(folder, "evaluation.safetensors"):
         ev = load_numpy(str(folder / "evaluation.safetensors"))
         eval_raw, eval_y, eval_rows = ev["raw"], ev["y"], ev["rows"]

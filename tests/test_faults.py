@@ -78,6 +78,13 @@ def _wrong_shape(folder: Path) -> None:
     save_file(state, str(folder / "weights.safetensors"))
 
 
+def _nan_weights(folder: Path) -> None:
+    state = load_file(str(folder / "weights.safetensors"))
+    key = next(k for k, v in state.items() if v.ndim == 2)
+    state[key][0, 0] = float("nan")
+    save_file(state, str(folder / "weights.safetensors"))
+
+
 def _manifest(**changes: Any) -> Callable[[Any], Any]:
     def edit(manifest: Any) -> Any:
         out = {**manifest, **changes}
@@ -118,6 +125,7 @@ FAULTS = [
         subprocess=True,
     ),
     Fault("weights-wrong-shape", _wrong_shape, "weights.safetensors does not fit the network", rechecksum=True),
+    Fault("weights-nan", _nan_weights, "weights.safetensors holds NaN or infinite values", rechecksum=True),
     Fault(
         "baselines-truncated",
         _truncate("baselines.safetensors"),
