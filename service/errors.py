@@ -5,6 +5,8 @@
     ServiceError                 500  internal                the client learns only the request id
      ├── MalformedBody           400  malformed-body          the body is not JSON (syntax, encoding, depth)
      ├── Unauthorized            401  unauthorized            API key missing or wrong (one body for both)
+     ├── CorsRefused             403  cors-refused            a CORS preflight from an origin, method or header
+     │                                                        that GSHAP_CORS_ORIGINS does not allow
      ├── NotFound                404  not-found               no such route, or no such outcome group
      ├── MethodNotAllowed        405  method-not-allowed      with an ``Allow`` header
      ├── PayloadTooLarge         413  payload-too-large       body over GSHAP_MAX_BODY_BYTES, or a batch over
@@ -46,6 +48,7 @@ from starlette.types import Scope
 __all__ = [
     "PROBLEM_BASE",
     "PROBLEM_MEDIA_TYPE",
+    "CorsRefused",
     "FieldError",
     "InvalidInput",
     "MalformedBody",
@@ -123,6 +126,12 @@ class Unauthorized(ServiceError):  # noqa: N818 (the names kserve and the issue 
     status = 401
     slug = "unauthorized"
     title = "Unauthorized"
+
+
+class CorsRefused(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 403
+    slug = "cors-refused"
+    title = "CORS request refused"
 
 
 class NotFound(ServiceError):  # noqa: N818 (the names kserve and the issue use)

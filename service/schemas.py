@@ -336,8 +336,8 @@ class Problem(BaseModel):
         ...,
         description=(
             "Stable URI of the problem kind: https://gshap.dev/problems/ + one of validation, malformed-body, "
-            "unauthorized, not-found, method-not-allowed, payload-too-large, unsupported-media-type, "
-            "rate-limited, model-not-ready, internal."
+            "unauthorized, cors-refused, not-found, method-not-allowed, payload-too-large, "
+            "unsupported-media-type, rate-limited, model-not-ready, internal."
         ),
     )
     title: str = Field(..., description="Short summary of the problem kind.")

@@ -13,6 +13,8 @@ route, the docs included. Their refusals are :mod:`service.errors` problems rend
   body is read into memory (bodies here are small JSON documents). 413.
 - Headers: ``nosniff``, ``DENY`` framing, ``no-referrer``, ``no-store`` and a CSP that forbids everything
   on API answers; only the two documentation pages get one that lets Swagger UI and ReDoc load.
+- CORS (``GSHAP_CORS_ORIGINS``, closed when empty): Starlette's middleware, except that a refused preflight
+  is a 403 problem like every other refusal rather than a plain-text 400 (:class:`ProblemCORSMiddleware`).
 """
 
 from __future__ import annotations
@@ -26,14 +28,24 @@ from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, RateLimited, ServiceError, Unauthorized, problem_response, request_id_of
+from service.errors import (
+    CorsRefused,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceError,
+    Unauthorized,
+    problem_response,
+    request_id_of,
+)
 
 __all__ = [
     "OPEN_PATHS",
     "ApiKeyMiddleware",
     "BodySizeLimitMiddleware",
+    "ProblemCORSMiddleware",
     "SecurityHeadersMiddleware",
     "TokenBucket",
     "key_id",
@@ -243,3 +255,23 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware whose refused preflights are 403 problems (naming nothing that was sent)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            headers = Headers(scope=scope)
+            if "origin" in headers and "access-control-request-method" in headers:
+                response = self.preflight_response(request_headers=headers)
+                if response.status_code >= 400:
+                    refused = CorsRefused(
+                        "The origin, method or headers of this cross-origin request are not allowed here "
+                        "(GSHAP_CORS_ORIGINS).",
+                        headers={"Vary": response.headers.get("vary", "Origin")},
+                    )
+                    response = problem_response(refused, instance=scope.get("path"), request_id=request_id_of(scope))
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
