@@ -20,7 +20,7 @@ from live_server import ROOT
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-SOURCES = ("service", "scripts")
+SOURCES = ("service",)
 # modules that execute code while loading data, and the calls that do
 UNPICKLING_MODULES = {"pickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal", "jsonpickle"}
 UNPICKLING_CALLS = {"load", "loads", "read_pickle", "Unpickler"}
@@ -61,9 +61,10 @@ def _unpickling(tree: ast.AST) -> list[str]:
 
 
 def test_no_code_unpickles_anything() -> None:
-    """No module of service/ or scripts/ imports pickle & co. or calls torch.load, read_pickle, allow_pickle."""
+    """No module of service/ imports pickle & co. or calls torch.load, read_pickle, allow_pickle."""
     files = _python_files()
     assert len(files) > 20
+    assert any(p.name == "model_store.py" for p in files)
     offenders = {str(p.relative_to(ROOT)): hits for p in files if (hits := _unpickling(ast.parse(p.read_text())))}
     assert offenders == {}
 
