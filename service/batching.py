@@ -20,6 +20,8 @@ record never depend on its batch neighbours (tested), so the results are exactly
   uses every core).
 - A merged call that raises is repeated unit by unit on the same thread, so that one bad request fails alone.
 - A cancelled request (client gone) is dropped if it has not started.
+- ``fn`` may be a coroutine function: the merged call then runs on the event loop, and ``threads`` only bounds
+  how many such calls are in flight (one per engine process, see :mod:`service.engine_pool`).
 
 Everything but the worker function runs on the event loop's thread; no lock is needed.
 """
@@ -28,20 +30,27 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import itertools
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 __all__ = ["Coalescer", "CoalescerClosedError", "CoalescerStats"]
 
 T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741 - the item type
 R = TypeVar("R")
+
+
+# a batch function: items -> one answer per item, plain or as a coroutine
+SyncBatchFn = Callable[[list[I]], list[R]]
+AsyncBatchFn = Callable[[list[I]], Awaitable[list[R]]]
+BatchFn = SyncBatchFn[I, R] | AsyncBatchFn[I, R]
 
 
 class CoalescerClosedError(RuntimeError):
@@ -51,7 +60,7 @@ class CoalescerClosedError(RuntimeError):
 @dataclass(eq=False)
 class _Unit(Generic[I, R]):
     key: Hashable
-    fn: Callable[[list[I]], list[R]]
+    fn: BatchFn[I, R]
     items: list[I]
     future: asyncio.Future[list[R]]
     inline: bool = False
@@ -67,7 +76,31 @@ class CoalescerStats:
     max_items: int = 0
 
 
-def _run_batch(fn: Callable[[list[I]], list[R]], units: Sequence[_Unit[I, R]]) -> list[tuple[bool, Any]]:
+async def _run_batch_async(fn: AsyncBatchFn[I, R], units: Sequence[_Unit[I, R]]) -> list[tuple[bool, Any]]:
+    """:func:`_run_batch` for a coroutine function, on the event loop."""
+    merged = [item for unit in units for item in unit.items]
+    try:
+        answers = await fn(merged)
+        if len(answers) != len(merged):
+            raise RuntimeError(f"a coalesced call returned {len(answers)} answers for {len(merged)} items")
+    except Exception as exc:
+        if len(units) == 1:
+            return [(False, exc)]
+        out: list[tuple[bool, Any]] = []
+        for unit in units:
+            try:
+                out.append((True, await fn(unit.items)))
+            except Exception as unit_exc:
+                out.append((False, unit_exc))
+        return out
+    out, start = [], 0
+    for unit in units:
+        out.append((True, answers[start : start + len(unit.items)]))
+        start += len(unit.items)
+    return out
+
+
+def _run_batch(fn: SyncBatchFn[I, R], units: Sequence[_Unit[I, R]]) -> list[tuple[bool, Any]]:
     """On a worker thread: one call for all ``units``; per unit ``(True, answers)`` or ``(False, exception)``."""
     merged = [item for unit in units for item in unit.items]
     try:
@@ -126,9 +159,7 @@ class Coalescer:
 
     # ---- public ---------------------------------------------------------------------------------------------
 
-    async def run(
-        self, key: Hashable, fn: Callable[[list[I]], list[R]], items: Sequence[I], *, inline: bool = False
-    ) -> list[R]:
+    async def run(self, key: Hashable, fn: BatchFn[I, R], items: Sequence[I], *, inline: bool = False) -> list[R]:
         """``fn(items)``, possibly merged with concurrent calls of the same ``key``.
 
         Calls with equal keys must pass interchangeable functions (the batch runs the first one's ``fn``).
@@ -179,9 +210,7 @@ class Coalescer:
 
     # ---- dispatch (event loop thread only) ------------------------------------------------------------------
 
-    def _submit(
-        self, key: Hashable, fn: Callable[[list[I]], list[R]], items: list[I], inline: bool
-    ) -> asyncio.Future[list[R]]:
+    def _submit(self, key: Hashable, fn: BatchFn[I, R], items: list[I], inline: bool) -> asyncio.Future[list[R]]:
         loop = asyncio.get_running_loop()
         unit: _Unit[I, R] = _Unit(key, fn, items, loop.create_future(), inline)
         self._pending.append(unit)
@@ -221,15 +250,19 @@ class Coalescer:
             if head.inline:  # on this thread, now: every same-turn unit of its key in one call
                 batch = self._take(1)
                 self._count(batch)
-                self._finish(batch, _run_batch(head.fn, batch))
+                self._finish(batch, _run_batch(cast(SyncBatchFn[Any, Any], head.fn), batch))
                 continue
             if self._idle == 0:
                 return  # a finishing thread dispatches again
             batch = self._take(self._idle)
             self._idle -= 1
             self._count(batch)
-            loop = asyncio.get_running_loop()
-            job = loop.run_in_executor(self._executor, _run_batch, head.fn, batch)
+            job: asyncio.Future[list[tuple[bool, Any]]]
+            if inspect.iscoroutinefunction(head.fn):  # its slot is a concurrency bound, not a thread
+                job = asyncio.ensure_future(_run_batch_async(cast(AsyncBatchFn[Any, Any], head.fn), batch))
+            else:
+                sync_fn = cast(SyncBatchFn[Any, Any], head.fn)
+                job = asyncio.get_running_loop().run_in_executor(self._executor, _run_batch, sync_fn, batch)
             job.add_done_callback(functools.partial(self._done, batch))
 
     def _done(self, batch: list[_Unit[Any, Any]], job: asyncio.Future[list[tuple[bool, Any]]]) -> None:

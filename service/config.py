@@ -67,6 +67,16 @@ class Settings(BaseSettings):
     engine_threads: int | None = Field(
         None, ge=1, le=64, description="Threads running the engine; None: the machine's cores divided by the workers."
     )
+    engine_processes: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description=(
+            "Forked processes doing the engine's arithmetic (each with one engine thread); 0: none, the engine "
+            "threads compute in this process. Processes use more than one core for explanations (no shared GIL) "
+            "at the cost of memory (each child's RSS counts the pages it shares with the server)."
+        ),
+    )
     max_coalesce: int = Field(
         64, ge=1, description="Most records merged into one engine call from concurrent requests with equal settings."
     )

@@ -21,13 +21,14 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 
 from service.batching import Coalescer
-from service.explain import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, GradientShapEngine
+from service.engine_pool import EngineProcessPool
+from service.explain import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, Explanation, GradientShapEngine
 from service.features import Feature, FeatureSpec
 from service.model_store import Bundle, BundleError
 
@@ -126,6 +127,10 @@ class RecordExplanation:
     n_baselines: int
     seed: int
     summary: str
+
+
+def _engine_kwargs(options: ExplainOptions) -> dict[str, Any]:
+    return {"method": options.method, "n_samples": options.n_samples, "seed": options.seed, "output": options.output}
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,7 @@ class InferenceRuntime:
         *,
         max_n_samples: int | None = None,
         engine_threads: int = 1,
+        engine_processes: int = 0,
         max_coalesce: int = 64,
         batch_window_ms: float = 0.0,
     ) -> None:
@@ -248,8 +254,10 @@ class InferenceRuntime:
         self.max_n_samples = min(max_n_samples or MAX_N_SAMPLES, MAX_N_SAMPLES)
         self.engine = GradientShapEngine(bundle.model, bundle.baselines, bundle.baseline_weights)
         self.ready = False
+        # with engine processes, the coalescer's slots are the processes, driven from the event loop
+        self.pool = EngineProcessPool(self.engine, engine_processes) if engine_processes > 0 else None
         self.coalescer = Coalescer(
-            threads=engine_threads,
+            threads=engine_processes or engine_threads,
             max_records=max_coalesce,
             window_s=batch_window_ms / 1000,
             thread_name_prefix="gshap-engine",
@@ -274,14 +282,21 @@ class InferenceRuntime:
             self.explain(record, ExplainOptions(method=method, n_samples=n))
 
     async def start(self) -> None:
-        """Warm up every engine thread (the exact kernel's buffers are per thread), then turn ready."""
-        await self.coalescer.on_every_thread(self.warm_up)
+        """Warm up every engine thread (the exact kernel's buffers are per thread) or fork and warm up the engine
+        processes (before any thread of this process runs torch), then turn ready."""
+        if self.pool is not None:
+            self.warm_up()
+            self.pool.start(warm_up=self._prepare([self.example_record()]).x.numpy())
+        else:
+            await self.coalescer.on_every_thread(self.warm_up)
         self.ready = True
 
     def close(self) -> None:
-        """Stop accepting work; in-flight work finishes on the worker threads."""
+        """Stop accepting work; in-flight work finishes on the worker threads; engine processes are stopped."""
         self.ready = False
         self.coalescer.close()
+        if self.pool is not None:
+            self.pool.close()
 
     async def run(self, fn: Callable[..., T], /, *args: object) -> T:
         """Run ``fn(*args)`` on an engine thread without blocking the event loop (not merged with anything)."""
@@ -292,7 +307,11 @@ class InferenceRuntime:
         return await self.coalescer.run(_PREDICT_KEY, self.predict, records, inline=True)
 
     async def aexplain(self, records: Sequence[Record], options: ExplainOptions) -> list[RecordExplanation]:
-        """:meth:`explain` on an engine thread, merged with concurrent requests that have the same options."""
+        """:meth:`explain` on an engine thread (or with an engine process), merged with concurrent requests that
+        have the same options."""
+        if self.pool is not None:
+            pooled = functools.partial(self._explain_in_pool, options=options)
+            return await self.coalescer.run(("explain", options), pooled, records)
         fn = functools.partial(self._explain_list, options=options)
         return await self.coalescer.run(("explain", options), fn, records)
 
@@ -366,9 +385,18 @@ class InferenceRuntime:
             return []
         batch = self._prepare(records)
         predictions = self._predictions(batch, self.engine.predict_logit(batch.x))
-        ex = self.engine.explain(
-            batch.x, method=options.method, n_samples=options.n_samples, seed=options.seed, output=options.output
-        )
+        ex = self.engine.explain(batch.x, **_engine_kwargs(options))
+        return self._explanations(batch, predictions, ex)
+
+    async def _explain_in_pool(self, records: list[Record], options: ExplainOptions) -> list[RecordExplanation]:
+        """:meth:`explain` with the engine's arithmetic in an engine process; the rest on the event loop."""
+        assert self.pool is not None
+        batch = self._prepare(records)
+        predictions = self._predictions(batch, self.engine.predict_logit(batch.x))
+        ex = await self.pool.aexplain(batch.x, **_engine_kwargs(options))
+        return self._explanations(batch, predictions, ex)
+
+    def _explanations(self, batch: _Batch, predictions: list[Prediction], ex: Explanation) -> list[RecordExplanation]:
         attributions = np.asarray(ex.attributions, dtype=np.float64)
         standard_errors = np.asarray(ex.attribution_se, dtype=np.float64)
         output_values = np.asarray(ex.output_value, dtype=np.float64)

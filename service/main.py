@@ -94,6 +94,7 @@ async def _start(state: AppState) -> None:
         bundle,
         max_n_samples=settings.max_n_samples,
         engine_threads=engine_threads,
+        engine_processes=settings.engine_processes,
         max_coalesce=settings.max_coalesce,
         batch_window_ms=settings.batch_window_ms,
     )
@@ -109,6 +110,7 @@ async def _start(state: AppState) -> None:
         model_version=runtime.model_version,
         torch_threads=threads,
         engine_threads=engine_threads,
+        engine_processes=settings.engine_processes,
         startup_ms=round((time.perf_counter() - t0) * 1000, 1),
     )
 

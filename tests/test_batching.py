@@ -240,3 +240,87 @@ def test_racing_http_requests_match_the_unloaded_answer(bundle: Any) -> None:
     for i, resp in enumerate(raced):
         assert resp.status_code == 200
         assert resp.json() == alone[i % len(alone)]
+
+
+def test_coroutine_batch_functions_are_merged_and_bounded() -> None:
+    """An async batch function runs on the loop; ``threads`` bounds how many merged calls are in flight."""
+    in_flight = 0
+    peak = 0
+    calls: list[list[int]] = []
+
+    async def fn(items: list[int]) -> list[int]:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        calls.append(list(items))
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return [i * 2 for i in items]
+
+    async def main() -> list[Any]:
+        co = Coalescer(threads=2)
+        try:
+            return await asyncio.gather(*(co.run("k", fn, [i]) for i in range(10)))
+        finally:
+            co.close()
+
+    assert run(main) == [[i * 2] for i in range(10)]
+    assert peak == 2
+    assert sorted(i for c in calls for i in c) == list(range(10))
+
+
+# ---- engine processes ------------------------------------------------------------------------------------------
+
+
+def test_engine_processes_answer_exactly_like_the_parent(bundle: Any) -> None:
+    """Explanations computed in forked engine processes equal the in-process ones bit for bit, merged or not."""
+    records = _records(bundle, 10)
+    local = InferenceRuntime(bundle, engine_threads=1)
+    pooled = InferenceRuntime(bundle, engine_processes=2)
+    expected = {o: local.explain(records, o) for o in RACE_OPTIONS}
+
+    async def main() -> dict[ExplainOptions, list[Any]]:
+        await pooled.start()
+        assert pooled.pool is not None
+        assert pooled.pool.alive() == 2
+        singles = await asyncio.gather(*(pooled.aexplain([r], o) for o in RACE_OPTIONS for r in records))
+        out: dict[ExplainOptions, list[Any]] = {o: [] for o in RACE_OPTIONS}
+        for k, o in enumerate(RACE_OPTIONS):
+            out[o] = [s[0] for s in singles[k * len(records) : (k + 1) * len(records)]]
+            assert await pooled.aexplain(records, o) == expected[o]  # split across both processes
+        return out
+
+    try:
+        got = run(main)
+    finally:
+        pooled.close()
+    assert got == expected
+    assert pooled.pool is not None
+    assert pooled.pool.alive() == 0  # closed: no child left behind
+
+
+def test_a_dead_engine_process_costs_speed_not_answers(bundle: Any) -> None:
+    """When an engine process dies, its calls are computed in the server, with the same answers."""
+    import os
+    import signal
+
+    records = _records(bundle, 3)
+    local = InferenceRuntime(bundle, engine_threads=1)
+    pooled = InferenceRuntime(bundle, engine_processes=1)
+    options = RACE_OPTIONS[1]
+
+    async def main() -> list[Any]:
+        await pooled.start()
+        assert pooled.pool is not None
+        os.kill(pooled.pool.pids[0], signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        first = await pooled.aexplain(records, options)
+        second = await pooled.aexplain(records, options)
+        assert pooled.pool.fallbacks == 2
+        return [first, second]
+
+    try:
+        first, second = run(main)
+    finally:
+        pooled.close()
+    assert first == second == local.explain(records, options)
