@@ -50,7 +50,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -714,14 +714,21 @@ GOALS: list[tuple[str, str]] = [
     ("predict_c8_vs_ceiling", "/predict c=8 throughput ≥ 70 % of the ceiling"),
     ("batch_records_per_s", "/explain/batch (100 records) ≥ 2,000 records/s"),
     ("cold_start", "cold start ≤ 4 s"),
-    ("rss_after_load", "server RSS ≤ 450 MB after the load"),
+    ("rss_after_load", "server RSS ≤ 450 MB after the load (summed over its processes)"),
     ("no_errors", "no error under any load"),
     ("same_results", "same results under load (racing requests, same seed)"),
 ]
 
 
-def _cell(cells: Sequence[CellResult], target: str, concurrency: int) -> CellResult | None:
-    return next((c for c in cells if c.target == target and c.concurrency == concurrency), None)
+def _cell(cells: Sequence[CellResult], target: str, concurrency: int, server: str | None = None) -> CellResult | None:
+    return next(
+        (
+            c
+            for c in cells
+            if c.target == target and c.concurrency == concurrency and (server is None or c.server == server)
+        ),
+        None,
+    )
 
 
 def evaluate_goals(
@@ -729,12 +736,15 @@ def evaluate_goals(
     servers: Mapping[str, Mapping[str, Any]],
     race: Mapping[str, Any] | None,
     goal_concurrency: int = 8,
+    ours_name: str = "ours",
 ) -> dict[str, Any]:
-    """Ratios and each goal's measured value and verdict (``met`` None when not measured in this run)."""
+    """Ratios and each goal's measured value and verdict (``met`` None when not measured in this run).
+
+    ``ours_name`` picks the configuration of the service evaluated (``ours`` or a ``--variant``)."""
     c = goal_concurrency
 
     def rps(target: str) -> float:
-        cell = _cell(cells, target, c)
+        cell = _cell(cells, target, c, None if target in ("ceiling", "peer") else ours_name)
         return cell.rps if cell else math.nan
 
     ceiling, peer = rps("ceiling"), rps("peer")
@@ -745,9 +755,9 @@ def evaluate_goals(
         f"explain_sampled_vs_peer_c{c}": rps("explain_sampled") / peer,
         f"predict_vs_ceiling_c{c}": rps("predict") / ceiling,
     }
-    explain = _cell(cells, "explain", c)
-    batch = _cell(cells, "explain_batch", c)
-    ours = servers.get("ours", {})
+    explain = _cell(cells, "explain", c, ours_name)
+    batch = _cell(cells, "explain_batch", c, ours_name)
+    ours = servers.get(ours_name, {})
     measured: dict[str, tuple[float, float, bool]] = {}  # name: (value, bound, higher is better)
     measured["explain_c8_vs_ceiling"] = (ratios[f"explain_vs_ceiling_c{c}"], 0.5, True)
     measured["explain_c8_vs_peer"] = (ratios[f"explain_vs_peer_c{c}"], 10.0, True)
@@ -755,8 +765,9 @@ def evaluate_goals(
     measured["predict_c8_vs_ceiling"] = (ratios[f"predict_vs_ceiling_c{c}"], 0.7, True)
     measured["batch_records_per_s"] = (batch.records_per_s if batch else math.nan, 2000.0, True)
     measured["cold_start"] = (ours.get("cold_start_s", math.nan), 4.0, False)
-    measured["rss_after_load"] = (ours.get("memory_after_load", {}).get("rss_peak_mb", math.nan), 450.0, False)
-    measured["no_errors"] = (float(sum(cell.errors for cell in cells)), 0.0, False)
+    measured["rss_after_load"] = (ours.get("memory_after_load", {}).get("rss_mb", math.nan), 450.0, False)
+    mine = [cell for cell in cells if cell.server in (ours_name, "ceiling", "peer")]
+    measured["no_errors"] = (float(sum(cell.errors for cell in mine)), 0.0, False)
     if race is not None:
         measured["same_results"] = (float(race["mismatches"] + race["batch_vs_single_mismatches"]), 0.0, False)
     goals: list[dict[str, Any]] = []
@@ -767,7 +778,7 @@ def evaluate_goals(
         value, bound, higher = measured[name]
         met = value >= bound if higher else value <= bound
         goals.append({"goal": name, "text": text, "value": value, "bound": bound, "met": met})
-    return {"goal_concurrency": c, "ratios": ratios, "goals": goals}
+    return {"goal_concurrency": c, "ours": ours_name, "ratios": ratios, "goals": goals}
 
 
 def _fmt(x: float, digits: int = 1) -> str:
@@ -807,21 +818,26 @@ def markdown_table(result: Mapping[str, Any]) -> str:
             f"{_fmt(mem.get('rss_mb', math.nan), 0)} | {_fmt(mem.get('pss_mb', math.nan), 0)} | "
             f"{mem.get('processes', '–')} |"
         )
-    ev = result["evaluation"]
-    lines += ["", "| ratio | value |", "|---|---:|"]
-    lines += [f"| {k} | {_fmt(v, 2)} |" for k, v in ev["ratios"].items()]
-    lines += ["", "| goal | measured | met |", "|---|---:|---|"]
-    for g in ev["goals"]:
-        met = "–" if g["met"] is None else ("yes" if g["met"] else "**no**")
-        lines.append(f"| {g['text']} | {_fmt(g['value'], 2) if g['value'] is not None else '–'} | {met} |")
-    race = result.get("race")
-    if race:
+    evs = [result["evaluation"], *result.get("variant_evaluations", {}).values()]
+    names = " | ".join(ev["ours"] for ev in evs)
+    lines += ["", f"| ratio | {names} |", "|---|" + "---:|" * len(evs)]
+    for k in evs[0]["ratios"]:
+        lines.append(f"| {k} | " + " | ".join(_fmt(ev["ratios"][k], 2) for ev in evs) + " |")
+    lines += ["", f"| goal | {names} |", "|---|" + "---|" * len(evs)]
+    for i, g in enumerate(evs[0]["goals"]):
+        row = []
+        for ev in evs:
+            gi = ev["goals"][i]
+            met = "–" if gi["met"] is None else ("met" if gi["met"] else "**not met**")
+            row.append(f"{_fmt(gi['value'], 2) if gi['value'] is not None else '–'} ({met})")
+        lines.append(f"| {g['text']} | " + " | ".join(row) + " |")
+    for name, race in (result.get("races") or {}).items():
         lines += [
             "",
-            f"Race check: {race['concurrent_requests']} concurrent /explain requests ({race['distinct_requests']} "
-            f"distinct, 3 settings incl. seeded sampled) under wrk load ({_fmt(race['background_load_rps'])} req/s): "
-            f"{race['mismatches']} differ from the unloaded answers; /explain/batch vs single: "
-            f"{race['batch_vs_single_mismatches']} differ.",
+            f"Race check ({name}): {race['concurrent_requests']} concurrent /explain requests "
+            f"({race['distinct_requests']} distinct, 3 settings incl. seeded sampled) under wrk load "
+            f"({_fmt(race['background_load_rps'])} req/s): {race['mismatches']} differ from the unloaded answers; "
+            f"/explain/batch vs single: {race['batch_vs_single_mismatches']} differ.",
         ]
     eng = result.get("engine")
     if eng:
@@ -912,6 +928,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default=None, help="comma-separated target keys (e.g. explain,predict)")
     p.add_argument("--workers", type=int, default=None, help="uvicorn workers of ours and the ceiling")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="extra server env")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="also measure ours with these settings, as ours[NAME] (e.g. procs2:GSHAP_ENGINE_PROCESSES=2)",
+    )
     p.add_argument("--no-engine", action="store_true", help="skip the in-process engine comparison")
     p.add_argument("--no-race", action="store_true", help="skip the race check")
     p.add_argument("--json", default="bench-results/latest.json", help="where to write the results")
@@ -971,20 +994,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peer": [sys.executable, str(ROOT / "scripts" / "naive_peer.py")],
         "ours": [sys.executable, "-m", "service.cli", "serve", "--host", HOST, *workers],
     }
+    variants: dict[str, dict[str, str]] = {}
+    for spec in args.variant:
+        vname, _, assignments = spec.partition(":")
+        variants[f"ours[{vname}]"] = dict(kv.split("=", 1) for kv in assignments.split(",") if kv)
+        commands[f"ours[{vname}]"] = commands["ours"]
     cells: list[CellResult] = []
     servers: dict[str, ServerResult] = {}
-    total = len(all_targets) * len(levels)
+    races: dict[str, Any] = {}
+    ours_targets = [t for t in all_targets if t.server == "ours"]
+    total = len(all_targets) * len(levels) + len(ours_targets) * len(levels) * len(variants)
     done = 0
-    for name in ("ceiling", "peer", "ours"):
-        mine = [t for t in all_targets if t.server == name]
+    for name in ("ceiling", "peer", "ours", *variants):
+        if name in variants:
+            mine = [replace(t, server=name, label=t.label.replace("ours", name, 1)) for t in ours_targets]
+        else:
+            mine = [t for t in all_targets if t.server == name]
         if not mine:
             continue
         port = free_port()
-        server = Server(
-            name, [*commands[name], "--port", str(port)], port, workdir / "logs" / f"{name}.log", server_env(extra_env)
-        )
+        env = server_env({**extra_env, **variants.get(name, {})})
+        log_name = re.sub(r"\W+", "_", name)
+        server = Server(name, [*commands[name], "--port", str(port)], port, workdir / "logs" / f"{log_name}.log", env)
         cold_starts: list[float] = []
-        if name == "ours" and not args.quick:
+        if name.startswith("ours") and not args.quick:
             for _ in range(2):  # extra cold starts: the median of three is less at the mercy of a noisy moment
                 with running(server):
                     cold_starts.append(server.cold_start_s)
@@ -993,7 +1026,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"· {name}: ready in {server.cold_start_s:.2f} s (pid {server.proc.pid if server.proc else '?'})")
             for target in mine:
                 check_answer(server, target)
-                script = workdir / f"{target.key}.lua"
+                script = workdir / f"{log_name}_{target.key}.lua"
                 script.write_text(wrk_lua_script(target.path, target.bodies))
                 for c in levels:
                     done += 1
@@ -1004,10 +1037,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"p50 {cell.p50_ms:7.2f} p99 {cell.p99_ms:7.2f} ms  errors {cell.errors}  "
                         f"server CPU {cell.server_cpu_share * 100:3.0f} %  wrk CPU {cell.wrk_cpu_share * 100:3.0f} %"
                     )
-            if name == "ours" and not args.no_race and any(t.key == "explain" for t in mine):
-                script = workdir / "explain.lua"
+            if name.startswith("ours") and not args.no_race and any(t.key == "explain" for t in mine):
+                script = workdir / f"{log_name}_explain.lua"
                 race = race_check(server, records, script, n_records=16 if args.quick else 32)
-                result["race"] = race
+                races[name] = race
                 log(
                     f"· race check: {race['mismatches']} of {race['concurrent_requests']} racing answers differ, "
                     f"batch vs single {race['batch_vs_single_mismatches']}"
@@ -1029,7 +1062,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result["cells"] = [asdict(c) for c in cells]
     result["servers"] = {k: asdict(v) for k, v in servers.items()}
-    result["evaluation"] = evaluate_goals(cells, result["servers"], result.get("race"), goal_c)
+    result["races"] = races
+    result["evaluation"] = evaluate_goals(cells, result["servers"], races.get("ours"), goal_c)
+    result["variant_evaluations"] = {
+        name: evaluate_goals(cells, result["servers"], races.get(name), goal_c, ours_name=name) for name in variants
+    }
     result["meta"]["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")

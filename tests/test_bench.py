@@ -112,10 +112,10 @@ def test_targets_use_the_records_and_batch_size(bench: ModuleType) -> None:
     assert len(batch["records"]) == bench.BATCH_RECORDS == by_key["explain_batch"].records_per_request
 
 
-def _cell(bench: ModuleType, target: str, rps: float, p99: float = 5.0, records: int = 1) -> Any:
+def _cell(bench: ModuleType, target: str, rps: float, p99: float = 5.0, records: int = 1, server: str = "ours") -> Any:
     return bench.CellResult(
         target=target,
-        server="x",
+        server=target if target in ("ceiling", "peer") else server,
         label=target,
         concurrency=8,
         seconds=1.0,
@@ -143,8 +143,11 @@ def test_goals_ratios_and_report(bench: ModuleType) -> None:
         _cell(bench, "predict", 2000),
         _cell(bench, "explain_batch", 30, records=100),
     ]
-    servers = {"ours": {"cold_start_s": 2.0, "memory_after_load": {"rss_peak_mb": 400.0}}}
+    cells.append(_cell(bench, "explain", 5000, server="ours[fast]"))
+    servers = {"ours": {"cold_start_s": 2.0, "memory_after_load": {"rss_mb": 400.0}}}
     ev = bench.evaluate_goals(cells, servers, {"mismatches": 0, "batch_vs_single_mismatches": 0})
+    variant = bench.evaluate_goals(cells, servers, None, ours_name="ours[fast]")
+    assert variant["ratios"]["explain_vs_ceiling_c8"] == pytest.approx(1.25)
     assert ev["ratios"]["explain_vs_ceiling_c8"] == pytest.approx(0.625)
     assert ev["ratios"]["explain_vs_peer_c8"] == pytest.approx(25.0)
     met = {g["goal"]: g["met"] for g in ev["goals"]}
@@ -172,6 +175,7 @@ def test_goals_ratios_and_report(bench: ModuleType) -> None:
         "cells": [vars(c) for c in cells],
         "servers": servers | {"ceiling": {"cold_start_s": math.nan}},
         "evaluation": ev,
+        "variant_evaluations": {"ours[fast]": variant},
         "generator": {"concurrency": 8, "rps": 40000.0, "wrk_cpu_share": 0.9},
     }
     table = bench.markdown_table(result)
