@@ -72,9 +72,9 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description=(
-            "Forked processes doing the engine's arithmetic (each with one engine thread); 0: none, the engine "
-            "threads compute in this process. Processes use more than one core for explanations (no shared GIL) "
-            "at the cost of memory (each child's RSS counts the pages it shares with the server)."
+            "Forked processes doing the engine's arithmetic, fed from the event loop; 0: none, the engine threads "
+            "compute in this process. Processes use more than one core for explanations (no shared GIL) at the "
+            "cost of memory (each child's RSS also counts the pages it shares with the server)."
         ),
     )
     max_coalesce: int = Field(
