@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup serve test lint typecheck pytest openapi figures bench train clean
+.PHONY: setup serve test lint typecheck pytest openapi figures bench train audit soak readme clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ train: setup
 
 bench: setup
 	$(BIN)/python scripts/bench.py
+
+audit: setup
+	./scripts/audit.sh
+
+soak: setup
+	$(BIN)/python scripts/soak.py
+
+readme: setup
+	$(BIN)/python scripts/readme.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
