@@ -528,16 +528,32 @@ def check_answer(server: Server, target: Target) -> None:
     json.loads(body)
 
 
+def wait_idle(pid: int, timeout: float = 30.0, busy_share: float = 0.1) -> float:
+    """Wait until the server's process tree uses less than ``busy_share`` of a core over 0.2 s; returns the wait.
+
+    wrk closes its connections at the end of a run, but requests already inside the server keep it busy: without
+    this, slow cells (batches at high concurrency) would measure the previous run's leftovers."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        c0 = cpu_seconds(pid)
+        time.sleep(0.2)
+        if cpu_seconds(pid) - c0 < busy_share * 0.2:
+            break
+    return time.perf_counter() - t0
+
+
 def measure_cell(
     server: Server, target: Target, script: Path, concurrency: int, seconds: int, warmup: int
 ) -> CellResult:
+    assert server.proc is not None
     if warmup > 0:
         run_wrk(server.url + target.path, script, concurrency, warmup)
-    assert server.proc is not None
+        wait_idle(server.proc.pid)
     cpu0, t0 = cpu_seconds(server.proc.pid), time.perf_counter()
     r = run_wrk(server.url + target.path, script, concurrency, seconds)
     wall = time.perf_counter() - t0
     cpu = cpu_seconds(server.proc.pid) - cpu0
+    wait_idle(server.proc.pid)
     return CellResult(
         target=target.key,
         server=target.server,

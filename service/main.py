@@ -89,7 +89,7 @@ async def _start(state: AppState) -> None:
         log_event("startup_failed", 40, reason=str(exc))
         raise
     threads = configure_torch(settings.torch_threads)
-    engine_threads = settings.engine_thread_count()
+    engine_threads = settings.engine_threads
     runtime = InferenceRuntime(
         bundle,
         max_n_samples=settings.max_n_samples,
