@@ -669,13 +669,15 @@ def race_check(server: Server, records: Sequence[dict[str, Any]], script: Path, 
 
 
 def engine_inprocess(repeats: int, n_samples: int = 200) -> dict[str, Any]:
-    """Explanations per second on the evaluation set: the engine vs Captum's GradientShap, same sample count."""
+    """Explanations per second on the evaluation set: the engine vs Captum's GradientShap, same sample count,
+    one torch thread (as the service runs)."""
     import torch
     from captum.attr import GradientShap
 
     from service.explain import GradientShapEngine
     from service.model_store import load_bundle
 
+    torch.set_num_threads(1)  # as the service runs its engine (GSHAP_TORCH_THREADS default)
     bundle = load_bundle()
     x = bundle.eval_x
     model = bundle.model.eval()
