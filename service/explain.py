@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from service.limits import DEFAULT_N_SAMPLES, MAX_N_SAMPLES
 from service.nn import BinaryClassification
 
 __all__ = [
@@ -66,13 +67,7 @@ Output = Literal["logit", "probability"]
 METHODS: tuple[str, ...] = get_args(Method)
 OUTPUTS: tuple[str, ...] = get_args(Output)
 
-MAX_N_SAMPLES = 2000
-"""Upper bound on ``n_samples`` (samples, quadrature nodes or noise draws) accepted by :meth:`explain`."""
-
-DEFAULT_N_SAMPLES: dict[str, int] = {"exact": 50, "sampled": 200, "quadrature": 64, "captum": 200}
-"""``n_samples`` used when it is ``None``. For ``exact`` it is the number of noise draws and only used when
-``stdevs > 0`` (without noise exact uses no samples and reports ``n_samples = 0``)."""
-
+# the bounds live in a torch-free module so that the request schema and the client need no torch
 _CAPTUM_LOCK = threading.Lock()  # Captum draws from the global RNGs: seed-and-call must be atomic
 
 

@@ -28,8 +28,9 @@ import torch
 
 from service.batching import Coalescer
 from service.engine_pool import EngineProcessPool
-from service.explain import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, Explanation, GradientShapEngine
+from service.explain import Explanation, GradientShapEngine
 from service.features import Feature, FeatureSpec
+from service.limits import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, MIN_N_SAMPLES
 from service.model_store import Bundle, BundleError
 
 __all__ = [
@@ -54,7 +55,6 @@ Record = Mapping[str, float | int | None]
 T = TypeVar("T")
 
 # the engine's lower bounds of n_samples: a Monte-Carlo standard error needs two draws, quadrature one node
-MIN_N_SAMPLES: dict[str, int] = {"exact": 1, "sampled": 2, "quadrature": 1}
 
 # units that read badly after a number in a sentence ("6 count", "0.627 score")
 _SILENT_UNITS = frozenset({"", "count", "score"})
@@ -275,11 +275,17 @@ class InferenceRuntime:
     def warm_up(self) -> None:
         """Run one prediction and one explanation per method, so the first client does not pay for it."""
         record = [self.example_record()]
-        self.predict(record)
+        numbers = [self.predict(record)[0].logit]
         methods: tuple[Method, ...] = ("exact", "sampled", "quadrature")
         for method in methods:
             n = None if method == "exact" else min(8, self.max_n_samples)
-            self.explain(record, ExplainOptions(method=method, n_samples=n))
+            ex = self.explain(record, ExplainOptions(method=method, n_samples=n))[0]
+            numbers += [ex.base_value, ex.output_value, *(a.attribution for a in ex.attributions)]
+        if not all(math.isfinite(v) for v in numbers):
+            # weights that pass the load-time checks can still overflow: never report ready with such a model
+            raise BundleError(
+                f"model bundle {self.bundle.path}: the warm-up gave a non-finite prediction or attribution"
+            )
 
     async def start(self) -> None:
         """Warm up every engine thread (the exact kernel's buffers are per thread) or fork and warm up the engine

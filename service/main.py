@@ -21,7 +21,6 @@ import anyio
 import yaml
 from fastapi import FastAPI
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.config import Settings
@@ -31,7 +30,12 @@ from service.model_store import Bundle, BundleError, load_bundle
 from service.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
 from service.routes import AppState, explain, groups, health, model, predict
 from service.schemas import SCHEMA_SPEC
-from service.security import ApiKeyMiddleware, BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from service.security import (
+    ApiKeyMiddleware,
+    BodySizeLimitMiddleware,
+    ProblemCORSMiddleware,
+    SecurityHeadersMiddleware,
+)
 
 __all__ = ["create_app", "openapi_yaml", "serve", "uvicorn_options"]
 
@@ -140,7 +144,7 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
     if settings.cors_origins:
         middleware.append(
             Middleware(
-                CORSMiddleware,
+                ProblemCORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "X-API-Key", "Content-Type", REQUEST_ID_HEADER],

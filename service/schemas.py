@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, create_model
 
-from service.explain import DEFAULT_N_SAMPLES, MAX_N_SAMPLES
 from service.features import PIMA_SPEC, Feature, FeatureSpec
-from service.inference import MIN_N_SAMPLES
+from service.limits import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, MIN_N_SAMPLES
 
 __all__ = [
     "SCHEMA_SPEC",

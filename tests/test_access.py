@@ -138,9 +138,6 @@ def test_cors_allows_only_the_configured_origin(bundle: Bundle) -> None:
         assert unauth.headers["access-control-allow-origin"] == ORIGIN  # the browser may read the 401
 
 
-@pytest.mark.xfail(
-    strict=True, reason="service/main.py still wires Starlette's CORSMiddleware, not security.ProblemCORSMiddleware"
-)
 def test_refused_cors_preflight_is_a_problem(bundle: Bundle) -> None:
     """A refused preflight is a problem like any refusal, not Starlette's plain-text 400."""
     with app_client(create_app(Settings(cors_origins=[ORIGIN]), bundle)) as c:

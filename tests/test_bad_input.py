@@ -316,7 +316,6 @@ def test_accepted_decisions(http: httpx.Client, id: str, body: bytes, same_as: b
     assert r.json() == plain.json()
 
 
-@pytest.mark.xfail(strict=True, reason="duplicate keys: Python's parser keeps the last; needs a parse hook in routes")
 def test_duplicate_keys_are_refused(http: httpx.Client) -> None:
     """A body naming a field twice is refused rather than silently taking one of the two values."""
     body = _rec().replace(b'"glucose": 148', b'"glucose": 90, "glucose": 300')

@@ -439,8 +439,11 @@ def test_retry_after_is_read_as_seconds_or_http_date() -> None:
 
 
 def test_client_imports_no_web_framework() -> None:
-    """Importing service.client loads neither FastAPI, Starlette nor uvicorn."""
-    code = "import sys, service.client; print(sorted({'fastapi', 'starlette', 'uvicorn'} & set(sys.modules)))"
+    """Importing service.client loads neither FastAPI, Starlette, uvicorn nor the numerical stack (torch)."""
+    code = (
+        "import sys, service.client; "
+        "print(sorted({'fastapi', 'starlette', 'uvicorn', 'torch', 'captum'} & set(sys.modules)))"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
     )

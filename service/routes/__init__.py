@@ -8,6 +8,7 @@ hold no maths.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import Message
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 
 from service.config import Settings
 from service.errors import (
+    FieldError,
     ModelNotReady,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -100,6 +102,31 @@ async def require_json(request: Request) -> None:
             "Send the body as JSON with 'Content-Type: application/json'.",
             headers={"Accept-Post": "application/json"},
         )
+    duplicates = _duplicate_keys(await request.body())
+    if duplicates:
+        raise invalid_input(
+            [FieldError(name[:64], "duplicate_key", "The field is given more than once.") for name in duplicates]
+        )
+
+
+def _duplicate_keys(body: bytes) -> list[str]:
+    """Names given twice in one JSON object anywhere in ``body`` (Python's parser would silently keep the last).
+
+    A body that does not parse is left to the body validation, which reports it as malformed.
+    """
+    seen: list[str] = []
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [k for k, _ in pairs]
+        if len(set(names)) != len(names):
+            seen.extend(sorted({k for k in names if names.count(k) > 1}))
+        return dict(pairs)
+
+    try:
+        json.loads(body, object_pairs_hook=hook)
+    except (ValueError, RecursionError):
+        return []
+    return sorted(set(seen))
 
 
 RuntimeDep = Annotated[InferenceRuntime, Depends(runtime_dependency)]
