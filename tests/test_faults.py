@@ -348,3 +348,20 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0() -> None:
     assert finished_after >= IN_FLIGHT // 2, "the requests were not in flight when SIGTERM came"
     assert code == 0, log
     assert '"event":"stopped"' in log
+
+
+def test_warm_up_refuses_a_model_with_non_finite_answers() -> None:
+    """A model that answers NaN (weights that pass the load checks but break the arithmetic) is never ready."""
+    from service.inference import InferenceRuntime
+    from service.model_store import BundleError, load_bundle
+
+    bundle = load_bundle()
+    with torch.no_grad():
+        bundle.model.layer_1.weight[0, 0] = float("nan")
+    runtime = InferenceRuntime(bundle)
+    try:
+        with pytest.raises(BundleError, match="non-finite"):
+            runtime.warm_up()
+        assert runtime.ready is False
+    finally:
+        runtime.close()

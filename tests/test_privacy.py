@@ -101,12 +101,14 @@ def test_no_patient_value_in_logs_or_problems(keyed: LiveServer) -> None:
     assert key_id(KEY) in log  # the key is known by its short id only
 
 
-# A real `gshap serve` whose model turns NaN after loading (the bundle on disk is fine, so start-up passes):
+# A real `gshap serve` whose model turns NaN after loading (the bundle on disk is fine, so its checks pass) and
+# whose warm-up is skipped (the warm-up refuses non-finite answers, so the broken model would never serve):
 # every prediction then fails inside the route with a pydantic ValidationError whose message quotes the
 # record's values. The catch-all must log the error's type and frames only.
 FORCED_500 = """
 import sys
 import torch
+import service.inference
 import service.main
 import service.model_store
 
@@ -119,6 +121,7 @@ def nan_model(path=None):
     return bundle
 
 service.main.load_bundle = service.model_store.load_bundle = nan_model
+service.inference.InferenceRuntime.warm_up = lambda self: None
 from service.cli import main
 sys.exit(main(["serve", "--host", "127.0.0.1"]))
 """
