@@ -100,18 +100,21 @@ def _group_arrays(group: dict[str, Any], key: str) -> np.ndarray:
     return np.array([np.nan if f[key] is None else f[key] for f in group["features"]], dtype=float)
 
 
+def _group_bars(ax: Axes, bundle: Bundle, group: dict[str, Any], title: str, xlabel: str) -> None:
+    """One outcome group's mean attributions, with their intervals where the group has them (n ≥ 2)."""
+    mean = np.nan_to_num(_group_arrays(group, "mean"))
+    lo, hi = _group_arrays(group, "ci_low"), _group_arrays(group, "ci_high")
+    has_ci = not np.isnan(lo).all()
+    _bars(ax, _labels(bundle), mean, lo if has_ci else None, hi if has_ci else None, title, xlabel)
+
+
 def group_figure(bundle: Bundle, groups: dict[str, Any], name: str) -> Figure:
     g = groups[name]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    mean = np.nan_to_num(_group_arrays(g, "mean"))
-    lo, hi = _group_arrays(g, "ci_low"), _group_arrays(g, "ci_high")
-    has_ci = not np.isnan(lo).all()
-    _bars(
+    _group_bars(
         ax,
-        _labels(bundle),
-        mean,
-        lo if has_ci else None,
-        hi if has_ci else None,
+        bundle,
+        g,
         f"{GROUP_TITLES.get(name, name)}: n={g['count']}",
         f"mean GradientSHAP attribution (logit) with {groups.get('interval', '95% interval')}",
     )
@@ -132,18 +135,7 @@ def groups_panel(bundle: Bundle, groups: dict[str, Any]) -> Figure:
     fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex=True)
     for ax, name in zip(axes.flat, ("TP", "FP", "FN", "TN"), strict=True):
         g = groups[name]
-        mean = np.nan_to_num(_group_arrays(g, "mean"))
-        lo, hi = _group_arrays(g, "ci_low"), _group_arrays(g, "ci_high")
-        ok = not np.isnan(lo).all()
-        _bars(
-            ax,
-            _labels(bundle),
-            mean,
-            lo if ok else None,
-            hi if ok else None,
-            f"{GROUP_TITLES[name]}: n={g['count']}",
-            "mean attribution (logit), 95% CI",
-        )
+        _group_bars(ax, bundle, g, f"{GROUP_TITLES[name]}: n={g['count']}", "mean attribution (logit), 95% CI")
     fig.suptitle("GradientSHAP by outcome group on the evaluation set", fontsize=12)
     fig.tight_layout()
     return fig
