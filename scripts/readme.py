@@ -45,120 +45,40 @@ def _j(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-# (title, curl arguments after the URL placeholder, how to show the answer)
+def _post(path: str, body: Any, flags: str = "-s") -> list[str]:
+    """curl arguments that POST ``body`` (an object, or a raw string sent as is) as JSON to ``path``."""
+    data = body if isinstance(body, str) else _j(body)
+    return [flags, "-X", "POST", f"{{url}}{path}", "-H", "Content-Type: application/json", "-d", data]
+
+
+BAD_RECORD = {"pregnancies": 2, "glucos": 120, "bmi": 30.1, "diabetes_pedigree_function": 0.4, "age": 40}
+SPARSE_RECORD = {"pregnancies": 0, "glucose": None, "bmi": 24.0, "diabetes_pedigree_function": 0.2, "age": 25}
+SAMPLED = {
+    "pregnancies": 1, "glucose": 85, "blood_pressure": 66, "skin_thickness": 29, "bmi": 26.6,
+    "diabetes_pedigree_function": 0.351, "age": 31, "method": "sampled", "n_samples": 500, "seed": 7,
+    "output": "probability",
+}  # fmt: skip
+MISSPELLED = {**{k: v for k, v in RECORD.items() if k != "glucose"}, "glucos": 148}
+
+# (title, curl arguments; "{url}" stands for the server); "-i" examples show the headers too
 EXAMPLES: list[tuple[str, list[str]]] = [
     ("Liveness, with the headers every answer carries", ["-si", "{url}/healthz"]),
     ("Readiness (503 until the bundle is loaded and warmed up)", ["-s", "{url}/readyz"]),
-    (
-        "Predict one record (insulin 0 = not measured: imputed)",
-        ["-s", "-X", "POST", "{url}/predict", "-H", "Content-Type: application/json", "-d", _j(RECORD)],
-    ),
-    (
-        "Predict with a value outside the training range: a warning, not a guess",
-        [
-            "-s",
-            "-X",
-            "POST",
-            "{url}/predict",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            _j({**RECORD, "insulin": 900}),
-        ],
-    ),
-    (
-        "Explain one record (default: exact GradientSHAP on the logit)",
-        ["-s", "-X", "POST", "{url}/explain", "-H", "Content-Type: application/json", "-d", _j(RECORD)],
-    ),
-    (
-        "Explain on the probability scale with the sampled (Captum) estimator, seeded",
-        [
-            "-s",
-            "-X",
-            "POST",
-            "{url}/explain",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            _j(
-                {
-                    "pregnancies": 1,
-                    "glucose": 85,
-                    "blood_pressure": 66,
-                    "skin_thickness": 29,
-                    "bmi": 26.6,
-                    "diabetes_pedigree_function": 0.351,
-                    "age": 31,
-                    "method": "sampled",
-                    "n_samples": 500,
-                    "seed": 7,
-                    "output": "probability",
-                }
-            ),
-        ],
-    ),
-    (
-        "Batch: one bad record is reported by index, the others are answered",
-        [
-            "-s",
-            "-X",
-            "POST",
-            "{url}/predict/batch",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            _j(
-                {
-                    "records": [
-                        RECORD,
-                        {"pregnancies": 2, "glucos": 120, "bmi": 30.1, "diabetes_pedigree_function": 0.4, "age": 40},
-                    ]
-                }
-            ),
-        ],
-    ),
-    (
-        "Explain a batch",
-        [
-            "-s",
-            "-X",
-            "POST",
-            "{url}/explain/batch",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            _j(
-                {
-                    "records": [
-                        RECORD,
-                        {"pregnancies": 0, "glucose": None, "bmi": 24.0, "diabetes_pedigree_function": 0.2, "age": 25},
-                    ]
-                }
-            ),
-        ],
-    ),
+    ("Predict one record (insulin 0 = not measured: imputed)", _post("/predict", RECORD)),
+    ("Predict with a value outside the training range: a warning, not a guess",
+     _post("/predict", {**RECORD, "insulin": 900})),
+    ("Explain one record (default: exact GradientSHAP on the logit)", _post("/explain", RECORD)),
+    ("Explain on the probability scale with the sampled (Captum) estimator, seeded", _post("/explain", SAMPLED)),
+    ("Batch: one bad record is reported by index, the others are answered",
+     _post("/predict/batch", {"records": [RECORD, BAD_RECORD]})),
+    ("Explain a batch", _post("/explain/batch", {"records": [RECORD, SPARSE_RECORD]})),
     ("One outcome group of the evaluation set", ["-s", "{url}/groups/FN"]),
     ("All outcome groups (features lists shortened here to the first two)", ["-s", "{url}/groups"]),
     ("An unknown group", ["-s", "{url}/groups/XX"]),
     ("The model card (shortened here: first feature, MLP metrics only)", ["-s", "{url}/model"]),
-    (
-        "A misspelled field is an error, never a silent 'missing'",
-        [
-            "-si",
-            "-X",
-            "POST",
-            "{url}/predict",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            _j({**{k: v for k, v in RECORD.items() if k != "glucose"}, "glucos": 148}),
-        ],
-    ),
-    (
-        "Malformed JSON",
-        ["-s", "-X", "POST", "{url}/predict", "-H", "Content-Type: application/json", "-d", '{"glucose": 148,'],
-    ),
-]
+    ("A misspelled field is an error, never a silent 'missing'", _post("/predict", MISSPELLED, "-si")),
+    ("Malformed JSON", _post("/predict", '{"glucose": 148,')),
+]  # fmt: skip
 
 
 def _shorten(title: str, body: Any) -> Any:
