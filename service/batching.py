@@ -76,13 +76,27 @@ class CoalescerStats:
     max_items: int = 0
 
 
+def _check_count(answers: Sequence[Any], merged: Sequence[Any]) -> None:
+    if len(answers) != len(merged):
+        raise RuntimeError(f"a coalesced call returned {len(answers)} answers for {len(merged)} items")
+
+
+def _per_unit(units: Sequence[_Unit[I, R]], answers: Sequence[R]) -> list[tuple[bool, Any]]:
+    """Slice the merged call's answers back into one ``(True, answers)`` per unit, in order."""
+    out: list[tuple[bool, Any]] = []
+    start = 0
+    for unit in units:
+        out.append((True, answers[start : start + len(unit.items)]))
+        start += len(unit.items)
+    return out
+
+
 async def _run_batch_async(fn: AsyncBatchFn[I, R], units: Sequence[_Unit[I, R]]) -> list[tuple[bool, Any]]:
     """:func:`_run_batch` for a coroutine function, on the event loop."""
     merged = [item for unit in units for item in unit.items]
     try:
         answers = await fn(merged)
-        if len(answers) != len(merged):
-            raise RuntimeError(f"a coalesced call returned {len(answers)} answers for {len(merged)} items")
+        _check_count(answers, merged)
     except Exception as exc:
         if len(units) == 1:
             return [(False, exc)]
@@ -93,11 +107,7 @@ async def _run_batch_async(fn: AsyncBatchFn[I, R], units: Sequence[_Unit[I, R]])
             except Exception as unit_exc:
                 out.append((False, unit_exc))
         return out
-    out, start = [], 0
-    for unit in units:
-        out.append((True, answers[start : start + len(unit.items)]))
-        start += len(unit.items)
-    return out
+    return _per_unit(units, answers)
 
 
 def _run_batch(fn: SyncBatchFn[I, R], units: Sequence[_Unit[I, R]]) -> list[tuple[bool, Any]]:
@@ -105,8 +115,7 @@ def _run_batch(fn: SyncBatchFn[I, R], units: Sequence[_Unit[I, R]]) -> list[tupl
     merged = [item for unit in units for item in unit.items]
     try:
         answers = fn(merged)
-        if len(answers) != len(merged):
-            raise RuntimeError(f"a coalesced call returned {len(answers)} answers for {len(merged)} items")
+        _check_count(answers, merged)
     except Exception as exc:
         if len(units) == 1:
             return [(False, exc)]
@@ -117,11 +126,7 @@ def _run_batch(fn: SyncBatchFn[I, R], units: Sequence[_Unit[I, R]]) -> list[tupl
             except Exception as unit_exc:
                 out.append((False, unit_exc))
         return out
-    out, start = [], 0
-    for unit in units:
-        out.append((True, answers[start : start + len(unit.items)]))
-        start += len(unit.items)
-    return out
+    return _per_unit(units, answers)
 
 
 class Coalescer:
