@@ -51,6 +51,16 @@ def _wait_ready(proc: subprocess.Popen[str], base: str) -> None:
     pytest.fail(f"server not ready within {START_TIMEOUT} s")
 
 
+def _refusal(root: Path, model: str | Path) -> tuple[int | None, str, list[str]]:
+    """Start `gshap serve --model MODEL`, wait for it to exit: (exit code, stderr, stderr's lines)."""
+    proc = _gshap(root, "serve", "--port", str(free_port()), "--model", str(model))
+    try:
+        _, err = proc.communicate(timeout=START_TIMEOUT)
+    finally:
+        _stop(proc)
+    return proc.returncode, err, err.strip().splitlines()
+
+
 @pytest.fixture
 def server(root: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
@@ -87,13 +97,8 @@ def test_serve_answers_explain_over_http_and_stops_on_sigterm(server: tuple[subp
 @pytest.mark.slow
 def test_serve_refuses_a_missing_bundle_with_one_line(root: Path) -> None:
     """`gshap serve --model /nonexistent` exits non-zero at once with a one-line reason on stderr."""
-    proc = _gshap(root, "serve", "--port", str(free_port()), "--model", "/nonexistent")
-    try:
-        _, err = proc.communicate(timeout=START_TIMEOUT)
-    finally:
-        _stop(proc)
-    assert proc.returncode != 0
-    lines = err.strip().splitlines()
+    code, err, lines = _refusal(root, "/nonexistent")
+    assert code != 0
     assert len(lines) == 1, err
     assert "/nonexistent" in lines[0]
     assert "Traceback" not in err
@@ -108,13 +113,9 @@ def test_serve_refuses_a_tampered_bundle(root: Path, bundle, tmp_path: Path) -> 
     shutil.copytree(bundle.path, copy)
     weights = copy / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
-    proc = _gshap(root, "serve", "--port", str(free_port()), "--model", str(copy))
-    try:
-        _, err = proc.communicate(timeout=START_TIMEOUT)
-    finally:
-        _stop(proc)
-    assert proc.returncode != 0
-    [line] = err.strip().splitlines()
+    code, _, lines = _refusal(root, copy)
+    assert code != 0
+    [line] = lines
     assert "weights.safetensors" in line
 
 
@@ -132,12 +133,8 @@ def test_serve_refuses_an_incompatible_bundle(root: Path, bundle, tmp_path: Path
     manifest["features"]["features"][1]["name"] = "plasma_glucose"
     (copy / "manifest.json").write_text(json.dumps(manifest))
     _write_checksums(copy)
-    proc = _gshap(root, "serve", "--port", str(free_port()), "--model", str(copy))
-    try:
-        _, err = proc.communicate(timeout=START_TIMEOUT)
-    finally:
-        _stop(proc)
-    assert proc.returncode != 0
-    [line] = err.strip().splitlines()
+    code, _, lines = _refusal(root, copy)
+    assert code != 0
+    [line] = lines
     assert "incompatible" in line
     assert "plasma_glucose" in line
