@@ -330,7 +330,7 @@ class InferenceRuntime:
         raw = self.bundle.records_to_array(records)
         missing = np.isnan(raw)
         values = self.bundle.preprocessor.impute(raw)
-        x = torch.as_tensor(self.bundle.preprocessor.transform(raw), dtype=torch.float32)
+        x = torch.as_tensor(self.bundle.preprocessor.standardise(values), dtype=torch.float32)
         return _Batch(raw=raw, values=values, missing=missing, x=x)
 
     def _warnings(self, raw_row: np.ndarray) -> tuple[FeatureWarning, ...]:

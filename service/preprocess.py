@@ -50,7 +50,11 @@ class Preprocessor:
 
     def transform(self, x_raw: np.ndarray) -> np.ndarray:
         """``(N, F)`` raw (NaN = not measured) → ``(N, F)`` float64 model space."""
-        out: np.ndarray = (self.impute(x_raw) - self.mean) / self.scale
+        return self.standardise(self.impute(x_raw))
+
+    def standardise(self, x_imputed: np.ndarray) -> np.ndarray:
+        """``(N, F)`` raw values already imputed → ``(N, F)`` float64 model space."""
+        out: np.ndarray = (x_imputed - self.mean) / self.scale
         return out
 
     def inverse(self, x_model: np.ndarray) -> np.ndarray:
