@@ -11,11 +11,12 @@ Estimators (``method``):
 
 - ``"exact"`` (default): the model in eval mode is piecewise linear in its input (Linear, ReLU, BatchNorm1d and
   Dropout folded into affine maps), so along each straight path ``b → x`` the gradient is constant between the
-  points where a hidden unit changes sign and the α-integral is a finite sum. :func:`path_integrals_fast` does it
-  for two hidden layers without enumerating pieces (dense prefix sums, vectorised over baselines, knots and
-  units, no Python loop over paths); :func:`path_integrals_by_pieces` enumerates every linear piece (any depth;
-  also the probability output). Completeness gap ~1e-15 in float64. Raises ``ValueError`` for models it cannot
-  fold.
+  points where a hidden unit changes sign and the α-integral is a finite sum. For two hidden layers (the logit),
+  :class:`service.exact_kernel.ExactKernel` computes it event by event in compiled code (about 0.2 ms per
+  record with 64 baselines); :func:`path_integrals_fast` is the earlier dense prefix-sum formulation in torch
+  (kept as a reference and a benchmark baseline); :func:`path_integrals_by_pieces` enumerates every linear piece
+  (any depth; also the probability output). Completeness gap ~1e-15 in float64. Raises ``ValueError`` for
+  models it cannot fold.
 - ``"sampled"``: Captum's Monte-Carlo estimator (one weighted random baseline, one α and one noise draw per
   sample), with draws made from ``seed`` alone and shared by every record.
 - ``"quadrature"``: Gauss–Legendre nodes in α for every baseline, autograd gradients; any differentiable model.
@@ -25,12 +26,14 @@ Reproducibility: a record's numbers depend only on (record, settings, seed), nev
 position in the batch. Random draws (baseline index, α, noise) come from a generator seeded with ``seed`` and are
 the same for every record; every estimator computes one record at a time with tensors whose shapes depend on
 that record and the settings only (BLAS rounding depends on shapes, so batching records into one product would
-break bitwise reproducibility). ``f(x)`` is evaluated without BLAS for the same reason. Memory: one record's
+break bitwise reproducibility), or, in the compiled kernel, with fixed-order loops. ``f(x)`` is evaluated without
+BLAS for the same reason. Memory: one record's
 working set at a time (see :class:`GradientShapEngine`), so peak memory does not grow with the batch size.
 
-Performance (``scripts/bench_engine.py``, 2-core shared machine, K = 64 baselines): exact ~0.6–0.9 ms per record.
-The per-record kernels are many medium-sized tensor operations; with 2 torch threads each one synchronises both
-cores, which stalls badly when another process holds a core. Serve with ``torch.set_num_threads(1)`` per process.
+Performance (``scripts/bench_engine.py``, 2-core shared machine, K = 64 baselines): exact ~0.2 ms per record in
+the compiled kernel, which releases the GIL; the torch estimators run many medium-sized tensor operations, and
+with 2 torch threads each one synchronises both cores, which stalls badly when another process holds a core.
+Serve with ``torch.set_num_threads(1)`` per process.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from service.exact_kernel import ExactKernel
 from service.limits import DEFAULT_N_SAMPLES, MAX_N_SAMPLES
 from service.nn import BinaryClassification
 
@@ -475,12 +479,11 @@ class GradientShapEngine:
         baselines: ``(K, F)`` model-space points.
         baseline_weights: ``(K,)`` nonnegative, normalised to sum 1; ``None`` = uniform.
         chunk_size: maximum number of points per model or gradient evaluation (sampled and quadrature
-            estimators, ``f(x)``). Memory does not grow with the batch: the exact estimator works one record at a
-            time in reused buffers of ``5·K·(H1 + 2)·H2`` numbers per thread (11 MB in float64 for K = 64 and
-            64-unit layers); the other estimators hold one record's ``n_samples`` (× K for quadrature) points
-            and evaluate them ``chunk_size`` at a time. Only the ``(N, F)`` results grow with N.
-        exact_dtype: float64 (default) or float32 for the exact estimator's arithmetic (float32: ~10% faster,
-            completeness gap ~1e-7 instead of ~1e-16).
+            estimators, ``f(x)`` without the compiled kernel). Memory does not grow with the batch: the compiled
+            exact kernel works one record at a time in a few kB of scratch (its constants: ``K·H2·F`` numbers,
+            256 kB for K = 64), the piece enumeration holds one record's pieces, and the other estimators hold
+            one record's ``n_samples`` (× K for quadrature) points and evaluate them ``chunk_size`` at a time.
+            Only the ``(N, F)`` results grow with N.
     """
 
     def __init__(
@@ -490,7 +493,6 @@ class GradientShapEngine:
         baseline_weights: Tensor | np.ndarray | None = None,
         *,
         chunk_size: int = 2048,
-        exact_dtype: torch.dtype = torch.float64,
     ) -> None:
         model.eval()
         self._model = model
@@ -510,11 +512,8 @@ class GradientShapEngine:
             w = w / w.sum()
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
-        if exact_dtype not in (torch.float64, torch.float32):
-            raise ValueError("exact_dtype must be torch.float64 or torch.float32")
         self._b, self._w = b, w
         self.chunk_size = chunk_size
-        self.exact_dtype = exact_dtype
         try:
             self._net: PiecewiseLinearNet | None = fold_piecewise_linear(model)
             self._fold_error = ""
@@ -525,7 +524,16 @@ class GradientShapEngine:
         self._model64 = copy.deepcopy(model).double().eval()
         for p in self._model64.parameters():
             p.requires_grad_(False)
-        self._fast = _FastExact(self._net, b, exact_dtype) if self._net is not None and self._net.depth == 2 else None
+        self._kernel = (
+            ExactKernel(
+                tuple(t.numpy() for t in self._net.weights),
+                tuple(t.numpy() for t in self._net.biases),
+                b.numpy(),
+                w.numpy(),
+            )
+            if self._net is not None and self._net.depth == 2 and _finite(self._net)
+            else None
+        )  # non-finite weights take the torch paths, where NaN propagates (and the service's warm-up refuses it)
         fb = self._f64(b)
         self._base = {
             "logit": float((w * fb).sum()),
@@ -557,6 +565,8 @@ class GradientShapEngine:
 
     def _f64(self, z: Tensor) -> Tensor:
         """``(R, F) float64 -> (R,)`` logits in float64, a row's value independent of the batch when folded."""
+        if self._kernel is not None:
+            return torch.from_numpy(self._kernel.logits(z.numpy()))
         with torch.inference_mode():
             if self._net is not None:
                 step = max(1, self.chunk_size // max(w.shape[0] for w in self._net.weights))
@@ -631,15 +641,43 @@ class GradientShapEngine:
             attr, se = self._captum(xt, output, n, seed, stdevs)
         fx = self._f64(xt)
         value = fx if output == "logit" else torch.sigmoid(fx)
+        return self._assemble(
+            attr.double().numpy(), se.double().numpy(), value.numpy(), method, n, seed, output, stdevs
+        )
+
+    @property
+    def compiled(self) -> ExactKernel | None:
+        """The compiled exact kernel of the logit (two-hidden-layer ReLU nets with finite weights), or ``None``.
+
+        ``compiled.explain(x)`` gives the attributions and logits of ``explain(x)`` (method ``"exact"``, output
+        ``"logit"``, no noise) bitwise, in one call that holds the GIL only to enter and leave; turn them into
+        an :class:`Explanation` with :meth:`exact_explanation`.
+        """
+        return self._kernel
+
+    def exact_explanation(self, attributions: np.ndarray, logits: np.ndarray, seed: int = 0) -> Explanation:
+        """The :class:`Explanation` of ``compiled.explain``'s ``(attributions, logits)``: what :meth:`explain`
+        returns for method ``"exact"`` and output ``"logit"`` (``seed`` is reported, exact uses no draws)."""
+        return self._assemble(attributions, np.zeros_like(attributions), logits, "exact", 0, seed, "logit", 0.0)
+
+    def _assemble(
+        self,
+        attr: np.ndarray,
+        se: np.ndarray,
+        value: np.ndarray,
+        method: str,
+        n: int,
+        seed: int,
+        output: str,
+        stdevs: float,
+    ) -> Explanation:
         base = self._base[output]
-        attr_np = attr.double().numpy()
-        value_np = value.numpy()
         return Explanation(
-            output_value=value_np,
+            output_value=value,
             base_value=base,
-            attributions=attr_np,
-            attribution_se=se.double().numpy(),
-            completeness_gap=value_np - (base + attr_np.sum(1)),
+            attributions=attr,
+            attribution_se=se,
+            completeness_gap=value - (base + attr.sum(1)),
             method=method,
             n_samples=n,
             seed=seed,
@@ -675,12 +713,11 @@ class GradientShapEngine:
     def _exact_attributions(self, x: Tensor, output: Output) -> Tensor:
         """``(N, F) -> (N, F)`` exact attributions ``Σ_k w_k (x − b_k) ⊙ ∫∇f``, one record at a time."""
         net = self._require_net()
+        if self._kernel is not None and output == "logit":
+            return torch.from_numpy(self._kernel.attributions(x.numpy()))
         rows = []
         for row in x:
-            if self._fast is not None and output == "logit":
-                integrals = self._fast(row).double()
-            else:
-                integrals = path_integrals_by_pieces(net, row, self._b, output)[0]
+            integrals = path_integrals_by_pieces(net, row, self._b, output)[0]
             rows.append(((row[None, :] - self._b) * integrals * self._w[:, None]).sum(0))
         return _stack(rows, self.n_features)
 
@@ -837,6 +874,10 @@ def _stack(rows: list[Tensor], f: int, cat: bool = False) -> Tensor:
     if not rows:
         return torch.zeros(0, f, dtype=torch.float64)
     return torch.cat(rows) if cat else torch.stack(rows)
+
+
+def _finite(net: PiecewiseLinearNet) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in (*net.weights, *net.biases))
 
 
 def _check_output(output: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from service.exact_kernel import ExactKernel
 from service.explain import (
     MAX_N_SAMPLES,
     GradientShapEngine,
@@ -97,6 +98,38 @@ def test_fast_kernel_equals_piece_enumeration() -> None:
     pieces = torch.stack([path_integrals_by_pieces(net, row, b)[0] for row in x.double()])
     assert torch.allclose(fast, pieces, rtol=0, atol=1e-10)
     assert float(pieces.abs().mean()) > 1e-2  # not trivially zero
+
+
+@pytest.mark.parametrize(("h1", "h2"), [(64, 64), (7, 13), (1, 1)])
+def test_compiled_kernel_equals_piece_enumeration(h1: int, h2: int) -> None:
+    """The compiled event-driven kernel gives the piece enumeration's attributions and the folded logits, for
+    widths that are not multiples of its 8-unit flag words, with a record equal to a baseline (zero-length
+    path, division by zero) and a baseline on a layer-1 unit's kink."""
+    torch.manual_seed(h1 * 100 + h2)
+    model = nn.Sequential(
+        nn.Linear(F, h1), nn.ReLU(), nn.BatchNorm1d(h1), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 1)
+    ).eval()
+    bn = model[2]
+    bn.running_mean.normal_(0.0, 0.5)
+    bn.running_var.uniform_(0.3, 3.0)
+    x, b, w = _data(7, 6, 9)
+    x = x.double()
+    x[0] = b[3]  # the path from baseline 3 has length zero
+    net = fold_piecewise_linear(model)
+    w1, b1 = net.weights[0], net.biases[0]
+    b[5, 0] = b[5, 0] - (w1[0] @ b[5] + b1[0]) / w1[0, 0]  # layer-1 unit 0 is exactly at 0 at baseline 5
+    wn = w / w.sum()
+    kernel = ExactKernel(
+        tuple(t.numpy() for t in net.weights), tuple(t.numpy() for t in net.biases), b.numpy(), wn.numpy()
+    )
+    attributions, logits = kernel.explain(x.numpy())
+    for row, got in zip(x, attributions, strict=True):
+        integrals = path_integrals_by_pieces(net, row, b)[0]
+        want = ((row[None, :] - b) * integrals * wn[:, None]).sum(0).numpy()
+        assert np.abs(got - want).max() < 1e-10 * (1 + np.abs(want).max())
+    assert np.allclose(logits, net.logit(x).numpy(), rtol=0, atol=1e-12)
+    assert np.array_equal(logits, kernel.logits(x.numpy()))
+    assert np.array_equal(attributions, kernel.attributions(x.numpy()))
 
 
 def test_exact_agrees_with_quadrature(engine: GradientShapEngine, records: torch.Tensor) -> None:
