@@ -134,6 +134,9 @@ class Coalescer:
 
     Args:
         threads: worker threads (each runs one batched call at a time).
+        slots: most batched calls in flight (``None``: ``threads``). A coroutine function's call holds a slot
+            from start to end, but may use a worker thread for part of it only (:meth:`call`); one slot more
+            than threads then lets the event loop prepare the next batch while the threads compute.
         max_records: most items in one batched call.
         window_s: how long a dispatch may wait for more units (0: no waiting, natural batching only).
         split_min: a request with more items than this is split across the threads.
@@ -144,21 +147,24 @@ class Coalescer:
         self,
         *,
         threads: int = 1,
+        slots: int | None = None,
         max_records: int = 64,
         window_s: float = 0.0,
         split_min: int = 8,
         thread_name_prefix: str = "gshap-engine",
     ) -> None:
-        if threads < 1 or max_records < 1 or window_s < 0 or split_min < 1:
-            raise ValueError("threads, max_records and split_min must be positive and window_s nonnegative")
+        slots = threads if slots is None else slots
+        if threads < 1 or slots < 1 or max_records < 1 or window_s < 0 or split_min < 1:
+            raise ValueError("threads, slots, max_records and split_min must be positive and window_s nonnegative")
         self.threads = threads
+        self.slots = slots
         self.max_records = max_records
         self.window_s = window_s
         self.split_min = split_min
         self.stats = CoalescerStats()
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=thread_name_prefix)
         self._pending: deque[_Unit[Any, Any]] = deque()
-        self._idle = threads
+        self._idle = slots
         self._flush: asyncio.Handle | None = None
         self._closed = False
 

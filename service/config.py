@@ -82,6 +82,17 @@ class Settings(BaseSettings):
             "cost of memory (each child's RSS also counts the pages it shares with the server)."
         ),
     )
+    gil_switch_interval_ms: float = Field(
+        0.1,
+        gt=0,
+        le=100,
+        description=(
+            "Python's thread switch interval (sys.setswitchinterval), set at start. The compiled exact kernel runs "
+            "without the GIL, but an engine thread needs it to pick up and hand back each batch, and waits up to "
+            "this long while the event loop holds it; Python's default (5 ms) left the engine idle for most of "
+            "each batch (measured by scripts/bench.py: /explain at 8 clients 2,300 req/s at 5 ms, 3,300 at 0.1)."
+        ),
+    )
     max_coalesce: int = Field(
         64, ge=1, description="Most records merged into one engine call from concurrent requests with equal settings."
     )

@@ -41,6 +41,7 @@ __all__ = [
     "FeatureAttribution",
     "FeatureWarning",
     "InferenceRuntime",
+    "NonFiniteOutputError",
     "Prediction",
     "RecordExplanation",
     "configure_torch",
@@ -61,6 +62,20 @@ _SILENT_UNITS = frozenset({"", "count", "score"})
 # a driver is named in the summary only if it moves the output by at least this share of the strongest one
 _SUMMARY_SHARE = 0.1
 _PREDICT_KEY = ("predict",)
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The model gave a NaN or infinite number for a record: an internal error, never an answer.
+
+    The answers are serialised without re-validation (:func:`service.routes.json_answer`), where NaN would become
+    ``null``; the runtime refuses them itself. The message names counts only, never a record's values.
+    """
+
+
+def _require_finite(what: str, values: np.ndarray) -> None:
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).reshape(len(values), -1).any(axis=1).sum())
+        raise NonFiniteOutputError(f"the model gave a non-finite {what} for {bad} of {len(values)} records")
 
 
 @dataclass(frozen=True)
@@ -258,6 +273,8 @@ class InferenceRuntime:
         self.pool = EngineProcessPool(self.engine, engine_processes) if engine_processes > 0 else None
         self.coalescer = Coalescer(
             threads=engine_processes or engine_threads,
+            # threads: one batch more in flight than threads, prepared on the loop while the threads compute
+            slots=engine_processes or engine_threads + 1,
             max_records=max_coalesce,
             window_s=batch_window_ms / 1000,
             thread_name_prefix="gshap-engine",
@@ -313,16 +330,10 @@ class InferenceRuntime:
         return await self.coalescer.run(_PREDICT_KEY, self.predict, records, inline=True)
 
     async def aexplain(self, records: Sequence[Record], options: ExplainOptions) -> list[RecordExplanation]:
-        """:meth:`explain` on an engine thread (or with an engine process), merged with concurrent requests that
-        have the same options."""
-        if self.pool is not None:
-            pooled = functools.partial(self._explain_in_pool, options=options)
-            return await self.coalescer.run(("explain", options), pooled, records)
-        fn = functools.partial(self._explain_list, options=options)
+        """:meth:`explain`, merged with concurrent requests that have the same options: the engine's arithmetic
+        on an engine thread (or in an engine process), the rest on the event loop."""
+        fn = functools.partial(self._explain_split, options=options)
         return await self.coalescer.run(("explain", options), fn, records)
-
-    def _explain_list(self, records: list[Record], options: ExplainOptions) -> list[RecordExplanation]:
-        return self.explain(records, options)
 
     # ---- the work -----------------------------------------------------------------------------------------
 
@@ -361,7 +372,9 @@ class InferenceRuntime:
         names = self.spec.names
         threshold = float(self.bundle.threshold)
         out: list[Prediction] = []
-        for i, logit in enumerate(np.asarray(logits, dtype=np.float64)):
+        logits = np.asarray(logits, dtype=np.float64)
+        _require_finite("logit", logits)
+        for i, logit in enumerate(logits):
             probability = float(1.0 / (1.0 + np.exp(-logit)))
             label = int(probability >= threshold)
             out.append(
@@ -394,12 +407,26 @@ class InferenceRuntime:
         ex = self.engine.explain(batch.x, **_engine_kwargs(options))
         return self._explanations(batch, predictions, ex)
 
-    async def _explain_in_pool(self, records: list[Record], options: ExplainOptions) -> list[RecordExplanation]:
-        """:meth:`explain` with the engine's arithmetic in an engine process; the rest on the event loop."""
-        assert self.pool is not None
+    async def _explain_split(self, records: list[Record], options: ExplainOptions) -> list[RecordExplanation]:
+        """:meth:`explain` with only the engine's arithmetic off the event loop: on an engine thread, where the
+        compiled exact kernel runs without the GIL, or in an engine process. Preparing the records and building
+        the answers (pure Python, which holds the GIL) stay on the loop, so that an engine thread never queues
+        for the GIL behind the loop, and the loop's work of one batch overlaps the engine's work of another."""
         batch = self._prepare(records)
+        kernel = self.engine.compiled
+        if self.pool is None and kernel is not None and options.method == "exact" and options.output == "logit":
+            # the default: one compiled call for the attributions and the logits (the GIL is taken twice a batch)
+            x = batch.x.numpy().astype(np.float64)
+            attributions, logits = await self.coalescer.call(kernel.explain, x)
+            predictions = self._predictions(batch, logits)
+            ex = self.engine.exact_explanation(attributions, logits, seed=options.seed)
+            return self._explanations(batch, predictions, ex)
         predictions = self._predictions(batch, self.engine.predict_logit(batch.x))
-        ex = await self.pool.aexplain(batch.x, **_engine_kwargs(options))
+        kwargs = _engine_kwargs(options)
+        if self.pool is not None:
+            ex = await self.pool.aexplain(batch.x, **kwargs)
+        else:
+            ex = await self.coalescer.call(functools.partial(self.engine.explain, batch.x, **kwargs))
         return self._explanations(batch, predictions, ex)
 
     def _explanations(self, batch: _Batch, predictions: list[Prediction], ex: Explanation) -> list[RecordExplanation]:
@@ -407,6 +434,8 @@ class InferenceRuntime:
         standard_errors = np.asarray(ex.attribution_se, dtype=np.float64)
         output_values = np.asarray(ex.output_value, dtype=np.float64)
         gaps = np.asarray(ex.completeness_gap, dtype=np.float64)
+        _require_finite("attribution", attributions)
+        _require_finite("output value", output_values)
         out: list[RecordExplanation] = []
         for i, prediction in enumerate(predictions):
             items = tuple(

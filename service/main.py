@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -93,6 +94,7 @@ async def _start(state: AppState) -> None:
         log_event("startup_failed", 40, reason=str(exc))
         raise
     threads = configure_torch(settings.torch_threads)
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     engine_threads = settings.engine_threads
     runtime = InferenceRuntime(
         bundle,
@@ -115,6 +117,7 @@ async def _start(state: AppState) -> None:
         torch_threads=threads,
         engine_threads=engine_threads,
         engine_processes=settings.engine_processes,
+        gil_switch_interval_ms=settings.gil_switch_interval_ms,
         startup_ms=round((time.perf_counter() - t0) * 1000, 1),
     )
 
