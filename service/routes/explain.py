@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request, Response
 
 from service.errors import FieldError, invalid_input
 from service.inference import MIN_N_SAMPLES, ExplainOptions, InferenceRuntime
@@ -13,6 +13,8 @@ from service.routes import (
     RequestIdDep,
     RuntimeDep,
     SettingsDep,
+    batch_answer,
+    json_answer,
     problem_responses,
     require_json,
     split_batch,
@@ -20,11 +22,9 @@ from service.routes import (
 from service.routes.predict import RECORD_EXAMPLES
 from service.schemas import (
     SCHEMA_SPEC,
-    BatchItemError,
     ExplainBatchRequest,
     ExplainRequest,
     ExplainSettings,
-    ExplanationBatchItem,
     ExplanationBatchPublic,
     ExplanationPublic,
     example_record,
@@ -94,18 +94,19 @@ def explain_options(settings: ExplainSettings, runtime: InferenceRuntime) -> Exp
     operation_id="explain",
     summary="Explain one patient's prediction",
     response_description="The prediction, the attributions in the feature specification's order and a summary.",
+    response_model=ExplanationPublic,
     responses=problem_responses(*POST_PROBLEMS),
 )
 async def explain(
     body: Annotated[ExplainRequest, Body(openapi_examples=EXPLAIN_EXAMPLES)], runtime: RuntimeDep
-) -> ExplanationPublic:
+) -> Response:
     """Why the model scored this patient as it did: each feature's GradientSHAP attribution relative to the
     training population (the baseline distribution), adding up to output_value - base_value, with a
     one-sentence summary of the strongest drivers."""
     options = explain_options(body, runtime)
     record = body.model_dump(include=_RECORD_FIELDS)
     [explanation] = await runtime.aexplain([record], options)
-    return ExplanationPublic.model_validate(explanation)
+    return json_answer(explanation)
 
 
 @router.post(
@@ -113,6 +114,7 @@ async def explain(
     operation_id="explain_batch",
     summary="Explain several patients' predictions",
     response_description="One result per record, in order; refused records carry a problem.",
+    response_model=ExplanationBatchPublic,
     response_model_exclude_none=True,
     responses=problem_responses(*POST_PROBLEMS),
 )
@@ -122,7 +124,7 @@ async def explain_batch(
     runtime: RuntimeDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
-) -> ExplanationBatchPublic:
+) -> Response:
     """Explain up to GSHAP_MAX_BATCH_RECORDS records (default 100; more: 413) with the same settings, given
     at the top level. A refused record is reported by its index with a 422 problem; the others are answered,
     and each record's attributions are the same as if it were explained alone."""
@@ -131,9 +133,4 @@ async def explain_batch(
         body.records, limit=settings.max_batch_records, instance=request.url.path, request_id=request_id
     )
     explanations = await runtime.aexplain([record for _, record in valid], options)
-    answered = [
-        ExplanationBatchItem.model_validate({"index": i, "ok": True, **vars(e)})
-        for (i, _), e in zip(valid, explanations, strict=True)
-    ]
-    results: list[ExplanationBatchItem | BatchItemError] = sorted([*answered, *refused], key=lambda item: item.index)
-    return ExplanationBatchPublic(results=results, succeeded=len(answered), failed=len(refused))
+    return batch_answer([(i, e) for (i, _), e in zip(valid, explanations, strict=True)], refused)

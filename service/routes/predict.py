@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request, Response
 
 from service.routes import (
     POST_PROBLEMS,
     RequestIdDep,
     RuntimeDep,
     SettingsDep,
+    batch_answer,
+    json_answer,
     problem_responses,
     require_json,
     split_batch,
 )
 from service.schemas import (
-    BatchItemError,
     PatientRecord,
     PredictBatchRequest,
-    PredictionBatchItem,
     PredictionBatchPublic,
     PredictionPublic,
     example_record,
@@ -60,15 +60,16 @@ BATCH_EXAMPLES: dict[str, Any] = {
     operation_id="predict",
     summary="Predict one patient",
     response_description="The prediction, with imputed features and warnings.",
+    response_model=PredictionPublic,
     responses=problem_responses(*POST_PROBLEMS),
 )
 async def predict(
     record: Annotated[PatientRecord, Body(openapi_examples=RECORD_EXAMPLES)], runtime: RuntimeDep
-) -> PredictionPublic:
+) -> Response:
     """The probability that the patient tests positive for diabetes, the label at the model's threshold, the
     features that were not measured (imputed) and warnings where the model extrapolates."""
     [prediction] = await runtime.apredict([record.model_dump()])
-    return PredictionPublic.model_validate(prediction)
+    return json_answer(prediction)
 
 
 @router.post(
@@ -76,6 +77,7 @@ async def predict(
     operation_id="predict_batch",
     summary="Predict several patients",
     response_description="One result per record, in order; refused records carry a problem.",
+    response_model=PredictionBatchPublic,
     response_model_exclude_none=True,
     responses=problem_responses(*POST_PROBLEMS),
 )
@@ -85,16 +87,11 @@ async def predict_batch(
     runtime: RuntimeDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
-) -> PredictionBatchPublic:
+) -> Response:
     """Predict up to GSHAP_MAX_BATCH_RECORDS records (default 100; more: 413). Records are validated one by
     one: a refused record is reported by its index with a 422 problem, and the others are still answered."""
     valid, refused = split_batch(
         body.records, limit=settings.max_batch_records, instance=request.url.path, request_id=request_id
     )
     predictions = await runtime.apredict([record for _, record in valid])
-    answered = [
-        PredictionBatchItem.model_validate({"index": i, "ok": True, **vars(p)})
-        for (i, _), p in zip(valid, predictions, strict=True)
-    ]
-    results: list[PredictionBatchItem | BatchItemError] = sorted([*answered, *refused], key=lambda item: item.index)
-    return PredictionBatchPublic(results=results, succeeded=len(answered), failed=len(refused))
+    return batch_answer([(i, p) for (i, _), p in zip(valid, predictions, strict=True)], refused)
