@@ -55,7 +55,8 @@ def test_explanation_answer_equals_the_schema_dump(runtime: InferenceRuntime, me
     """/explain's answer is the ExplanationPublic dump of the same explanation, key order included."""
     options = ExplainOptions(method=method, n_samples=None if method == "exact" else 16)  # type: ignore[arg-type]
     explanations = runtime.explain(_records(runtime), options)
-    assert any(e.prediction.warnings for e in explanations) and any(e.prediction.imputed for e in explanations)
+    assert any(e.prediction.warnings for e in explanations)
+    assert any(e.prediction.imputed for e in explanations)
     for e in explanations:
         assert _ordered(_body(json_answer(e))) == _ordered(dump_public(ExplanationPublic, e))
 
@@ -116,9 +117,11 @@ def test_compiled_kernel_matches_the_engine_and_refuses_non_finite_weights(bundl
     x = np.asarray(bundle.eval_x[:12], dtype=np.float64)
     attributions, logits = engine.compiled.explain(x)
     ex = engine.explain(x)
-    assert np.array_equal(attributions, ex.attributions) and np.array_equal(logits, ex.output_value)
+    assert np.array_equal(attributions, ex.attributions)
+    assert np.array_equal(logits, ex.output_value)
     fast = engine.exact_explanation(attributions, logits)
-    assert np.array_equal(fast.completeness_gap, ex.completeness_gap) and fast.base_value == ex.base_value
+    assert np.array_equal(fast.completeness_gap, ex.completeness_gap)
+    assert fast.base_value == ex.base_value
     net = fold_piecewise_linear(bundle.model)
     weights = [w.numpy().copy() for w in net.weights]
     weights[1][0, 0] = np.nan
