@@ -292,12 +292,15 @@ class InferenceRuntime:
     def warm_up(self) -> None:
         """Run one prediction and one explanation per method, so the first client does not pay for it."""
         record = [self.example_record()]
-        numbers = [self.predict(record)[0].logit]
-        methods: tuple[Method, ...] = ("exact", "sampled", "quadrature")
-        for method in methods:
-            n = None if method == "exact" else min(8, self.max_n_samples)
-            ex = self.explain(record, ExplainOptions(method=method, n_samples=n))[0]
-            numbers += [ex.base_value, ex.output_value, *(a.attribution for a in ex.attributions)]
+        try:
+            numbers = [self.predict(record)[0].logit]
+            methods: tuple[Method, ...] = ("exact", "sampled", "quadrature")
+            for method in methods:
+                n = None if method == "exact" else min(8, self.max_n_samples)
+                ex = self.explain(record, ExplainOptions(method=method, n_samples=n))[0]
+                numbers += [ex.base_value, ex.output_value, *(a.attribution for a in ex.attributions)]
+        except NonFiniteOutputError:
+            numbers = [math.nan]
         if not all(math.isfinite(v) for v in numbers):
             # weights that pass the load-time checks can still overflow: never report ready with such a model
             raise BundleError(

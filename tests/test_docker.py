@@ -419,6 +419,23 @@ def test_torch_is_pinned_and_comes_from_the_cpu_index(builder: Stage, pyproject:
     assert "--editable" not in project_runs[0]
 
 
+def test_builder_has_a_compiler_for_the_extension_and_the_runtime_none(
+    builder: Stage, runtime: Stage, pyproject: dict[str, Any]
+) -> None:
+    """The project builds a C extension (the exact kernel): the builder installs gcc before the project install,
+    and the runtime stage, which copies the built venv, installs no compiler."""
+    modules = pyproject["tool"]["setuptools"]["ext-modules"]
+    assert [m["name"] for m in modules] == ["service._exact"]
+    for source in (s for m in modules for s in m["sources"]):
+        assert (ROOT / source).is_file()
+    runs = builder.all("RUN")
+    gcc_runs = [r for r in runs if re.search(r"apt-get install .*\bgcc\b", r)]
+    assert len(gcc_runs) == 1
+    project_run = next(r for r in runs if re.search(r"pip install .*-c constraints\.txt \.(\s|$)", r))
+    assert runs.index(gcc_runs[0]) < runs.index(project_run)
+    assert not [r for r in runtime.all("RUN") if "gcc" in r]
+
+
 def test_no_cuda_package_is_named(pyproject: dict[str, Any]) -> None:
     """Neither the Dockerfile nor the pinned constraints mention a CUDA (nvidia-*) package."""
     assert "nvidia" not in DOCKERFILE.read_text().lower()
@@ -440,12 +457,19 @@ def test_copied_sources_exist_and_pass_dockerignore(dockerfile: Parsed) -> None:
     for src in sources:
         path = ROOT / src
         assert path.exists(), f"COPY {src}: not in the repository, so the build fails"
-        files = [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts] if path.is_dir() else []
-        files = files or [path]
+        files = _tracked(path) if path.is_dir() else [path]  # build products (bytecode, the built .so) aside
         assert files, f"COPY {src}: empty"
         for f in files:
             rel = f.relative_to(ROOT).as_posix()
             assert not dockerignore_excludes(rel, ignore), f"{rel} is excluded by .dockerignore but copied"
+
+
+def _tracked(folder: Path) -> list[Path]:
+    """The files git tracks under ``folder`` (what a clean clone, hence CI and a docker build, has there)."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--", str(folder.relative_to(ROOT))], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    return [ROOT / name for name in out.split("\0") if name]
 
 
 def test_dockerignore_keeps_local_state_out() -> None:
