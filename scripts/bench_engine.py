@@ -9,7 +9,8 @@ What is measured (all times are wall-clock medians over ``--repeats`` interleave
    our ``sampled`` vs Captum at the same ``n_samples`` (200); Captum's time extrapolated to the number of samples
    its completeness gap would need to reach ours (gap ∝ 1/√n, time ∝ n, both fitted in this run);
 3. completeness gap |f(x) − base − Σφ| percentiles for exact, sampled@200 and Captum@200;
-4. float32 vs float64 arithmetic in the exact estimator, and 1 vs 2 torch threads;
+4. the exact estimator's C kernel vs its previous implementation (dense prefix sums in torch, float64), and 1 vs
+   2 torch threads;
 5. memory for ``--large`` records: peak RSS above the pre-run level (VmHWM reset) and tracemalloc's peak;
 6. the baseline summarisation error: attributions with k weighted k-means centres vs with all training rows.
 
@@ -38,7 +39,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.baselines import summarize_baselines
-from service.explain import GradientShapEngine, path_integrals_by_pieces
+from service.explain import GradientShapEngine, fold_piecewise_linear, path_integrals_by_pieces, path_integrals_fast
 
 
 def load_data(seed: int) -> dict[str, Any]:
@@ -253,18 +254,24 @@ def main(argv: list[str] | None = None) -> int:
         }
     torch.set_num_threads(thread_counts[0])
 
-    # float32 vs float64 in the exact estimator
-    eng32 = GradientShapEngine(model, data["baselines"], data["weights"], exact_dtype=torch.float32)
-    t32 = interleaved(
-        {"float64": lambda: engine.explain(x), "float32": lambda: eng32.explain(x)}, args.repeats, "dtype"
-    )
-    ex32 = eng32.explain(x)
-    res["dtype"] = {
+    # the C kernel vs the previous exact kernel (torch prefix sums), same records, same run
+    net = fold_piecewise_linear(model)
+    b64 = torch.as_tensor(np.asarray(data["baselines"]), dtype=torch.float64)
+    w64 = torch.as_tensor(np.asarray(data["weights"]), dtype=torch.float64)
+    w64 = w64 / w64.sum()
+    x64 = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+
+    def torch_prefix_sums() -> np.ndarray:
+        integrals = path_integrals_fast(net, x64, b64)  # (N, K, F)
+        return ((x64[:, None, :] - b64[None]) * integrals * w64[None, :, None]).sum(1).numpy()
+
+    tk = interleaved({"c": lambda: engine.explain(x), "torch": torch_prefix_sums}, args.repeats, "exact kernels")
+    res["kernels"] = {
         "threads": thread_counts[0],
-        "float64_seconds": t32["float64"],
-        "float32_seconds": t32["float32"],
-        "float32_gap": gap_stats(ex32.completeness_gap),
-        "float32_max_abs_diff_to_float64": float(np.abs(ex32.attributions - ex.attributions).max()),
+        "records": len(x64),
+        "c_seconds": tk["c"],
+        "torch_prefix_sums_seconds": tk["torch"],
+        "max_abs_diff": float(np.abs(torch_prefix_sums() - ex.attributions).max()),
     }
     if args.large:
         res["memory"] = memory_run(engine, args.large, args.seed)
@@ -303,12 +310,12 @@ def report(res: dict[str, Any], k: int, n_mc: int) -> None:
             print(f"  {name:<14}{sec:>10.4f} s")
         for name, val in r["ratios"].items():
             print(f"  {name:<46}{val:>9.2f}x")
-    d = res["dtype"]
+    d = res["kernels"]
     print(
-        f"\nexact, {d['threads']} thread(s): float64 {d['float64_seconds']:.4f} s, "
-        f"float32 {d['float32_seconds']:.4f} s "
-        f"(x{d['float64_seconds'] / d['float32_seconds']:.2f}); float32 gap p95 {d['float32_gap']['p95']:.1e}, "
-        f"max |Δφ| to float64 {d['float32_max_abs_diff_to_float64']:.1e}"
+        f"\nexact kernels, {d['threads']} thread(s), {d['records']} records: C {d['c_seconds']:.4f} s "
+        f"({1e6 * d['c_seconds'] / d['records']:.0f} us/record), torch prefix sums "
+        f"{d['torch_prefix_sums_seconds']:.4f} s: x{d['torch_prefix_sums_seconds'] / d['c_seconds']:.2f}; "
+        f"max |Δφ| {d['max_abs_diff']:.1e}"
     )
     if "memory" in res:
         m = res["memory"]
