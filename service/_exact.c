@@ -54,7 +54,7 @@ static double logit_one(const double *x, const double *w1, const double *b1, con
 typedef struct {
     double *wx, *d, *tt, *a, *b, *g1, *key, *slope, *h, *hp;
     Py_ssize_t *tidx, *cidx;
-    double *cand;
+    double *cand, *integ;
     unsigned char *fl; /* h2 flags, padded to a multiple of 8 */
 } scratch_t;
 
@@ -70,7 +70,7 @@ static void record_attr(const double *restrict x, const double *restrict w1, con
     double *restrict bb = s->b, *restrict g1 = s->g1, *restrict key = s->key;
     double *restrict slope = s->slope, *restrict h = s->h, *restrict hp = s->hp;
     Py_ssize_t *restrict tidx = s->tidx, *restrict cidx = s->cidx;
-    double *restrict cand = s->cand;
+    double *restrict cand = s->cand, *restrict integ = s->integ;
     unsigned char *restrict fl = s->fl;
 
     for (Py_ssize_t i = 0; i < h1n; i++) {
@@ -104,11 +104,14 @@ static void record_attr(const double *restrict x, const double *restrict w1, con
         }
         /* layer-2 slope on the first segment (P_k x - c_k) and values at alpha = 0 */
         const double *pk = p + k * h2n * nf, *ck = c + k * h2n, *h0k = h0 + k * h2n;
-        for (Py_ssize_t j = 0; j < h2n; j++) {
-            double acc = -ck[j];
-            for (Py_ssize_t f = 0; f < nf; f++) acc += pk[j * nf + f] * x[f];
-            slope[j] = acc;
+        for (Py_ssize_t j = 0; j < h2n; j++) { /* p is (K, F, H2): the f sums run side by side over j */
+            slope[j] = -ck[j];
             h[j] = h0k[j];
+        }
+        for (Py_ssize_t f = 0; f < nf; f++) {
+            const double xf = x[f];
+            const double *prow = pk + f * h2n;
+            for (Py_ssize_t j = 0; j < h2n; j++) slope[j] += prow[j] * xf;
         }
         for (Py_ssize_t i = 0; i < h1n; i++) {
             aa[i] = u0k[i];
@@ -161,11 +164,13 @@ static void record_attr(const double *restrict x, const double *restrict w1, con
                 g1[i] = (d[i] > 0.0 && tt[i] < 1.0) ? (u1 - g1[i]) : 0.0;
         }
         const double *bk = bl + k * nf;
-        for (Py_ssize_t f = 0; f < nf; f++) {
-            double acc = 0.0;
-            for (Py_ssize_t i = 0; i < h1n; i++) acc += g1[i] * w1[i * nf + f];
-            out[f] += bw[k] * (x[f] - bk[f]) * acc;
+        for (Py_ssize_t f = 0; f < nf; f++) integ[f] = 0.0;
+        for (Py_ssize_t i = 0; i < h1n; i++) { /* the F sums over i run side by side, each in order of i */
+            const double gi = g1[i];
+            const double *wrow = w1 + i * nf;
+            for (Py_ssize_t f = 0; f < nf; f++) integ[f] += gi * wrow[f];
         }
+        for (Py_ssize_t f = 0; f < nf; f++) out[f] += bw[k] * (x[f] - bk[f]) * integ[f];
     }
 }
 
@@ -307,7 +312,7 @@ static PyObject *py_explain(PyObject *self, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     const Py_ssize_t nwords = (h2 + 7) / 8;
-    const Py_ssize_t nd = 9 * (h1 + 1) + 3 * h2 + 1;
+    const Py_ssize_t nd = 9 * (h1 + 1) + 3 * h2 + f + 1;
     double *dbuf = PyMem_RawMalloc(sizeof(double) * (size_t)nd);
     Py_ssize_t *tidx = PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)(2 * (h1 + 1)));
     unsigned char *fl = PyMem_RawCalloc((size_t)(8 * nwords + 8), 1);
@@ -332,6 +337,7 @@ static PyObject *py_explain(PyObject *self, PyObject *const *args, Py_ssize_t na
         .tidx = tidx,
         .cidx = tidx + (h1 + 1),
         .cand = dbuf + 8 * (h1 + 1) + 3 * h2,
+        .integ = dbuf + 9 * (h1 + 1) + 3 * h2,
         .fl = fl,
     };
     double *a1 = dbuf + 7 * (h1 + 1);

@@ -85,7 +85,7 @@ class ExactKernel:
         self.h0 = _c64(np.maximum(self.ab, 0.0) @ w2.T + b2)  # (K, H2) layer-2 pre-activations at α = 0
         self.u0 = _c64((self.h0 > 0).astype(np.float64) @ v.T)  # (K, H1) V m2(0)
         m0f = self.m0.astype(np.float64)
-        self.p = _c64(np.einsum("ji,ki,if->kjf", w2, m0f, w1))  # (K, H2, F) W2 diag(m1(0)) W1
+        self.p = _c64(np.einsum("ji,ki,if->kfj", w2, m0f, w1))  # (K, F, H2) W2 diag(m1(0)) W1, transposed
         self.c = _c64((m0f * self.db) @ w2.T)  # (K, H2) W2 (m1(0) ⊙ W1 b)
 
     def _rows(self, xs: np.ndarray) -> np.ndarray:
