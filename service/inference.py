@@ -5,12 +5,15 @@ records (mappings keyed by feature name, in the data set's units, ``None`` = not
 input, predicts, explains, flags imputed and out-of-training-range values and writes the one-sentence summary.
 Its answers are plain frozen dataclasses; the routes only translate them to JSON.
 
-Concurrency: torch work is CPU-bound and must not block the event loop, so the async entry points
-(:meth:`InferenceRuntime.apredict`, :meth:`InferenceRuntime.aexplain`) go through a
-:class:`~service.batching.Coalescer`: concurrent requests with the same settings are merged into one engine call
-on one of ``engine_threads`` worker threads (a record's answer never depends on its batch neighbours, so the
-results are exactly those of one call per request), and a large batch request is split across the threads.
-Predictions are so cheap (tens of microseconds) that a thread hop would cost more than the work: they are
+Concurrency: the engine's arithmetic is CPU-bound and must not block the event loop, so
+:meth:`InferenceRuntime.aexplain` goes through a :class:`~service.batching.Coalescer`: concurrent requests with the
+same settings are merged into one batch (a record's answer never depends on its batch neighbours, so the results
+are exactly those of one call per request). Only the arithmetic of a batch runs on one of ``engine_threads`` worker
+threads (or in an engine process); preparing the records and building the answers, which is Python and holds the
+GIL, stays on the loop. The default estimator (exact, logit) is then one call of the C kernel, which releases the
+GIL: an engine thread takes the GIL only to pick up and hand back a batch, and the loop serves HTTP on the other
+core meanwhile. One batch more than there are threads is in flight, so the loop prepares the next batch while a
+thread computes. Predictions are so cheap (microseconds) that a thread hop would cost more than the work: they are
 merged with the predictions of the same event-loop turn and computed on the loop's thread.
 """
 
@@ -282,6 +285,9 @@ class InferenceRuntime:
         pre = bundle.preprocessor
         self._train_min = np.asarray(pre.train_min, dtype=np.float64)
         self._train_max = np.asarray(pre.train_max, dtype=np.float64)
+        self._lo: list[float] = self._train_min.tolist()
+        self._hi: list[float] = self._train_max.tolist()
+        self._feature_texts = [(f.name, f.label, f.unit) for f in self.spec]
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -347,11 +353,9 @@ class InferenceRuntime:
         x = torch.as_tensor(self.bundle.preprocessor.standardise(values), dtype=torch.float32)
         return _Batch(raw=raw, values=values, missing=missing, x=x)
 
-    def _warnings(self, raw_row: np.ndarray) -> tuple[FeatureWarning, ...]:
+    def _warnings(self, raw_row: Sequence[float]) -> tuple[FeatureWarning, ...]:
         out: list[FeatureWarning] = []
-        for j, feat in enumerate(self.spec):
-            v = float(raw_row[j])
-            lo, hi = float(self._train_min[j]), float(self._train_max[j])
+        for j, (feat, v, lo, hi) in enumerate(zip(self.spec, raw_row, self._lo, self._hi, strict=True)):
             if math.isnan(v) or lo <= v <= hi:
                 continue
             unit = "" if feat.unit in _SILENT_UNITS else f" {feat.unit}"
@@ -364,7 +368,7 @@ class InferenceRuntime:
                         f"{feat.label} of {format_value(v, feat.integer)}{unit} is {side} the {word} value seen in "
                         f"training ({format_value(bound, feat.integer)}{unit}); the model extrapolates here."
                     ),
-                    value=v,
+                    value=float(raw_row[j]),
                     train_min=lo,
                     train_max=hi,
                 )
@@ -372,24 +376,25 @@ class InferenceRuntime:
         return tuple(out)
 
     def _predictions(self, batch: _Batch, logits: np.ndarray) -> list[Prediction]:
+        # Python lists, not numpy scalars, in the per-record loop: this runs on the event loop for every request
         names = self.spec.names
         threshold = float(self.bundle.threshold)
-        out: list[Prediction] = []
         logits = np.asarray(logits, dtype=np.float64)
         _require_finite("logit", logits)
-        for i, logit in enumerate(logits):
-            probability = float(1.0 / (1.0 + np.exp(-logit)))
+        out: list[Prediction] = []
+        for logit, missing, raw in zip(logits.tolist(), batch.missing.tolist(), batch.raw.tolist(), strict=True):
+            probability = 1.0 / (1.0 + math.exp(-logit)) if logit > -709.0 else 0.0
             label = int(probability >= threshold)
             out.append(
                 Prediction(
                     probability=probability,
-                    logit=float(logit),
+                    logit=logit,
                     label=label,
                     label_name=self.spec.positive_label if label else self.spec.negative_label,
                     threshold=threshold,
                     model_version=self.model_version,
-                    imputed=tuple(n for n, m in zip(names, batch.missing[i], strict=True) if m),
-                    warnings=self._warnings(batch.raw[i]),
+                    imputed=tuple(n for n, m in zip(names, missing, strict=True) if m),
+                    warnings=self._warnings(raw),
                 )
             )
         return out
@@ -440,31 +445,47 @@ class InferenceRuntime:
         _require_finite("attribution", attributions)
         _require_finite("output value", output_values)
         out: list[RecordExplanation] = []
-        for i, prediction in enumerate(predictions):
+        output, method = str(ex.output), str(ex.method)
+        base_value, n_samples, seed = float(ex.base_value), int(ex.n_samples), int(ex.seed)
+        n_baselines = len(self.bundle.baselines)
+        texts = self._feature_texts
+        rows = zip(
+            predictions,
+            batch.values.tolist(),
+            batch.missing.tolist(),
+            attributions.tolist(),
+            standard_errors.tolist(),
+            output_values.tolist(),
+            gaps.tolist(),
+            strict=True,
+        )
+        for prediction, values, missing, attrs, ses, output_value, gap in rows:
             items = tuple(
                 FeatureAttribution(
-                    feature=feat.name,
-                    label=feat.label,
-                    unit=feat.unit,
-                    value=float(batch.values[i, j]),
-                    imputed=bool(batch.missing[i, j]),
-                    attribution=float(attributions[i, j]),
-                    standard_error=float(standard_errors[i, j]),
+                    feature=name,
+                    label=label,
+                    unit=unit,
+                    value=value,
+                    imputed=imputed,
+                    attribution=attribution,
+                    standard_error=se,
                 )
-                for j, feat in enumerate(self.spec)
+                for (name, label, unit), value, imputed, attribution, se in zip(
+                    texts, values, missing, attrs, ses, strict=True
+                )
             )
             out.append(
                 RecordExplanation(
                     prediction=prediction,
-                    output=str(ex.output),
-                    base_value=float(ex.base_value),
-                    output_value=float(output_values[i]),
+                    output=output,
+                    base_value=base_value,
+                    output_value=output_value,
                     attributions=items,
-                    completeness_gap=float(gaps[i]),
-                    method=str(ex.method),
-                    n_samples=int(ex.n_samples),
-                    n_baselines=len(self.bundle.baselines),
-                    seed=int(ex.seed),
+                    completeness_gap=gap,
+                    method=method,
+                    n_samples=n_samples,
+                    n_baselines=n_baselines,
+                    seed=seed,
                     summary=summary_sentence(self.spec, items),
                 )
             )
