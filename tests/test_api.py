@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -623,3 +624,15 @@ def test_rate_limit_is_429_with_retry_after(bundle: Bundle) -> None:
         assert problem["retry_after"] == int(r.headers["retry-after"])
         assert c.get("/model", headers={"X-API-Key": "b"}).status_code == 200
         assert c.get("/healthz").status_code == 200
+
+
+def test_start_sets_the_gil_switch_interval(bundle: Bundle) -> None:
+    """GSHAP_GIL_SWITCH_INTERVAL_MS becomes Python's switch interval when the app starts (the engine thread's
+    hand-over of each batch waits up to that long for the GIL)."""
+    before = sys.getswitchinterval()
+    try:
+        with app_client(create_app(Settings(gil_switch_interval_ms=0.25), bundle)) as c:
+            assert c.get("/readyz").status_code == 200
+            assert sys.getswitchinterval() == pytest.approx(0.25e-3)
+    finally:
+        sys.setswitchinterval(before)

@@ -269,6 +269,49 @@ def test_coroutine_batch_functions_are_merged_and_bounded() -> None:
     assert sorted(i for c in calls for i in c) == list(range(10))
 
 
+def test_slots_bound_calls_in_flight_and_threads_bound_the_work() -> None:
+    """With one thread and two slots, two merged calls are in flight at once (one prepares on the loop while the
+    other computes) but their thread work never overlaps: the slot count, not the thread count, bounds calls."""
+    in_flight = 0
+    peak_calls = 0
+    on_thread = 0
+    peak_thread = 0
+    lock = threading.Lock()
+
+    def work(items: list[int]) -> list[int]:
+        nonlocal on_thread, peak_thread
+        with lock:
+            on_thread += 1
+            peak_thread = max(peak_thread, on_thread)
+        threading.Event().wait(0.01)
+        with lock:
+            on_thread -= 1
+        return [i + 1 for i in items]
+
+    async def main() -> list[Any]:
+        co = Coalescer(threads=1, slots=2, max_records=2)
+
+        async def fn(items: list[int]) -> list[int]:
+            nonlocal in_flight, peak_calls
+            in_flight += 1
+            peak_calls = max(peak_calls, in_flight)
+            await asyncio.sleep(0.005)  # the loop's part of the call
+            out = await co.call(work, items)
+            in_flight -= 1
+            return out
+
+        try:
+            return await asyncio.gather(*(co.run("k", fn, [i]) for i in range(8)))
+        finally:
+            co.close()
+
+    assert run(main) == [[i + 1] for i in range(8)]
+    assert peak_calls == 2
+    assert peak_thread == 1
+    with pytest.raises(ValueError, match="slots"):
+        Coalescer(threads=1, slots=0)
+
+
 # ---- engine processes ------------------------------------------------------------------------------------------
 
 
