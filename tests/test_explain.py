@@ -345,3 +345,28 @@ def test_weighted_baselines_are_replicated_for_captum(engine: GradientShapEngine
     counts = np.array([(np.abs(rows - bk).max(1) < 1e-6).sum() for bk in base])
     assert counts.sum() == len(rows)
     assert np.abs(counts / len(rows) - engine.baseline_weights).max() <= 1 / len(rows)
+
+
+def test_c_kernel_refuses_wrong_buffers_by_name() -> None:
+    """The C functions check every buffer's type and size and name the argument, instead of reading out of
+    bounds; the Python wrapper refuses a record of the wrong width before calling them."""
+    from service import _exact
+
+    x, b, w = _data(3, 4, 5)
+    net = fold_piecewise_linear(_mlp(4))
+    kernel = ExactKernel(
+        tuple(t.numpy() for t in net.weights), tuple(t.numpy() for t in net.biases), b.numpy(), (w / w.sum()).numpy()
+    )
+    xs = x.double().numpy()
+    k = kernel
+    with pytest.raises(ValueError, match="out: expected 4 items"):
+        _exact.logits(xs, k.w1, k.b1, k.w2, k.b2, k.w3, k.b3, np.empty(3))
+    with pytest.raises(ValueError, match="m0: expected"):
+        _exact.explain(
+            xs, k.w1, k.b1, k.w2, k.b2, k.w3, k.b3, k.db, k.ab, k.m0.astype(np.float64), k.w2t, k.vt, k.h0, k.u0,
+            k.p, k.c, k.bw, k.b, np.empty_like(xs), np.empty(len(xs)),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="xs: expected"):
+        _exact.logits(xs.astype(np.float32), k.w1, k.b1, k.w2, k.b2, k.w3, k.b3, np.empty(4))
+    with pytest.raises(ValueError, match=r"x must be \(N, 8\)"):
+        kernel.explain(np.zeros((2, 7)))
