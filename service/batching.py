@@ -157,7 +157,6 @@ class Coalescer:
         if threads < 1 or slots < 1 or max_records < 1 or window_s < 0 or split_min < 1:
             raise ValueError("threads, slots, max_records and split_min must be positive and window_s nonnegative")
         self.threads = threads
-        self.slots = slots
         self.max_records = max_records
         self.window_s = window_s
         self.split_min = split_min

@@ -97,8 +97,7 @@ class ExactKernel:
     def attributions(self, xs: np.ndarray) -> np.ndarray:
         """``(N, F) -> (N, F)`` exact attributions of the logit, ``Σ_k w_k (x − b_k) ⊙ ∫₀¹ ∇f dα`` (the logits
         come along: they cost 2% of the work)."""
-        x = self._rows(xs)
-        return self.explain(x)[0]
+        return self.explain(xs)[0]
 
     def explain(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(N, F) -> ((N, F), (N,))``: attributions and logits in one C call (one release of the GIL),

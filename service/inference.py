@@ -283,10 +283,8 @@ class InferenceRuntime:
             thread_name_prefix="gshap-engine",
         )
         pre = bundle.preprocessor
-        self._train_min = np.asarray(pre.train_min, dtype=np.float64)
-        self._train_max = np.asarray(pre.train_max, dtype=np.float64)
-        self._lo: list[float] = self._train_min.tolist()
-        self._hi: list[float] = self._train_max.tolist()
+        self._lo: list[float] = [float(v) for v in pre.train_min]
+        self._hi: list[float] = [float(v) for v in pre.train_max]
         self._feature_texts = [(f.name, f.label, f.unit) for f in self.spec]
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
@@ -305,9 +303,10 @@ class InferenceRuntime:
                 n = None if method == "exact" else min(8, self.max_n_samples)
                 ex = self.explain(record, ExplainOptions(method=method, n_samples=n))[0]
                 numbers += [ex.base_value, ex.output_value, *(a.attribution for a in ex.attributions)]
-        except NonFiniteOutputError:
-            numbers = [math.nan]
-        if not all(math.isfinite(v) for v in numbers):
+            finite = all(math.isfinite(v) for v in numbers)
+        except NonFiniteOutputError:  # the runtime's own refusal of a NaN logit or attribution
+            finite = False
+        if not finite:
             # weights that pass the load-time checks can still overflow: never report ready with such a model
             raise BundleError(
                 f"model bundle {self.bundle.path}: the warm-up gave a non-finite prediction or attribution"
@@ -355,7 +354,7 @@ class InferenceRuntime:
 
     def _warnings(self, raw_row: Sequence[float]) -> tuple[FeatureWarning, ...]:
         out: list[FeatureWarning] = []
-        for j, (feat, v, lo, hi) in enumerate(zip(self.spec, raw_row, self._lo, self._hi, strict=True)):
+        for feat, v, lo, hi in zip(self.spec, raw_row, self._lo, self._hi, strict=True):
             if math.isnan(v) or lo <= v <= hi:
                 continue
             unit = "" if feat.unit in _SILENT_UNITS else f" {feat.unit}"
@@ -368,7 +367,7 @@ class InferenceRuntime:
                         f"{feat.label} of {format_value(v, feat.integer)}{unit} is {side} the {word} value seen in "
                         f"training ({format_value(bound, feat.integer)}{unit}); the model extrapolates here."
                     ),
-                    value=float(raw_row[j]),
+                    value=v,
                     train_min=lo,
                     train_max=hi,
                 )

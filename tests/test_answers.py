@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from pydantic import BaseModel
 
 from service.exact_kernel import ExactKernel
 from service.explain import GradientShapEngine, fold_piecewise_linear
 from service.inference import ExplainOptions, InferenceRuntime, NonFiniteOutputError
-from service.routes import batch_answer, dump_public, json_answer
+from service.routes import batch_answer, json_answer
 from service.schemas import (
     BatchItemError,
     ExplanationBatchPublic,
@@ -39,6 +40,23 @@ def _records(runtime: InferenceRuntime) -> list[dict[str, Any]]:
 
 def _body(response: Any) -> Any:
     return orjson.loads(response.body)
+
+
+def dump_public(model: type[BaseModel], obj: Any) -> Any:
+    """``obj`` validated into ``model`` and dumped as JSON data: what FastAPI's own serialisation would send."""
+    return model.model_validate(obj).model_dump(mode="json")
+
+
+def _batch_dump(model: type[BaseModel], answered: list[tuple[int, Any]], refused: list[BatchItemError]) -> Any:
+    """What FastAPI would send for a batch route: ``model`` validated from the items in index order, dumped with
+    None fields left out (`response_model_exclude_none`)."""
+    items = [{"index": i, "ok": True, **vars(a)} for i, a in answered] + [r.model_dump() for r in refused]
+    body = {
+        "results": sorted(items, key=lambda d: d["index"]),
+        "succeeded": len(answered),
+        "failed": len(refused),
+    }
+    return model.model_validate(body).model_dump(mode="json", exclude_none=True)
 
 
 def _ordered(obj: Any) -> Any:
@@ -76,28 +94,10 @@ def test_batch_answers_equal_the_schema_dumps(runtime: InferenceRuntime) -> None
     )
     refused = [BatchItemError(index=1, ok=False, error=problem)]
     answered_ex = list(zip([0, 2, 3], runtime.explain(records, ExplainOptions()), strict=True))
-    expected = ExplanationBatchPublic.model_validate(
-        {
-            "results": sorted(
-                [{"index": i, "ok": True, **vars(e)} for i, e in answered_ex] + [r.model_dump() for r in refused],
-                key=lambda d: d["index"],
-            ),
-            "succeeded": 3,
-            "failed": 1,
-        }
-    ).model_dump(mode="json", exclude_none=True)
+    expected = _batch_dump(ExplanationBatchPublic, answered_ex, refused)
     assert _ordered(_body(batch_answer(answered_ex, refused))) == _ordered(expected)
     answered_p = list(zip([0, 2, 3], runtime.predict(records), strict=True))
-    expected = PredictionBatchPublic.model_validate(
-        {
-            "results": sorted(
-                [{"index": i, "ok": True, **vars(p)} for i, p in answered_p] + [r.model_dump() for r in refused],
-                key=lambda d: d["index"],
-            ),
-            "succeeded": 3,
-            "failed": 1,
-        }
-    ).model_dump(mode="json", exclude_none=True)
+    expected = _batch_dump(PredictionBatchPublic, answered_p, refused)
     assert _ordered(_body(batch_answer(answered_p, refused))) == _ordered(expected)
 
 

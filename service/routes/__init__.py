@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from service.config import Settings
 from service.errors import (
@@ -162,11 +162,6 @@ def batch_answer(answered: Sequence[tuple[int, Any]], refused: Sequence[BatchIte
     items += [(r.index, r.model_dump(mode="json", exclude_none=True)) for r in refused]
     items.sort(key=lambda item: item[0])
     return json_answer({"results": [d for _, d in items], "succeeded": len(answered), "failed": len(refused)})
-
-
-def dump_public(model: type[BaseModel], obj: Any) -> Any:
-    """``obj`` validated into ``model`` and dumped as JSON data: what FastAPI's own serialisation would send."""
-    return model.model_validate(obj).model_dump(mode="json")
 
 
 def split_batch(
