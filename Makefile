@@ -6,9 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup serve test lint typecheck pytest openapi figures bench train audit soak readme clean
 
-# service/_exact.c is compiled by the project install (a C compiler and Python's headers are needed); a change
+# service/engine/_exact.c is compiled by the project install (a C compiler and Python's headers are needed); a change
 # to it must rebuild the extension, which an editable install does not do by itself.
-$(STAMP): pyproject.toml constraints.txt service/_exact.c
+$(STAMP): pyproject.toml constraints.txt service/engine/_exact.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and exactly: the CPU wheel of 2.13.0 (an open range would pull a multi-GB CUDA build)
 	$(BIN)/pip install --quiet torch==2.13.0
@@ -24,6 +24,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint docker/Dockerfile
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy
@@ -55,4 +56,4 @@ readme: setup
 	$(BIN)/python scripts/readme.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build service/*.so
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build service/engine/*.so

@@ -419,7 +419,7 @@ def serve_trivial(port: int) -> None:
 
 def eval_records(limit: int | None = None) -> list[dict[str, Any]]:
     """The default bundle's evaluation records in raw units, ``None`` where not measured; counts as integers."""
-    from service.model_store import load_bundle
+    from service.model.store import load_bundle
 
     bundle = load_bundle()
     out = []
@@ -674,8 +674,8 @@ def engine_inprocess(repeats: int, n_samples: int = 200) -> dict[str, Any]:
     import torch
     from captum.attr import GradientShap
 
-    from service.explain import GradientShapEngine
-    from service.model_store import load_bundle
+    from service.engine.gradient_shap import GradientShapEngine
+    from service.model.store import load_bundle
 
     torch.set_num_threads(1)  # as the service runs its engine (GSHAP_TORCH_THREADS default)
     bundle = load_bundle()

@@ -14,7 +14,7 @@ What is measured (all times are wall-clock medians over ``--repeats`` interleave
 5. memory for ``--large`` records: peak RSS above the pre-run level (VmHWM reset) and tracemalloc's peak;
 6. the baseline summarisation error: attributions with k weighted k-means centres vs with all training rows.
 
-Data: the default model bundle (``service.model_store.load_bundle``) when it loads, otherwise a seeded random
+Data: the default model bundle (``service.model.store.load_bundle``) when it loads, otherwise a seeded random
 model with synthetic data (said so in the output).
 """
 
@@ -38,19 +38,24 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.baselines import summarize_baselines
-from service.explain import GradientShapEngine, fold_piecewise_linear, path_integrals_by_pieces, path_integrals_fast
+from service.engine.baselines import summarize_baselines
+from service.engine.gradient_shap import (
+    GradientShapEngine,
+    fold_piecewise_linear,
+    path_integrals_by_pieces,
+    path_integrals_fast,
+)
 
 
 def load_data(seed: int) -> dict[str, Any]:
     """The default bundle's model, baselines, evaluation and training rows, or a synthetic stand-in."""
     try:
-        from service.model_store import load_bundle
+        from service.model.store import load_bundle
 
         bundle = load_bundle()
         train_x = getattr(bundle, "train_x", None)
         if train_x is None:
-            from service.data import load_dataset
+            from service.training.data import load_dataset
 
             rows = np.asarray(bundle.manifest["data"]["split_rows"]["train"])
             train_x = bundle.to_model_space(load_dataset(spec=bundle.spec).x[rows])
@@ -64,7 +69,7 @@ def load_data(seed: int) -> dict[str, Any]:
             "baseline_seed": int(bundle.manifest.get("training", {}).get("seed", 0)),
         }
     except Exception as exc:  # any failure: fall back, and say why
-        from service.nn import BinaryClassification
+        from service.model.nn import BinaryClassification
 
         print(f"!! default bundle unavailable ({type(exc).__name__}: {exc}); using a SYNTHETIC random model")
         torch.manual_seed(seed)

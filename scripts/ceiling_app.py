@@ -2,7 +2,7 @@
 
     python scripts/ceiling_app.py [--host 127.0.0.1] [--port 8002] [--workers N]
 
-``create_ceiling_app`` is :func:`service.main.create_app` (same settings, lifespan, middlewares, error
+``create_ceiling_app`` is :func:`service.api.app.create_app` (same settings, lifespan, middlewares, error
 handlers and routers) plus ``POST /ceiling``: it validates the same patient body as ``POST /predict``
 (``service.schemas.PatientRecord``, strict, behind the same ``require_json`` dependency) and answers a small
 JSON document without touching the model; ``POST /ceiling/def`` is the same as a ``def`` route (run on
@@ -24,10 +24,10 @@ if str(ROOT) not in sys.path:
 
 from fastapi import APIRouter, Depends, FastAPI  # noqa: E402
 
+from service.api.app import create_app, uvicorn_options  # noqa: E402
+from service.api.routes import require_json  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.main import create_app, uvicorn_options  # noqa: E402
-from service.model_store import Bundle  # noqa: E402
-from service.routes import require_json  # noqa: E402
+from service.model.store import Bundle  # noqa: E402
 from service.schemas import PatientRecord  # noqa: E402
 
 __all__ = ["CEILING_DEF_PATH", "CEILING_PATH", "create_ceiling_app"]

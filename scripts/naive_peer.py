@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from captum.attr import GradientShap  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from service.model_store import Bundle, load_bundle  # noqa: E402
+from service.model.store import Bundle, load_bundle  # noqa: E402
 from service.schemas import PatientRecord  # noqa: E402
 
 __all__ = ["N_SAMPLES", "create_peer_app"]

@@ -139,7 +139,7 @@ def settings_block() -> str:
 
 
 def metrics_block() -> str:
-    from service.model_store import load_bundle
+    from service.model.store import load_bundle
 
     m = load_bundle().metrics
     names = ["accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1", "brier"]

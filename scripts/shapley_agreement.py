@@ -16,9 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.explain import GradientShapEngine
-from service.model_store import load_bundle
-from service.shapley import agreement, interventional_shapley
+from service.engine.gradient_shap import GradientShapEngine
+from service.engine.shapley import agreement, interventional_shapley
+from service.model.store import load_bundle
 
 
 def main() -> int:

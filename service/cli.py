@@ -20,9 +20,9 @@ __all__ = ["build_parser", "main"]
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from service.features import PIMA_SPEC, FeatureSpec
-    from service.pipeline import save_result, set_default
-    from service.train import TrainConfig, train
+    from service.model.features import PIMA_SPEC, FeatureSpec
+    from service.training.pipeline import save_result, set_default
+    from service.training.train import TrainConfig, train
 
     if args.spec:
         spec = FeatureSpec.from_dict(json.loads(Path(args.spec).read_text()))
@@ -90,8 +90,8 @@ def _cm(c: dict[str, int]) -> str:
 
 
 def _groups(args: argparse.Namespace) -> int:
-    from service.model_store import load_bundle, write_groups
-    from service.pipeline import compute_groups
+    from service.model.store import load_bundle, write_groups
+    from service.training.pipeline import compute_groups
 
     bundle = load_bundle(args.model)
     write_groups(bundle.path, compute_groups(bundle))
@@ -100,7 +100,7 @@ def _groups(args: argparse.Namespace) -> int:
 
 
 def _figures(args: argparse.Namespace) -> int:
-    from service.figures import write_figures
+    from service.training.figures import write_figures
 
     for path in write_figures(args.model, Path(args.out), record=args.record):
         print(path)
@@ -108,8 +108,8 @@ def _figures(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from service.api.app import serve
     from service.config import Settings
-    from service.main import serve
 
     overrides = {
         k: v
@@ -125,7 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _openapi(args: argparse.Namespace) -> int:
-    from service.main import openapi_yaml
+    from service.api.app import openapi_yaml
 
     text = openapi_yaml()
     out = Path(args.out)
@@ -184,14 +184,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The extra each command needs (pyproject.toml's optional dependencies), and the top-level packages it brings.
+EXTRAS: dict[str, str] = {
+    "train": "train",
+    "groups": "train",
+    "figures": "train",
+    "serve": "server",
+    "openapi": "server",
+}
+_EXTRA_PACKAGES: dict[str, frozenset[str]] = {
+    "server": frozenset(
+        {"torch", "numpy", "fastapi", "starlette", "uvicorn", "pydantic_settings", "safetensors", "orjson", "yaml"}
+    ),
+    "train": frozenset({"pandas", "sklearn", "matplotlib", "tqdm", "captum", "scipy"}),
+}
+
+
+def _missing_extra(command: str, exc: ModuleNotFoundError) -> str | None:
+    """The one-line message for a command whose extra is not installed, or None if ``exc`` is something else."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(command)
+    needed = _EXTRA_PACKAGES["server"] | (_EXTRA_PACKAGES["train"] if extra == "train" else frozenset())
+    if extra is None or top not in needed:
+        return None
+    return f"gshap {command}: needs the '{extra}' extra ({top} is not installed): pip install 'gshap-service[{extra}]'"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from service.model_store import BundleError
-
     try:
-        code = int(args.func(args))
-    except BundleError as exc:
-        print(f"gshap: {exc}", file=sys.stderr)
+        from service.model.store import BundleError
+
+        try:
+            code = int(args.func(args))
+        except BundleError as exc:
+            print(f"gshap: {exc}", file=sys.stderr)
+            return 2
+    except ModuleNotFoundError as exc:
+        message = _missing_extra(args.command, exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
         return 2
     return code
 

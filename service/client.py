@@ -51,6 +51,8 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from service import __version__
+from service.contract import Output
+from service.contract import ServedMethod as Method
 from service.schemas import (
     ExplanationBatchPublic,
     ExplanationPublic,
@@ -87,8 +89,6 @@ USER_AGENT = f"gshap-client/{__version__}"
 
 RecordLike = PatientRecord | Mapping[str, Any]
 """A patient record: a validated :class:`PatientRecord`, or a mapping keyed by feature name (sent as is)."""
-Method = Literal["exact", "sampled", "quadrature"]
-Output = Literal["logit", "probability"]
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -1,9 +1,9 @@
 """Request and response models, named by role, with units, ranges and examples in every description.
 
 The patient record is not written out here: :func:`patient_record_model` builds it from the feature
-specification (:data:`service.features.PIMA_SPEC`), one field a feature, with the spec's description, unit,
+specification (:data:`service.model.features.PIMA_SPEC`), one field a feature, with the spec's description, unit,
 valid range, integer rule and "missing" rule, and the spec's example values. Start-up refuses a bundle whose
-features differ from the specification the schema was built from (:func:`service.inference.ensure_compatible`).
+features differ from the specification the schema was built from (:func:`service.runtime.inference.ensure_compatible`).
 
 Types are strict on purpose: a record is clinical data, so ``"148"`` (a string), ``true`` (a boolean),
 ``6.5`` for a count, ``NaN`` or ``Infinity`` are refused with a 422 naming the field rather than coerced; an
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, create_model
 
-from service.features import PIMA_SPEC, Feature, FeatureSpec
-from service.limits import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, MIN_N_SAMPLES
+from service.contract import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, MIN_N_SAMPLES, SERVED_METHODS, Output, ServedMethod
+from service.model.features import PIMA_SPEC, Feature, FeatureSpec
 
 __all__ = [
     "SCHEMA_SPEC",
@@ -161,7 +161,7 @@ N_SAMPLES_BY_METHOD: dict[str, Any] = {
             "then": {"properties": {"n_samples": {"anyOf": [{"type": "integer", "minimum": low}, {"type": "null"}]}}},
         }
         for method, low in MIN_N_SAMPLES.items()
-        if low > 1
+        if low > 1 and method in SERVED_METHODS
     ]
 }
 
@@ -187,13 +187,13 @@ class ExplainSettings(BaseModel):
         description="Seed of the random draws (method 'sampled'), 0 to 2^31-1: the same seed gives the same answer.",
         examples=[0],
     )
-    output: Literal["logit", "probability"] = Field(
+    output: Output = Field(
         "logit",
         description=(
             "What the attributions add up to: 'logit' (log-odds, additive, the default) or 'probability' (0-1 scale)."
         ),
     )
-    method: Literal["exact", "sampled", "quadrature"] = Field(
+    method: ServedMethod = Field(
         "exact",
         description=(
             "GradientSHAP estimator: 'exact' (the expectation over all baselines, computed exactly for this "
@@ -478,9 +478,7 @@ class ExplanationPublic(_Public):
     model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_EXPLANATION]})
 
     prediction: PredictionPublic = Field(..., description="The prediction explained (as POST /predict answers).")
-    output: Literal["logit", "probability"] = Field(
-        ..., description="The model output explained: 'logit' (log-odds) or 'probability' (0-1)."
-    )
+    output: Output = Field(..., description="The model output explained: 'logit' (log-odds) or 'probability' (0-1).")
     base_value: float = Field(
         ...,
         description=(

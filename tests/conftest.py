@@ -21,6 +21,6 @@ def root() -> Path:
 
 @pytest.fixture(scope="session")
 def bundle():  # type: ignore[no-untyped-def]
-    from service.model_store import load_bundle
+    from service.model.store import load_bundle
 
     return load_bundle()

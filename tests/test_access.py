@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from helpers import AppClient, app_client, record
 
-from service import security
+from service.api import security
+from service.api.app import create_app
+from service.api.security import ApiKeyMiddleware, ProblemCORSMiddleware
 from service.config import Settings
-from service.main import create_app
-from service.model_store import Bundle
-from service.security import ApiKeyMiddleware, ProblemCORSMiddleware
+from service.model.store import Bundle
 
 KEYS = ["key-2025-old", "key-2025-new"]
 ORIGIN = "https://clinic.example"

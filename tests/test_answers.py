@@ -10,10 +10,10 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from service.exact_kernel import ExactKernel
-from service.explain import GradientShapEngine, fold_piecewise_linear
-from service.inference import ExplainOptions, InferenceRuntime, NonFiniteOutputError
-from service.routes import batch_answer, json_answer
+from service.api.routes import batch_answer, json_answer
+from service.engine.exact_kernel import ExactKernel
+from service.engine.gradient_shap import GradientShapEngine, fold_piecewise_linear
+from service.runtime.inference import ExplainOptions, InferenceRuntime, NonFiniteOutputError
 from service.schemas import (
     BatchItemError,
     ExplanationBatchPublic,

@@ -14,9 +14,9 @@ import pytest
 from helpers import AppClient, app_client, record
 
 from service import __version__
+from service.api.app import create_app, openapi_yaml
 from service.config import Settings
-from service.main import create_app, openapi_yaml
-from service.model_store import Bundle
+from service.model.store import Bundle
 from service.schemas import SCHEMA_SPEC
 
 PROBLEM = "application/problem+json"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from service.baselines import summarize_baselines
-from service.explain import GradientShapEngine
+from service.engine.baselines import summarize_baselines
+from service.engine.gradient_shap import GradientShapEngine
 
 
 def _rows(seed: int = 0, n: int = 300, f: int = 8) -> np.ndarray:

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from service.batching import Coalescer, CoalescerClosedError
+from service.api.app import create_app
 from service.config import Settings
-from service.inference import ExplainOptions, InferenceRuntime
-from service.main import create_app
+from service.runtime.batching import Coalescer, CoalescerClosedError
+from service.runtime.inference import ExplainOptions, InferenceRuntime
 
 
 class Recorder:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.data import DEFAULT_DATA, file_sha256, load_dataset, stratified_split
-from service.features import PIMA_SPEC
+from service.model.features import PIMA_SPEC
+from service.training.data import DEFAULT_DATA, file_sha256, load_dataset, stratified_split
 
 PROVENANCE_SHA = "bf81d06e0c0512662862248241ab46d7c29258c6ceaad32f3cab56b52a17fdab"
 

@@ -359,8 +359,8 @@ def _healthcheck_path(runtime: Stage) -> str:
 
 def test_healthcheck_path_is_the_apps_readiness_route(runtime: Stage) -> None:
     """The HEALTHCHECK's path is a GET route of the app whose operation is readiness, open without an API key."""
-    from service.main import create_app
-    from service.security import OPEN_PATHS
+    from service.api.app import create_app
+    from service.api.security import OPEN_PATHS
 
     path = _healthcheck_path(runtime)
     app = create_app(Settings(api_keys="some-key"))  # lifespan not run: nothing is loaded
@@ -402,7 +402,7 @@ def test_torch_is_pinned_and_comes_from_the_cpu_index(builder: Stage, pyproject:
     args = builder.args()
     assert args["TORCH_VERSION"] == TORCH_VERSION
     assert args["TORCH_INDEX_URL"] == TORCH_CPU_INDEX
-    assert f"torch=={TORCH_VERSION}" in pyproject["project"]["dependencies"]
+    assert f"torch=={TORCH_VERSION}" in pyproject["project"]["optional-dependencies"]["server"]
     constraints = (ROOT / "constraints.txt").read_text().split()
     assert f"torch=={TORCH_VERSION}+cpu" in constraints
     runs = builder.all("RUN")
@@ -412,7 +412,7 @@ def test_torch_is_pinned_and_comes_from_the_cpu_index(builder: Stage, pyproject:
     assert '--index-url "${TORCH_INDEX_URL}"' in torch_run
     assert '"torch==${TORCH_VERSION}"' in torch_run
     # the project is installed after torch, non-editable, under the constraints
-    project_runs = [r for r in runs if re.search(r"pip install .*-c constraints\.txt \.(\s|$)", r)]
+    project_runs = [r for r in runs if re.search(r"pip install .*-c constraints\.txt '\.\[server\]'(\s|$)", r)]
     assert len(project_runs) == 1
     assert runs.index(torch_run) < runs.index(project_runs[0])
     assert " -e " not in project_runs[0]
@@ -425,13 +425,13 @@ def test_builder_has_a_compiler_for_the_extension_and_the_runtime_none(
     """The project builds a C extension (the exact kernel): the builder installs gcc before the project install,
     and the runtime stage, which copies the built venv, installs no compiler."""
     modules = pyproject["tool"]["setuptools"]["ext-modules"]
-    assert [m["name"] for m in modules] == ["service._exact"]
+    assert [m["name"] for m in modules] == ["service.engine._exact"]
     for source in (s for m in modules for s in m["sources"]):
         assert (ROOT / source).is_file()
     runs = builder.all("RUN")
     gcc_runs = [r for r in runs if re.search(r"apt-get install .*\bgcc\b", r)]
     assert len(gcc_runs) == 1
-    project_run = next(r for r in runs if re.search(r"pip install .*-c constraints\.txt \.(\s|$)", r))
+    project_run = next(r for r in runs if re.search(r"pip install .*-c constraints\.txt '\.\[server\]'(\s|$)", r))
     assert runs.index(gcc_runs[0]) < runs.index(project_run)
     assert not [r for r in runtime.all("RUN") if "gcc" in r]
 

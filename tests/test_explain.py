@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from service.exact_kernel import ExactKernel
-from service.explain import (
+from service.engine.exact_kernel import ExactKernel
+from service.engine.gradient_shap import (
     MAX_N_SAMPLES,
     GradientShapEngine,
     fold_piecewise_linear,
     path_integrals_by_pieces,
     path_integrals_fast,
 )
-from service.nn import BinaryClassification
+from service.model.nn import BinaryClassification
 
 F = 8
 
@@ -350,7 +350,7 @@ def test_weighted_baselines_are_replicated_for_captum(engine: GradientShapEngine
 def test_c_kernel_refuses_wrong_buffers_by_name() -> None:
     """The C functions check every buffer's type and size and name the argument, instead of reading out of
     bounds; the Python wrapper refuses a record of the wrong width before calling them."""
-    from service import _exact
+    from service.engine import _exact
 
     x, b, w = _data(3, 4, 5)
     net = fold_piecewise_linear(_mlp(4))

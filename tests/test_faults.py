@@ -28,10 +28,10 @@ from helpers import record
 from live_server import ROOT, clean_env, running_server
 from safetensors.torch import load_file, save_file
 
+from service.api.app import create_app
 from service.cli import main as gshap
 from service.config import Settings
-from service.main import create_app
-from service.model_store import FORMAT_VERSION, Bundle, _write_checksums
+from service.model.store import FORMAT_VERSION, Bundle, _write_checksums
 
 START_TIMEOUT = 90.0
 SERVE = (sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0")
@@ -352,8 +352,8 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0() -> None:
 
 def test_warm_up_refuses_a_model_with_non_finite_answers() -> None:
     """A model that answers NaN (weights that pass the load checks but break the arithmetic) is never ready."""
-    from service.inference import InferenceRuntime
-    from service.model_store import BundleError, load_bundle
+    from service.model.store import BundleError, load_bundle
+    from service.runtime.inference import InferenceRuntime
 
     bundle = load_bundle()
     with torch.no_grad():

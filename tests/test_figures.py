@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pytest
 
-from service.figures import write_figures
+from service.training.figures import write_figures
 
 
 def test_all_figures_written(tmp_path: Path) -> None:

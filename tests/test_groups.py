@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from service.groups import GROUPS, summarize_groups
+from service.model.groups import GROUPS, summarize_groups
 
 NAMES = ["glucose", "bmi", "age"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.model_store import FORMAT_VERSION, BundleError, _write_checksums, load_bundle
+from service.model.store import FORMAT_VERSION, BundleError, _write_checksums, load_bundle
 
 
 @pytest.fixture

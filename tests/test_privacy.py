@@ -1,7 +1,7 @@
 """No patient value in the logs or in a problem body: distinctive values through every endpoint, error paths and a
 forced 500, against real server processes logging at debug level, then a search of everything they wrote.
 
-What may be logged is decided in :mod:`service.observability`: request id, method, route template, status,
+What may be logged is decided in :mod:`service.api.observability`: request id, method, route template, status,
 latency, the API key's short id, and for a failure the exception's type and frames (never its message). The
 service exports no metrics, so log fields are its only labels. A problem names fields and rules, never values;
 an unknown field's *name* is echoed to the client (so that it sees its typo) but never logged.
@@ -19,7 +19,7 @@ import pytest
 from helpers import record
 from live_server import LiveServer, running_server
 
-from service.security import key_id
+from service.api.security import key_id
 
 GOOD = {"glucose": 173.456789, "bmi": 41.987654, "diabetes_pedigree_function": 1.234567, "age": 67.891234}
 BAD_AGE = 987.654321
@@ -108,11 +108,11 @@ def test_no_patient_value_in_logs_or_problems(keyed: LiveServer) -> None:
 FORCED_500 = """
 import sys
 import torch
-import service.inference
-import service.main
-import service.model_store
+import service.runtime.inference
+import service.api.app
+import service.model.store
 
-real = service.model_store.load_bundle
+real = service.model.store.load_bundle
 
 def nan_model(path=None):
     bundle = real(path)
@@ -120,8 +120,8 @@ def nan_model(path=None):
         next(p for p in bundle.model.parameters() if p.ndim == 2)[0, 0] = float("nan")
     return bundle
 
-service.main.load_bundle = service.model_store.load_bundle = nan_model
-service.inference.InferenceRuntime.warm_up = lambda self: None
+service.api.app.load_bundle = service.model.store.load_bundle = nan_model
+service.runtime.inference.InferenceRuntime.warm_up = lambda self: None
 from service.cli import main
 sys.exit(main(["serve", "--host", "127.0.0.1"]))
 """

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from service.features import Feature, FeatureSpec
-from service.inference import FeatureAttribution, format_value, summary_sentence
+from service.model.features import Feature, FeatureSpec
+from service.runtime.inference import FeatureAttribution, format_value, summary_sentence
 from service.schemas import (
     SCHEMA_SPEC,
     ExplainBatchRequest,

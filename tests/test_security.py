@@ -9,10 +9,10 @@ from fastapi import FastAPI
 from helpers import AppClient, app_client, record
 from starlette.datastructures import Headers
 
+from service.api.app import create_app
+from service.api.security import DOCS_CSP, ApiKeyMiddleware, TokenBucket, key_id
 from service.config import Settings
-from service.main import create_app
-from service.model_store import Bundle
-from service.security import DOCS_CSP, ApiKeyMiddleware, TokenBucket, key_id
+from service.model.store import Bundle
 
 
 @pytest.fixture(scope="module")

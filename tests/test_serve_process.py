@@ -125,7 +125,7 @@ def test_serve_refuses_an_incompatible_bundle(root: Path, bundle, tmp_path: Path
     import json
     import shutil
 
-    from service.model_store import _write_checksums
+    from service.model.store import _write_checksums
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle.path, copy)

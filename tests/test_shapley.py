@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from service.explain import GradientShapEngine
-from service.nn import BinaryClassification
-from service.shapley import MAX_FEATURES, agreement, interventional_shapley
+from service.engine.gradient_shap import GradientShapEngine
+from service.engine.shapley import MAX_FEATURES, agreement, interventional_shapley
+from service.model.nn import BinaryClassification
 
 F = 8
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from service.cli import main as gshap
-from service.data import load_dataset
-from service.model_store import load_bundle
-from service.preprocess import Preprocessor
+from service.model.preprocess import Preprocessor
+from service.model.store import load_bundle
+from service.training.data import load_dataset
 
 BUNDLE_FILES = ("weights.safetensors", "baselines.safetensors", "evaluation.safetensors", "groups.json")
 

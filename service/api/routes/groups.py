@@ -6,16 +6,15 @@ from typing import Any
 
 from fastapi import APIRouter, Path
 
-from service.errors import NotFound
-from service.inference import InferenceRuntime
-from service.routes import GET_PROBLEMS, RuntimeDep, problem_responses
+from service.api.errors import NotFound
+from service.api.routes import GET_PROBLEMS, RuntimeDep, problem_responses
+from service.contract import GROUPS as GROUP_NAMES
+from service.runtime.inference import InferenceRuntime
 from service.schemas import GroupPublic, GroupsPublic
 
-__all__ = ["GROUP_NAMES", "router"]
+__all__ = ["router"]
 
 router = APIRouter(tags=["groups"])
-
-GROUP_NAMES = ("TP", "TN", "FP", "FN", "ALL")
 
 
 def _summaries(runtime: InferenceRuntime) -> dict[str, Any]:

@@ -21,7 +21,7 @@ record never depend on its batch neighbours (tested), so the results are exactly
 - A merged call that raises is repeated unit by unit on the same thread, so that one bad request fails alone.
 - A cancelled request (client gone) is dropped if it has not started.
 - ``fn`` may be a coroutine function: the merged call then runs on the event loop, and ``threads`` only bounds
-  how many such calls are in flight (one per engine process, see :mod:`service.engine_pool`).
+  how many such calls are in flight (one per engine process, see :mod:`service.runtime.engine_pool`).
 
 Everything but the worker function runs on the event loop's thread; no lock is needed.
 """

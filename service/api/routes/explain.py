@@ -6,9 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request, Response
 
-from service.errors import FieldError, invalid_input
-from service.inference import MIN_N_SAMPLES, ExplainOptions, InferenceRuntime
-from service.routes import (
+from service.api.errors import FieldError, invalid_input
+from service.api.routes import (
     POST_PROBLEMS,
     RequestIdDep,
     RuntimeDep,
@@ -19,7 +18,8 @@ from service.routes import (
     require_json,
     split_batch,
 )
-from service.routes.predict import RECORD_EXAMPLES
+from service.api.routes.predict import RECORD_EXAMPLES
+from service.runtime.inference import MIN_N_SAMPLES, ExplainOptions, InferenceRuntime
 from service.schemas import (
     SCHEMA_SPEC,
     ExplainBatchRequest,

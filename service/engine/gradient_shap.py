@@ -12,7 +12,7 @@ Estimators (``method``):
 - ``"exact"`` (default): the model in eval mode is piecewise linear in its input (Linear, ReLU, BatchNorm1d and
   Dropout folded into affine maps), so along each straight path ``b → x`` the gradient is constant between the
   points where a hidden unit changes sign and the α-integral is a finite sum. For two hidden layers (the logit),
-  :class:`service.exact_kernel.ExactKernel` computes it event by event in compiled code (about 0.2 ms per
+  :class:`service.engine.exact_kernel.ExactKernel` computes it event by event in compiled code (about 0.2 ms per
   record with 64 baselines); :func:`path_integrals_fast` is the earlier dense prefix-sum formulation in torch
   (kept as a reference and a benchmark baseline); :func:`path_integrals_by_pieces` enumerates every linear piece
   (any depth; also the probability output). Completeness gap ~1e-15 in float64. Raises ``ValueError`` for
@@ -43,15 +43,15 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, cast, get_args
+from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from service.exact_kernel import ExactKernel
-from service.limits import DEFAULT_N_SAMPLES, MAX_N_SAMPLES
-from service.nn import BinaryClassification
+from service.contract import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, METHODS, MIN_N_SAMPLES, OUTPUTS, Method, Output
+from service.engine.exact_kernel import ExactKernel
+from service.model.nn import BinaryClassification
 
 __all__ = [
     "DEFAULT_N_SAMPLES",
@@ -66,12 +66,6 @@ __all__ = [
     "path_integrals_fast",
 ]
 
-Method = Literal["exact", "sampled", "quadrature", "captum"]
-Output = Literal["logit", "probability"]
-METHODS: tuple[str, ...] = get_args(Method)
-OUTPUTS: tuple[str, ...] = get_args(Output)
-
-# the bounds live in a torch-free module so that the request schema and the client need no torch
 _CAPTUM_LOCK = threading.Lock()  # Captum draws from the global RNGs: seed-and-call must be atomic
 
 
@@ -171,15 +165,16 @@ def _flatten_modules(model: nn.Module) -> list[nn.Module]:
     if isinstance(model, nn.Linear | nn.ReLU | nn.BatchNorm1d | nn.Dropout | nn.Identity):
         return [model]
     raise ValueError(
-        f"the exact estimator needs a ReLU MLP it can fold (service.nn.BinaryClassification or an nn.Sequential of "
-        f"Linear/ReLU/BatchNorm1d/Dropout); got {type(model).__name__}. Use method='quadrature' or 'sampled'."
+        "the exact estimator needs a ReLU MLP it can fold (service.model.nn.BinaryClassification or an "
+        f"nn.Sequential of Linear/ReLU/BatchNorm1d/Dropout); got {type(model).__name__}. "
+        "Use method='quadrature' or 'sampled'."
     )
 
 
 def fold_piecewise_linear(model: nn.Module) -> PiecewiseLinearNet:
     """Fold an eval-mode ReLU MLP into affine maps and ReLUs (BatchNorm and Dropout are affine in eval mode).
 
-    Accepts :class:`service.nn.BinaryClassification` (with its own ``forward``) and ``nn.Sequential`` of
+    Accepts :class:`service.model.nn.BinaryClassification` (with its own ``forward``) and ``nn.Sequential`` of
     ``Linear``, ``ReLU``, ``BatchNorm1d`` (with running statistics), ``Dropout`` and ``Identity``, ending in one
     output. Raises ``ValueError`` naming the obstacle for anything else (e.g. ``Tanh``): such models are not
     piecewise linear, or not in a form this function can prove to be.
@@ -693,7 +688,7 @@ class GradientShapEngine:
         if method == "exact" and stdevs == 0:
             return 0
         n = DEFAULT_N_SAMPLES[method] if n_samples is None else n_samples
-        low = 1 if method == "quadrature" else 2
+        low = MIN_N_SAMPLES[method]
         if not isinstance(n, int) or isinstance(n, bool) or not low <= n <= MAX_N_SAMPLES:
             raise ValueError(f"n_samples must be an integer in [{low}, {MAX_N_SAMPLES}] for {method}, got {n!r}")
         return n

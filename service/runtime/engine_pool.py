@@ -8,7 +8,7 @@ children once the engine is built; each holds a copy-on-write copy of it and ans
 calls sent over a pipe. The parent talks to them from the event loop itself (a reader callback per pipe), so no
 thread of the parent ever waits for the GIL on their behalf. Only the arithmetic moves: the parent still
 validates, preprocesses, predicts and writes the answers, and ``x`` and the
-:class:`~service.explain.Explanation` travel as small numpy arrays.
+:class:`~service.engine.gradient_shap.Explanation` travel as small numpy arrays.
 
 ::
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -37,7 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.explain import Explanation, GradientShapEngine
+from service.engine.gradient_shap import Explanation, GradientShapEngine
+
+logger = logging.getLogger("gshap")
 
 __all__ = ["EngineProcessPool"]
 
@@ -166,15 +169,14 @@ class EngineProcessPool:
             waiting.set_exception(value)
 
     def _lost(self, child: _Child) -> None:
-        from service.observability import log_event
-
         child.alive = False
         if self._loop is not None:
             self._loop.remove_reader(child.conn.fileno())
         child.conn.close()
         if child not in self._free:  # its slot stays: its calls are computed here from now on
             self._free.append(child)
-        log_event("engine_process_lost", 30, process=child.index, alive=self.alive())
+        # the "gshap" logger, whose JSON formatter the web layer installs; "fields" is what that formatter prints
+        logger.warning("engine_process_lost", extra={"fields": {"process": child.index, "alive": self.alive()}})
 
     async def _here(self, x: torch.Tensor | np.ndarray, kwargs: dict[str, Any]) -> Explanation:
         self.fallbacks += 1

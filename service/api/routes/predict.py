@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request, Response
 
-from service.routes import (
+from service.api.routes import (
     POST_PROBLEMS,
     RequestIdDep,
     RuntimeDep,

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter
 
 from service import __version__
-from service.inference import InferenceRuntime
-from service.routes import GET_PROBLEMS, RuntimeDep, SettingsDep, problem_responses
+from service.api.routes import GET_PROBLEMS, RuntimeDep, SettingsDep, problem_responses
+from service.runtime.inference import InferenceRuntime
 from service.schemas import FeatureCard, ModelCardPublic
 
 __all__ = ["model_card", "router"]

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from service.features import PIMA_SPEC, FeatureSpec
+from service.model.features import PIMA_SPEC, FeatureSpec
 
 __all__ = ["DEFAULT_DATA", "Dataset", "Split", "file_sha256", "load_dataset", "stratified_split"]
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "pima-indians-diabetes.csv"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "pima-indians-diabetes.csv"
 
 
 @dataclass(frozen=True)

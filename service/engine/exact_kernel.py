@@ -14,9 +14,10 @@ per segment, at a *crossing* ``τ`` found by linear interpolation. The gradient 
 ``[0, t_i]`` or a suffix ``[t_i, 1]`` of the path (or all of it, or none), ``g_i`` is ``U_i(t_i)``,
 ``U_i(1) − U_i(t_i)``, ``U_i(1)`` or 0. The work per path is one pass over the segments (``H2`` multiply-adds
 each) plus ``2·H1`` per crossing: about 29 toggles and 38 crossings per path on the Pima model, against the
-``H1·H2`` dense products per knot of the prefix-sum formulation (:func:`service.explain.path_integrals_fast`).
+``H1·H2`` dense products per knot of the prefix-sum formulation (the earlier torch kernel, kept as a reference
+in ``tests/reference_kernels.py``).
 
-The arithmetic is C (``service/_exact.c``, built by ``pip install``), called without the GIL: engine threads
+The arithmetic is C (``service/engine/_exact.c``, built by ``pip install``), called without the GIL: engine threads
 run it in parallel with the event loop and with each other. It is built without fast-math and without fused
 multiply-add, so the compiler may not reorder a sum: a record's numbers are the same on every machine, alone or
 in any batch (records are computed one by one with fixed-order loops; there is no BLAS here). This module owns
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service import _exact
+from service.engine import _exact
 
 __all__ = ["ExactKernel"]
 

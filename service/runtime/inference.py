@@ -1,13 +1,13 @@
 """From validated records to predictions and explanations: everything numeric the web layer needs, no web.
 
-:class:`InferenceRuntime` wraps one loaded bundle and its :class:`~service.explain.GradientShapEngine`. It turns
-records (mappings keyed by feature name, in the data set's units, ``None`` = not measured) into the model's
+`InferenceRuntime` wraps one loaded bundle and its :class:`~service.engine.gradient_shap.GradientShapEngine`.
+It turns records (mappings keyed by feature name, in the data set's units, ``None`` = not measured) into the model's
 input, predicts, explains, flags imputed and out-of-training-range values and writes the one-sentence summary.
 Its answers are plain frozen dataclasses; the routes only translate them to JSON.
 
 Concurrency: the engine's arithmetic is CPU-bound and must not block the event loop, so
-:meth:`InferenceRuntime.aexplain` goes through a :class:`~service.batching.Coalescer`: concurrent requests with the
-same settings are merged into one batch (a record's answer never depends on its batch neighbours, so the results
+`InferenceRuntime.aexplain` goes through a :class:`~service.runtime.batching.Coalescer`: concurrent requests with
+the same settings are merged into one batch (a record's answer never depends on its batch neighbours, so the results
 are exactly those of one call per request). Only the arithmetic of a batch runs on one of ``engine_threads`` worker
 threads (or in an engine process); preparing the records and building the answers, which is Python and holds the
 GIL, stays on the loop. The default estimator (exact, logit) is then one call of the C kernel, which releases the
@@ -24,17 +24,18 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from service.batching import Coalescer
-from service.engine_pool import EngineProcessPool
-from service.explain import Explanation, GradientShapEngine
-from service.features import Feature, FeatureSpec
-from service.limits import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, MIN_N_SAMPLES
-from service.model_store import Bundle, BundleError
+from service.contract import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, MIN_N_SAMPLES, Output, label_of, sigmoid
+from service.contract import ServedMethod as Method
+from service.engine.gradient_shap import Explanation, GradientShapEngine
+from service.model.features import Feature, FeatureSpec
+from service.model.store import Bundle, BundleError
+from service.runtime.batching import Coalescer
+from service.runtime.engine_pool import EngineProcessPool
 
 __all__ = [
     "DEFAULT_N_SAMPLES",
@@ -53,8 +54,6 @@ __all__ = [
     "summary_sentence",
 ]
 
-Method = Literal["exact", "sampled", "quadrature"]
-Output = Literal["logit", "probability"]
 Record = Mapping[str, float | int | None]
 T = TypeVar("T")
 
@@ -70,7 +69,7 @@ _PREDICT_KEY = ("predict",)
 class NonFiniteOutputError(RuntimeError):
     """The model gave a NaN or infinite number for a record: an internal error, never an answer.
 
-    The answers are serialised without re-validation (:func:`service.routes.json_answer`), where NaN would become
+    The answers are serialised without re-validation (:func:`service.api.routes.json_answer`), where NaN would become
     ``null``; the runtime refuses them itself. The message names counts only, never a record's values.
     """
 
@@ -382,8 +381,8 @@ class InferenceRuntime:
         _require_finite("logit", logits)
         out: list[Prediction] = []
         for logit, missing, raw in zip(logits.tolist(), batch.missing.tolist(), batch.raw.tolist(), strict=True):
-            probability = 1.0 / (1.0 + math.exp(-logit)) if logit > -709.0 else 0.0
-            label = int(probability >= threshold)
+            probability = sigmoid(logit)
+            label = label_of(probability, threshold)
             out.append(
                 Prediction(
                     probability=probability,

@@ -22,11 +22,12 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import nn
 
-from service.data import Dataset, Split, load_dataset, stratified_split
-from service.features import PIMA_SPEC, FeatureSpec
-from service.metrics import classification_metrics, youden_threshold
-from service.nn import DROPOUT, HIDDEN, BinaryClassification
-from service.preprocess import Preprocessor
+from service.contract import sigmoid
+from service.model.features import PIMA_SPEC, FeatureSpec
+from service.model.nn import DROPOUT, HIDDEN, BinaryClassification
+from service.model.preprocess import Preprocessor
+from service.training.data import Dataset, Split, load_dataset, stratified_split
+from service.training.metrics import classification_metrics, youden_threshold
 
 __all__ = ["TrainConfig", "TrainResult", "fit_mlp", "train"]
 
@@ -82,11 +83,6 @@ def _logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
     model.eval()
     with torch.inference_mode():
         out: np.ndarray = model(torch.as_tensor(x, dtype=torch.float32)).squeeze(1).double().numpy()
-    return out
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 1.0 / (1.0 + np.exp(-z))
     return out
 
 
@@ -204,7 +200,7 @@ def train(
     stage: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Run the whole pipeline and return everything the bundle stores."""
-    from service.baselines import summarize_baselines  # the engine's choice of baseline distribution
+    from service.engine.baselines import summarize_baselines  # the engine's choice of baseline distribution
 
     config = config or TrainConfig()
     say = stage or (lambda _msg: None)
@@ -216,14 +212,14 @@ def train(
 
     say(f"training the MLP on {len(ytr)} records (validation {len(yva)}, test {len(yte)})")
     model, history, best_epoch = fit_mlp(xtr, ytr, xva, yva, config, seed=config.seed, progress=progress)
-    threshold = youden_threshold(yva, _sigmoid(_logits(model, xva)))
+    threshold = youden_threshold(yva, sigmoid(_logits(model, xva)))
 
     say("fitting the logistic-regression baseline")
     lr = _logistic(xtr, ytr)
     lr_threshold = youden_threshold(yva, lr.predict_proba(xva)[:, 1])
 
     say(f"evaluating on the test split with {config.n_bootstrap} bootstrap resamples")
-    p_test = _sigmoid(_logits(model, xte))
+    p_test = sigmoid(_logits(model, xte))
     metrics: dict[str, Any] = {
         "evaluation_set": f"test split, {len(yte)} records",
         "threshold_rule": "Youden's J (sensitivity + specificity - 1) maximised on the validation split",

@@ -1,4 +1,5 @@
-"""Type stubs of the C extension ``service._exact`` (see ``service/_exact.c`` and ``service.exact_kernel``)."""
+"""Type stubs of the C extension ``service.engine._exact`` (``service/engine/_exact.c``, driven by
+``service.engine.exact_kernel``)."""
 
 from typing import Any
 

@@ -1,8 +1,8 @@
 """What the route modules share: the app state, the dependencies (``RuntimeDep``, ...) and the batch splitter.
 
 One module an area (``predict``, ``explain``, ``groups``, ``model``, ``health``), each an ``APIRouter`` named
-``router``; :func:`service.main.create_app` includes them. Routes translate HTTP to
-:class:`~service.inference.InferenceRuntime` calls and back, and raise :mod:`service.errors` problems; they
+``router``; :func:`service.api.app.create_app` includes them. Routes translate HTTP to
+:class:`~service.runtime.inference.InferenceRuntime` calls and back, and raise :mod:`service.api.errors` problems; they
 hold no maths.
 """
 
@@ -19,8 +19,7 @@ import orjson
 from fastapi import Depends, Request, Response
 from pydantic import ValidationError
 
-from service.config import Settings
-from service.errors import (
+from service.api.errors import (
     FieldError,
     ModelNotReady,
     PayloadTooLarge,
@@ -30,8 +29,9 @@ from service.errors import (
     problem_body,
     request_id_of,
 )
-from service.inference import InferenceRuntime
-from service.model_store import Bundle
+from service.config import Settings
+from service.model.store import Bundle
+from service.runtime.inference import InferenceRuntime
 from service.schemas import BatchItemError, PatientRecord, Problem
 
 __all__ = [

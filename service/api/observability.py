@@ -22,7 +22,7 @@ import orjson
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import ServiceError, problem_response
+from service.api.errors import ServiceError, problem_response
 
 __all__ = [
     "REQUEST_ID_HEADER",

@@ -24,19 +24,19 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 
 from service import __version__
-from service.config import Settings
-from service.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
-from service.inference import InferenceRuntime, configure_torch, ensure_compatible
-from service.model_store import Bundle, BundleError, load_bundle
-from service.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
-from service.routes import AppState, explain, groups, health, model, predict
-from service.schemas import SCHEMA_SPEC
-from service.security import (
+from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
+from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
+from service.api.routes import AppState, explain, groups, health, model, predict
+from service.api.security import (
     ApiKeyMiddleware,
     BodySizeLimitMiddleware,
     ProblemCORSMiddleware,
     SecurityHeadersMiddleware,
 )
+from service.config import Settings
+from service.model.store import Bundle, BundleError, load_bundle
+from service.runtime.inference import InferenceRuntime, configure_torch, ensure_compatible
+from service.schemas import SCHEMA_SPEC
 
 __all__ = ["create_app", "openapi_yaml", "serve", "uvicorn_options"]
 
@@ -261,7 +261,7 @@ def serve(settings: Settings) -> int:
             # each worker builds its own app from the environment (and loads the bundle in its lifespan)
             os.environ.update(settings.as_env())
             del bundle
-            uvicorn.run("service.main:create_app", factory=True, workers=settings.workers, **common)
+            uvicorn.run("service.api.app:create_app", factory=True, workers=settings.workers, **common)
     except KeyboardInterrupt:
         return 130
     return 0

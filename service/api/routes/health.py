@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.routes import get_runtime, problem_responses
+from service.api.routes import get_runtime, problem_responses
 from service.schemas import HealthPublic, ReadinessPublic
 
 __all__ = ["router"]

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from service.model_store import DEFAULT_STORE, Bundle, load_bundle, write_bundle, write_groups
-from service.train import TrainResult, config_dict, describe_environment
+from service.contract import label_of, sigmoid
+from service.model.store import DEFAULT_STORE, Bundle, load_bundle, write_bundle, write_groups
+from service.training.train import TrainResult, config_dict, describe_environment
 
 __all__ = [
     "DEFAULT_NAME",
@@ -26,14 +27,13 @@ EXPLAIN_DEFAULTS: dict[str, Any] = {"method": "exact", "output": "logit", "seed"
 
 def compute_groups(bundle: Bundle) -> dict[str, Any]:
     """Explain every evaluation record with the default settings and summarise by outcome group."""
-    from service.explain import GradientShapEngine
-    from service.groups import summarize_groups
+    from service.engine.gradient_shap import GradientShapEngine
+    from service.model.groups import summarize_groups
 
     engine = GradientShapEngine(bundle.model, bundle.baselines, bundle.baseline_weights)
     x = bundle.eval_x
     ex = engine.explain(x, method="exact", seed=0, output="logit")
-    prob = 1.0 / (1.0 + np.exp(-ex.output_value))
-    y_pred = (prob >= bundle.threshold).astype(np.int64)
+    y_pred = label_of(sigmoid(ex.output_value), bundle.threshold)
     values = bundle.preprocessor.impute(bundle.eval_raw)
     groups: dict[str, Any] = summarize_groups(ex.attributions, values, bundle.eval_y, y_pred, bundle.spec.names)
     groups["evaluation_set_size"] = len(bundle.eval_y)

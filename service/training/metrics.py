@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from service.contract import label_of
+
 __all__ = ["classification_metrics", "confusion", "youden_threshold"]
 
 
@@ -21,7 +23,7 @@ def confusion(y: np.ndarray, pred: np.ndarray) -> dict[str, int]:
 
 
 def _point(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
-    pred = (p >= threshold).astype(np.int64)
+    pred = label_of(p, threshold)
     c = confusion(y, pred)
     tp, tn, fp, fn = c["tp"], c["tn"], c["fp"], c["fn"]
     sens = tp / (tp + fn) if tp + fn else float("nan")
@@ -62,9 +64,13 @@ def classification_metrics(
         arr = arr[~np.isnan(arr)]
         lo, hi = np.percentile(arr, [2.5, 97.5]) if len(arr) else (np.nan, np.nan)
         out[k] = {"value": round(float(v), 6), "ci_low": round(float(lo), 6), "ci_high": round(float(hi), 6)}
-    out["confusion_matrix"] = confusion(y, (p >= threshold).astype(np.int64))
+    out["confusion_matrix"] = confusion(y, label_of(p, threshold))
     out["n"] = int(n)
-    out["threshold"] = float(threshold)
+    # Reported, like every figure here, to 6 decimals: a threshold taken from a third-party solver's probabilities
+    # (the logistic baseline: lbfgs over BLAS) differs across machines in its last bits (0.431769083600512 on one,
+    # 0.43176908360051197 on another), and the manifest must be byte-identical everywhere. The threshold the
+    # service decides with is the bundle's own (manifest "threshold", from torch on fixed weights), not this copy.
+    out["threshold"] = round(float(threshold), 6)
     out["interval"] = f"95% percentile bootstrap, {n_boot} resamples of the records, seed {seed}"
     return out
 

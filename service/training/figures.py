@@ -17,7 +17,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from service.model_store import Bundle, load_bundle
+from service.contract import sigmoid
+from service.model.store import Bundle, load_bundle
 
 __all__ = ["GROUP_TITLES", "write_figures"]
 
@@ -166,7 +167,7 @@ def global_figure(bundle: Bundle, groups: dict[str, Any]) -> Figure:
 
 
 def waterfall_figure(bundle: Bundle, record: int) -> Figure:
-    from service.explain import GradientShapEngine
+    from service.engine.gradient_shap import GradientShapEngine
 
     engine = GradientShapEngine(bundle.model, bundle.baselines, bundle.baseline_weights)
     x = bundle.eval_x[record : record + 1]
@@ -208,7 +209,7 @@ def waterfall_figure(bundle: Bundle, record: int) -> Figure:
     )
     ax.text(float(ex.output_value[0]), top, f" f(x) = {ex.output_value[0]:.2f}", fontsize=8, va="bottom")
     truth = bundle.spec.positive_label if bundle.eval_y[record] else bundle.spec.negative_label
-    prob = 1 / (1 + np.exp(-ex.output_value[0]))
+    prob = sigmoid(float(ex.output_value[0]))
     ax.set_title(
         f"Evaluation record {record} (data record {int(bundle.eval_rows[record]) + 1} of the CSV, actual: {truth})\n"
         f"base value {ex.base_value:.2f} → logit {ex.output_value[0]:.2f} (probability {prob:.2f}); "

@@ -2,7 +2,7 @@
 
 ``8 → 64 → 64 → 1``: Linear, ReLU, BatchNorm1d, Linear, ReLU, BatchNorm1d, Dropout(0.5), Linear. It returns
 one logit per row. In eval mode BatchNorm and Dropout are affine, so the whole network is piecewise linear in
-its input; :mod:`service.explain` relies on that (and checks it) for its exact estimator.
+its input; :mod:`service.engine.gradient_shap` relies on that (and checks it) for its exact estimator.
 """
 
 from __future__ import annotations

@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GROUPS", "summarize_groups"]
+from service.contract import GROUPS
 
-GROUPS: tuple[str, ...] = ("TP", "TN", "FP", "FN", "ALL")
-"""Group keys, in output order: true/false positives/negatives (by ``y_true``, ``y_pred``), then every record."""
+__all__ = ["GROUPS", "summarize_groups"]
 
 
 def summarize_groups(

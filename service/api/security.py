@@ -1,8 +1,8 @@
 """In-app hardening: API keys, a per-key rate limit, the body-size limit and the security headers.
 
 All four are plain ASGI middlewares, so that they answer before FastAPI parses anything and cover every
-route, the docs included. Their refusals are :mod:`service.errors` problems rendered by
-:func:`service.errors.problem_response`, like every other error.
+route, the docs included. Their refusals are :mod:`service.api.errors` problems rendered by
+:func:`service.api.errors.problem_response`, like every other error.
 
 - API keys (``GSHAP_API_KEYS``, a list so that keys can rotate): ``Authorization: Bearer <key>`` or
   ``X-API-Key: <key>``, compared in constant time against every key; a missing and a wrong key get the same
@@ -31,7 +31,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import (
+from service.api.errors import (
     CorsRefused,
     PayloadTooLarge,
     RateLimited,

@@ -1,0 +1,330 @@
+"""The model bundle: a versioned folder the service loads, verified file by file.
+
+Layout of ``model_store/<name>/<version>/``::
+
+    manifest.json          format version, feature specification, preprocessing, threshold, metrics,
+                           training configuration, data sha256, library versions, creation time
+    weights.safetensors    the MLP's state dict (safetensors: tensors only, nothing that executes)
+    baselines.safetensors  the GradientSHAP baseline distribution, model space: points (K, F), weights (K,)
+    evaluation.safetensors the evaluation set: raw values (N, F) in original units with NaN = not measured,
+                           labels (N,), CSV row numbers (N,)
+    groups.json            outcome-group summaries of the evaluation set (written by ``gshap train``/``groups``)
+    SHA256SUMS             sha256 of every file above, checked on load
+
+``model_store/DEFAULT`` names the bundle served by default (``<name>/<version>``). No web framework here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file as load_torch
+from safetensors.torch import save_file as save_torch
+
+from service.contract import GROUPS
+from service.model.features import FeatureSpec
+from service.model.nn import BinaryClassification
+from service.model.preprocess import Preprocessor
+
+__all__ = [
+    "DEFAULT_STORE",
+    "FORMAT_VERSION",
+    "Bundle",
+    "BundleError",
+    "default_bundle_path",
+    "load_bundle",
+    "write_bundle",
+    "write_groups",
+]
+
+FORMAT_VERSION = 1
+DEFAULT_STORE = Path(__file__).resolve().parents[2] / "model_store"
+CHECKSUMS = "SHA256SUMS"
+REQUIRED = ("manifest.json", "weights.safetensors", "baselines.safetensors", "evaluation.safetensors")
+MANIFEST_KEYS = ("name", "version", "features", "preprocessing", "threshold", "metrics")
+
+
+class BundleError(Exception):
+    """A bundle that cannot be served: missing, tampered, truncated or of an unknown format. One-line message."""
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle. ``model`` is in eval mode and takes model-space ``(N, F)`` float32 inputs."""
+
+    path: Path
+    name: str
+    version: str
+    manifest: dict[str, Any]
+    model: BinaryClassification
+    spec: FeatureSpec
+    preprocessor: Preprocessor
+    baselines: torch.Tensor
+    baseline_weights: torch.Tensor
+    threshold: float
+    metrics: dict[str, Any]
+    eval_raw: np.ndarray
+    eval_y: np.ndarray
+    eval_rows: np.ndarray
+    groups: dict[str, Any] | None = field(default=None)
+
+    @property
+    def eval_x(self) -> torch.Tensor:
+        """The evaluation set in model space, ``(N, F)`` float32."""
+        return self.to_model_space(self.eval_raw)
+
+    def to_model_space(self, raw: np.ndarray | Sequence[Mapping[str, float | None]]) -> torch.Tensor:
+        """Raw records → ``(N, F)`` float32 model-space tensor.
+
+        ``raw`` is either an ``(N, F)`` array in original units (NaN = not measured) or a list of records
+        keyed by feature name, where ``None`` (or 0 for a feature whose zero means "not measured") is missing.
+        """
+        arr = raw if isinstance(raw, np.ndarray) else self.records_to_array(raw)
+        return torch.as_tensor(self.preprocessor.transform(arr), dtype=torch.float32)
+
+    def records_to_array(self, records: Sequence[Mapping[str, float | None]]) -> np.ndarray:
+        """Records keyed by feature name → ``(N, F)`` float64 in original units with NaN for missing."""
+        out = np.empty((len(records), len(self.spec)), dtype=np.float64)
+        for j, feat in enumerate(self.spec):
+            for i, rec in enumerate(records):
+                v = rec.get(feat.name)
+                missing = v is None or (feat.zero_means_missing and v == 0)
+                if missing and not feat.may_be_missing:
+                    raise ValueError(f"feature {feat.name!r} is required")
+                out[i, j] = np.nan if missing else float(v)  # type: ignore[arg-type]
+        return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+def _write_checksums(folder: Path) -> None:
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
+    lines = [f"{_sha256(folder / n)}  {n}\n" for n in names]
+    (folder / CHECKSUMS).write_text("".join(lines))
+
+
+def write_bundle(
+    folder: Path,
+    *,
+    model: torch.nn.Module,
+    manifest: dict[str, Any],
+    baselines: np.ndarray,
+    baseline_weights: np.ndarray,
+    eval_raw: np.ndarray,
+    eval_y: np.ndarray,
+    eval_rows: np.ndarray,
+    groups: dict[str, Any] | None = None,
+) -> Path:
+    """Write a bundle folder (created if needed) and its checksums; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_torch(state, str(folder / "weights.safetensors"), metadata={"format": "pt"})
+    save_numpy(
+        {
+            "points": np.ascontiguousarray(baselines, dtype=np.float64),
+            "weights": np.ascontiguousarray(baseline_weights, dtype=np.float64),
+        },
+        str(folder / "baselines.safetensors"),
+    )
+    save_numpy(
+        {
+            "raw": np.ascontiguousarray(eval_raw, dtype=np.float64),
+            "y": np.ascontiguousarray(eval_y, dtype=np.int64),
+            "rows": np.ascontiguousarray(eval_rows, dtype=np.int64),
+        },
+        str(folder / "evaluation.safetensors"),
+    )
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        **manifest,
+        "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+    }
+    (folder / "manifest.json").write_bytes(_json_bytes(manifest))
+    if groups is not None:
+        (folder / "groups.json").write_bytes(_json_bytes(groups))
+    _write_checksums(folder)
+    return folder
+
+
+def write_groups(folder: Path, groups: dict[str, Any]) -> None:
+    """Replace a bundle's group summaries and refresh its checksums (the bundle must verify first)."""
+    _verify(folder)
+    (folder / "groups.json").write_bytes(_json_bytes(groups))
+    _write_checksums(folder)
+
+
+def default_bundle_path(store: Path = DEFAULT_STORE) -> Path:
+    """The folder named by ``<store>/DEFAULT``."""
+    pointer = store / "DEFAULT"
+    if not pointer.is_file():
+        raise BundleError(f"no default model: {pointer} does not exist")
+    return store / pointer.read_text().strip()
+
+
+def _verify(folder: Path) -> None:
+    if not folder.is_dir():
+        raise BundleError(f"model bundle {folder} does not exist")
+    sums = folder / CHECKSUMS
+    if not sums.is_file():
+        raise BundleError(f"model bundle {folder}: {CHECKSUMS} is missing")
+    listed: dict[str, str] = {}
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        if not name or len(digest) != 64:
+            raise BundleError(f"model bundle {folder}: {CHECKSUMS} is malformed")
+        listed[name] = digest
+    for name in REQUIRED:
+        if name not in listed:
+            raise BundleError(f"model bundle {folder}: {name} is not listed in {CHECKSUMS}")
+    for name, digest in listed.items():
+        p = folder / name
+        if not p.is_file():
+            raise BundleError(f"model bundle {folder}: {name} is missing")
+        if _sha256(p) != digest:
+            raise BundleError(f"model bundle {folder}: checksum mismatch for {name} (tampered or truncated)")
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line and at most 300 characters (torch's messages span several lines)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+@contextmanager
+def _reading(folder: Path, name: str, what: str = "cannot be read") -> Iterator[None]:
+    """Turn any failure while decoding ``name`` into a one-line :class:`BundleError` naming the file."""
+    try:
+        yield
+    except BundleError:
+        raise
+    except Exception as exc:  # any decoding problem is a bundle that cannot be served
+        raise BundleError(f"model bundle {folder}: {name} {what} ({_one_line(exc)})") from exc
+
+
+_GROUP_STATS = ("mean", "ci_low", "ci_high", "std", "mean_abs", "mean_value")
+_GROUPS_EXTRAS: dict[str, type | tuple[type, ...]] = {
+    "evaluation_set_size": int,
+    "threshold": (int, float),
+    "interval": str,
+    "mean_feature_value": str,
+    "explanation": dict,
+}
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _groups_problem(groups: Any) -> str | None:
+    """What is wrong with the layout of a groups.json (as :func:`service.model.groups.summarize_groups` writes it)."""
+    if not isinstance(groups, dict):
+        return "is not a JSON object"
+    for g in GROUPS:
+        if g not in groups:
+            continue
+        item = groups[g]
+        if not isinstance(item, dict):
+            return f"has a group {g} that is not an object"
+        if type(item.get("count")) is not int or item["count"] < 0:
+            return f"has no whole, non-negative {g}.count"
+        features = item.get("features")
+        if not isinstance(features, list):
+            return f"has no list {g}.features"
+        for i, row in enumerate(features):
+            if not isinstance(row, dict) or not isinstance(row.get("feature"), str):
+                return f"has no feature name in {g}.features[{i}]"
+            for stat in _GROUP_STATS:
+                if stat not in row or (row[stat] is not None and not _is_number(row[stat])):
+                    return f"has no finite number or null as {g}.features[{i}].{stat}"
+    for key, kind in _GROUPS_EXTRAS.items():
+        value = groups.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"has a {key} of the wrong type"
+    return None
+
+
+def load_bundle(path: str | Path | None = None) -> Bundle:
+    """Load and verify a bundle: ``path`` is a bundle folder, a store with a DEFAULT pointer, or None (default).
+
+    Raises :class:`BundleError` with a one-line reason naming the file at fault.
+    """
+    folder = Path(path) if path is not None else default_bundle_path()
+    if (folder / "DEFAULT").is_file():
+        folder = default_bundle_path(folder)
+    _verify(folder)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"model bundle {folder}: manifest.json is not valid JSON ({_one_line(exc)})") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(f"model bundle {folder}: manifest.json is not a JSON object")
+    fmt = manifest.get("format_version")
+    if fmt != FORMAT_VERSION:
+        raise BundleError(
+            f"model bundle {folder}: manifest.json has format_version {fmt!r}; this service reads {FORMAT_VERSION}"
+        )
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise BundleError(f"model bundle {folder}: manifest.json has no {', '.join(missing)}")
+    with _reading(folder, "manifest.json"):
+        spec = FeatureSpec.from_dict(manifest["features"])
+        pre = Preprocessor.from_dict(manifest["preprocessing"])
+        threshold = float(manifest["threshold"])
+    model = BinaryClassification(len(spec))
+    with _reading(folder, "weights.safetensors"):
+        state = load_torch(str(folder / "weights.safetensors"))
+    with _reading(folder, "weights.safetensors", "does not fit the network"):
+        model.load_state_dict(state)
+    model.eval()
+    # a NaN weight passes every check above and the warm-up, and then fails every request with a 500
+    if not all(bool(torch.isfinite(t).all()) for t in state.values()):
+        raise BundleError(f"model bundle {folder}: weights.safetensors holds NaN or infinite values")
+    with _reading(folder, "baselines.safetensors"):
+        base = load_numpy(str(folder / "baselines.safetensors"))
+        points, weights = torch.as_tensor(base["points"]), torch.as_tensor(base["weights"])
+    if not (bool(torch.isfinite(points).all()) and bool(torch.isfinite(weights).all())):
+        raise BundleError(f"model bundle {folder}: baselines.safetensors holds NaN or infinite values")
+    with _reading(folder, "evaluation.safetensors"):
+        ev = load_numpy(str(folder / "evaluation.safetensors"))
+        eval_raw, eval_y, eval_rows = ev["raw"], ev["y"], ev["rows"]
+    groups = None
+    if (folder / "groups.json").is_file():
+        with _reading(folder, "groups.json"):
+            groups = json.loads((folder / "groups.json").read_text())
+        if problem := _groups_problem(groups):
+            raise BundleError(f"model bundle {folder}: groups.json {problem}")
+    return Bundle(
+        path=folder,
+        name=str(manifest["name"]),
+        version=str(manifest["version"]),
+        manifest=manifest,
+        model=model,
+        spec=spec,
+        preprocessor=pre,
+        baselines=points,
+        baseline_weights=weights,
+        threshold=threshold,
+        metrics=manifest["metrics"],
+        eval_raw=eval_raw,
+        eval_y=eval_y,
+        eval_rows=eval_rows,
+        groups=groups,
+    )
