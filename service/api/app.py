@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import gc
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -25,9 +28,11 @@ from starlette.middleware import Middleware
 
 from service import __version__
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
+from service.api.metrics import HttpMetrics, MetricsMiddleware
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
-from service.api.routes import AppState, explain, groups, health, model, predict
+from service.api.routes import AppState, explain, groups, health, model, operations, predict
 from service.api.security import (
+    OPEN_PATHS,
     ApiKeyMiddleware,
     BodySizeLimitMiddleware,
     ProblemCORSMiddleware,
@@ -35,6 +40,7 @@ from service.api.security import (
 )
 from service.config import Settings
 from service.model.store import Bundle, BundleError, load_bundle
+from service.observe.metrics import Telemetry, enable_multiprocess, prepare_multiprocess_dir
 from service.runtime.inference import InferenceRuntime, configure_torch, ensure_compatible
 from service.schemas import SCHEMA_SPEC
 
@@ -64,6 +70,7 @@ TAGS = [
     {"name": "groups", "description": "Mean explanations by outcome group of the evaluation set."},
     {"name": "model", "description": "The model card."},
     {"name": "health", "description": "Liveness and readiness for orchestrators."},
+    {"name": "operations", "description": "Prometheus metrics and drift monitoring for operators."},
 ]
 
 SECURITY_SCHEMES = {
@@ -103,6 +110,7 @@ async def _start(state: AppState) -> None:
         engine_processes=settings.engine_processes,
         max_coalesce=settings.max_coalesce,
         batch_window_ms=settings.batch_window_ms,
+        telemetry=state.telemetry,
     )
     state.runtime = runtime
     await runtime.start()
@@ -126,6 +134,14 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
     """The service's app. ``settings`` default to the environment; ``bundle`` (already loaded) skips loading."""
     settings = settings or Settings()
     state = AppState(settings=settings, preloaded=bundle)
+    if settings.metrics_enabled:
+        if settings.metrics_dir is not None:
+            enable_multiprocess(settings.metrics_dir)
+        state.telemetry = Telemetry(
+            multiprocess_dir=settings.metrics_dir,
+            monitoring_window_seconds=settings.monitoring_window_seconds,
+            monitoring_min_records=settings.monitoring_min_records,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -135,6 +151,8 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
         finally:
             if state.runtime is not None:
                 state.runtime.close()
+            if state.telemetry is not None:
+                state.telemetry.close()
             log_event("stopped")
 
     def model_version() -> str | None:
@@ -155,9 +173,13 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
                 max_age=600,
             )
         )
+    open_paths = set(OPEN_PATHS)
+    if settings.metrics_enabled and not settings.metrics_require_key:
+        open_paths |= {"/metrics", "/monitoring"}
     middleware += [
         Middleware(
             ApiKeyMiddleware,
+            open_paths=open_paths,
             api_keys=settings.api_key_values(),
             rate_limit_per_minute=settings.rate_limit_per_minute,
             rate_limit_burst=settings.rate_limit_burst,
@@ -177,6 +199,10 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
     install_exception_handlers(app)
     for area in (predict, explain, groups, model, health):
         app.include_router(area.router)
+    if state.telemetry is not None:
+        app.include_router(operations.router)
+        # outermost: it counts every answer, the other middlewares' refusals and the catch-all 500 included
+        app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(state.telemetry), routes=lambda: app.routes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -251,6 +277,7 @@ def serve(settings: Settings) -> int:
 
     # uvicorn re-raises the signal it handled once it has shut down: make that a clean exit
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    settings, made = _metrics_folder(settings)
     common = uvicorn_options(settings)
     try:
         if settings.workers == 1:
@@ -264,4 +291,24 @@ def serve(settings: Settings) -> int:
             uvicorn.run("service.api.app:create_app", factory=True, workers=settings.workers, **common)
     except KeyboardInterrupt:
         return 130
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
     return 0
+
+
+def _metrics_folder(settings: Settings) -> tuple[Settings, Path | None]:
+    """Several processes (workers, engine processes) share their metrics through a folder (prometheus-client's
+    multiprocess mode): GSHAP_METRICS_DIR, emptied, or a temporary folder made here (returned, to be removed at
+    exit). The settings returned name the folder, so that every worker's app finds it."""
+    several = settings.workers > 1 or settings.engine_processes > 0
+    if not settings.metrics_enabled or not (several or settings.metrics_dir is not None):
+        return settings, None
+    made = None
+    folder = settings.metrics_dir
+    if folder is None:
+        folder = made = Path(tempfile.mkdtemp(prefix="gshap-metrics-"))
+    prepare_multiprocess_dir(folder)
+    enable_multiprocess(folder)
+    log_event("metrics_multiprocess", folder=str(folder))
+    return settings.model_copy(update={"metrics_dir": folder}), made
