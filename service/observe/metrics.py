@@ -50,7 +50,7 @@ __all__ = [
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # no ``*_created`` sample beside every counter and histogram: they double the series and Prometheus does not use them
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # seconds: from a cached prediction (sub-millisecond) to a slow batch explanation
