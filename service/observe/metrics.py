@@ -155,6 +155,13 @@ class Telemetry:
             registry=r,
             multiprocess_mode="max",
         )
+        self.ready = Gauge(
+            "gshap_ready",
+            "1 while the model is loaded, warmed up and served (what /readyz says), else 0; with several "
+            "workers, the least ready of them.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.batch_size = Histogram(
             "gshap_engine_batch_size",
             "Records per engine call after coalescing concurrent requests (kind: predict or explain).",
@@ -238,6 +245,10 @@ class Telemetry:
         self.window = DriftWindow(
             reference, window_seconds=self.monitoring_window_seconds, folder=self.multiprocess_dir
         )
+
+    def set_ready(self, ready: bool) -> None:
+        """What ``/readyz`` says, as ``gshap_ready``."""
+        self.ready.set(1 if ready else 0)
 
     def close(self) -> None:
         """Forget this process's live gauges (in multiprocess mode, the in-flight gauge of a stopped worker)."""

@@ -330,6 +330,8 @@ class InferenceRuntime:
         if self.telemetry is not None:
             self._start_telemetry(self.telemetry)
         self.ready = True
+        if self.telemetry is not None:
+            self.telemetry.set_ready(True)
 
     def _start_telemetry(self, telemetry: Telemetry) -> None:
         """Publish the model's info and start the drift window against the evaluation set, whose reference
@@ -365,6 +367,8 @@ class InferenceRuntime:
     def close(self) -> None:
         """Stop accepting work; in-flight work finishes on the worker threads; engine processes are stopped."""
         self.ready = False
+        if self.telemetry is not None:
+            self.telemetry.set_ready(False)
         self.coalescer.close()
         if self.pool is not None:
             self.pool.close()
