@@ -343,21 +343,27 @@ class InferenceRuntime:
             model_version=bundle.version,
             bundle_format=bundle.manifest.get("format_version", FORMAT_VERSION),
         )
-        names = self.spec.names
-        records = [
-            {name: (None if math.isnan(v) else v) for name, v in zip(names, row, strict=True)}
-            for row in np.asarray(bundle.eval_raw, dtype=np.float64).tolist()
-        ]
-        probabilities = np.array([p.probability for p in self.predict(records)], dtype=np.float64)
         telemetry.start_monitoring(
-            features=names,
+            features=self.spec.names,
             may_be_missing=[f.may_be_missing for f in self.spec],
             eval_raw=bundle.eval_raw,
-            eval_probability=probabilities,
+            eval_probability=self.reference_probabilities(),
             train_min=self._lo,
             train_max=self._hi,
             identity=self.model_version,
         )
+
+    def reference_probabilities(self) -> np.ndarray:
+        """The probability this runtime serves for each record of the evaluation set (the drift reference)."""
+        names = self.spec.names
+        records = [
+            {name: (None if math.isnan(v) else v) for name, v in zip(names, row, strict=True)}
+            for row in np.asarray(self.bundle.eval_raw, dtype=np.float64).tolist()
+        ]
+        try:
+            return np.array([p.probability for p in self.predict(records)], dtype=np.float64)
+        except NonFiniteOutputError as exc:
+            raise BundleError(f"model bundle {self.bundle.path}: the evaluation set gave {exc}") from None
 
     def _on_batch(self, key: object, size: int, waits: list[float]) -> None:
         if self.telemetry is not None and self.ready:
