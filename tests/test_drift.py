@@ -173,3 +173,28 @@ def test_a_window_keeps_counts_only(bundle: Bundle, tmp_path: Path) -> None:
     ring = np.fromfile(path, dtype=np.int64)
     assert ring.dtype == np.int64
     assert set(np.unique(ring[ring >= 0]).tolist()) <= {0, 1, int(window.clock() // window.bucket_seconds)}
+
+
+def test_a_few_records_and_a_batch_are_counted_alike(bundle: Bundle) -> None:
+    """Counting record by record (plain Python) and as one batch (numpy) gives the same window and the same
+    missing / below / above counts, edges and out-of-range values included."""
+    ref = _reference(bundle)
+    raw = bundle.eval_raw.copy()
+    raw[:5, 1] = ref.variables[1].edges[0]  # values on a bin edge go to the bin above, both ways
+    raw[5, 4] = 5000.0  # above the training range
+    raw[6, 5] = 1.0  # below it
+    prob = np.random.default_rng(1).uniform(0, 1, len(raw))
+    prob[:3] = ref.variables[-1].edges[:3]
+    one_by_one, batched = DriftWindow(ref, clock=Clock()), DriftWindow(ref, clock=Clock())
+    totals = np.zeros((3, len(ref.features)), dtype=np.int64)
+    for i in range(len(raw)):
+        totals += np.array(one_by_one.add(raw[i : i + 1], prob[i : i + 1]))
+    assert len(raw) > 16  # the batch takes the numpy path
+    together = np.array(batched.add(raw, prob))
+    assert totals.tolist() == together.tolist()
+    assert together[2, 4] >= 1
+    assert together[1, 5] >= 1
+    n1, c1 = one_by_one.counts()
+    n2, c2 = batched.counts()
+    assert n1 == n2 == len(raw)
+    assert c1.tolist() == c2.tolist()

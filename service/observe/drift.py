@@ -32,6 +32,7 @@ import math
 import os
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,8 @@ PROBABILITY = "probability"
 _SMOOTHING = 0.5
 _FILE_PREFIX = "monitoring_"
 _FILE_SUFFIX = ".bin"
+# up to this many records at once are counted in plain Python, more with numpy (measured crossover: ~20)
+_PYTHON_MAX_RECORDS = 16
 
 DriftStatus = Literal["stable", "watch", "act", "insufficient_data"]
 
@@ -151,6 +154,13 @@ class DriftReference:
         outside = self.out_of_range(eval_raw)
         self.reference_out_of_range_rate = tuple(float(outside[:, j].mean()) for j in range(len(features)))
         self._inner = [np.asarray(v.edges, dtype=np.float64) for v in self.variables]
+        # the same as Python lists, for counting a few records without numpy
+        self.edge_lists = [list(v.edges) for v in self.variables]
+        self.offsets = [v.offset for v in self.variables]
+        # a feature that may not be missing has no missing bin; its NaN never reaches the window (refused upstream)
+        self.missing_columns = [v.offset + v.n_bins - 1 if v.has_missing_bin else -1 for v in self.variables]
+        self.train_min_list = [float(x) for x in self.train_min]
+        self.train_max_list = [float(x) for x in self.train_max]
         spec = repr((identity, [(v.name, v.edges, v.has_missing_bin) for v in self.variables]))
         self.fingerprint = hashlib.sha256(spec.encode()).hexdigest()[:16]
 
@@ -253,42 +263,98 @@ class DriftWindow:
         self._pid = -1
         self.row_width = 2 + reference.width + len(reference.features)
         self._ring: np.ndarray = np.zeros((buckets, self.row_width), dtype=np.int64)
+        self._flat = self._ring.data.cast("B").cast("q")
         self._open()
 
     def _open(self) -> None:
         """(Re)open this process's ring: after a fork a child must not write into its parent's file."""
         self._pid = os.getpid()
-        if self.folder is None:
-            return
-        path = self.folder / f"{_FILE_PREFIX}{self.reference.fingerprint}_{self._pid}{_FILE_SUFFIX}"
         shape = (self.buckets, self.row_width)
-        ring = np.memmap(path, dtype=np.int64, mode="w+", shape=shape)
-        ring[:] = 0
+        if self.folder is None:
+            ring = np.zeros(shape, dtype=np.int64)
+        else:
+            path = self.folder / f"{_FILE_PREFIX}{self.reference.fingerprint}_{self._pid}{_FILE_SUFFIX}"
+            ring = np.memmap(path, dtype=np.int64, mode="w+", shape=shape)
+            ring[:] = 0
         ring[:, 0] = -1
         self._ring = ring
+        # the same memory as a flat sequence of Python ints: a few records are counted without numpy calls
+        self._flat = ring.data.cast("B").cast("q")
 
-    def _row(self, now: float) -> np.ndarray:
+    def _row_start(self, now: float) -> int:
+        """Index in :attr:`_flat` of the current bucket's row (reset first if it counted an older bucket)."""
         bucket = math.floor(now / self.bucket_seconds)
-        row: np.ndarray = self._ring[bucket % self.buckets]
-        if row[0] != bucket:
-            row[:] = 0
-            row[0] = bucket
-        return row
+        r = bucket % self.buckets
+        start = r * self.row_width
+        if self._flat[start] != bucket:
+            self._ring[r] = 0
+            self._flat[start] = bucket
+        return start
 
-    def add(self, raw: np.ndarray, probability: np.ndarray, out_of_range: np.ndarray | None = None) -> None:
-        """Count records ``raw`` ``(N, F)`` (original units, NaN = missing) with served ``probability``;
-        ``out_of_range`` ``(N, F)``, if the caller has it already, is :meth:`DriftReference.out_of_range`."""
-        if len(raw) == 0:
-            return
-        columns = self.reference.columns_of(raw, probability)
-        outside = (self.reference.out_of_range(raw) if out_of_range is None else out_of_range).sum(axis=0)
+    def add(self, raw: np.ndarray, probability: Sequence[float]) -> tuple[list[int], list[int], list[int]]:
+        """Count records ``raw`` ``(N, F)`` (original units, NaN = missing) with served ``probability``; returns,
+        per feature, how many values were missing, below and above the training range.
+
+        A few records are counted in plain Python (a numpy call costs more than a record's work), a batch with
+        numpy; both count the same (tested)."""
+        n = len(raw)
+        f = len(self.reference.features)
+        if n == 0:
+            return [0] * f, [0] * f, [0] * f
+        if n <= _PYTHON_MAX_RECORDS:
+            return self._add_rows(raw.tolist(), list(probability))
+        probs = np.asarray(probability, dtype=np.float64)
+        ref = self.reference
+        columns = ref.columns_of(raw, probs)
+        below = raw < ref.train_min
+        above = raw > ref.train_max
+        missing = np.isnan(raw)
+        counts = np.bincount(columns.ravel(), minlength=ref.width)
+        outside = (below | above).sum(axis=0)
         with self._lock:
             if os.getpid() != self._pid:
                 self._open()
-            row = self._row(self.clock())
-            row[1] += len(raw)
-            np.add.at(row, 2 + columns.ravel(), 1)
-            row[2 + self.reference.width :] += outside
+            start = self._row_start(self.clock())
+            row = self._ring[start // self.row_width]
+            row[1] += n
+            row[2 : 2 + ref.width] += counts
+            row[2 + ref.width :] += outside
+        return missing.sum(axis=0).tolist(), below.sum(axis=0).tolist(), above.sum(axis=0).tolist()
+
+    def _add_rows(self, rows: list[list[float]], probability: list[float]) -> tuple[list[int], list[int], list[int]]:
+        ref = self.reference
+        f = len(ref.features)
+        edges, offsets, missing_cols = ref.edge_lists, ref.offsets, ref.missing_columns
+        lo, hi = ref.train_min_list, ref.train_max_list
+        prob_edges, prob_offset = edges[f], offsets[f]
+        isnan = math.isnan
+        outside_base = 2 + ref.width
+        missing = [0] * f
+        below = [0] * f
+        above = [0] * f
+        with self._lock:
+            if os.getpid() != self._pid:
+                self._open()
+            flat = self._flat
+            start = self._row_start(self.clock())
+            flat[start + 1] += len(rows)
+            base = start + 2
+            for row, p in zip(rows, probability, strict=True):
+                for j, v in enumerate(row):
+                    if isnan(v):  # not measured
+                        missing[j] += 1
+                        if missing_cols[j] >= 0:
+                            flat[base + missing_cols[j]] += 1
+                        continue
+                    flat[base + offsets[j] + bisect_right(edges[j], v)] += 1
+                    if v < lo[j]:
+                        below[j] += 1
+                        flat[start + outside_base + j] += 1
+                    elif v > hi[j]:
+                        above[j] += 1
+                        flat[start + outside_base + j] += 1
+                flat[base + prob_offset + bisect_right(prob_edges, p)] += 1
+        return missing, below, above
 
     def counts(self) -> tuple[int, np.ndarray]:
         """Records and bin counts in the window: this process's, or every process's when file-backed."""

@@ -268,31 +268,25 @@ class Telemetry:
         for wait in waits:
             wait_hist.observe(wait)
 
-    def record_predictions(
-        self,
-        raw: np.ndarray,
-        missing: np.ndarray,
-        below: np.ndarray,
-        above: np.ndarray,
-        probabilities: Sequence[float],
-        labels: Sequence[str],
-    ) -> None:
-        """Predictions of a batch: ``raw`` ``(N, F)`` in original units (NaN = missing), the masks of missing,
-        below- and above-range values, and each record's served probability and label name."""
+    def record_predictions(self, raw: np.ndarray, probabilities: Sequence[float], labels: Sequence[str]) -> None:
+        """Predictions of a batch: ``raw`` ``(N, F)`` in original units (NaN = not measured) and each record's
+        served probability and label name. The values are binned into the drift window and compared with the
+        training range, and forgotten."""
         for label in labels:
             child = self._label_children.get(label)
             if child is None:
                 child = self._label_children[label] = self.predictions.labels(label)
             child.inc()
+        observe = self.probability.observe
         for p in probabilities:
-            self.probability.observe(p)
-        for kind, mask in (("imputed", missing), ("below", below), ("above", above)):
-            if not mask.any():
-                continue
-            for j in np.flatnonzero(mask.any(axis=0)).tolist():
-                self._feature_counter(kind, j).inc(int(mask[:, j].sum()))
-        if self.window is not None:
-            self.window.add(raw, np.asarray(probabilities, dtype=np.float64), below | above)
+            observe(p)
+        if self.window is None:
+            return
+        missing, below, above = self.window.add(raw, probabilities)
+        for kind, counts in (("imputed", missing), ("below", below), ("above", above)):
+            for j, count in enumerate(counts):
+                if count:
+                    self._feature_counter(kind, j).inc(count)
 
     def _feature_counter(self, kind: str, j: int) -> Any:
         key = (kind, self.features[j])

@@ -290,8 +290,6 @@ class InferenceRuntime:
         pre = bundle.preprocessor
         self._lo: list[float] = [float(v) for v in pre.train_min]
         self._hi: list[float] = [float(v) for v in pre.train_max]
-        self._lo_arr = np.asarray(self._lo, dtype=np.float64)
-        self._hi_arr = np.asarray(self._hi, dtype=np.float64)
         self._feature_texts = [(f.name, f.label, f.unit) for f in self.spec]
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
@@ -447,15 +445,7 @@ class InferenceRuntime:
                 )
             )
         if self.telemetry is not None and self.ready:
-            raw_all = batch.raw
-            self.telemetry.record_predictions(
-                raw_all,
-                batch.missing,
-                raw_all < self._lo_arr,
-                raw_all > self._hi_arr,
-                [p.probability for p in out],
-                [p.label_name for p in out],
-            )
+            self.telemetry.record_predictions(batch.raw, [p.probability for p in out], [p.label_name for p in out])
         return out
 
     def predict(self, records: Sequence[Record]) -> list[Prediction]:
