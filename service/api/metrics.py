@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.observe.metrics import LATENCY_BUCKETS, Telemetry
+from service.observe.metrics import LATENCY_BUCKETS, FastCounter, FastHistogram, Telemetry
 
 __all__ = ["UNMATCHED_ROUTE", "HttpMetrics", "MetricsMiddleware"]
 
@@ -50,7 +49,9 @@ class HttpMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[FastCounter, FastHistogram]] = {}
+        gauge = FastCounter(self.in_flight)
+        self.in_flight_inc = gauge.inc
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration."""
@@ -58,9 +59,10 @@ class HttpMetrics:
         children = self._children.get(key)
         if children is None:
             labels = (route, method, str(status))
-            children = self._children[key] = (self.requests.labels(*labels), self.duration.labels(*labels))
+            children = (FastCounter(self.requests.labels(*labels)), FastHistogram(self.duration.labels(*labels)))
+            self._children[key] = children
         counter, histogram = children
-        counter.inc()
+        counter.inc(1)
         histogram.observe(seconds)
 
 
@@ -78,8 +80,8 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
-        in_flight = self.metrics.in_flight
-        in_flight.inc()
+        in_flight = self.metrics.in_flight_inc
+        in_flight(1)
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -90,7 +92,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            in_flight.dec()
+            in_flight(-1)
             method = scope.get("method", "")
             self.metrics.observe(
                 self._route(scope),
