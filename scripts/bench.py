@@ -1123,6 +1123,8 @@ def _metrics_overhead_main(
         records, workdir, rounds=args.rounds, seconds=seconds, warmup=warmup, concurrency=concurrency,
         extra_env=extra_env,
     )  # fmt: skip
+    log(f"· in-process: CPU per request through the ASGI app, {args.rounds} rounds")
+    inproc = asgi_overhead(records, rounds=args.rounds, requests=400 if args.quick else 2000)
     result = {
         "schema_version": SCHEMA_VERSION,
         "meta": {
@@ -1133,6 +1135,7 @@ def _metrics_overhead_main(
             "wall_seconds": round(time.perf_counter() - t0, 1),
         },
         "metrics_overhead": found,
+        "metrics_overhead_inprocess": inproc,
     }
     out_path = ROOT / args.json
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -1149,6 +1152,18 @@ def _metrics_overhead_main(
             f"| POST /{key} | {s['median'] * 100:+.1f} % | {s['min'] * 100:+.1f} % … {s['max'] * 100:+.1f} % "
             f"| {s['pooled'] * 100:+.1f} % | {on:,.0f} | {off:,.0f} |"
         )
+    lines += [
+        "",
+        f"| endpoint, in-process ASGI ({inproc['requests_per_round']} sequential requests × {args.rounds} rounds) "
+        "| CPU µs/request on | off | median cost | spread (min … max) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key in ("predict", "explain"):
+        e = inproc[key]
+        lines.append(
+            f"| POST /{key} | {e['cpu_us_on_median']:.1f} | {e['cpu_us_off_median']:.1f} "
+            f"| {e['cost_median'] * 100:+.1f} % | {e['cost_min'] * 100:+.1f} % … {e['cost_max'] * 100:+.1f} % |"
+        )
     table = "\n".join(lines) + "\n"
     if args.md:
         (ROOT / args.md).parent.mkdir(parents=True, exist_ok=True)
@@ -1157,6 +1172,86 @@ def _metrics_overhead_main(
     log(f"bench: {result['meta']['wall_seconds']} s; results in {out_path}")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def asgi_overhead(records: Sequence[dict[str, Any]], *, rounds: int, requests: int) -> dict[str, Any]:
+    """CPU microseconds per request through the whole app (middlewares, routing, validation, runtime, engine),
+    in this process, with metrics on and off: two apps started side by side, called directly over ASGI (no
+    network, no load generator), ``requests`` sequential requests per app per round, alternating the order each
+    round. ``time.process_time`` counts every thread of the process (the engine thread too). Less at the mercy of
+    a shared machine than throughput: another process's load slows the wall clock, not this process's CPU time."""
+    import anyio
+
+    from service.api.app import create_app
+    from service.config import Settings
+
+    bodies = {
+        "predict": [dumps(r).encode() for r in records],
+        "explain": [dumps(r).encode() for r in records],
+    }
+
+    async def call(app: Any, path: str, body: bytes) -> int:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop() if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 50000), "server": (HOST, 8000),
+        }  # fmt: skip
+        await app(scope, receive, send)
+        return status
+
+    async def main() -> dict[str, Any]:
+        apps = {
+            "on": create_app(Settings(log_level="warning", metrics_enabled=True)),
+            "off": create_app(Settings(log_level="warning", metrics_enabled=False)),
+        }
+        out: dict[str, Any] = {}
+        async with contextlib.AsyncExitStack() as stack:
+            for app in apps.values():
+                await stack.enter_async_context(app.router.lifespan_context(app))
+            for key, path in (("predict", "/predict"), ("explain", "/explain")):
+                per_round: list[dict[str, float]] = []
+                for app in apps.values():  # warm-up
+                    for body in bodies[key][:50]:
+                        assert await call(app, path, body) == 200
+                for r in range(rounds):
+                    order = ("on", "off") if r % 2 == 0 else ("off", "on")
+                    got: dict[str, float] = {}
+                    for name in order:
+                        c0 = time.process_time()
+                        for i in range(requests):
+                            await call(apps[name], path, bodies[key][i % len(bodies[key])])
+                        got[name] = (time.process_time() - c0) / requests * 1e6
+                    per_round.append(got)
+                    log(
+                        f"  in-process {key:8s} round {r + 1}/{rounds}: on {got['on']:6.1f} µs, "
+                        f"off {got['off']:6.1f} µs CPU a request, cost {got['on'] / got['off'] - 1:+.1%}"
+                    )
+                costs = [g["on"] / g["off"] - 1 for g in per_round]
+                out[key] = {
+                    "cpu_us_on_median": statistics.median(g["on"] for g in per_round),
+                    "cpu_us_off_median": statistics.median(g["off"] for g in per_round),
+                    "cost_median": statistics.median(costs),
+                    "cost_min": min(costs),
+                    "cost_max": max(costs),
+                    "rounds": per_round,
+                }
+        return out
+
+    result: dict[str, Any] = anyio.run(main)
+    result["requests_per_round"] = requests
+    return result
 
 
 def overhead_summary(pairs: Sequence[tuple[float, float]]) -> dict[str, float]:

@@ -198,3 +198,20 @@ def test_a_few_records_and_a_batch_are_counted_alike(bundle: Bundle) -> None:
     n2, c2 = batched.counts()
     assert n1 == n2 == len(raw)
     assert c1.tolist() == c2.tolist()
+
+
+def _forked_adds(window: DriftWindow, raw: np.ndarray) -> None:
+    window.add(raw, np.full(len(raw), 0.4))
+
+
+def test_a_forked_child_writes_its_own_file(bundle: Bundle, tmp_path: Path) -> None:
+    """A window inherited through fork (engine processes) reopens a file of the child's own on its first record,
+    so the parent's counts are not overwritten and the reader adds up both."""
+    window = DriftWindow(_reference(bundle), folder=tmp_path)
+    window.add(bundle.eval_raw[:4], np.full(4, 0.4))
+    child = multiprocessing.get_context("fork").Process(target=_forked_adds, args=(window, bundle.eval_raw[:6]))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert len(list(tmp_path.iterdir())) == 2
+    assert window.counts()[0] == 10

@@ -63,6 +63,18 @@ _FILE_SUFFIX = ".bin"
 # up to this many records at once are counted in plain Python, more with numpy (measured crossover: ~20)
 _PYTHON_MAX_RECORDS = 16
 
+# bumped in a forked child: a window then reopens its ring (a child must not write into its parent's file);
+# cheaper than asking os.getpid() (a system call) on every record
+_fork_generation = 0
+
+
+def _after_fork() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
 DriftStatus = Literal["stable", "watch", "act", "insufficient_data"]
 
 
@@ -261,6 +273,7 @@ class DriftWindow:
         self.folder = folder
         self._lock = threading.Lock()
         self._pid = -1
+        self._generation = -1
         self.row_width = 2 + reference.width + len(reference.features)
         self._ring: np.ndarray = np.zeros((buckets, self.row_width), dtype=np.int64)
         self._flat = self._ring.data.cast("B").cast("q")
@@ -269,6 +282,7 @@ class DriftWindow:
     def _open(self) -> None:
         """(Re)open this process's ring: after a fork a child must not write into its parent's file."""
         self._pid = os.getpid()
+        self._generation = _fork_generation
         shape = (self.buckets, self.row_width)
         if self.folder is None:
             ring = np.zeros(shape, dtype=np.int64)
@@ -312,7 +326,7 @@ class DriftWindow:
         counts = np.bincount(columns.ravel(), minlength=ref.width)
         outside = (below | above).sum(axis=0)
         with self._lock:
-            if os.getpid() != self._pid:
+            if self._generation != _fork_generation:
                 self._open()
             start = self._row_start(self.clock())
             row = self._ring[start // self.row_width]
@@ -333,7 +347,7 @@ class DriftWindow:
         below = [0] * f
         above = [0] * f
         with self._lock:
-            if os.getpid() != self._pid:
+            if self._generation != _fork_generation:
                 self._open()
             flat = self._flat
             start = self._row_start(self.clock())
