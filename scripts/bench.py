@@ -1125,7 +1125,7 @@ def _metrics_overhead_main(
     )  # fmt: skip
     log(f"· in-process: CPU per request through the ASGI app, {args.rounds} rounds")
     inproc = asgi_overhead(records, rounds=args.rounds, requests=400 if args.quick else 2000)
-    result = {
+    result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "meta": {
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),

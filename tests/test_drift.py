@@ -188,9 +188,9 @@ def test_a_few_records_and_a_batch_are_counted_alike(bundle: Bundle) -> None:
     one_by_one, batched = DriftWindow(ref, clock=Clock()), DriftWindow(ref, clock=Clock())
     totals = np.zeros((3, len(ref.features)), dtype=np.int64)
     for i in range(len(raw)):
-        totals += np.array(one_by_one.add(raw[i : i + 1], prob[i : i + 1]))
+        totals += np.array(list(one_by_one.add(raw[i : i + 1], prob[i : i + 1])), dtype=np.int64)
     assert len(raw) > 16  # the batch takes the numpy path
-    together = np.array(batched.add(raw, prob))
+    together: np.ndarray = np.array(list(batched.add(raw, prob)), dtype=np.int64)
     assert totals.tolist() == together.tolist()
     assert together[2, 4] >= 1
     assert together[1, 5] >= 1

@@ -136,8 +136,8 @@ class DriftReference:
         may_be_missing: Sequence[bool],
         eval_raw: np.ndarray,
         eval_probability: np.ndarray,
-        train_min: Sequence[float],
-        train_max: Sequence[float],
+        train_min: Sequence[float] | np.ndarray,
+        train_max: Sequence[float] | np.ndarray,
         identity: str = "",
     ) -> None:
         eval_raw = np.asarray(eval_raw, dtype=np.float64)
@@ -173,6 +173,11 @@ class DriftReference:
         self.missing_columns = [v.offset + v.n_bins - 1 if v.has_missing_bin else -1 for v in self.variables]
         self.train_min_list = [float(x) for x in self.train_min]
         self.train_max_list = [float(x) for x in self.train_max]
+        # per feature: (first column, inner edges, missing column or -1, training min, training max)
+        self.row_plan = [
+            (v.offset, self.edge_lists[k], self.missing_columns[k], self.train_min_list[k], self.train_max_list[k])
+            for k, v in enumerate(self.variables[: len(self.features)])
+        ]
         spec = repr((identity, [(v.name, v.edges, v.has_missing_bin) for v in self.variables]))
         self.fingerprint = hashlib.sha256(spec.encode()).hexdigest()[:16]
 
@@ -305,7 +310,7 @@ class DriftWindow:
             self._flat[start] = bucket
         return start
 
-    def add(self, raw: np.ndarray, probability: Sequence[float]) -> tuple[list[int], list[int], list[int]]:
+    def add(self, raw: np.ndarray, probability: Sequence[float] | np.ndarray) -> tuple[list[int], list[int], list[int]]:
         """Count records ``raw`` ``(N, F)`` (original units, NaN = missing) with served ``probability``; returns,
         per feature, how many values were missing, below and above the training range.
 
@@ -316,10 +321,10 @@ class DriftWindow:
         if n == 0:
             return [0] * f, [0] * f, [0] * f
         if n <= _PYTHON_MAX_RECORDS:
-            return self._add_rows(raw.tolist(), list(probability))
-        probs = np.asarray(probability, dtype=np.float64)
+            probs = probability.tolist() if isinstance(probability, np.ndarray) else list(probability)
+            return self._add_rows(raw.tolist(), probs)
         ref = self.reference
-        columns = ref.columns_of(raw, probs)
+        columns = ref.columns_of(raw, np.asarray(probability, dtype=np.float64))
         below = raw < ref.train_min
         above = raw > ref.train_max
         missing = np.isnan(raw)
@@ -338,14 +343,10 @@ class DriftWindow:
     def _add_rows(self, rows: list[list[float]], probability: list[float]) -> tuple[list[int], list[int], list[int]]:
         ref = self.reference
         f = len(ref.features)
-        edges, offsets, missing_cols = ref.edge_lists, ref.offsets, ref.missing_columns
-        lo, hi = ref.train_min_list, ref.train_max_list
-        prob_edges, prob_offset = edges[f], offsets[f]
-        isnan = math.isnan
+        plan = ref.row_plan
+        prob_edges, prob_offset = ref.edge_lists[f], ref.offsets[f]
         outside_base = 2 + ref.width
-        missing = [0] * f
-        below = [0] * f
-        above = [0] * f
+        events: list[list[int]] | None = None  # missing, below, above per feature: only made when one occurs
         with self._lock:
             if self._generation != _fork_generation:
                 self._open()
@@ -354,21 +355,24 @@ class DriftWindow:
             flat[start + 1] += len(rows)
             base = start + 2
             for row, p in zip(rows, probability, strict=True):
-                for j, v in enumerate(row):
-                    if isnan(v):  # not measured
-                        missing[j] += 1
-                        if missing_cols[j] >= 0:
-                            flat[base + missing_cols[j]] += 1
+                for j, (v, (offset, edges, missing_col, lo, hi)) in enumerate(zip(row, plan, strict=False)):
+                    if lo <= v <= hi:  # the common case: measured, within the training range
+                        flat[base + offset + bisect_right(edges, v)] += 1
                         continue
-                    flat[base + offsets[j] + bisect_right(edges[j], v)] += 1
-                    if v < lo[j]:
-                        below[j] += 1
-                        flat[start + outside_base + j] += 1
-                    elif v > hi[j]:
-                        above[j] += 1
-                        flat[start + outside_base + j] += 1
+                    if events is None:
+                        events = [[0] * f, [0] * f, [0] * f]
+                    if math.isnan(v):  # not measured
+                        events[0][j] += 1
+                        if missing_col >= 0:
+                            flat[base + missing_col] += 1
+                        continue
+                    flat[base + offset + bisect_right(edges, v)] += 1
+                    events[1 if v < lo else 2][j] += 1
+                    flat[start + outside_base + j] += 1
                 flat[base + prob_offset + bisect_right(prob_edges, p)] += 1
-        return missing, below, above
+        if events is None:
+            return [0] * f, [0] * f, [0] * f
+        return events[0], events[1], events[2]
 
     def counts(self) -> tuple[int, np.ndarray]:
         """Records and bin counts in the window: this process's, or every process's when file-backed."""

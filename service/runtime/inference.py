@@ -445,7 +445,7 @@ class InferenceRuntime:
                 )
             )
         if self.telemetry is not None and self.ready:
-            self.telemetry.record_predictions(batch.raw, [p.probability for p in out], [p.label_name for p in out])
+            self.telemetry.record_predictions(batch.raw, out)
         return out
 
     def predict(self, records: Sequence[Record]) -> list[Prediction]:
