@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="model_store", help="store folder; the bundle goes to OUT/NAME/VERSION")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--name", default="pima-diabetes")
-    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--version", default="1.1.0")
     p.add_argument("--spec", default=None, help="feature specification JSON (FeatureSpec.to_dict format)")
     p.add_argument("--target", default=None, help="target column, for a CSV without a --spec")
     p.add_argument("--missing-zero", nargs="*", default=None, help="columns whose 0 means not measured")

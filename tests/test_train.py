@@ -27,7 +27,7 @@ def _manifest_without_time(path: Path) -> dict:  # type: ignore[type-arg]
 def retrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("store")
     assert gshap(["train", "--out", str(out)]) == 0
-    return out / "pima-diabetes" / "1.0.0"
+    return out / "pima-diabetes" / "1.1.0"
 
 
 def test_retraining_reproduces_the_committed_bundle(retrained: Path, bundle) -> None:  # type: ignore[no-untyped-def]
