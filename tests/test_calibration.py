@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-
 from live_server import running_server
+
 from service.contract import label_of, sigmoid
 from service.engine.gradient_shap import GradientShapEngine
 from service.model.nn import IDENTITY, BinaryClassification, CalibratedClassification, Calibration
@@ -58,7 +58,8 @@ def test_the_served_model_is_platt_calibrated_on_validation(bundle: Any) -> None
     assert bundle.manifest["format_version"] == 2
     assert bundle.manifest["calibration"]["a"] == cal.a > 0
     assert bundle.manifest["calibration"]["b"] == cal.b
-    assert isinstance(bundle.model, CalibratedClassification) and bundle.model.calibration == cal
+    assert isinstance(bundle.model, CalibratedClassification)
+    assert bundle.model.calibration == cal
 
 
 def test_calibrated_explanations_add_up_exactly(bundle: Any) -> None:
@@ -181,7 +182,8 @@ def _as_format_1(source: Path, folder: Path) -> Path:
 def test_a_bundle_without_calibration_loads_with_the_identity(bundle: Any, tmp_path: Path) -> None:
     """A format-1 bundle loads with the identity calibration and serves its raw network bitwise, scale 'none'."""
     old = load_bundle(_as_format_1(bundle.path, tmp_path / "old"))
-    assert old.calibration == IDENTITY and old.calibration.name == "none"
+    assert old.calibration == IDENTITY
+    assert old.calibration.name == "none"
     served = GradientShapEngine(old.model, old.baselines, old.baseline_weights)
     _, raw = _engines(bundle)
     x = old.eval_x
@@ -198,7 +200,7 @@ def test_format_2_without_calibration_is_refused(bundle: Any, tmp_path: Path) ->
     manifest["format_version"] = 2
     (folder / "manifest.json").write_text(json.dumps(manifest) + "\n")
     _write_checksums(folder)
-    with pytest.raises(BundleError, match="manifest.json has no calibration"):
+    with pytest.raises(BundleError, match=r"manifest\.json has no calibration"):
         load_bundle(folder)
 
 
@@ -216,7 +218,8 @@ def test_platt_fit_recovers_known_parameters() -> None:
     z = rng.normal(size=20_000)
     y = (rng.random(20_000) < sigmoid(2 * z - 1)).astype(np.float64)
     a, b = fit_platt(z, y)
-    assert a == pytest.approx(2.0, abs=0.08) and b == pytest.approx(-1.0, abs=0.06)
+    assert a == pytest.approx(2.0, abs=0.08)
+    assert b == pytest.approx(-1.0, abs=0.06)
     assert all(math.isnan(v) for v in fit_logistic_1d(z, np.zeros_like(z)))
     with pytest.raises(ValueError, match="Platt scaling failed"):
         fit_platt(z, (z > 0).astype(np.float64))  # perfectly separated: no maximum-likelihood fit
@@ -233,7 +236,8 @@ def test_calibration_metrics_of_a_calibrated_model() -> None:
     diff = m["mean_predicted_minus_prevalence"]
     assert diff["ci_low"] < 0 < diff["ci_high"]
     assert m["ece"]["value"] < 0.03
-    assert sum(b["count"] for b in m["bins"]) == 5000 and len(m["bins"]) == 10
+    assert sum(b["count"] for b in m["bins"]) == 5000
+    assert len(m["bins"]) == 10
 
 
 def test_ece_by_hand() -> None:
@@ -257,7 +261,8 @@ def test_answers_name_their_scale_and_the_card_is_complete() -> None:
     assert {r["calibration"] for r in batch["results"]} == {"platt/validation"}
     assert ex["output_value"] == pytest.approx(p["probability"], abs=1e-12)
     served = card["calibration"]["served"]
-    assert served["name"] == "platt/validation" and served["a"] > 0
+    assert served["name"] == "platt/validation"
+    assert served["a"] > 0
     assert p["logit"] == pytest.approx(math.log(p["probability"] / (1 - p["probability"])), abs=1e-9)
     for item in (
         "intended_use",
