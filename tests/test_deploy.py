@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,25 +64,25 @@ def _dashboard_exprs() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def scraped_names() -> Iterator[set[str]]:
+def scraped_names() -> set[str]:
     """Every sample name of a real scrape, after traffic through every kind of answer."""
     with running_server() as server, httpx.Client(base_url=server.url, timeout=60.0) as c:
         assert c.post("/predict", json=record(insulin=900)).status_code == 200
         assert c.post("/explain", json=record()).status_code == 200
         assert c.post("/predict", json={"glucose": "high"}).status_code == 422
         text = c.get("/metrics").text
-    names = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
-    yield names
+    return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_the_promql_parser_finds_metric_names() -> None:
     """The name extraction used below finds metrics and skips functions, labels, strings and variables."""
     expr = (
         'histogram_quantile(0.99, sum by (instance, le) (rate(a_seconds_bucket{route=~"/x|y"}[5m]))) > 0.5 '
-        "and on (instance, job) (b_total >= on (instance) c) / scalar(sum(rate(d_total{job=~\"$job\"}[$__rate_interval])))"
+        "and on (instance, job) (b_total >= on (instance) c) "
+        '/ scalar(sum(rate(d_total{job=~"$job"}[$__rate_interval])))'
     )
     assert metric_names(expr) == {"a_seconds_bucket", "b_total", "c", "d_total"}
-    assert metric_names("label_values(gshap_build_info{job=~\"$job\"}, instance)") == {"gshap_build_info"}
+    assert metric_names('label_values(gshap_build_info{job=~"$job"}, instance)') == {"gshap_build_info"}
 
 
 def test_alert_rules_are_well_formed() -> None:
@@ -124,7 +123,9 @@ def test_the_dashboard_is_importable_json() -> None:
     assert sum(1 for p in doc["panels"] if p["type"] != "row" and p["targets"]) >= 15
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian: apt-get install prometheus)")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (Debian: apt-get install prometheus)"
+)
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
     """promtool accepts the rules and the scrape configuration, and the rules' unit tests pass."""
     prom = DEPLOY / "prometheus"

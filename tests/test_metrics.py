@@ -111,7 +111,7 @@ def test_http_metrics_label_route_templates_never_raw_paths(client: AppClient) -
     assert "187.654321" not in text
 
 
-def test_the_runtime_counts_what_it_served(client: AppClient) -> None:
+def test_the_runtime_counts_what_it_served(client: AppClient, bundle: Bundle) -> None:
     """Imputed and out-of-range values by feature, predictions by label, the probability histogram, explanations by
     method and output with their completeness gaps, and the engine's batch sizes and queue waits."""
     before = client.get("/metrics").text
@@ -142,9 +142,9 @@ def test_the_runtime_counts_what_it_served(client: AppClient) -> None:
     labels = {dict(lab)["label"] for (name, lab) in samples(text) if name == "gshap_predictions_total"}
     assert labels <= {"diabetes", "no diabetes"}
     [(_, info)] = [(n, dict(lab)) for (n, lab) in samples(text) if n == "gshap_build_info"]
-    assert info["model_name"] == "pima-diabetes"
-    assert info["model_version"] == "1.0.0"
-    assert info["bundle_format"] == "1"
+    assert info["model_name"] == bundle.name
+    assert info["model_version"] == bundle.version
+    assert info["bundle_format"] == str(bundle.manifest["format_version"])
     assert value(text, "gshap_ready") == 1
 
 
