@@ -28,7 +28,7 @@ from starlette.middleware import Middleware
 
 from service import __version__
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
-from service.api.metrics import HttpMetrics, MetricsMiddleware
+from service.api.metrics import HttpMetrics
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
 from service.api.routes import AppState, explain, groups, health, model, operations, predict
 from service.api.security import (
@@ -160,7 +160,12 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
 
     middleware = [
         Middleware(SecurityHeadersMiddleware),
-        Middleware(RequestContextMiddleware, service_version=__version__, model_version=model_version),
+        Middleware(
+            RequestContextMiddleware,
+            service_version=__version__,
+            model_version=model_version,
+            metrics=HttpMetrics(state.telemetry, routes=lambda: app.routes) if state.telemetry is not None else None,
+        ),
     ]
     if settings.cors_origins:
         middleware.append(
@@ -201,8 +206,6 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
         app.include_router(area.router)
     if state.telemetry is not None:
         app.include_router(operations.router)
-        # outermost: it counts every answer, the other middlewares' refusals and the catch-all 500 included
-        app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(state.telemetry), routes=lambda: app.routes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -1,35 +1,40 @@
 """The HTTP metrics: requests, latency and requests in flight, by route template, method and status.
 
-A plain ASGI middleware (no ``BaseHTTPMiddleware``, whose task and stream per request would cost more than the
-metrics), outermost of the app's, so that it counts every answer, the refusals of the other middlewares and the
-catch-all 500 included. Labels come from fixed vocabularies only: the route *template* (``/groups/{group}``,
-never the raw path; a path that matches no route is ``<unmatched>``), the method (``other`` for anything
-unusual) and the status code. The instruments live in the app's :class:`~service.observe.metrics.Telemetry`
-registry; the runtime records the model's metrics there itself.
+Recorded by the pure ASGI :class:`~service.api.observability.RequestContextMiddleware` (no ``BaseHTTPMiddleware``,
+whose task and stream per request would cost more than the metrics), the outermost of the service's middlewares,
+so that every answer is counted, the refusals of the other middlewares and the catch-all 500 included. Labels
+come from fixed vocabularies only: the route *template* (``/groups/{group}``, never the raw path; a path that
+matches no route is ``<unmatched>``), the method (``other`` for anything unusual) and the status code. The
+instruments live in the app's :class:`~service.observe.metrics.Telemetry` registry; the runtime records the
+model's metrics there itself.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from service.observe.metrics import LATENCY_BUCKETS, FastCounter, FastHistogram, Telemetry
 
-__all__ = ["UNMATCHED_ROUTE", "HttpMetrics", "MetricsMiddleware"]
+__all__ = ["UNMATCHED_ROUTE", "HttpMetrics"]
 
 UNMATCHED_ROUTE = "<unmatched>"
 _METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
 
 
 class HttpMetrics:
-    """The HTTP instruments of one app, in its telemetry's registry (created once per app)."""
+    """The HTTP instruments of one app, in its telemetry's registry (created once per app), recorded by
+    :class:`~service.api.observability.RequestContextMiddleware`, which already times every request and knows its
+    status: no middleware layer of its own (one more ASGI layer cost more than the metrics).
 
-    def __init__(self, telemetry: Telemetry) -> None:
+    ``routes`` returns the app's routes, to name the template of a request refused before routing."""
+
+    def __init__(self, telemetry: Telemetry, routes: Callable[[], Sequence[BaseRoute]]) -> None:
         r = telemetry.registry
+        self.routes = routes
         self.requests = Counter(
             "gshap_http_requests",
             "HTTP requests answered, by route template, method and status.",
@@ -50,64 +55,26 @@ class HttpMetrics:
             multiprocess_mode="livesum",
         )
         self._children: dict[tuple[str, str, int], tuple[FastCounter, FastHistogram]] = {}
-        gauge = FastCounter(self.in_flight)
-        self.in_flight_inc = gauge.inc
+        self.in_flight_inc = FastCounter(self.in_flight).inc
 
-    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one answered request and its duration."""
-        key = (route, method, status)
+    def observe(self, scope: Scope, route: str | None, status: int, seconds: float) -> None:
+        """Count one answered request (``route``: its template if it was routed) and its duration."""
+        method = scope.get("method", "")
+        if method not in _METHODS:
+            method = "other"
+        key = (route or self._template(scope), method, status)
         children = self._children.get(key)
         if children is None:
-            labels = (route, method, str(status))
+            labels = (key[0], method, str(status))
             children = (FastCounter(self.requests.labels(*labels)), FastHistogram(self.duration.labels(*labels)))
             self._children[key] = children
         counter, histogram = children
         counter.inc(1)
         histogram.observe(seconds)
 
-
-class MetricsMiddleware:
-    """Times and counts every HTTP request; ``routes`` returns the app's routes (to name refused requests)."""
-
-    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, routes: Callable[[], Sequence[BaseRoute]]) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.routes = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-        in_flight = self.metrics.in_flight_inc
-        in_flight(1)
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            in_flight(-1)
-            method = scope.get("method", "")
-            self.metrics.observe(
-                self._route(scope),
-                method if method in _METHODS else "other",
-                status,
-                time.perf_counter() - start,
-            )
-
-    def _route(self, scope: Scope) -> str:
-        """The template of the route that answered, or that would have answered a request refused before
-        routing (401, 413, 429); ``<unmatched>`` for a path no route matches."""
-        route = scope.get("route")
-        path = getattr(route, "path", None)
-        if isinstance(path, str):
-            return path
+    def _template(self, scope: Scope) -> str:
+        """The template of the route that would have answered a request refused before routing (401, 413, 429);
+        ``<unmatched>`` for a path no route matches."""
         for candidate in _leaf_routes(self.routes()):
             match, _ = candidate.matches(scope)
             if match is not Match.NONE:
