@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from reference_kernels import path_integrals_fast
 from torch import nn
 
 from service.engine.exact_kernel import ExactKernel
@@ -15,7 +16,6 @@ from service.engine.gradient_shap import (
     GradientShapEngine,
     fold_piecewise_linear,
     path_integrals_by_pieces,
-    path_integrals_fast,
 )
 from service.model.nn import BinaryClassification
 

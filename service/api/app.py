@@ -108,7 +108,7 @@ async def _start(state: AppState) -> None:
     await runtime.start()
     # Everything alive now (modules, torch, the schemas, the bundle: ~250k objects) lives as long as the process.
     # Frozen, it is no longer scanned by the cyclic GC, whose full collections otherwise stop the event loop
-    # for 50-70 ms now and then under load (the p99 latency).
+    # for tens of milliseconds now and then under load (the p99 latency).
     gc.collect()
     gc.freeze()
     log_event(
