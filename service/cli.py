@@ -201,7 +201,10 @@ _EXTRA_PACKAGES: dict[str, frozenset[str]] = {
 
 
 def _missing_extra(command: str, exc: ModuleNotFoundError) -> str | None:
-    """The one-line message for a command whose extra is not installed, or None if ``exc`` is something else."""
+    """The one-line message for a command whose extra is not installed, or whose compiled exact kernel is not
+    built (service.engine.exact_kernel's hint), or None if ``exc`` is something else."""
+    if exc.name == "service.engine._exact":
+        return f"gshap {command}: {exc.args[0] if exc.args else exc}"
     top = (exc.name or "").split(".")[0]
     extra = EXTRAS.get(command)
     needed = _EXTRA_PACKAGES["server"] | (_EXTRA_PACKAGES["train"] if extra == "train" else frozenset())
