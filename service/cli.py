@@ -1,4 +1,4 @@
-"""The ``gshap`` command: train, groups, figures, serve, openapi.
+"""The ``gshap`` command: train, groups, figures, serve, openapi, problems.
 
 Each sub-command is a thin shell around a library function, so that tests and integrators can call the
 same code without a subprocess.
@@ -140,6 +140,23 @@ def _openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _problems(args: argparse.Namespace) -> int:
+    from service.api.errors import problems_markdown
+
+    text = problems_markdown()
+    out = Path(args.out)
+    if args.check:
+        if not out.is_file() or out.read_text() != text:
+            print(f"{out} differs from the service's problem types; run: gshap problems", file=sys.stderr)
+            return 1
+        print(f"{out} matches the service's problem types")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gshap", description="GradientSHAP explanation service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="openapi.yaml")
     p.add_argument("--check", action="store_true")
     p.set_defaults(func=_openapi)
+
+    p = sub.add_parser("problems", help="write (or --check) docs/PROBLEMS.md, the problem types, from the error tree")
+    p.add_argument("--out", default="docs/PROBLEMS.md")
+    p.add_argument("--check", action="store_true")
+    p.set_defaults(func=_problems)
     return parser
 
 
@@ -191,6 +213,7 @@ EXTRAS: dict[str, str] = {
     "figures": "train",
     "serve": "server",
     "openapi": "server",
+    "problems": "server",
 }
 _EXTRA_PACKAGES: dict[str, frozenset[str]] = {
     "server": frozenset(

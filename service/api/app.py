@@ -26,7 +26,7 @@ from starlette.middleware import Middleware
 from service import __version__
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
-from service.api.routes import AppState, explain, groups, health, model, predict
+from service.api.routes import AppState, explain, groups, health, model, predict, problems
 from service.api.security import (
     ApiKeyMiddleware,
     BodySizeLimitMiddleware,
@@ -48,8 +48,8 @@ diabetes data, with per-feature **GradientSHAP** attributions relative to the tr
   BMI may be `null`, `0` or omitted when not measured: they are imputed and listed in `imputed`.
 - Types are strict: numbers must be JSON numbers (not strings or booleans), counts JSON integers, values
   finite and within each field's range; unknown fields are refused. Refusals are RFC 9457
-  `application/problem+json` documents (`type` = `{PROBLEM_BASE}<kind>`) whose `errors` name the field
-  and the rule.
+  `application/problem+json` documents (`type` = `{PROBLEM_BASE}<kind>`, a page on this service that says
+  what the kind means) whose `errors` name the field and the rule.
 - Batches (`/predict/batch`, `/explain/batch`) answer every record on its own, in order; over
   GSHAP_MAX_BATCH_RECORDS records (default 100) the whole request is refused with 413.
 - When the server is started with GSHAP_API_KEYS, every endpoint but `/healthz` and `/readyz` needs
@@ -175,7 +175,7 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
     )
     app.state.gshap = state
     install_exception_handlers(app)
-    for area in (predict, explain, groups, model, health):
+    for area in (predict, explain, groups, model, health, problems):
         app.include_router(area.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
