@@ -2,8 +2,9 @@
 
 - :func:`create_app` builds an app; its lifespan loads and verifies the bundle once (unless one is handed in),
   builds the engine and runs a warm-up explanation before ``/readyz`` turns ready.
-- :func:`serve` is ``gshap serve``: it loads and verifies the bundle *before* uvicorn starts, so that a
-  missing, tampered or incompatible bundle ends the process with a one-line reason and a non-zero exit.
+- :func:`serve` is ``gshap serve``: it loads and verifies the bundle and warms the model up *before* uvicorn
+  starts, so that a missing, tampered or incompatible bundle, or a model whose answers are not finite, ends the
+  process with a one-line reason and exit code 2.
 - :func:`openapi_yaml` is ``gshap openapi``: the served OpenAPI document as YAML (``openapi.yaml``).
 """
 
@@ -96,16 +97,13 @@ async def _start(state: AppState) -> None:
     threads = configure_torch(settings.torch_threads)
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     engine_threads = settings.engine_threads
-    runtime = InferenceRuntime(
-        bundle,
-        max_n_samples=settings.max_n_samples,
-        engine_threads=engine_threads,
-        engine_processes=settings.engine_processes,
-        max_coalesce=settings.max_coalesce,
-        batch_window_ms=settings.batch_window_ms,
-    )
+    runtime = state.prebuilt if state.prebuilt is not None else build_runtime(settings, bundle)
     state.runtime = runtime
-    await runtime.start()
+    try:
+        await runtime.start()
+    except BundleError as exc:  # the warm-up refused the model (serve() has refused it before uvicorn started)
+        log_event("startup_failed", 40, reason=str(exc))
+        raise
     # Everything alive now (modules, torch, the schemas, the bundle: ~250k objects) lives as long as the process.
     # Frozen, it is no longer scanned by the cyclic GC, whose full collections otherwise stop the event loop
     # for tens of milliseconds now and then under load (the p99 latency).
@@ -122,10 +120,27 @@ async def _start(state: AppState) -> None:
     )
 
 
-def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -> FastAPI:
-    """The service's app. ``settings`` default to the environment; ``bundle`` (already loaded) skips loading."""
+def build_runtime(settings: Settings, bundle: Bundle) -> InferenceRuntime:
+    """The runtime that ``settings`` describe for ``bundle`` (not started)."""
+    return InferenceRuntime(
+        bundle,
+        max_n_samples=settings.max_n_samples,
+        engine_threads=settings.engine_threads,
+        engine_processes=settings.engine_processes,
+        max_coalesce=settings.max_coalesce,
+        batch_window_ms=settings.batch_window_ms,
+    )
+
+
+def create_app(
+    settings: Settings | None = None, bundle: Bundle | None = None, runtime: InferenceRuntime | None = None
+) -> FastAPI:
+    """The service's app. ``settings`` default to the environment; ``bundle`` (already loaded) skips loading;
+    ``runtime`` (built from that bundle and these settings, warmed up once, not started) skips building one."""
     settings = settings or Settings()
-    state = AppState(settings=settings, preloaded=bundle)
+    if runtime is not None and runtime.bundle is not bundle:
+        raise ValueError("a prebuilt runtime must come with the bundle it was built from")
+    state = AppState(settings=settings, preloaded=bundle, prebuilt=runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -243,10 +258,22 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 def serve(settings: Settings) -> int:
-    """Run uvicorn until SIGTERM/SIGINT (exit 0); a bundle that cannot be served raises ``BundleError`` first."""
+    """Run uvicorn until SIGTERM/SIGINT (exit 0); a bundle that cannot be served raises ``BundleError`` first.
+
+    Every refusal happens before uvicorn starts, so that ``gshap serve`` reports it in one line with exit code 2:
+    a bundle that does not load or verify, one that does not fit the request schema, and a model whose warm-up
+    answers are not finite (the runtime is built and warmed up here, then handed to the app, which starts it).
+    """
     configure_logging(settings.log_level)
     bundle = load_bundle(settings.model_path)
     ensure_compatible(bundle, SCHEMA_SPEC)
+    configure_torch(settings.torch_threads)  # as the lifespan does, before this process's first explanation
+    runtime = build_runtime(settings, bundle)
+    try:
+        runtime.warm_up()
+    except BundleError:
+        runtime.close()
+        raise
     import uvicorn
 
     # uvicorn re-raises the signal it handled once it has shut down: make that a clean exit
@@ -254,13 +281,15 @@ def serve(settings: Settings) -> int:
     common = uvicorn_options(settings)
     try:
         if settings.workers == 1:
-            uvicorn.run(create_app(settings, bundle), **common)
+            uvicorn.run(create_app(settings, bundle, runtime), **common)
         else:
             import os
 
-            # each worker builds its own app from the environment (and loads the bundle in its lifespan)
+            # each worker builds its own app from the environment (and loads the bundle in its lifespan); the
+            # warm-up above has checked the model they load
+            runtime.close()
             os.environ.update(settings.as_env())
-            del bundle
+            del bundle, runtime
             uvicorn.run("service.api.app:create_app", factory=True, workers=settings.workers, **common)
     except KeyboardInterrupt:
         return 130
