@@ -104,7 +104,8 @@ async def _start(state: AppState) -> None:
     except BundleError as exc:  # the warm-up refused the model (serve() has refused it before uvicorn started)
         log_event("startup_failed", 40, reason=str(exc))
         raise
-    # Everything alive now (modules, torch, the schemas, the bundle: ~250k objects) lives as long as the process.
+    # Everything alive now (modules, torch, the schemas, the bundle: a few hundred thousand objects) lives as long as
+    # the process.
     # Frozen, it is no longer scanned by the cyclic GC, whose full collections otherwise stop the event loop
     # for tens of milliseconds now and then under load (the p99 latency).
     gc.collect()
