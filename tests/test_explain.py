@@ -475,3 +475,40 @@ def test_missing_extension_says_how_to_build_it() -> None:
     assert serve.stderr.count("\n") == 1, serve.stderr
     assert serve.stderr.startswith("gshap serve: the compiled exact kernel"), serve.stderr
     assert "C compiler" in serve.stderr
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def test_c_model_leaks_nothing_on_refusals_builds_and_records() -> None:
+    """Refused calls, refused and accepted model builds and many records leave this process's RSS flat."""
+    from service.engine import _exact
+
+    kernel, xs = _kernel()
+    model = kernel._model
+    good = _model_constants()
+    frozen = np.empty(4)
+    frozen.flags.writeable = False
+    rows = np.random.default_rng(0).normal(size=(2000, F))
+
+    def work() -> None:
+        for _ in range(2000):
+            for refused in (
+                lambda: model.logits(xs, np.empty(3)),
+                lambda: model.explain(xs, np.empty((4, 7)), np.empty(4)),
+                lambda: model.logits(xs, frozen),
+                lambda: _exact.Model(**{**good, "p": np.zeros(3)}),  # type: ignore[arg-type]
+            ):
+                with pytest.raises((ValueError, TypeError)):
+                    refused()
+            _exact.Model(**good)  # type: ignore[arg-type]  # ~300 kB of constants each: a leak would show at once
+        for _ in range(5):
+            kernel.explain(rows)
+
+    work()  # warm: allocator pools, numpy caches
+    before = _rss_kib()
+    for _ in range(3):
+        work()
+    assert _rss_kib() - before < 2048  # KiB; 6,000 leaked builds alone would be 1.8 GB
