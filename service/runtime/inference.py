@@ -22,9 +22,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +57,6 @@ __all__ = [
 ]
 
 Record = Mapping[str, float | int | None]
-T = TypeVar("T")
 
 # the engine's lower bounds of n_samples: a Monte-Carlo standard error needs two draws, quadrature one node
 
@@ -322,8 +321,9 @@ class InferenceRuntime:
             )
 
     async def start(self) -> None:
-        """Warm up every engine thread (the exact kernel's buffers are per thread) or fork and warm up the engine
-        processes (before any thread of this process runs torch), then turn ready."""
+        """Run the warm-up on every engine thread (each thread's first torch call sets up its own state, and a
+        non-finite answer refuses the model before any request) or fork and warm up the engine processes (before
+        any thread of this process runs torch), then turn ready."""
         if self.pool is not None:
             self.warm_up()
             self.pool.start(warm_up=self._prepare([self.example_record()]).x.numpy())
@@ -334,6 +334,12 @@ class InferenceRuntime:
         self.ready = True
         if self.telemetry is not None:
             self.telemetry.set_ready(True)
+
+    def attach_telemetry(self, telemetry: Telemetry) -> None:
+        """Record metrics and drift into ``telemetry`` from :meth:`start` on (the app makes the telemetry; a runtime
+        built and warmed up before the app, as ``gshap serve`` does, gets it here)."""
+        self.telemetry = telemetry
+        self.coalescer.on_batch = self._on_batch
 
     def _start_telemetry(self, telemetry: Telemetry) -> None:
         """Publish the model's info and start the drift window against the evaluation set, whose reference
@@ -380,10 +386,6 @@ class InferenceRuntime:
         self.coalescer.close()
         if self.pool is not None:
             self.pool.close()
-
-    async def run(self, fn: Callable[..., T], /, *args: object) -> T:
-        """Run ``fn(*args)`` on an engine thread without blocking the event loop (not merged with anything)."""
-        return await self.coalescer.call(fn, *args)
 
     async def apredict(self, records: Sequence[Record]) -> list[Prediction]:
         """:meth:`predict`, merged with the other predictions of this event-loop turn, on the loop's thread."""

@@ -54,11 +54,12 @@ __all__ = [
 
 @dataclass
 class AppState:
-    """Per-app state: the settings, a bundle handed in by the caller (tests, ``serve``), the runtime and the
-    metrics (None when GSHAP_METRICS_ENABLED is false)."""
+    """Per-app state: the settings, a bundle and a built runtime handed in by the caller (tests, ``serve``), the
+    runtime in use and the metrics (None when GSHAP_METRICS_ENABLED is false)."""
 
     settings: Settings
     preloaded: Bundle | None = None
+    prebuilt: InferenceRuntime | None = None
     runtime: InferenceRuntime | None = None
     telemetry: Telemetry | None = None
 
