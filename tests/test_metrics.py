@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -225,9 +226,14 @@ def test_several_workers_share_their_metrics(tmp_path: Path) -> None:
     (folder / "counter_999999.db").write_bytes(b"stale")  # left by an earlier run: removed at start
     env = {"GSHAP_WORKERS": "2", "GSHAP_METRICS_DIR": str(folder)}
     with running_server(env) as server:
+        # /readyz answered by one worker; the other may still be starting: wait (bounded) for its build info
+        deadline = time.monotonic() + 60
+        pids: set[int] = set()
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids = {int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("gauge_max_*.db")}
+            time.sleep(0.2)
+        assert len(pids) == 2, sorted(p.name for p in folder.iterdir())  # both workers write into the folder
         _load(server.url, 40, record(**CANARY))
-        pids = {int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("gauge_max_*.db")}
-        assert len(pids) == 2, sorted(p.name for p in folder.iterdir())  # both workers' build info
         assert server.pid not in pids
         scrapes = []
         for _ in range(6):
