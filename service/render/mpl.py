@@ -1,0 +1,150 @@
+"""Charts drawn with matplotlib's object API: PNG (and SVG) of one chart, and the multi-panel figures.
+
+Every call builds its own :class:`~matplotlib.figure.Figure` and canvas: no pyplot, no current figure, so
+concurrent calls on different threads share no figure. Output bytes carry no date or software stamp and the
+SVG ids come from a fixed salt, so the same numbers give the same SVG bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_svg import FigureCanvasSVG
+from matplotlib.figure import Figure
+
+from service.render.charts import BarChart
+
+__all__ = ["DPI", "chart_figure", "chart_grid", "confusion_figure", "draw_chart", "figure_bytes", "render_png"]
+
+# a fixed salt: stable SVG element ids, identical SVGs run to run (read by the SVG backend at save time)
+matplotlib.rcParams["svg.hashsalt"] = "gshap-service"
+DPI = 130
+_META: dict[str, dict[str, Any]] = {"png": {"Software": None}, "svg": {"Date": None}}
+
+
+def draw_chart(ax: Axes, chart: BarChart, *, compact: bool = False, footnote: bool = True) -> None:
+    """Draw ``chart`` on ``ax``: bars top to bottom, intervals, value texts, reference lines, labels."""
+    n = len(chart.bars)
+    y = np.arange(n)
+    for i, b in enumerate(chart.bars):
+        ax.barh(i, b.end - b.start, left=b.start, color=b.fill, alpha=0.85)
+        if b.low is not None and b.high is not None and np.isfinite([b.low, b.high]).all():
+            ax.errorbar(
+                b.end, i, xerr=[[b.end - b.low], [b.high - b.end]], fmt="none", ecolor="black", capsize=3, lw=1
+            )
+        if b.text and not compact:
+            positive = b.end >= b.start
+            edge = max(b.end, b.high or b.end) if positive else min(b.end, b.low or b.end)
+            ax.annotate(
+                b.text,
+                (edge, i),
+                xytext=(4 if positive else -4, 0),
+                textcoords="offset points",
+                va="center",
+                ha="left" if positive else "right",
+                fontsize=8,
+            )
+    ax.set_yticks(y, [b.label for b in chart.bars])
+    ax.set_ylim(n - 0.5, -0.5 - (0.9 if chart.markers else 0.0))
+    ax.set_xlim(*chart.x_range())
+    if chart.zero_line:
+        ax.axvline(0, color="grey", lw=0.8)
+    ordered = sorted(chart.markers, key=lambda m: m.x)
+    for k, m in enumerate(ordered):
+        ax.axvline(m.x, color="black" if not m.dashed else "grey", ls="--" if m.dashed else "-", lw=1)
+        left_side = k == 0 and len(ordered) > 1
+        ax.annotate(
+            m.label,
+            (m.x, -0.6),
+            xytext=(-3 if left_side else 3, 0),
+            textcoords="offset points",
+            ha="right" if left_side else "left",
+            va="bottom",
+            fontsize=8,
+            color="dimgrey",
+        )
+    ax.set_title("\n".join(chart.title), fontsize=9 if len(chart.title) > 1 else 10)
+    ax.set_xlabel(chart.xlabel, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    if chart.footnote and footnote and not compact:
+        ax.text(
+            0.99,
+            0.02,
+            chart.footnote.replace(" · relative", "\nrelative"),
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="dimgrey",
+        )
+
+
+def chart_figure(chart: BarChart, width: float = 8.0) -> Figure:
+    """One chart as a figure, its height from its rows."""
+    fig = Figure(figsize=(width, 1.4 + 0.38 * len(chart.bars)))
+    draw_chart(fig.add_subplot(), chart)
+    return fig
+
+
+def chart_grid(
+    charts: Sequence[BarChart], cols: int, size: tuple[float, float], *, title: str = "", shared: bool = True
+) -> Figure:
+    """Several charts in a grid; ``shared``: one x range for all (the outcome-group panel), compact rows."""
+    rows = -(-len(charts) // cols)
+    fig = Figure(figsize=size)
+    axes = fig.subplots(rows, cols, sharex=shared, squeeze=False)
+    lo = min(c.x_range()[0] for c in charts)
+    hi = max(c.x_range()[1] for c in charts)
+    for ax, chart in zip(axes.flat, charts, strict=False):
+        draw_chart(ax, chart, compact=shared, footnote=False)
+        if shared:
+            ax.set_xlim(lo, hi)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(matrix: Mapping[str, int], names: tuple[str, str], title: str) -> Figure:
+    """The evaluation set's confusion matrix (``tn``, ``fp``, ``fn``, ``tp``) with row shares."""
+    m = np.array([[matrix["tn"], matrix["fp"]], [matrix["fn"], matrix["tp"]]])
+    fig = Figure(figsize=(4.8, 4.2))
+    ax = fig.add_subplot()
+    ax.imshow(m, cmap="Blues")
+    cells = [["TN", "FP"], ["FN", "TP"]]
+    for i in range(2):
+        for j in range(2):
+            share = m[i, j] / m[i].sum() if m[i].sum() else 0.0
+            ax.text(
+                j,
+                i,
+                f"{cells[i][j]}\n{m[i, j]}\n({share:.0%} of row)",
+                ha="center",
+                va="center",
+                color="white" if m[i, j] > m.max() / 2 else "black",
+                fontsize=11,
+            )
+    neg, pos = names
+    ax.set_xticks([0, 1], [f"predicted\n{neg}", f"predicted\n{pos}"])
+    ax.set_yticks([0, 1], [f"actual\n{neg}", f"actual\n{pos}"])
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def figure_bytes(fig: Figure, fmt: Literal["png", "svg"]) -> bytes:
+    """The figure saved as PNG or SVG (tight bounding box, no date or software stamp) on its own canvas."""
+    canvas = FigureCanvasAgg(fig) if fmt == "png" else FigureCanvasSVG(fig)
+    buffer = io.BytesIO()
+    canvas.print_figure(buffer, format=fmt, dpi=DPI, bbox_inches="tight", metadata=_META[fmt])
+    return buffer.getvalue()
+
+
+def render_png(chart: BarChart) -> bytes:
+    """One chart as PNG."""
+    return figure_bytes(chart_figure(chart), "png")
