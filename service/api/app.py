@@ -26,6 +26,7 @@ from starlette.middleware import Middleware
 from service import __version__
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
+from service.api.page import install_pages
 from service.api.routes import AppState, explain, groups, health, model, predict
 from service.api.security import (
     ApiKeyMiddleware,
@@ -172,11 +173,15 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
         openapi_tags=TAGS,
         lifespan=lifespan,
         middleware=middleware,
+        # /docs and /redoc are served offline by service.api.page (install_pages)
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.gshap = state
     install_exception_handlers(app)
     for area in (predict, explain, groups, model, health):
         app.include_router(area.router)
+    install_pages(app, app.title)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

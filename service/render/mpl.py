@@ -35,9 +35,7 @@ def draw_chart(ax: Axes, chart: BarChart, *, compact: bool = False, footnote: bo
     for i, b in enumerate(chart.bars):
         ax.barh(i, b.end - b.start, left=b.start, color=b.fill, alpha=0.85)
         if b.low is not None and b.high is not None and np.isfinite([b.low, b.high]).all():
-            ax.errorbar(
-                b.end, i, xerr=[[b.end - b.low], [b.high - b.end]], fmt="none", ecolor="black", capsize=3, lw=1
-            )
+            ax.errorbar(b.end, i, xerr=[[b.end - b.low], [b.high - b.end]], fmt="none", ecolor="black", capsize=3, lw=1)
         if b.text and not compact:
             positive = b.end >= b.start
             edge = max(b.end, b.high or b.end) if positive else min(b.end, b.low or b.end)
@@ -73,13 +71,15 @@ def draw_chart(ax: Axes, chart: BarChart, *, compact: bool = False, footnote: bo
     ax.set_xlabel(chart.xlabel, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     if chart.footnote and footnote and not compact:
-        ax.text(
-            0.99,
-            0.02,
-            chart.footnote.replace(" · relative", "\nrelative"),
-            transform=ax.transAxes,
+        # under the axis label, outside the bars (the tight bounding box takes it in)
+        ax.annotate(
+            chart.footnote,
+            (1.0, 0.0),
+            xycoords="axes fraction",
+            xytext=(0, -34),
+            textcoords="offset points",
             ha="right",
-            va="bottom",
+            va="top",
             fontsize=7,
             color="dimgrey",
         )
