@@ -17,7 +17,7 @@ from service.render import BarChart
 from service.render.mpl import render_png
 from service.render.svg import chart_svg
 
-__all__ = ["MEDIA_TYPES", "FormatQuery", "PlotFormat", "plot_answer", "plot_responses"]
+__all__ = ["MEDIA_TYPES", "FormatQuery", "PlotFormat", "WidthQuery", "plot_answer", "plot_responses"]
 
 PlotFormat = Literal["svg", "png"]
 MEDIA_TYPES: dict[str, str] = {"svg": "image/svg+xml", "png": "image/png"}
@@ -26,6 +26,17 @@ FormatQuery = Annotated[
     Query(
         description=(
             "svg (default) or png; without it, an Accept header naming image/png (and not image/svg+xml) gets PNG."
+        ),
+    ),
+]
+
+WidthQuery = Annotated[
+    int,
+    Query(
+        ge=320,
+        le=2000,
+        description=(
+            "Width of the picture in pixels (SVG; PNG about as wide). Narrow pictures put each label above its bar."
         ),
     ),
 ]
@@ -48,13 +59,13 @@ def chosen_format(request: Request, fmt: PlotFormat | None) -> PlotFormat:
     return "png" if "image/png" in accept and "image/svg+xml" not in accept else "svg"
 
 
-async def plot_answer(request: Request, chart: BarChart, fmt: PlotFormat | None) -> Response:
-    """``chart`` in the chosen format."""
+async def plot_answer(request: Request, chart: BarChart, fmt: PlotFormat | None, width: int = 720) -> Response:
+    """``chart`` in the chosen format, ``width`` pixels wide."""
     chosen = chosen_format(request, fmt)
     if chosen == "svg":
-        body = chart_svg(chart)
+        body = chart_svg(chart, width)
     else:
-        body = await anyio.to_thread.run_sync(render_png, chart, limiter=_limiter(request))
+        body = await anyio.to_thread.run_sync(render_png, chart, width, limiter=_limiter(request))
     return Response(body, media_type=MEDIA_TYPES[chosen], headers={"Vary": "Accept"})
 
 

@@ -145,6 +145,6 @@ def figure_bytes(fig: Figure, fmt: Literal["png", "svg"]) -> bytes:
     return buffer.getvalue()
 
 
-def render_png(chart: BarChart) -> bytes:
-    """One chart as PNG."""
-    return figure_bytes(chart_figure(chart), "png")
+def render_png(chart: BarChart, width: int = 1040) -> bytes:
+    """One chart as PNG, about ``width`` pixels wide."""
+    return figure_bytes(chart_figure(chart, width=width / DPI), "png")

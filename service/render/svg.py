@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Callable
 from xml.sax.saxutils import escape, quoteattr
 
-from service.render.charts import BarChart
+from service.render.charts import BarChart, Marker
 
 __all__ = ["FONT", "chart_svg", "nice_ticks"]
 
@@ -50,9 +51,39 @@ def _tick_text(t: float, step: float) -> str:
     return f"{t:.{decimals}f}".replace("-", "−")
 
 
+def _marker_labels(
+    chart: BarChart, x: Callable[[float], float], width: int
+) -> list[tuple[Marker, float, float, str, int]]:
+    """Each marker with its line's x, its label's x and anchor, and its label's line above the plot (0 or 1):
+    labels point away from each other, stay inside the picture and go on two lines where they would overlap."""
+    placed: list[tuple[Marker, float, float, str, int]] = []
+    spans: list[tuple[float, float]] = []
+    ordered = sorted(chart.markers, key=lambda m: m.x)
+    for k, m in enumerate(ordered):
+        mx = x(m.x)
+        anchor, dx = ("end", -4.0) if k == 0 and len(ordered) > 1 else ("start", 4.0)
+        reach = len(m.label) * CHAR * 0.92
+        if anchor == "start" and mx + dx + reach > width:
+            anchor, dx = "end", -4.0
+        elif anchor == "end" and mx + dx - reach < 0:
+            anchor, dx = "start", 4.0
+        span = (mx + dx - reach, mx + dx) if anchor == "end" else (mx + dx, mx + dx + reach)
+        line = 1 if any(a < span[1] + 6 and span[0] < b + 6 for a, b in spans) else 0
+        spans.append(span)
+        placed.append((m, mx, mx + dx, anchor, line))
+    return placed
+
+
 def chart_svg(chart: BarChart, width: int = 720) -> bytes:
-    """The chart as a standalone SVG document (UTF-8), ``width`` pixels wide, its height from its rows."""
-    label_w = min(max((len(b.label) for b in chart.bars), default=10) * CHAR + 16, width * 0.45)
+    """The chart as a standalone SVG document (UTF-8), ``width`` pixels wide, its height from its rows.
+
+    Below about 560 pixels (long labels) each row's label goes above its bar, so that phones get readable text.
+    """
+    needed = max((len(b.label) for b in chart.bars), default=10) * CHAR + 16
+    # narrow pictures (phones) put each row's label above its bar instead of beside it
+    stacked = needed > width * 0.45
+    label_w = 12.0 if stacked else needed
+    row = ROW + 14 if stacked else ROW
     left, right = label_w + 8, width - 24.0
     # the first title line is 14 px bold (wider characters), the others 12 px
     title = [
@@ -60,14 +91,18 @@ def chart_svg(chart: BarChart, width: int = 720) -> bytes:
         for i, text in enumerate(chart.title)
         for line in textwrap.wrap(text, int((width - 24) / (CHAR * (1.3 if i == 0 else 1.0)))) or [""]
     ]
-    top = 12 + 20 * len(title) + (22 if chart.markers else 4)
-    n = len(chart.bars)
-    plot_bottom = top + ROW * n
-    height = plot_bottom + 22 + (20 if chart.xlabel else 0) + (18 if chart.footnote else 0) + 8
     lo, hi = chart.x_range()
 
     def x(v: float) -> float:
         return left + (v - lo) / (hi - lo) * (right - left)
+
+    markers = _marker_labels(chart, x, width)
+    lines = max((level for *_, level in markers), default=-1) + 1
+    footnote = textwrap.wrap(chart.footnote, int((width - 24) / (CHAR * 0.85))) if chart.footnote else []
+    top = 12 + 20 * len(title) + (8 + 14 * lines if lines else 4)
+    n = len(chart.bars)
+    plot_bottom = top + row * n
+    height = plot_bottom + 22 + (20 if chart.xlabel else 0) + 14 * len(footnote) + 12
 
     out: list[str] = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {_f(height)}" width="{width}" '
@@ -96,12 +131,14 @@ def chart_svg(chart: BarChart, width: int = 720) -> bytes:
         )
     out.append("</g>")
     for i, b in enumerate(chart.bars):
-        cy = top + ROW * i + ROW / 2
+        cy = top + row * i + row / 2 + (7 if stacked else 0)
         x0, x1 = sorted((x(b.start), x(b.end)))
         parts = [
             f"<g data-feature={quoteattr(b.key)}>",
             f"<title>{escape(b.note or b.label)}</title>",
-            f'<text x="{_f(label_w)}" y="{_f(cy + 4)}" text-anchor="end">{escape(b.label)}</text>',
+            f'<text x="12" y="{_f(cy - BAR / 2 - 4)}">{escape(b.label)}</text>'
+            if stacked
+            else f'<text x="{_f(label_w)}" y="{_f(cy + 4)}" text-anchor="end">{escape(b.label)}</text>',
             f'<rect x="{_f(x0)}" y="{_f(cy - BAR / 2)}" width="{_f(max(x1 - x0, 1.0))}" height="{_f(BAR)}" '
             f'fill="{b.fill}" fill-opacity="0.88"/>',
         ]
@@ -122,27 +159,19 @@ def chart_svg(chart: BarChart, width: int = 720) -> bytes:
             )
         parts.append("</g>")
         out.append("".join(parts))
-    ordered = sorted(chart.markers, key=lambda m: m.x)
-    for k, m in enumerate(ordered):
-        mx = x(m.x)
+    for m, mx, tx, anchor, level in markers:
         dash = ' stroke-dasharray="5 3"' if m.dashed else ""
-        anchor, dx = ("end", -4) if k == 0 and len(ordered) > 1 else ("start", 4)
-        reach = len(m.label) * CHAR * 0.92
-        if anchor == "start" and mx + dx + reach > width:
-            anchor, dx = "end", -4
-        elif anchor == "end" and mx + dx - reach < 0:
-            anchor, dx = "start", 4
         out.append(
             f'<g class="marker"><line x1="{_f(mx)}" x2="{_f(mx)}" y1="{_f(top - 8)}" y2="{_f(plot_bottom)}" '
-            f'stroke="{INK}"{dash}/><text x="{_f(mx + dx)}" y="{_f(top - 10)}" text-anchor="{anchor}" '
+            f'stroke="{INK}"{dash}/><text x="{_f(tx)}" y="{_f(top - 10 - 14 * level)}" text-anchor="{anchor}" '
             f'font-size="11">{escape(m.label)}</text></g>'
         )
     y = plot_bottom + 22
     if chart.xlabel:
         y += 16
         out.append(f'<text x="{_f((left + right) / 2)}" y="{_f(y)}" text-anchor="middle">{escape(chart.xlabel)}</text>')
-    if chart.footnote:
-        y += 18
-        out.append(f'<text x="12" y="{_f(y)}" font-size="10" fill="{MUTED}">{escape(chart.footnote)}</text>')
+    for text in footnote:
+        y += 14
+        out.append(f'<text x="12" y="{_f(y)}" font-size="10" fill="{MUTED}">{escape(text)}</text>')
     out.append("</svg>\n")
     return "\n".join(out).encode()

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request, Response
 
 from service.api.errors import FieldError, invalid_input
-from service.api.plots import FormatQuery, plot_answer, plot_responses
+from service.api.plots import FormatQuery, WidthQuery, plot_answer, plot_responses
 from service.api.routes import (
     POST_PROBLEMS,
     RequestIdDep,
@@ -126,6 +126,7 @@ async def explain_plot(
     request: Request,
     runtime: RuntimeDep,
     format: FormatQuery = None,
+    width: WidthQuery = 720,
 ) -> Response:
     """The same explanation as POST /explain, drawn as a waterfall from the base value to this patient's
     output: one bar per feature, largest first, red where it raises the risk and blue where it lowers it,
@@ -141,7 +142,7 @@ async def explain_plot(
         output=explanation.output,
         title=f"{explanation.prediction.probability:.0%} predicted risk of {runtime.spec.positive_label}",
     )
-    return await plot_answer(request, chart, format)
+    return await plot_answer(request, chart, format, width)
 
 
 @router.post(

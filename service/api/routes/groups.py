@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Path, Request, Response
 
 from service.api.errors import NotFound
-from service.api.plots import FormatQuery, plot_answer, plot_responses
+from service.api.plots import FormatQuery, WidthQuery, plot_answer, plot_responses
 from service.api.routes import GET_PROBLEMS, RuntimeDep, problem_responses
 from service.contract import GROUPS as GROUP_NAMES
 from service.render import group_chart
@@ -92,7 +92,7 @@ def _known(runtime: InferenceRuntime, group: str) -> tuple[str, dict[str, Any]]:
     response_class=Response,
     responses={
         **plot_responses("The group's mean attribution of each feature with its interval, largest first."),
-        **problem_responses(404, *GET_PROBLEMS),
+        **problem_responses(404, 422, *GET_PROBLEMS),
     },
 )
 async def get_group_plot(
@@ -100,6 +100,7 @@ async def get_group_plot(
     runtime: RuntimeDep,
     group: str = Path(description="TP, TN, FP, FN or ALL (case-insensitive).", examples=["TP"]),
     format: FormatQuery = None,
+    width: WidthQuery = 720,
 ) -> Response:
     """GET /groups/{group} drawn as bars: each feature's mean attribution (logit) in the group with its 95%
     interval, largest first. image/svg+xml by default, image/png with `?format=png`; the same figure code as
@@ -107,4 +108,4 @@ async def get_group_plot(
     key, summaries = _known(runtime, group)
     labels = {f.name: f.label_with_unit() for f in runtime.spec}
     interval = "95% interval" if key != "ALL" or summaries[key].get("count", 0) > 1 else "no interval"
-    return await plot_answer(request, group_chart(key, summaries[key], labels, interval=interval), format)
+    return await plot_answer(request, group_chart(key, summaries[key], labels, interval=interval), format, width)

@@ -204,7 +204,9 @@
     api("POST", "/explain", record).then(function (r) {
       if (r.ok) {
         return r.json().then(function (explanation) {
-          return api("POST", "/explain/plot", record, "image/svg+xml").then(function (plot) {
+          // drawn for the width it gets: narrow screens get labels above the bars, in readable type
+          var width = Math.max(320, Math.min(1000, chartWidth()));
+          return api("POST", "/explain/plot?width=" + width, record, "image/svg+xml").then(function (plot) {
             return (plot.ok ? plot.text() : Promise.resolve(null)).then(function (svg) { showResult(explanation, svg); });
           });
         });
@@ -233,6 +235,14 @@
   }
 
   // ---- the result -------------------------------------------------------------------------------------------
+
+  // the room the chart will have: the result column beside the form, or the whole width on narrow screens
+  function chartWidth() {
+    if (!$("result").hidden) return $("chart").clientWidth;
+    var layout = document.querySelector(".layout").clientWidth;
+    var stacked = window.matchMedia("(max-width: 52rem)").matches;
+    return Math.round((stacked ? layout : layout - $("record-form").offsetWidth - 24) - 34);
+  }
 
   function showResult(ex, svgText) {
     var pred = ex.prediction;
