@@ -186,6 +186,21 @@ def test_page_is_readable_at_phone_width(server: LiveServer, browser: Any) -> No
         phone.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
+def test_page_first_load_is_under_100_kb(server: LiveServer) -> None:
+    """A first visit (cold cache, fresh profile) transfers at most 100 kB: page, script, style, icon, JSON."""
+    with chromium() as fresh:
+        fresh.get(server.url + "/")
+        _wait(fresh, lambda d: d.find_elements(By.CSS_SELECTOR, "#fields input"))
+        entries = fresh.execute_script(
+            "return performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))"
+            ".map(e => [new URL(e.name).pathname, e.transferSize])"
+        )
+    sizes = dict(entries)
+    assert {"/", "/static/page.js", "/static/page.css", "/model", "/groups"} <= set(sizes)
+    assert all(size > 0 for size in sizes.values()), sizes  # really transferred, not from a cache
+    assert sum(sizes.values()) <= 100_000, sizes
+
+
 def test_model_card_view(server: LiveServer, browser: Any) -> None:
     """The second view shows the metrics with their intervals, the population and the limitations."""
     _open_page(browser, server.url)
