@@ -14,7 +14,6 @@ import anyio
 from fastapi import Query, Request, Response
 
 from service.render import BarChart
-from service.render.mpl import render_png
 from service.render.svg import chart_svg
 
 __all__ = ["MEDIA_TYPES", "FormatQuery", "PlotFormat", "WidthQuery", "plot_answer", "plot_responses"]
@@ -65,6 +64,9 @@ async def plot_answer(request: Request, chart: BarChart, fmt: PlotFormat | None,
     if chosen == "svg":
         body = chart_svg(chart, width)
     else:
+        # matplotlib is imported on the first PNG, not at start-up (it costs the cold start ~0.4 s)
+        from service.render.mpl import render_png
+
         body = await anyio.to_thread.run_sync(render_png, chart, width, limiter=_limiter(request))
     return Response(body, media_type=MEDIA_TYPES[chosen], headers={"Vary": "Accept"})
 
