@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,8 +18,8 @@ from service.training.data import load_dataset
 BUNDLE_FILES = ("weights.safetensors", "baselines.safetensors", "evaluation.safetensors", "groups.json")
 
 
-def _manifest_without_time(path: Path) -> dict:  # type: ignore[type-arg]
-    m = json.loads((path / "manifest.json").read_text())
+def _manifest_without_time(path: Path) -> dict[str, Any]:
+    m: dict[str, Any] = json.loads((path / "manifest.json").read_text())
     m.pop("created_at")
     return m
 
