@@ -15,8 +15,6 @@ import httpx
 import pytest
 from browser import chromium, console_errors, network_urls
 from live_server import LiveServer, running_server
-
-pytest.importorskip("selenium")
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
