@@ -84,7 +84,8 @@ EXAMPLES: list[tuple[str, list[str]]] = [
     ("One outcome group of the evaluation set", ["-s", "{url}/groups/FN"]),
     ("All outcome groups (features lists shortened here to the first two)", ["-s", "{url}/groups"]),
     ("An unknown group", ["-s", "{url}/groups/XX"]),
-    ("The model card (shortened here: first feature, MLP metrics only)", ["-s", "{url}/model"]),
+    ("The model card (shortened here: first feature, MLP metrics only, no calibration or subgroup tables)",
+     ["-s", "{url}/model"]),
     ("A misspelled field is an error, never a silent 'missing'", _post("/predict", MISSPELLED, "-si")),
     ("Malformed JSON", _post("/predict", '{"glucose": 148,')),
 ]  # fmt: skip
@@ -97,9 +98,11 @@ def _shorten(title: str, body: Any) -> Any:
     if "model card" in title:
         body["features"] = [body["features"][0], "…"]
         body["metrics"] = {"mlp": body["metrics"]["mlp"], "…": "…"}
-        for k in ("training", "baselines", "preprocessing"):
+        for k in ("training", "baselines", "preprocessing", "subgroups"):
             if k in body:
                 body[k] = "…"
+        if "calibration" in body:
+            body["calibration"] = {"served": body["calibration"]["served"], "…": "…"}
     return body
 
 
@@ -182,6 +185,16 @@ def _short_card(body: dict[str, Any]) -> None:
     for k in ("training", "baselines", "preprocessing", "data", "explanation_defaults", "library_versions"):
         if k in body:
             body[k] = "…"
+    for k in ("subgroups", "development_and_validation", "explanation_method", "not_measured", "update_schedule"):
+        if k in body:
+            body[k] = "…"
+    for k in ("intended_users", "out_of_scope_uses", "limitations"):
+        if k in body:
+            body[k] = _first(1, body[k])
+    if "population" in body:
+        body["population"] = {"description": body["population"].get("description"), "…": "…"}
+    if "calibration" in body:
+        body["calibration"] = {"served": body["calibration"]["served"], "…": "…"}
 
 
 # One example per endpoint, for the README: (title, curl arguments, how the answer is shortened or None)
@@ -303,6 +316,83 @@ def metrics_block() -> str:
     return "\n".join(rows) + "\n"
 
 
+def _ci(d: dict[str, Any] | None, digits: int = 3) -> str:
+    """``value [low, high]``, or ``n/a`` where the sample cannot define the number (e.g. AUC with one class)."""
+    if not d or d.get("value") is None:
+        return "n/a"
+    lo, hi = d.get("ci_low"), d.get("ci_high")
+    interval = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and hi is not None else ""
+    return f"{d['value']:.{digits}f}{interval}"
+
+
+def calibration_block() -> str:
+    from service.model.store import load_bundle
+
+    bundle = load_bundle()
+    c = bundle.metrics["calibration"]
+    cal = bundle.calibration
+    names = {"mlp": "MLP (served)", "logistic_regression": "logistic regression (reference)"}
+    rows = [
+        f"Served scale: `{cal.name}`, calibrated logit = {cal.a} × logit {'+' if cal.b >= 0 else '−'} {abs(cal.b)}. "
+        f"Test split, {c['mlp']['after']['n']} records; {c['binning']} for ECE; slope and intercept: "
+        f"{c['slope_intercept']}; intervals: {c['mlp']['after']['interval']}.",
+        "",
+        "| model | calibration | ECE | ECE of a perfectly calibrated model on these records | slope | intercept "
+        "| Brier | mean predicted risk | observed prevalence |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, title in names.items():
+        for state in ("before", "after"):
+            r = c[key][state]
+            null = r["ece_if_perfectly_calibrated"]
+            rows.append(
+                f"| {title} | {state} | {_ci(r['ece'])} | {null['median']:.3f} [{null['ci_low']:.3f}, "
+                f"{null['ci_high']:.3f}] | {_ci(r['slope'])} | {_ci(r['intercept'])} | {_ci(r['brier'])} | "
+                f"{_ci(r['mean_predicted'])} | {_ci(r['observed_prevalence'])} |"
+            )
+    rows += [
+        "",
+        "| model | Platt a, b | threshold before → after | test decisions changed | goal: ECE ≤ 0.05 | "
+        "goal: mean risk inside the prevalence interval |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, title in names.items():
+        m = c[key]
+        goal = m["goal_met"]
+        rows.append(
+            f"| {title} | {m['a']}, {m['b']} | {m['threshold_before']:.4f} → {m['threshold_after']:.4f} | "
+            f"{m['test_decisions_changed']} of {m['after']['n']} | {'met' if goal['ece_at_most_0.05'] else 'not met'} "
+            f"| {'met' if goal['mean_predicted_within_prevalence_interval'] else 'not met'} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def subgroups_block() -> str:
+    from service.model.store import load_bundle
+
+    s = load_bundle().metrics["subgroups"]
+    rows = [
+        f"{s['model']}; {s['evaluation_set']}; intervals: {s['interval']}. Caution: {s['caution']}.",
+        "",
+        "| band | n | positives | ROC AUC | sensitivity | specificity | mean predicted risk | observed rate "
+        "| predicted − observed | ECE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, title in (("age", "age"), ("bmi", "BMI")):
+        if key not in s:
+            continue
+        unit = s[key]["unit"]
+        for b in s[key]["bands"]:
+            band = b["band"] if b["band"] == "not measured" else f"{b['band']} {unit}"
+            rows.append(
+                f"| {title} {band} | {b['n']} | {b['positives']} | {_ci(b.get('roc_auc'))} | "
+                f"{_ci(b.get('sensitivity'))} | {_ci(b.get('specificity'))} | {_ci(b.get('mean_predicted'))} | "
+                f"{_ci(b.get('observed_rate'))} | {_ci(b.get('mean_predicted_minus_observed'))} | "
+                f"{_ci(b.get('ece'))} |"
+            )
+    return "\n".join(rows) + "\n"
+
+
 Block = Callable[[Live], str]
 
 # file -> block name -> how the block is made
@@ -312,6 +402,8 @@ BLOCKS: dict[Path, dict[str, Block]] = {
         "metrics": lambda live: metrics_block(),
         "endpoints": endpoints_block,
         "performance": lambda live: performance_block(),
+        "calibration": lambda live: calibration_block(),
+        "subgroups": lambda live: subgroups_block(),
     },
     API_EXAMPLES: {"examples": examples_block},
 }

@@ -297,6 +297,7 @@ PREDICTION = {
     "label_name": "diabetes",
     "threshold": 0.6,
     "model_version": "mock/1",
+    "calibration": "platt/validation",
     "imputed": [],
     "warnings": [],
 }

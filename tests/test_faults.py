@@ -141,7 +141,7 @@ FAULTS = [
     Fault(
         "format-version-unknown",
         _edit_json("manifest.json", _manifest(format_version=FORMAT_VERSION + 1)),
-        f"format_version {FORMAT_VERSION + 1}; this service reads {FORMAT_VERSION}",
+        f"format_version {FORMAT_VERSION + 1}; this service reads 1 and {FORMAT_VERSION}",
         rechecksum=True,
         subprocess=True,
     ),

@@ -18,9 +18,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
 
-from service.render.charts import BarChart
+from service.render.charts import DOWN, UP, BarChart
 
-__all__ = ["DPI", "chart_figure", "chart_grid", "confusion_figure", "draw_chart", "figure_bytes", "render_png"]
+__all__ = [
+    "DPI",
+    "chart_figure",
+    "chart_grid",
+    "confusion_figure",
+    "draw_chart",
+    "figure_bytes",
+    "reliability_figure",
+    "render_png",
+]
 
 # a fixed salt: stable SVG element ids, identical SVGs run to run (read by the SVG backend at save time)
 matplotlib.rcParams["svg.hashsalt"] = "gshap-service"
@@ -134,6 +143,71 @@ def confusion_figure(matrix: Mapping[str, int], names: tuple[str, str], title: s
     ax.set_xticks([0, 1], [f"predicted\n{neg}", f"predicted\n{pos}"])
     ax.set_yticks([0, 1], [f"actual\n{neg}", f"actual\n{pos}"])
     ax.set_title(title, fontsize=9)
+    return fig
+
+
+def reliability_figure(metrics: Mapping[str, Any], served: str) -> Figure | None:
+    """Reliability diagram of the test split, before and after calibration, for the MLP and the logistic
+    reference: observed rate against mean predicted risk per bin, the record count written at each point, and the
+    counts as bars below. From a bundle's stored bins (``metrics["calibration"]``); ``None`` if it has none.
+    ``served`` names the calibration the service applies (e.g. ``platt/validation``)."""
+    cal = metrics.get("calibration")
+    if not isinstance(cal, dict) or "mlp" not in cal:
+        return None
+    models = [(k, t) for k, t in (("mlp", "MLP (served)"), ("logistic_regression", "Logistic regression")) if k in cal]
+    fig = Figure(figsize=(5.2 * len(models), 6.6))
+    axes = fig.subplots(2, len(models), gridspec_kw={"height_ratios": [3, 1]}, squeeze=False)
+    styles = {"before": ("#7f8c8d", "s", "--"), "after": (UP, "o", "-")}
+    for col, (key, title) in enumerate(models):
+        ax, bars = axes[0, col], axes[1, col]
+        ax.plot([0, 1], [0, 1], color="black", lw=0.8, alpha=0.6, label="perfect calibration")
+        width = 0.04
+        for i, state in enumerate(("before", "after")):
+            res = cal[key][state]
+            color, marker, line = styles[state]
+            rows = [b for b in res["bins"] if b["count"]]
+            xs = [b["mean_predicted"] for b in rows]
+            ys = [b["observed"] for b in rows]
+            ece = res["ece"]
+            label = (
+                f"{state} calibration: ECE {ece['value']:.3f} [{ece['ci_low']:.3f}, {ece['ci_high']:.3f}], "
+                f"mean risk {res['mean_predicted']['value']:.2f}"
+            )
+            ax.plot(xs, ys, marker=marker, ls=line, color=color, label=label)
+            for b in rows:
+                ax.annotate(
+                    f"n={b['count']}",
+                    (b["mean_predicted"], b["observed"]),
+                    textcoords="offset points",
+                    xytext=(4, -11 if state == "before" else 5),
+                    fontsize=7,
+                    color=color,
+                )
+            centres = [(b["low"] + b["high"]) / 2 + (i - 0.5) * width for b in res["bins"]]
+            bars.bar(centres, [b["count"] for b in res["bins"]], width=width, color=color, label=state)
+        prev = cal[key]["after"]["observed_prevalence"]
+        ax.axhspan(prev["ci_low"], prev["ci_high"], color="#2471a3", alpha=0.08, lw=0)
+        ax.axhline(
+            prev["value"], color=DOWN, lw=0.8, ls=":", label=f"observed prevalence {prev['value']:.2f} (95% CI band)"
+        )
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{title}: test split, {cal[key]['after']['n']} records", fontsize=10)
+        ax.set_xlabel("mean predicted risk in the bin")
+        ax.set_ylabel("observed rate of diabetes in the bin")
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+        bars.set_xlim(0, 1)
+        bars.set_xticks(np.linspace(0, 1, 11))
+        bars.set_xlabel("predicted risk (10 equal-width bins)")
+        bars.set_ylabel("records")
+        bars.legend(fontsize=7)
+        bars.grid(axis="y", alpha=0.3)
+    fig.suptitle(
+        f"Reliability before and after Platt scaling (fitted on the validation split); served: {served}",
+        fontsize=11,
+    )
+    fig.tight_layout()
     return fig
 
 

@@ -1,4 +1,5 @@
-"""Pictures of a bundle: confusion matrix, outcome-group attributions, global influence, one record's waterfall.
+"""Pictures of a bundle: confusion matrix, outcome-group attributions, global influence, one record's waterfall,
+the reliability diagram (calibration before and after).
 
 Every label comes from the bundle's feature specification (label and unit), every number from the bundle's
 stored group summaries or from the engine. The charts themselves are drawn by :mod:`service.render`, the one
@@ -17,7 +18,7 @@ import numpy as np
 
 from service.model.store import Bundle, load_bundle
 from service.render import GROUP_TITLES, BarChart, group_chart, influence_chart, waterfall_chart
-from service.render.mpl import chart_figure, chart_grid, confusion_figure, figure_bytes
+from service.render.mpl import chart_figure, chart_grid, confusion_figure, figure_bytes, reliability_figure
 from service.render.svg import chart_svg
 
 __all__ = ["GROUP_TITLES", "waterfall_of_record", "write_figures"]
@@ -111,4 +112,7 @@ def write_figures(model: str | Path | None = None, out: Path = Path("docs/figure
     both = chart_grid([signed, influence_chart(everyone, labels)], 2, (13, 4.6), shared=False)
     paths += _write(out, "global_influence", figure_bytes(both, "png"), figure_bytes(both, "svg"))
     paths += _save_chart(waterfall_of_record(bundle, record), out, f"waterfall_record_{record}")
+    reliability = reliability_figure(bundle.metrics, bundle.calibration.name)
+    if reliability is not None:
+        paths += _write(out, "reliability", figure_bytes(reliability, "png"), figure_bytes(reliability, "svg"))
     return paths
