@@ -175,3 +175,19 @@ def test_svg_in_the_page_is_inlinable() -> None:
     assert "style=" not in svg
     assert "<script" not in svg
     assert not re.search(r"\son[a-z]+=", svg)
+
+
+def test_page_files_and_large_documents_are_compressed(client: AppClient) -> None:
+    """The page's files, /model and /groups are gzipped for clients that ask; per-patient answers are not."""
+    from helpers import record
+
+    gzip = {"Accept-Encoding": "gzip"}
+    for path in ("/", "/static/page.js", "/model", "/groups"):
+        r = client.get(path, headers=gzip)
+        assert r.headers.get("content-encoding") == "gzip", path
+        assert "accept-encoding" in r.headers["vary"].lower(), path
+        assert int(r.headers["content-length"]) < len(r.content), path  # fewer bytes on the wire than decoded
+    assert "content-encoding" not in client.get("/model", headers={"Accept-Encoding": "identity"}).headers
+    answer = client.post("/explain", json=record(), headers=gzip)
+    assert answer.status_code == 200
+    assert "content-encoding" not in answer.headers

@@ -26,7 +26,7 @@ from starlette.middleware import Middleware
 from service import __version__
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
-from service.api.page import install_pages
+from service.api.page import PageCompressionMiddleware, install_pages
 from service.api.routes import AppState, explain, groups, health, model, predict
 from service.api.security import (
     ApiKeyMiddleware,
@@ -164,6 +164,7 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
             rate_limit_burst=settings.rate_limit_burst,
         ),
         Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(PageCompressionMiddleware),
     ]
     app = FastAPI(
         title="gshap-service",

@@ -19,13 +19,40 @@ import fastapi_offline
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["STATIC_DIR", "VENDOR_DIR", "install_pages"]
+__all__ = ["COMPRESSED_PATHS", "STATIC_DIR", "VENDOR_DIR", "PageCompressionMiddleware", "install_pages"]
 
 STATIC_DIR = Path(str(files("service.api") / "static"))
 VENDOR_DIR = Path(fastapi_offline.__file__).parent / "static"
 
 router = APIRouter(include_in_schema=False)
+
+# What a browser fetches to open the page, and the two large documents: gzip when the client asks for it.
+COMPRESSED_PATHS = frozenset({"/", "/docs", "/redoc", "/openapi.json", "/model", "/groups"})
+
+
+class PageCompressionMiddleware:
+    """gzip (for clients that send ``Accept-Encoding: gzip``) on the page, its static files, the docs and the
+    large ``GET /model`` and ``GET /groups`` documents; the small per-patient answers are left as they are
+    (compressing 2 kB of JSON costs the server more than it saves on a local network)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.gzip = GZipMiddleware(app, minimum_size=1024, compresslevel=6)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and (path in COMPRESSED_PATHS or path.startswith("/static/"))
+        ):
+            await self.gzip(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
 
 _DOCS_PAGE = """<!doctype html>
 <html lang="en">

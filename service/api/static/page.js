@@ -411,7 +411,7 @@
   }
 
   var KNOWN = ["name", "version", "model_version", "service_version", "task", "created_at", "target", "features", "threshold",
-    "threshold_rule", "metrics", "data", "limitations", "preprocessing", "training", "baselines", "explanation_defaults", "limits"];
+    "threshold_rule", "metrics", "data", "limitations", "population", "intended_use", "preprocessing", "training", "baselines", "explanation_defaults", "limits"];
 
   function renderCard() {
     var c = card;
@@ -419,7 +419,7 @@
     section("Overview", "card-overview").append(dl([
       ["Model", c.model_version], ["Task", c.task], ["Predicts", c.target && c.target.label],
       ["Threshold", percent(c.threshold) + " (" + fmt(c.threshold, 3) + ")" + (c.threshold_rule ? ": " + c.threshold_rule : "")],
-      ["Created", c.created_at], ["Service", c.service_version],
+      ["Created", c.created_at], ["Service", c.service_version], ["Intended use", c.intended_use],
     ]));
     var m = c.metrics || {};
     var perf = section("Performance", "card-metrics");
@@ -434,6 +434,7 @@
         dl(rest.map(function (k) { return [words(k), generic(m[k])]; }))));
     }
     var pop = section("Population", "card-population");
+    if (c.population) pop.append(generic(c.population));
     if (c.data) {
       var d = c.data;
       pop.append(dl([
