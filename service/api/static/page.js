@@ -274,8 +274,8 @@
     svg.removeAttribute("width");
     svg.removeAttribute("height");
     holder.append(svg);
-    $("chart-caption").textContent = "From the base value (" + fmt(ex.base_value, 2) + ", the model's average " + ex.output +
-      " over the training population) to this patient's " + fmt(ex.output_value, 2) +
+    $("chart-caption").textContent = "From the base value (" + ex.base_value.toFixed(2) + ", the model's average " + ex.output +
+      " over the training population) to this patient's " + ex.output_value.toFixed(2) +
       ": red bars raise the risk, blue bars lower it, largest first.";
   }
 
