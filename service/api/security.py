@@ -36,6 +36,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import (
+    PROBLEM_BASE,
     CorsRefused,
     PayloadTooLarge,
     RateLimited,
@@ -48,6 +49,7 @@ from service.api.errors import (
 __all__ = [
     "DOCS_CSP",
     "OPEN_PATHS",
+    "OPEN_PREFIXES",
     "PAGE_CSP",
     "ApiKeyMiddleware",
     "BodySizeLimitMiddleware",
@@ -58,7 +60,9 @@ __all__ = [
     "key_id",
 ]
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", PROBLEM_BASE.rstrip("/")})
+# the pages problem types resolve to (/problems/<kind>): a client refused for its key must be able to read them
+OPEN_PREFIXES = (PROBLEM_BASE,)
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 PAGE_PATHS = frozenset({"/"})
 STATIC_PREFIX = "/static/"
@@ -173,6 +177,7 @@ class ApiKeyMiddleware:
         if (
             scope["type"] != "http"
             or scope["path"] in OPEN_PATHS
+            or scope["path"].startswith(OPEN_PREFIXES)
             or is_page_path(scope["path"])
             or (not self._keys and self.bucket is None)
         ):
