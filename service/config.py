@@ -130,6 +130,15 @@ class Settings(BaseSettings):
     monitoring_min_records: int = Field(
         200, ge=1, description="Records the drift window needs before a drift index is judged."
     )
+    plot_threads: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description=(
+            "Threads that draw PNG plots at once (?format=png of the plot endpoints); more requests wait. "
+            "SVG plots are written without matplotlib and need none."
+        ),
+    )
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
