@@ -9,8 +9,8 @@ row then has it "not measured", as an omitted JSON field.
 Cell values follow the API's rules (:class:`service.schemas.PatientRecord`, strict):
 
 - CSV cells are text. An empty cell is "not measured" (JSON ``null``); a cell written as a JSON number
-  (``148``, ``33.6``, ``1e2``) is that number; anything else (``abc``, ``NA``, ``NaN``, ``true``) stays text and
-  the row is refused for that field, as the API refuses ``"148"`` or ``true``.
+  (``148``, ``33.6``, ``1e2``) is that number, as the API's JSON parser reads it; anything else (``abc``, ``NA``,
+  ``NaN``, ``true``) stays text and the row is refused for that field, as the API refuses ``"148"`` or ``true``.
 - Parquet cells are typed. A null is "not measured"; so is a floating-point NaN (pandas' marker of a missing
   value, which JSON cannot carry); ±infinity, booleans and strings are refused as in the API.
 - 0 means "not measured" for the features whose zero does (as in the API), and the row lists them in ``imputed``.
@@ -108,8 +108,7 @@ def parse_csv_cell(text: str | None) -> Any:
     if _JSON_INTEGER.fullmatch(text):
         return int(text)
     if _JSON_NUMBER.fullmatch(text):
-        value = float(text)
-        return value if math.isfinite(value) else text  # "1e999" is no number the API takes
+        return float(text)  # "1e999" is infinite here as in the API's JSON parser, which then refuses it
     return text
 
 
