@@ -208,6 +208,16 @@ class _RayExplainer:
         return self.explainer(batch)
 
 
+def _settle_fsspec_http() -> None:
+    """Mark fsspec's HTTP filesystem absent when aiohttp is: Ray Data looks it up from several threads at once,
+    and the failed import in one thread showed in another as a half-initialised module (an ImportError that Ray
+    does not expect, seen once in the tests); an absent module is a clean ModuleNotFoundError everywhere."""
+    import importlib.util
+
+    if importlib.util.find_spec("aiohttp") is None:
+        sys.modules.setdefault("fsspec.implementations.http", None)  # type: ignore[arg-type]
+
+
 def _ray_init(ray: Any, ray_address: str | None, num_cpus: int | None) -> bool:
     """Connect to (or start) Ray; True when this call started it (and so must shut it down)."""
     if ray.is_initialized():
@@ -239,6 +249,7 @@ def _run_ray(
     import ray
     import ray.data
 
+    _settle_fsspec_http()
     started = _ray_init(ray, ray_address, num_cpus)
     try:
         context = ray.data.DataContext.get_current()
@@ -256,7 +267,7 @@ def _run_ray(
         if inp.kind == "csv":
             ds = ray.data.read_csv(files, num_cpus=0, **_csv_options(inp))
         else:
-            ds = ray.data.read_parquet(files, columns=inp.columns, num_cpus=0)
+            ds = ray.data.read_parquet(files, num_cpus=0).select_columns(inp.columns)
         mapped = ds.map_batches(
             _RayExplainer,
             fn_constructor_kwargs=explainer_kwargs,
