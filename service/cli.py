@@ -1,4 +1,4 @@
-"""The ``gshap`` command: train, groups, figures, serve, openapi, explain-cohort.
+"""The ``gshap`` command: train, groups, figures, serve, openapi, problems, explain-cohort.
 
 Each sub-command is a thin shell around a library function, so that tests and integrators can call the
 same code without a subprocess.
@@ -82,6 +82,16 @@ def _summary_table(metrics: dict[str, Any], best_epoch: int, epochs: int) -> str
     lines.append(f"{'threshold':<12} {m['threshold']:<24.4f} {lr['threshold']:<24.4f}")
     c, cl = m["confusion_matrix"], lr["confusion_matrix"]
     lines.append(f"{'confusion':<12} {_cm(c):<24} {_cm(cl):<24}")
+    cal = metrics.get("calibration")
+    if cal:
+        for name, shown in (("ece", "ECE"), ("mean_predicted", "mean risk")):
+            before_after = [
+                f"{cal[k]['before'][name]['value']:.3f} → {cal[k]['after'][name]['value']:.3f}"
+                for k in ("mlp", "logistic_regression")
+            ]
+            lines.append(f"{shown:<12} {before_after[0]:<24} {before_after[1]:<24} (before → after calibration)")
+        prevalence = cal["mlp"]["after"]["observed_prevalence"]
+        lines.append(f"{'prevalence':<12} {cell(prevalence):<24}")
     return "\n".join(lines)
 
 
@@ -198,6 +208,23 @@ def _openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _problems(args: argparse.Namespace) -> int:
+    from service.api.errors import problems_markdown
+
+    text = problems_markdown()
+    out = Path(args.out)
+    if args.check:
+        if not out.is_file() or out.read_text() != text:
+            print(f"{out} differs from the service's problem types; run: gshap problems", file=sys.stderr)
+            return 1
+        print(f"{out} matches the service's problem types")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gshap", description="GradientSHAP explanation service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="model_store", help="store folder; the bundle goes to OUT/NAME/VERSION")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--name", default="pima-diabetes")
-    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--version", default="1.1.0")
     p.add_argument("--spec", default=None, help="feature specification JSON (FeatureSpec.to_dict format)")
     p.add_argument("--target", default=None, help="target column, for a CSV without a --spec")
     p.add_argument("--missing-zero", nargs="*", default=None, help="columns whose 0 means not measured")
@@ -271,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="openapi.yaml")
     p.add_argument("--check", action="store_true")
     p.set_defaults(func=_openapi)
+
+    p = sub.add_parser("problems", help="write (or --check) docs/PROBLEMS.md, the problem types, from the error tree")
+    p.add_argument("--out", default="docs/PROBLEMS.md")
+    p.add_argument("--check", action="store_true")
+    p.set_defaults(func=_problems)
     return parser
 
 
@@ -281,6 +313,7 @@ EXTRAS: dict[str, str] = {
     "figures": "train",
     "serve": "server",
     "openapi": "server",
+    "problems": "server",
     "explain-cohort": "cluster",
 }
 _EXTRA_PACKAGES: dict[str, frozenset[str]] = {
@@ -293,7 +326,10 @@ _EXTRA_PACKAGES: dict[str, frozenset[str]] = {
 
 
 def _missing_extra(command: str, exc: ModuleNotFoundError) -> str | None:
-    """The one-line message for a command whose extra is not installed, or None if ``exc`` is something else."""
+    """The one-line message for a command whose extra is not installed, or whose compiled exact kernel is not
+    built (service.engine.exact_kernel's hint), or None if ``exc`` is something else."""
+    if exc.name == "service.engine._exact":
+        return f"gshap {command}: {exc.args[0] if exc.args else exc}"
     top = (exc.name or "").split(".")[0]
     extra = EXTRAS.get(command)
     needed = _EXTRA_PACKAGES["server"] | (_EXTRA_PACKAGES[extra] if extra in ("train", "cluster") else frozenset())

@@ -38,7 +38,7 @@ import pytest
 from helpers import record
 from live_server import LiveServer, running_server
 
-PROBLEM_BASE = "https://gshap.dev/problems/"
+PROBLEM_BASE = "/problems/"
 TITLES = {
     "malformed-body": "Malformed body",
     "not-found": "Not found",
@@ -84,7 +84,7 @@ class Bad:
     never_echoed: tuple[str, ...] = ()
 
 
-def _v(id: str, body: bytes, fields: dict[str, str], path: str = "/predict", **kw: Any) -> Bad:
+def _v(id: str, body: bytes | None, fields: dict[str, str], path: str = "/predict", **kw: Any) -> Bad:
     return Bad(id, body, 422, "validation", fields, path=path, **kw)
 
 

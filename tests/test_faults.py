@@ -141,7 +141,7 @@ FAULTS = [
     Fault(
         "format-version-unknown",
         _edit_json("manifest.json", _manifest(format_version=FORMAT_VERSION + 1)),
-        f"format_version {FORMAT_VERSION + 1}; this service reads {FORMAT_VERSION}",
+        f"format_version {FORMAT_VERSION + 1}; this service reads 1 and {FORMAT_VERSION}",
         rechecksum=True,
         subprocess=True,
     ),
@@ -303,8 +303,9 @@ def test_readiness_is_false_until_warm_and_again_after_stop(bundle: Bundle) -> N
 # ---- graceful shutdown --------------------------------------------------------------------------------------
 
 IN_FLIGHT = 20
+RECORDS = [record(glucose=80.0 + i, age=30.0 + i % 40) for i in range(100)]
 BATCH = {
-    "records": [record(glucose=80.0 + i, age=30.0 + i % 40) for i in range(100)],
+    "records": RECORDS,
     "method": "quadrature",
     "n_samples": 32,
 }
@@ -342,7 +343,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0() -> None:
         code = proc.wait(timeout=STOP_TIMEOUT)
         log = server.log.read_text()
     assert [r.status_code for r in results] == [200] * IN_FLIGHT
-    assert all(r.json()["succeeded"] == len(BATCH["records"]) for r in results)
+    assert all(r.json()["succeeded"] == len(RECORDS) for r in results)
     finished_after = sum(t > sigterm_at for t in done_at)
     print(f"sigterm: {finished_after} of {IN_FLIGHT} requests finished after SIGTERM; exit code {code}")
     assert finished_after >= IN_FLIGHT // 2, "the requests were not in flight when SIGTERM came"
@@ -365,3 +366,42 @@ def test_warm_up_refuses_a_model_with_non_finite_answers() -> None:
         assert runtime.ready is False
     finally:
         runtime.close()
+
+
+# A NaN weight cannot come through the bundle's own checks (they refuse non-finite weights), so this process
+# injects one into the model right after the real load, then runs the real `gshap serve` and its uvicorn.
+_SERVE_WITH_A_NAN_WEIGHT = """
+import sys
+import torch
+import service.api.app as app
+loaded = app.load_bundle
+def with_a_nan_weight(path):
+    bundle = loaded(path)
+    with torch.no_grad():
+        bundle.model.layer_1.weight[0, 0] = float("nan")
+    return bundle
+app.load_bundle = with_a_nan_weight
+from service.cli import main
+sys.exit(main(["serve", "--host", "127.0.0.1", "--port", "0"]))
+"""
+
+
+def test_serve_refuses_a_model_that_fails_its_warm_up_with_one_line() -> None:
+    """`gshap serve` on a model whose warm-up answers are not finite exits 2 with one line, before uvicorn."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _SERVE_WITH_A_NAN_WEIGHT],
+        cwd=ROOT,
+        env=clean_env({"GSHAP_LOG_LEVEL": "info"}),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("gshap: model bundle "), lines[0]
+    assert "the warm-up gave a non-finite prediction or attribution" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert "uvicorn" not in proc.stderr  # refused before the server started

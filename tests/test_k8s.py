@@ -20,7 +20,8 @@ CORE = {"deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml", "networkpolic
 
 
 def load(name: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((K8S / name).read_text())
+    doc = yaml.safe_load((K8S / name).read_text())
+    assert isinstance(doc, dict)
     return doc
 
 
@@ -55,7 +56,8 @@ def test_the_validator_refuses_a_wrong_manifest() -> None:
 
 def _pod(name: str) -> dict[str, Any]:
     doc = load(name)
-    return doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"]["predictor"]
+    pod: dict[str, Any] = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"]["predictor"]
+    return pod
 
 
 @pytest.mark.parametrize("name", ["deployment.yaml", "inferenceservice.yaml"])
@@ -83,7 +85,7 @@ def test_pods_are_hardened_and_match_the_image_and_settings(name: str) -> None:
     assert set(env) <= fields, set(env) - fields
     port = int(env["GSHAP_PORT"])
     assert [p["containerPort"] for p in container["ports"]] == [port]
-    assert Settings(**{"port": port}).port == port
+    assert port == Settings.model_fields["port"].default  # the service's (and the image's) port
     routes = set(create_app(Settings()).openapi()["paths"])
     probes = [
         container[k]["httpGet"]["path"] for k in ("readinessProbe", "livenessProbe", "startupProbe") if k in container
