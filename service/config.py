@@ -107,6 +107,15 @@ class Settings(BaseSettings):
         ),
     )
     graceful_shutdown_seconds: float = Field(10.0, ge=0, description="How long in-flight requests may finish.")
+    plot_threads: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description=(
+            "Threads that draw PNG plots at once (?format=png of the plot endpoints); more requests wait. "
+            "SVG plots are written without matplotlib and need none."
+        ),
+    )
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -50,6 +50,7 @@ def _operations(client: AppClient) -> list[tuple[str, str, Any]]:
     doc = client.get("/openapi.json", headers={"X-API-Key": KEYS[0]}).json()
     bodies = {"/predict": record(), "/explain": record(), "/predict/batch": {"records": [record()]}}
     bodies["/explain/batch"] = bodies["/predict/batch"]
+    bodies["/explain/plot"] = record()
     out = []
     for path, item in doc["paths"].items():
         for method in item:
@@ -60,7 +61,7 @@ def _operations(client: AppClient) -> list[tuple[str, str, Any]]:
 def test_every_operation_and_doc_page_needs_a_key(keyed: AppClient) -> None:
     """With GSHAP_API_KEYS, each operation and doc page is 401 without a key and answered with either key."""
     operations = _operations(keyed)
-    assert len(operations) == 9
+    assert len(operations) == 11
     for method, path, body in operations:
         r = keyed.request(method, path, json=body)
         if path in OPEN:

@@ -27,6 +27,7 @@ from starlette.middleware import Middleware
 from service import __version__
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
+from service.api.page import PageCompressionMiddleware, install_pages
 from service.api.routes import AppState, explain, groups, health, model, predict, problems
 from service.api.security import (
     ApiKeyMiddleware,
@@ -179,6 +180,7 @@ def create_app(
             rate_limit_burst=settings.rate_limit_burst,
         ),
         Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(PageCompressionMiddleware),
     ]
     app = FastAPI(
         title="gshap-service",
@@ -188,11 +190,15 @@ def create_app(
         openapi_tags=TAGS,
         lifespan=lifespan,
         middleware=middleware,
+        # /docs and /redoc are served offline by service.api.page (install_pages)
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.gshap = state
     install_exception_handlers(app)
     for area in (predict, explain, groups, model, health, problems):
         app.include_router(area.router)
+    install_pages(app, app.title)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
