@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup serve test lint typecheck pytest browser screenshots openapi figures bench train audit soak readme clean
+.PHONY: setup serve test lint typecheck pytest browser screenshots openapi figures bench bench-cohort train audit soak readme clean
 
 # service/engine/_exact.c is compiled by the project install (a C compiler and Python's headers are needed); a change
 # to it must rebuild the extension, which an editable install does not do by itself.
@@ -66,6 +66,11 @@ train: setup
 bench: setup browser
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python scripts/bench.py
+
+# the cohort engines at 10k and 1M records, and serve --workers 1 vs 2 (about an hour on 2 cores; docs/SCALING.md)
+bench-cohort: setup
+	$(BIN)/python scripts/bench_cohort.py --json docs/bench/cohort.json --md docs/bench/cohort.md
+	$(BIN)/python scripts/bench_workers.py --json docs/bench/workers.json
 
 audit: setup
 	./scripts/audit.sh
