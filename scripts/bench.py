@@ -3,6 +3,7 @@
     python scripts/bench.py            # full run (~6 min): concurrency 1, 8, 32; 10 s per cell after 2 s warm-up
     python scripts/bench.py --quick    # under a minute: 1 s per cell, fewer repetitions
     python scripts/bench.py --json bench-results/latest.json --md bench-results/latest.md
+    python scripts/bench.py --metrics-overhead --rounds 6 --concurrency 8   # metrics on vs off only
 
 What one run does, one server at a time, each started fresh by this script and stopped after it:
 
@@ -1054,6 +1055,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-race", action="store_true", help="skip the race check")
     p.add_argument("--json", default="bench-results/latest.json", help="where to write the results")
     p.add_argument("--md", default=None, help="also write the Markdown table here")
+    p.add_argument(
+        "--metrics-overhead",
+        action="store_true",
+        help="only measure /predict and /explain with metrics on and off, alternating (see --rounds)",
+    )
+    p.add_argument("--rounds", type=int, default=6, help="alternating on/off rounds of --metrics-overhead")
     p.add_argument("--serve-trivial", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -1074,6 +1081,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     records = eval_records()
+    if args.metrics_overhead:
+        return _metrics_overhead_main(args, records, seconds, warmup, goal_c, extra_env)
     all_targets = targets(records)
     if args.only:
         keep = set(args.only.split(","))
@@ -1198,6 +1207,215 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"bench: {result['meta']['wall_seconds']} s; results in {out_path}")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _metrics_overhead_main(
+    args: argparse.Namespace,
+    records: Sequence[dict[str, Any]],
+    seconds: int,
+    warmup: int,
+    concurrency: int,
+    extra_env: Mapping[str, str],
+) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="gshap-bench-"))
+    t0 = time.perf_counter()
+    log(f"bench: metrics overhead, {args.rounds} rounds × c={concurrency}, {seconds} s/cell (+{warmup} s warm-up)")
+    found = metrics_overhead(
+        records, workdir, rounds=args.rounds, seconds=seconds, warmup=warmup, concurrency=concurrency,
+        extra_env=extra_env,
+    )  # fmt: skip
+    log(f"· in-process: CPU per request through the ASGI app, {args.rounds} rounds")
+    inproc = asgi_overhead(records, rounds=args.rounds, requests=400 if args.quick else 2000)
+    result: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "meta": {
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine_info(),
+            "git": git_describe(),
+            "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "wall_seconds": round(time.perf_counter() - t0, 1),
+        },
+        "metrics_overhead": found,
+        "metrics_overhead_inprocess": inproc,
+    }
+    out_path = ROOT / args.json
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
+    lines = [
+        f"| endpoint (c={concurrency}, {seconds} s × {args.rounds} rounds each) | median cost | spread (min … max) "
+        "| pooled cost | req/s on (median) | req/s off (median) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key, s in found["summary"].items():
+        on = statistics.median(run["on"]["rps"] for run in found["runs"][key])
+        off = statistics.median(run["off"]["rps"] for run in found["runs"][key])
+        lines.append(
+            f"| POST /{key} | {s['median'] * 100:+.1f} % | {s['min'] * 100:+.1f} % … {s['max'] * 100:+.1f} % "
+            f"| {s['pooled'] * 100:+.1f} % | {on:,.0f} | {off:,.0f} |"
+        )
+    lines += [
+        "",
+        f"| endpoint, in-process ASGI ({inproc['requests_per_round']} sequential requests × {args.rounds} rounds) "
+        "| CPU µs/request on | off | median cost | spread (min … max) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key in ("predict", "explain"):
+        e = inproc[key]
+        lines.append(
+            f"| POST /{key} | {e['cpu_us_on_median']:.1f} | {e['cpu_us_off_median']:.1f} "
+            f"| {e['cost_median'] * 100:+.1f} % | {e['cost_min'] * 100:+.1f} % … {e['cost_max'] * 100:+.1f} % |"
+        )
+    table = "\n".join(lines) + "\n"
+    if args.md:
+        (ROOT / args.md).parent.mkdir(parents=True, exist_ok=True)
+        (ROOT / args.md).write_text(table)
+    print(table)
+    log(f"bench: {result['meta']['wall_seconds']} s; results in {out_path}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def asgi_overhead(records: Sequence[dict[str, Any]], *, rounds: int, requests: int) -> dict[str, Any]:
+    """CPU microseconds per request through the whole app (middlewares, routing, validation, runtime, engine),
+    in this process, with metrics on and off: two apps started side by side, called directly over ASGI (no
+    network, no load generator), ``requests`` sequential requests per app per round, alternating the order each
+    round. ``time.process_time`` counts every thread of the process (the engine thread too). Less at the mercy of
+    a shared machine than throughput: another process's load slows the wall clock, not this process's CPU time."""
+    import anyio
+
+    from service.api.app import create_app
+    from service.config import Settings
+
+    bodies = {
+        "predict": [dumps(r).encode() for r in records],
+        "explain": [dumps(r).encode() for r in records],
+    }
+
+    async def call(app: Any, path: str, body: bytes) -> int:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop() if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 50000), "server": (HOST, 8000),
+        }  # fmt: skip
+        await app(scope, receive, send)
+        return status
+
+    async def main() -> dict[str, Any]:
+        apps = {
+            "on": create_app(Settings(log_level="warning", metrics_enabled=True)),
+            "off": create_app(Settings(log_level="warning", metrics_enabled=False)),
+        }
+        out: dict[str, Any] = {}
+        async with contextlib.AsyncExitStack() as stack:
+            for app in apps.values():
+                await stack.enter_async_context(app.router.lifespan_context(app))
+            for key, path in (("predict", "/predict"), ("explain", "/explain")):
+                per_round: list[dict[str, float]] = []
+                for app in apps.values():  # warm-up
+                    for body in bodies[key][:50]:
+                        assert await call(app, path, body) == 200
+                for r in range(rounds):
+                    order = ("on", "off") if r % 2 == 0 else ("off", "on")
+                    got: dict[str, float] = {}
+                    for name in order:
+                        c0 = time.process_time()
+                        for i in range(requests):
+                            await call(apps[name], path, bodies[key][i % len(bodies[key])])
+                        got[name] = (time.process_time() - c0) / requests * 1e6
+                    per_round.append(got)
+                    log(
+                        f"  in-process {key:8s} round {r + 1}/{rounds}: on {got['on']:6.1f} µs, "
+                        f"off {got['off']:6.1f} µs CPU a request, cost {got['on'] / got['off'] - 1:+.1%}"
+                    )
+                costs = [g["on"] / g["off"] - 1 for g in per_round]
+                out[key] = {
+                    "cpu_us_on_median": statistics.median(g["on"] for g in per_round),
+                    "cpu_us_off_median": statistics.median(g["off"] for g in per_round),
+                    "cost_median": statistics.median(costs),
+                    "cost_min": min(costs),
+                    "cost_max": max(costs),
+                    "rounds": per_round,
+                }
+        return out
+
+    result: dict[str, Any] = anyio.run(main)
+    result["requests_per_round"] = requests
+    return result
+
+
+def overhead_summary(pairs: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """Cost of the metrics from ``(rps with metrics, rps without)`` pairs measured back to back: per pair
+    ``1 - on / off``; the median, the extremes and the pooled ratio (total on / total off)."""
+    if not pairs:
+        raise ValueError("no pairs")
+    costs = [1.0 - on / off for on, off in pairs]
+    return {
+        "median": statistics.median(costs),
+        "min": min(costs),
+        "max": max(costs),
+        "pooled": 1.0 - sum(on for on, _ in pairs) / sum(off for _, off in pairs),
+        "pairs": len(pairs),
+    }
+
+
+def metrics_overhead(
+    records: Sequence[dict[str, Any]],
+    workdir: Path,
+    *,
+    rounds: int,
+    seconds: int,
+    warmup: int,
+    concurrency: int,
+    extra_env: Mapping[str, str],
+) -> dict[str, Any]:
+    """``/predict`` and ``/explain`` throughput with GSHAP_METRICS_ENABLED true and false, two servers started side
+    by side (the idle one uses no CPU), measured alternately: in each round both are measured back to back, the
+    order swapped every round, so that the machine's drift between rounds falls on both alike."""
+    chosen = {t.key: t for t in targets(records) if t.key in ("predict", "explain")}
+    servers: dict[str, Server] = {}
+    for name, enabled in (("on", "true"), ("off", "false")):
+        port = free_port()
+        env = server_env({**extra_env, "GSHAP_METRICS_ENABLED": enabled})
+        command = [sys.executable, "-m", "service.cli", "serve", "--host", HOST, "--port", str(port)]
+        servers[name] = Server(f"metrics-{name}", command, port, workdir / "logs" / f"metrics_{name}.log", env)
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key in chosen}
+    with contextlib.ExitStack() as stack:
+        for server in servers.values():
+            stack.enter_context(running(server))
+            log(f"· {server.name}: ready in {server.cold_start_s:.2f} s")
+        for key, target in chosen.items():
+            script = workdir / f"overhead_{key}.lua"
+            script.write_text(wrk_lua_script(target.path, target.bodies))
+            for server in servers.values():
+                check_answer(server, target)
+            for r in range(rounds):
+                order = ("on", "off") if r % 2 == 0 else ("off", "on")
+                got: dict[str, CellResult] = {}
+                for name in order:
+                    got[name] = measure_cell(servers[name], target, script, concurrency, seconds, warmup)
+                runs[key].append({name: asdict(cell) for name, cell in got.items()})
+                cost = 1 - got["on"].rps / got["off"].rps
+                log(
+                    f"  {key:8s} round {r + 1}/{rounds}: on {got['on'].rps:8,.0f} req/s, off {got['off'].rps:8,.0f} "
+                    f"req/s, cost {cost * 100:+5.1f} %"
+                )
+    summary = {
+        key: overhead_summary([(run["on"]["rps"], run["off"]["rps"]) for run in key_runs])
+        for key, key_runs in runs.items()
+    }
+    return {"concurrency": concurrency, "seconds": seconds, "rounds": rounds, "summary": summary, "runs": runs}
 
 
 def _finite(obj: Any) -> Any:

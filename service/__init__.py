@@ -9,6 +9,7 @@ The layers, top to bottom (``.importlinter`` holds the rules and ``make lint`` c
   ``service.client``: the typed HTTP client (no torch, no server code);
 - ``service.engine``: the GradientSHAP estimators, the exact kernel, Shapley values, baselines;
   ``service.schemas``: the HTTP contract's models (pydantic, no torch);
+  ``service.observe``: the Prometheus metrics and the drift window (no web framework);
 - ``service.model``: the feature spec, the network, preprocessing, the bundle store, group summaries;
 - ``service.contract``: the shared vocabulary (methods, outputs, groups, the label rule, the sigmoid, limits).
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["ENV_PREFIX", "Settings"]
@@ -107,6 +107,29 @@ class Settings(BaseSettings):
         ),
     )
     graceful_shutdown_seconds: float = Field(10.0, ge=0, description="How long in-flight requests may finish.")
+    metrics_enabled: bool = Field(
+        True, description="Serve GET /metrics (Prometheus) and GET /monitoring (drift) and record their metrics."
+    )
+    metrics_require_key: bool = Field(
+        False,
+        description=(
+            "Put /metrics and /monitoring behind GSHAP_API_KEYS (which must then be set); false: open to any "
+            "scraper that reaches the port, like /healthz."
+        ),
+    )
+    metrics_dir: Path | None = Field(
+        None,
+        description=(
+            "Folder of the per-process metrics files (PROMETHEUS_MULTIPROC_DIR) when there are several workers or "
+            "engine processes; None: gshap serve makes a temporary one and removes it at exit. Emptied at start."
+        ),
+    )
+    monitoring_window_seconds: float = Field(
+        3600.0, ge=60, le=7 * 86400, description="Length of the rolling drift window (60 time buckets)."
+    )
+    monitoring_min_records: int = Field(
+        200, ge=1, description="Records the drift window needs before a drift index is judged."
+    )
     plot_threads: int = Field(
         2,
         ge=1,
@@ -122,7 +145,15 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)
 
-    @field_validator("model_path", mode="before")
+    @model_validator(mode="after")
+    def _metrics_key_needs_keys(self) -> Settings:
+        if self.metrics_require_key and not self.api_keys:
+            raise ValueError(
+                "GSHAP_METRICS_REQUIRE_KEY=true needs API keys (GSHAP_API_KEYS): there is nothing to require"
+            )
+        return self
+
+    @field_validator("model_path", "metrics_dir", mode="before")
     @classmethod
     def _blank_path_is_none(cls, value: Any) -> Any:
         return None if value == "" else value

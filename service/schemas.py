@@ -26,6 +26,8 @@ __all__ = [
     "SCHEMA_SPEC",
     "AttributionPublic",
     "BatchItemError",
+    "DriftThresholdsPublic",
+    "DriftVariablePublic",
     "ExplainBatchRequest",
     "ExplainRequest",
     "ExplainSettings",
@@ -39,6 +41,7 @@ __all__ = [
     "GroupsPublic",
     "HealthPublic",
     "ModelCardPublic",
+    "MonitoringPublic",
     "PatientRecord",
     "PredictBatchRequest",
     "PredictionBatchItem",
@@ -723,3 +726,65 @@ class ReadinessPublic(BaseModel):
 
     status: Literal["ready"] = Field(..., description="'ready'; otherwise the answer is a 503 problem.")
     model_version: str = Field(..., description="The model served: '<name>/<version>'.")
+
+
+# ---- monitoring -------------------------------------------------------------------------------------------
+
+DriftStatusPublic = Literal["stable", "watch", "act", "insufficient_data"]
+
+
+class DriftVariablePublic(BaseModel):
+    """One monitored variable (a feature, or the served probability) over the window, against the evaluation set."""
+
+    name: str = Field(..., description="A feature's name, or 'probability' (the served predicted probability).")
+    kind: Literal["feature", "output"] = Field(..., description="'feature' (an input) or 'output' (the probability).")
+    psi: float = Field(..., description="Population stability index of the recent records against the evaluation set.")
+    status: DriftStatusPublic = Field(
+        ...,
+        description=(
+            "'stable' (PSI < psi_watch), 'watch' (psi_watch ≤ PSI ≤ psi_act), 'act' (PSI > psi_act), or "
+            "'insufficient_data' while the window holds fewer than min_records records."
+        ),
+    )
+    bins: int = Field(..., description="Bins of the index: the evaluation set's deciles (ties merged), plus 'missing'.")
+    recent_missing_rate: float | None = Field(
+        ..., description="Share of the window's records in which the feature was not measured (null: no records)."
+    )
+    reference_missing_rate: float | None = Field(
+        ..., description="The same share in the evaluation set (null for the probability)."
+    )
+    recent_out_of_range_rate: float | None = Field(
+        ..., description="Share of the window's records with the feature outside the training range."
+    )
+    reference_out_of_range_rate: float | None = Field(
+        ..., description="The same share in the evaluation set (null for the probability)."
+    )
+
+
+class DriftThresholdsPublic(BaseModel):
+    """The rules the verdicts follow."""
+
+    psi_watch: float = Field(..., description="From this index on, a variable is worth watching.")
+    psi_act: float = Field(..., description="Above this index, a variable has shifted: act (see docs/OPERATIONS.md).")
+    min_records: int = Field(
+        ..., description="Records the window needs before any verdict (GSHAP_MONITORING_MIN_RECORDS)."
+    )
+
+
+class MonitoringPublic(BaseModel):
+    """Drift of recent inputs and predicted probabilities against the model's evaluation set.
+
+    Built from counts only (per-bin counts in the 60 time buckets of a rolling window); no record's
+    values are kept. With several workers, every worker's counts are added up."""
+
+    status: DriftStatusPublic = Field(..., description="The worst verdict of any variable.")
+    model_version: str = Field(..., description="The model served: '<name>/<version>'.")
+    window_seconds: float = Field(..., description="Length of the rolling window (GSHAP_MONITORING_WINDOW_SECONDS).")
+    records: int = Field(..., description="Records predicted or explained in the window.")
+    reference: Literal["evaluation set"] = Field(..., description="What the window is compared with.")
+    reference_records: int = Field(..., description="Records of the evaluation set.")
+    binning: str = Field(..., description="How the bins are drawn and the index smoothed.")
+    thresholds: DriftThresholdsPublic = Field(..., description="The thresholds of the verdicts.")
+    variables: list[DriftVariablePublic] = Field(
+        ..., description="Every feature in the specification's order, then 'probability'."
+    )

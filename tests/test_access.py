@@ -23,7 +23,7 @@ from service.model.store import Bundle
 
 KEYS = ["key-2025-old", "key-2025-new"]
 ORIGIN = "https://clinic.example"
-OPEN = {"/healthz", "/readyz"}
+OPEN = {"/healthz", "/readyz", "/metrics", "/monitoring"}  # the last two: unless GSHAP_METRICS_REQUIRE_KEY
 DOCS = ("/docs", "/redoc", "/docs/oauth2-redirect", "/openapi.json")
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
@@ -61,7 +61,7 @@ def _operations(client: AppClient) -> list[tuple[str, str, Any]]:
 def test_every_operation_and_doc_page_needs_a_key(keyed: AppClient) -> None:
     """With GSHAP_API_KEYS, each operation and doc page is 401 without a key and answered with either key."""
     operations = _operations(keyed)
-    assert len(operations) == 11
+    assert len(operations) == 13
     for method, path, body in operations:
         r = keyed.request(method, path, json=body)
         if path in OPEN:
@@ -75,6 +75,26 @@ def test_every_operation_and_doc_page_needs_a_key(keyed: AppClient) -> None:
     for path in DOCS:
         assert keyed.get(path).status_code == 401, path
         assert keyed.get(path, headers={"X-API-Key": KEYS[0]}).status_code == 200, path
+
+
+def test_metrics_require_a_key_when_configured(bundle: Bundle) -> None:
+    """GSHAP_METRICS_REQUIRE_KEY=true puts /metrics and /monitoring behind the keys; /healthz stays open."""
+    settings = Settings(api_keys=KEYS, metrics_require_key=True)
+    with app_client(create_app(settings, bundle)) as c:
+        for path in ("/metrics", "/monitoring"):
+            r = c.get(path)
+            assert r.status_code == 401, path
+            assert r.headers["content-type"] == "application/problem+json"
+            assert c.get(path, headers={"Authorization": f"Bearer {KEYS[1]}"}).status_code == 200, path
+        assert c.get("/healthz").status_code == 200
+        refused = c.get("/metrics", headers={"X-API-Key": KEYS[0]}).text
+        assert 'gshap_http_requests_total{method="GET",route="/metrics",status="401"} 1.0' in refused
+
+
+def test_metrics_require_key_without_keys_is_refused() -> None:
+    """Asking for keys on /metrics with no GSHAP_API_KEYS is a configuration error, not a silently open endpoint."""
+    with pytest.raises(ValueError, match="GSHAP_METRICS_REQUIRE_KEY"):
+        Settings(metrics_require_key=True)
 
 
 def test_a_key_in_the_url_is_not_a_key(keyed: AppClient) -> None:

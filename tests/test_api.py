@@ -533,6 +533,8 @@ def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
         "get_model_card",
         "liveness",
         "readiness",
+        "metrics",
+        "monitoring",
     }
     glucose = doc["components"]["schemas"]["PatientRecord"]["properties"]["glucose"]
     assert "mg/dL" in glucose["description"]

@@ -220,3 +220,15 @@ def test_ceiling_app_validates_without_the_model(bundle: Any) -> None:
             assert bad.status_code == 422
             assert bad.headers["content-type"].startswith("application/problem+json")
         assert client.get("/readyz").status_code == 200
+
+
+def test_metrics_overhead_summary(bench: ModuleType) -> None:
+    """The cost of metrics per pair is 1 - on/off; median, extremes and the pooled ratio; no pairs is an error."""
+    s = bench.overhead_summary([(97.0, 100.0), (100.0, 100.0), (110.0, 100.0)])
+    assert s["pairs"] == 3
+    assert math.isclose(s["median"], 0.0, abs_tol=1e-12)
+    assert math.isclose(s["max"], 0.03)
+    assert math.isclose(s["min"], -0.10)
+    assert math.isclose(s["pooled"], 1 - 307 / 300)
+    with pytest.raises(ValueError, match="no pairs"):
+        bench.overhead_summary([])

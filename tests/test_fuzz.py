@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import negative_data_rejection
 
 MAX_EXAMPLES = 40
 BATCH_PATHS = frozenset({"/predict/batch", "/explain/batch"})
-OPERATIONS = 11
+OPERATIONS = 13
 
 schema = schemathesis.openapi.from_path(
     ROOT / "openapi.yaml", config=schemathesis.Config.from_dict({"generation": {"mode": "all"}})

@@ -3,8 +3,9 @@ forced 500, against real server processes logging at debug level, then a search 
 
 What may be logged is decided in :mod:`service.api.observability`: request id, method, route template, status,
 latency, the API key's short id, and for a failure the exception's type and frames (never its message). The
-service exports no metrics, so log fields are its only labels. A problem names fields and rules, never values;
-an unknown field's *name* is echoed to the client (so that it sees its typo) but never logged.
+metrics (``/metrics``) and the drift report (``/monitoring``) are searched too, after the same traffic. A problem
+names fields and rules, never values; an unknown field's *name* is echoed to the client (so that it sees its typo)
+but never logged.
 """
 
 from __future__ import annotations
@@ -73,6 +74,16 @@ def _exercise(url: str, headers: dict[str, str]) -> list[httpx.Response]:
     return out
 
 
+def _scrape(url: str) -> str:
+    """/metrics and /monitoring as one text (both open by default, whatever the API keys)."""
+    with httpx.Client(base_url=url, timeout=60.0) as c:
+        metrics, monitoring = c.get("/metrics"), c.get("/monitoring")
+    assert metrics.status_code == 200
+    assert monitoring.status_code == 200
+    assert "gshap_http_requests_total" in metrics.text
+    return metrics.text + monitoring.text
+
+
 def _assert_no_leak(answers: list[httpx.Response], log: str) -> None:
     assert answers
     assert '"route"' in log  # the access log was on: there was something to search
@@ -99,10 +110,14 @@ def test_no_patient_value_in_logs_or_problems(keyed: LiveServer) -> None:
     assert statuses == [200, 400, 401, 404, 405, 413, 415, 422], statuses
     _assert_no_leak(answers, log)
     assert key_id(KEY) in log  # the key is known by its short id only
+    scraped = _scrape(keyed.url)
+    for canary in NEVER_LOGGED:
+        assert canary not in scraped, f"{canary[:40]!r} in /metrics or /monitoring"
+    assert 'route="/groups/{group}"' in scraped  # the template, never the group asked for
 
 
 # A real `gshap serve` whose model turns NaN after loading (the bundle on disk is fine, so its checks pass) and
-# whose warm-up is skipped (the warm-up refuses non-finite answers, so the broken model would never serve):
+# whose warm-up and drift reference are skipped (both refuse non-finite answers, so the broken model would never serve):
 # every prediction then fails inside the route (the runtime refuses the NaN it computed). The catch-all must
 # log the error's type and frames only.
 FORCED_500 = """
@@ -122,6 +137,8 @@ def nan_model(path=None):
 
 service.api.app.load_bundle = service.model.store.load_bundle = nan_model
 service.runtime.inference.InferenceRuntime.warm_up = lambda self: None
+# the drift reference (the served probabilities of the evaluation set) would refuse the model too
+service.runtime.inference.InferenceRuntime.reference_probabilities = lambda self: [0.5] * len(self.bundle.eval_raw)
 from service.cli import main
 sys.exit(main(["serve", "--host", "127.0.0.1"]))
 """
@@ -138,7 +155,11 @@ def test_forced_500_logs_no_patient_value() -> None:
                 c.post("/explain/batch", json={"records": [_patient()]}),
                 c.post("/predict/batch", json={"records": [_patient()]}),
             ]
+        scraped = _scrape(server.url)
         log = server.log.read_text()
+    assert 'gshap_http_requests_total{method="POST",route="/predict",status="500"} 1.0' in scraped
+    for canary in NEVER_LOGGED:
+        assert canary not in scraped
     assert [r.status_code for r in answers] == [500] * 4
     for r in answers:
         assert set(r.json()) == {"type", "title", "status", "detail", "instance", "request_id"}

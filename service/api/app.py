@@ -11,11 +11,14 @@
 from __future__ import annotations
 
 import gc
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -26,10 +29,12 @@ from starlette.middleware import Middleware
 
 from service import __version__
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
+from service.api.metrics import HttpMetrics
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
 from service.api.page import PageCompressionMiddleware, install_pages
-from service.api.routes import AppState, explain, groups, health, model, predict, problems
+from service.api.routes import AppState, explain, groups, health, model, operations, predict, problems
 from service.api.security import (
+    OPEN_PATHS,
     ApiKeyMiddleware,
     BodySizeLimitMiddleware,
     ProblemCORSMiddleware,
@@ -37,6 +42,7 @@ from service.api.security import (
 )
 from service.config import Settings
 from service.model.store import Bundle, BundleError, load_bundle
+from service.observe.metrics import Telemetry, enable_multiprocess, prepare_multiprocess_dir
 from service.runtime.inference import InferenceRuntime, configure_torch, ensure_compatible
 from service.schemas import SCHEMA_SPEC
 
@@ -66,6 +72,7 @@ TAGS = [
     {"name": "groups", "description": "Mean explanations by outcome group of the evaluation set."},
     {"name": "model", "description": "The model card."},
     {"name": "health", "description": "Liveness and readiness for orchestrators."},
+    {"name": "operations", "description": "Prometheus metrics and drift monitoring for operators."},
 ]
 
 SECURITY_SCHEMES = {
@@ -99,6 +106,8 @@ async def _start(state: AppState) -> None:
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     engine_threads = settings.engine_threads
     runtime = state.prebuilt if state.prebuilt is not None else build_runtime(settings, bundle)
+    if state.telemetry is not None:
+        runtime.attach_telemetry(state.telemetry)
     state.runtime = runtime
     try:
         await runtime.start()
@@ -143,6 +152,14 @@ def create_app(
     if runtime is not None and runtime.bundle is not bundle:
         raise ValueError("a prebuilt runtime must come with the bundle it was built from")
     state = AppState(settings=settings, preloaded=bundle, prebuilt=runtime)
+    if settings.metrics_enabled:
+        if settings.metrics_dir is not None:
+            enable_multiprocess(settings.metrics_dir)
+        state.telemetry = Telemetry(
+            multiprocess_dir=settings.metrics_dir,
+            monitoring_window_seconds=settings.monitoring_window_seconds,
+            monitoring_min_records=settings.monitoring_min_records,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -152,6 +169,8 @@ def create_app(
         finally:
             if state.runtime is not None:
                 state.runtime.close()
+            if state.telemetry is not None:
+                state.telemetry.close()
             log_event("stopped")
 
     def model_version() -> str | None:
@@ -159,7 +178,12 @@ def create_app(
 
     middleware = [
         Middleware(SecurityHeadersMiddleware),
-        Middleware(RequestContextMiddleware, service_version=__version__, model_version=model_version),
+        Middleware(
+            RequestContextMiddleware,
+            service_version=__version__,
+            model_version=model_version,
+            metrics=HttpMetrics(state.telemetry, routes=lambda: app.routes) if state.telemetry is not None else None,
+        ),
     ]
     if settings.cors_origins:
         middleware.append(
@@ -172,9 +196,13 @@ def create_app(
                 max_age=600,
             )
         )
+    open_paths = set(OPEN_PATHS)
+    if settings.metrics_enabled and not settings.metrics_require_key:
+        open_paths |= {"/metrics", "/monitoring"}
     middleware += [
         Middleware(
             ApiKeyMiddleware,
+            open_paths=open_paths,
             api_keys=settings.api_key_values(),
             rate_limit_per_minute=settings.rate_limit_per_minute,
             rate_limit_burst=settings.rate_limit_burst,
@@ -198,6 +226,8 @@ def create_app(
     install_exception_handlers(app)
     for area in (predict, explain, groups, model, health, problems):
         app.include_router(area.router)
+    if state.telemetry is not None:
+        app.include_router(operations.router)
     install_pages(app, app.title)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -285,6 +315,7 @@ def serve(settings: Settings) -> int:
 
     # uvicorn re-raises the signal it handled once it has shut down: make that a clean exit
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    settings, made = _metrics_folder(settings)
     common = uvicorn_options(settings)
     try:
         if settings.workers == 1:
@@ -300,4 +331,24 @@ def serve(settings: Settings) -> int:
             uvicorn.run("service.api.app:create_app", factory=True, workers=settings.workers, **common)
     except KeyboardInterrupt:
         return 130
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
     return 0
+
+
+def _metrics_folder(settings: Settings) -> tuple[Settings, Path | None]:
+    """Several processes (workers, engine processes) share their metrics through a folder (prometheus-client's
+    multiprocess mode): GSHAP_METRICS_DIR, emptied, or a temporary folder made here (returned, to be removed at
+    exit). The settings returned name the folder, so that every worker's app finds it."""
+    several = settings.workers > 1 or settings.engine_processes > 0
+    if not settings.metrics_enabled or not (several or settings.metrics_dir is not None):
+        return settings, None
+    made = None
+    folder = settings.metrics_dir
+    if folder is None:
+        folder = made = Path(tempfile.mkdtemp(prefix="gshap-metrics-"))
+    prepare_multiprocess_dir(folder)
+    enable_multiprocess(folder)
+    log_event("metrics_multiprocess", folder=str(folder))
+    return settings.model_copy(update={"metrics_dir": folder}), made

@@ -23,6 +23,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import ServiceError, problem_response
+from service.api.metrics import HttpMetrics
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -102,7 +103,7 @@ def _where(exc: BaseException) -> list[str]:
 
 
 class RequestContextMiddleware:
-    """Request id in and out, version headers, the access log line and the catch-all 500 problem.
+    """Request id in and out, version headers, the access log line, the HTTP metrics and the catch-all 500 problem.
 
     Outermost of the service's middlewares (inside Starlette's own error middleware), so that every answer,
     including the ones produced by the other middlewares, carries the headers and is logged once.
@@ -114,16 +115,21 @@ class RequestContextMiddleware:
         *,
         service_version: str,
         model_version: Callable[[], str | None],
+        metrics: HttpMetrics | None = None,
     ) -> None:
         self.app = app
         self.service_version = service_version.encode()
         self.model_version = model_version
+        self.metrics = metrics  # requests, latency and in flight (None: metrics off)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.in_flight_inc(1)
         rid = _request_id(scope)
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
         state["request_id"] = rid
@@ -160,15 +166,20 @@ class RequestContextMiddleware:
                 response = problem_response(ServiceError(), instance=scope.get("path"), request_id=rid)
                 await response(scope, receive, send_with_context)
         finally:
+            seconds = time.perf_counter() - start
+            route = _route_template(scope)
+            if metrics is not None:
+                metrics.in_flight_inc(-1)
+                metrics.observe(scope, route, status, seconds)
             access_logger.info(
                 "request",
                 extra={
                     "fields": {
                         "request_id": rid,
                         "method": scope.get("method"),
-                        "route": _route_template(scope),
+                        "route": route,
                         "status": status,
-                        "latency_ms": round((time.perf_counter() - start) * 1000, 3),
+                        "latency_ms": round(seconds * 1000, 3),
                         "api_key_id": state.get("api_key_id"),
                     }
                 },

@@ -6,7 +6,8 @@ route, the docs included. Their refusals are :mod:`service.api.errors` problems 
 
 - API keys (``GSHAP_API_KEYS``, a list so that keys can rotate): ``Authorization: Bearer <key>`` or
   ``X-API-Key: <key>``, compared in constant time against every key; a missing and a wrong key get the same
-  401. ``/healthz`` and ``/readyz`` stay open for orchestrators.
+  401. ``/healthz`` and ``/readyz`` stay open for orchestrators, and so do ``/metrics`` and ``/monitoring`` for
+  scrapers unless GSHAP_METRICS_REQUIRE_KEY=true (the app passes its ``open_paths``).
 - Rate limit (``GSHAP_RATE_LIMIT_PER_MINUTE``): a token bucket per API key (per client address without
   keys), in-process, so with N workers the effective limit is up to N times higher. 429 with ``Retry-After``.
 - Body size (``GSHAP_MAX_BODY_BYTES``): ``Content-Length`` checked first, then the streamed size while the
@@ -151,8 +152,10 @@ class ApiKeyMiddleware:
         api_keys: Iterable[str] = (),
         rate_limit_per_minute: int | None = None,
         rate_limit_burst: int | None = None,
+        open_paths: Iterable[str] = OPEN_PATHS,
     ) -> None:
         self.app = app
+        self.open_paths = frozenset(open_paths)
         self._keys = [(_digest(k), key_id(k)) for k in api_keys]
         self.bucket = TokenBucket(rate_limit_per_minute, rate_limit_burst) if rate_limit_per_minute else None
 
@@ -176,7 +179,7 @@ class ApiKeyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
-            or scope["path"] in OPEN_PATHS
+            or scope["path"] in self.open_paths
             or scope["path"].startswith(OPEN_PREFIXES)
             or is_page_path(scope["path"])
             or (not self._keys and self.bucket is None)

@@ -34,6 +34,7 @@ import inspect
 import itertools
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +65,7 @@ class _Unit(Generic[I, R]):
     items: list[I]
     future: asyncio.Future[list[R]]
     inline: bool = False
+    submitted: float = 0.0  # time.perf_counter() when submitted: the queue wait ends when its batch starts
 
 
 @dataclass
@@ -141,6 +143,8 @@ class Coalescer:
         window_s: how long a dispatch may wait for more units (0: no waiting, natural batching only).
         split_min: a request with more items than this is split across the threads.
         thread_name_prefix: names of the worker threads.
+        on_batch: called on the event loop as each batched call starts, with its key, its item count and the
+            queue wait in seconds of each unit it carries (for metrics; must be quick and must not raise).
     """
 
     def __init__(
@@ -152,6 +156,7 @@ class Coalescer:
         window_s: float = 0.0,
         split_min: int = 8,
         thread_name_prefix: str = "gshap-engine",
+        on_batch: Callable[[Hashable, int, list[float]], None] | None = None,
     ) -> None:
         slots = threads if slots is None else slots
         if threads < 1 or slots < 1 or max_records < 1 or window_s < 0 or split_min < 1:
@@ -161,6 +166,7 @@ class Coalescer:
         self.window_s = window_s
         self.split_min = split_min
         self.stats = CoalescerStats()
+        self.on_batch = on_batch
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=thread_name_prefix)
         self._pending: deque[_Unit[Any, Any]] = deque()
         self._idle = slots
@@ -223,7 +229,7 @@ class Coalescer:
 
     def _submit(self, key: Hashable, fn: BatchFn[I, R], items: list[I], inline: bool) -> asyncio.Future[list[R]]:
         loop = asyncio.get_running_loop()
-        unit: _Unit[I, R] = _Unit(key, fn, items, loop.create_future(), inline)
+        unit: _Unit[I, R] = _Unit(key, fn, items, loop.create_future(), inline, time.perf_counter())
         self._pending.append(unit)
         if self._flush is None:
             if self.window_s > 0:
@@ -306,3 +312,6 @@ class Coalescer:
         s.units += len(batch)
         s.items += n
         s.max_items = max(s.max_items, n)
+        if self.on_batch is not None:
+            now = time.perf_counter()
+            self.on_batch(batch[0].key, n, [now - u.submitted for u in batch])

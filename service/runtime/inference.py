@@ -29,11 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from service import __version__
 from service.contract import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, MIN_N_SAMPLES, Output, label_of, sigmoid
 from service.contract import ServedMethod as Method
 from service.engine.gradient_shap import Explanation, GradientShapEngine
 from service.model.features import Feature, FeatureSpec
-from service.model.store import Bundle, BundleError
+from service.model.store import FORMAT_VERSION, Bundle, BundleError
+from service.observe.metrics import Telemetry
 from service.runtime.batching import Coalescer
 from service.runtime.engine_pool import EngineProcessPool
 
@@ -267,8 +269,11 @@ class InferenceRuntime:
         engine_processes: int = 0,
         max_coalesce: int = 64,
         batch_window_ms: float = 0.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.bundle = bundle
+        # metrics and drift monitoring (None: off); recorded only once ready, so the warm-up is not counted
+        self.telemetry = telemetry
         self.spec = bundle.spec
         self.model_version = f"{bundle.name}/{bundle.version}"
         self.max_n_samples = min(max_n_samples or MAX_N_SAMPLES, MAX_N_SAMPLES)
@@ -283,6 +288,7 @@ class InferenceRuntime:
             max_records=max_coalesce,
             window_s=batch_window_ms / 1000,
             thread_name_prefix="gshap-engine",
+            on_batch=self._on_batch if telemetry is not None else None,
         )
         pre = bundle.preprocessor
         self._lo: list[float] = [float(v) for v in pre.train_min]
@@ -323,11 +329,60 @@ class InferenceRuntime:
             self.pool.start(warm_up=self._prepare([self.example_record()]).x.numpy())
         else:
             await self.coalescer.on_every_thread(self.warm_up)
+        if self.telemetry is not None:
+            self._start_telemetry(self.telemetry)
         self.ready = True
+        if self.telemetry is not None:
+            self.telemetry.set_ready(True)
+
+    def attach_telemetry(self, telemetry: Telemetry) -> None:
+        """Record metrics and drift into ``telemetry`` from :meth:`start` on (the app makes the telemetry; a runtime
+        built and warmed up before the app, as ``gshap serve`` does, gets it here)."""
+        self.telemetry = telemetry
+        self.coalescer.on_batch = self._on_batch
+
+    def _start_telemetry(self, telemetry: Telemetry) -> None:
+        """Publish the model's info and start the drift window against the evaluation set, whose reference
+        probabilities are the ones this runtime serves (computed here, before anything is counted)."""
+        bundle = self.bundle
+        telemetry.set_model(
+            service_version=__version__,
+            model_name=bundle.name,
+            model_version=bundle.version,
+            bundle_format=bundle.manifest.get("format_version", FORMAT_VERSION),
+        )
+        telemetry.start_monitoring(
+            features=self.spec.names,
+            may_be_missing=[f.may_be_missing for f in self.spec],
+            eval_raw=bundle.eval_raw,
+            eval_probability=self.reference_probabilities(),
+            train_min=self._lo,
+            train_max=self._hi,
+            identity=self.model_version,
+        )
+
+    def reference_probabilities(self) -> np.ndarray:
+        """The probability this runtime serves for each record of the evaluation set (the drift reference)."""
+        names = self.spec.names
+        records = [
+            {name: (None if math.isnan(v) else v) for name, v in zip(names, row, strict=True)}
+            for row in np.asarray(self.bundle.eval_raw, dtype=np.float64).tolist()
+        ]
+        try:
+            return np.array([p.probability for p in self.predict(records)], dtype=np.float64)
+        except NonFiniteOutputError as exc:
+            raise BundleError(f"model bundle {self.bundle.path}: the evaluation set gave {exc}") from None
+
+    def _on_batch(self, key: object, size: int, waits: list[float]) -> None:
+        if self.telemetry is not None and self.ready:
+            kind = key[0] if isinstance(key, tuple) and key else "other"
+            self.telemetry.record_batch(str(kind), size, waits)
 
     def close(self) -> None:
         """Stop accepting work; in-flight work finishes on the worker threads; engine processes are stopped."""
         self.ready = False
+        if self.telemetry is not None:
+            self.telemetry.set_ready(False)
         self.coalescer.close()
         if self.pool is not None:
             self.pool.close()
@@ -397,6 +452,8 @@ class InferenceRuntime:
                     warnings=self._warnings(raw),
                 )
             )
+        if self.telemetry is not None and self.ready:
+            self.telemetry.record_predictions(batch.raw, out)
         return out
 
     def predict(self, records: Sequence[Record]) -> list[Prediction]:
@@ -489,4 +546,6 @@ class InferenceRuntime:
                     summary=summary_sentence(self.spec, items),
                 )
             )
+        if self.telemetry is not None and self.ready:
+            self.telemetry.record_explanations(method, output, gaps.tolist())
         return out

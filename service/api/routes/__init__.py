@@ -31,6 +31,7 @@ from service.api.errors import (
 )
 from service.config import Settings
 from service.model.store import Bundle
+from service.observe.metrics import Telemetry
 from service.runtime.inference import InferenceRuntime
 from service.schemas import BatchItemError, PatientRecord, Problem
 
@@ -43,6 +44,7 @@ __all__ = [
     "SettingsDep",
     "batch_answer",
     "get_runtime",
+    "get_state",
     "json_answer",
     "problem_responses",
     "require_json",
@@ -52,13 +54,14 @@ __all__ = [
 
 @dataclass
 class AppState:
-    """Per-app state: the settings, a bundle and a built runtime handed in by the caller (tests, ``serve``) and
-    the runtime in use."""
+    """Per-app state: the settings, a bundle and a built runtime handed in by the caller (tests, ``serve``), the
+    runtime in use and the metrics (None when GSHAP_METRICS_ENABLED is false)."""
 
     settings: Settings
     preloaded: Bundle | None = None
     prebuilt: InferenceRuntime | None = None
     runtime: InferenceRuntime | None = None
+    telemetry: Telemetry | None = None
 
 
 def get_state(request: Request) -> AppState:
