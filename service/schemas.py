@@ -336,7 +336,7 @@ class Problem(BaseModel):
         description=(
             "Stable URI of the problem kind: https://gshap.dev/problems/ + one of validation, malformed-body, "
             "unauthorized, cors-refused, not-found, method-not-allowed, payload-too-large, "
-            "unsupported-media-type, rate-limited, model-not-ready, internal."
+            "unsupported-media-type, rate-limited, model-not-ready, internal, precondition-failed (CDS Hooks)."
         ),
     )
     title: str = Field(..., description="Short summary of the problem kind.")

@@ -26,7 +26,7 @@ from starlette.middleware import Middleware
 from service import __version__
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
-from service.api.routes import AppState, explain, groups, health, model, predict
+from service.api.routes import AppState, cds, explain, fhir, groups, health, model, predict
 from service.api.security import (
     ApiKeyMiddleware,
     BodySizeLimitMiddleware,
@@ -64,6 +64,14 @@ TAGS = [
     {"name": "groups", "description": "Mean explanations by outcome group of the evaluation set."},
     {"name": "model", "description": "The model card."},
     {"name": "health", "description": "Liveness and readiness for orchestrators."},
+    {
+        "name": "cds-hooks",
+        "description": (
+            "CDS Hooks 2.0: discovery, the diabetes-risk card for the patient-view hook, feedback. Authenticated by "
+            "the CDS client's JWT when GSHAP_CDS_JWT_ISSUERS is set (API keys do not apply). See docs/CDS_HOOKS.md."
+        ),
+    },
+    {"name": "fhir", "description": "Predictions and explanations from a FHIR R4 Bundle (LOINC codes, UCUM units)."},
 ]
 
 SECURITY_SCHEMES = {
@@ -111,6 +119,15 @@ async def _start(state: AppState) -> None:
     # for 50-70 ms now and then under load (the p99 latency).
     gc.collect()
     gc.freeze()
+    if settings.cds_jwt_issuers:
+        log_event("cds_auth", issuers=sorted(settings.cds_jwt_issuers), fhir_servers=len(settings.cds_fhir_servers))
+    else:
+        log_event(
+            "cds_auth_off",
+            30,
+            message="GSHAP_CDS_JWT_ISSUERS is empty: the CDS Hooks endpoints accept calls without a JWT",
+            fhir_servers=len(settings.cds_fhir_servers),
+        )
     log_event(
         "ready",
         model_version=runtime.model_version,
@@ -126,6 +143,7 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
     """The service's app. ``settings`` default to the environment; ``bundle`` (already loaded) skips loading."""
     settings = settings or Settings()
     state = AppState(settings=settings, preloaded=bundle)
+    cds_state = cds.CdsState.build(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -135,6 +153,7 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
         finally:
             if state.runtime is not None:
                 state.runtime.close()
+            cds_state.close()
             log_event("stopped")
 
     def model_version() -> str | None:
@@ -174,8 +193,9 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
         middleware=middleware,
     )
     app.state.gshap = state
+    app.state.gshap_cds = cds_state
     install_exception_handlers(app)
-    for area in (predict, explain, groups, model, health):
+    for area in (predict, explain, groups, model, health, cds, fhir):
         app.include_router(area.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -9,6 +9,8 @@
      │                                                        that GSHAP_CORS_ORIGINS does not allow
      ├── NotFound                404  not-found               no such route, or no such outcome group
      ├── MethodNotAllowed        405  method-not-allowed      with an ``Allow`` header
+     ├── PreconditionFailed      412  precondition-failed     CDS Hooks: the FHIR data can be had neither from the
+     │                                                        prefetch nor from an allowed FHIR server
      ├── PayloadTooLarge         413  payload-too-large       body over GSHAP_MAX_BODY_BYTES, or a batch over
      │                                                        GSHAP_MAX_BATCH_RECORDS; ``limit`` names the bound
      ├── UnsupportedMediaType    415  unsupported-media-type  a body that is not application/json
@@ -57,6 +59,7 @@ __all__ = [
     "NotFound",
     "OtherHTTPError",
     "PayloadTooLarge",
+    "PreconditionFailed",
     "RateLimited",
     "ServiceError",
     "Unauthorized",
@@ -144,6 +147,12 @@ class MethodNotAllowed(ServiceError):  # noqa: N818 (the names kserve and the is
     status = 405
     slug = "method-not-allowed"
     title = "Method not allowed"
+
+
+class PreconditionFailed(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 412
+    slug = "precondition-failed"
+    title = "Precondition failed"
 
 
 class PayloadTooLarge(ServiceError):  # noqa: N818 (the names kserve and the issue use)

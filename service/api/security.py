@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# CDS Hooks clients authenticate with their own signed JWT (service.api.cds_auth), not with an API key
+CDS_PREFIX = "/cds-services"
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -154,7 +156,8 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         client = None
-        if self._keys:
+        cds = scope["path"] == CDS_PREFIX or scope["path"].startswith(CDS_PREFIX + "/")
+        if self._keys and not cds:
             client = self._match(Headers(scope=scope))
             if client is None:
                 await _refuse(
