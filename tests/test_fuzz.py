@@ -30,8 +30,11 @@ MAX_EXAMPLES = 40
 BATCH_PATHS = frozenset({"/predict/batch", "/explain/batch"})
 # FHIR content rules (codes, units, dates, one Patient per Bundle, a required input present) and CDS Hooks' 412
 # ("the data can be had neither from the prefetch nor from the FHIR server") go beyond what JSON Schema can say:
-# a schema-valid request to these paths may rightly be refused with 412, 413 or 422.
-FHIR_PATHS = frozenset({"/fhir/predict", "/fhir/explain", "/cds-services/diabetes-risk"})
+# a schema-valid request to these paths may rightly be refused with 412, 413 or 422. So may CDS feedback, whose
+# calendar validity of outcomeTimestamp and accepted-needs-suggestions rule (cds-fb invariants) are not in the schema.
+FHIR_PATHS = frozenset(
+    {"/fhir/predict", "/fhir/explain", "/cds-services/diabetes-risk", "/cds-services/diabetes-risk/feedback"}
+)
 FHIR_REFUSALS = frozenset({412, 413, 422})
 OPERATIONS = 14
 

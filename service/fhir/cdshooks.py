@@ -279,7 +279,11 @@ class Feedback(BaseModel):
     acceptedSuggestions: list[AcceptedSuggestion] | None = Field(None, min_length=1, max_length=100)
     overrideReason: OverrideReason | None = None
     outcomeTimestamp: str = Field(
-        ..., min_length=1, max_length=64, description="When the user acted, RFC 3339 in UTC, e.g. 2026-05-02T10:05:31Z."
+        ...,
+        min_length=1,
+        max_length=64,
+        pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|\+00:00)$",
+        description="When the user acted, RFC 3339 in UTC, e.g. 2026-05-02T10:05:31Z.",
     )
 
     @field_validator("outcomeTimestamp")
