@@ -8,7 +8,9 @@ Blocks are delimited by ``<!-- BEGIN generated:NAME -->`` / ``<!-- END generated
 - ``settings``: the settings table, from ``service.config.Settings``' fields;
 - ``metrics``: the model's metrics table, from the default bundle's manifest;
 - ``examples``: curl commands run with the real ``curl`` against a real ``gshap serve`` started here, and
-  their real answers (pretty-printed; the random request id is shown as ``<request-id>``).
+  their real answers (pretty-printed; the random request id is shown as ``<request-id>``);
+- ``cds``: the CDS Hooks / FHIR section: the LOINC/UCUM table from the feature specification and a real CDS call
+  and its card from a ``gshap serve`` started here (``scripts/cds_docs.py``, which also writes docs/CDS_HOOKS.md).
 
 ``tests/test_readme.py`` fails when a block drifts, so the README cannot quote a stale answer.
 """
@@ -173,7 +175,14 @@ def metrics_block() -> str:
     return "\n".join(rows) + "\n"
 
 
-BLOCKS = {"settings": settings_block, "metrics": metrics_block, "examples": examples_block}
+def cds_block() -> str:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import cds_docs
+
+    return cds_docs.readme_block()
+
+
+BLOCKS = {"settings": settings_block, "metrics": metrics_block, "examples": examples_block, "cds": cds_block}
 
 
 def render(text: str, names: list[str] | None = None) -> str:

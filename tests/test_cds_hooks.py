@@ -21,7 +21,8 @@ from helpers import app_client
 
 from service.api.app import create_app
 from service.config import Settings
-from service.fhir.cdshooks import json_rule_violations
+from service.fhir.cdshooks import json_rule_violations, prefetch_templates
+from service.model.features import PIMA_SPEC
 
 SERVICE = "/cds-services/diabetes-risk"
 
@@ -292,7 +293,7 @@ def test_fallback_fetches_missing_prefetch_with_the_bearer_token(fallback_client
     card = card_of(fallback_client.post(SERVICE, json=cds_request(None, fhirServer=fhir.url, fhirAuthorization=AUTH)))
     assert re.fullmatch(r"Diabetes risk \d+% \(pima-diabetes/1\.0\.0\)", card["summary"])
     assert "| Glucose | 147.7 mg/dL (reported 8.2 mmol/L) | 2025-06-01 |" in card["detail"]
-    assert len(fhir.seen) == 10
+    assert len(fhir.seen) == len(prefetch_templates(PIMA_SPEC))  # the Patient read and one search a key
     assert {s["authorization"] for s in fhir.seen} == {"Bearer secret-token-123"}
     assert any(s["path"].startswith("/fhir/Patient/p-1001") for s in fhir.seen)
 
@@ -311,8 +312,20 @@ def test_fallback_fetches_only_what_the_prefetch_lacks(fallback_client: Any, fhi
     assert any("20448-7" in q for q in searched)
 
 
+def test_tokens_are_never_logged(fallback_client: Any, fhir: Any, capfd: pytest.CaptureFixture[str]) -> None:
+    """The FHIR bearer token appears in no log line, whether the fetch succeeds or fails."""
+    for mode in ("ok", "garbage"):
+        fhir.mode = mode
+        fallback_client.post(SERVICE, json=cds_request(None, fhirServer=fhir.url, fhirAuthorization=AUTH))
+    fhir.mode = "ok"
+    out, err = capfd.readouterr()
+    assert "cds-services/diabetes-risk" in err  # the access log was captured
+    assert "secret-token-123" not in out + err
+
+
 def test_server_outside_the_allow_list_is_412_naming_the_rule(fallback_client: Any, fhir: Any) -> None:
     """fhirServer not in GSHAP_CDS_FHIR_SERVERS: 412 naming the rule, and no call goes out."""
+    time.sleep(0.2)  # searches cut short by an earlier test may still reach the stand-in
     fhir.seen[:] = []
     other = fhir.url.replace("/fhir", "/other")
     r = fallback_client.post(SERVICE, json=cds_request(None, fhirServer=other, fhirAuthorization=AUTH))

@@ -146,10 +146,9 @@ def risk_card(
             value = _value_text(source, feat.integer)
             date = source.date[:10]
         lines.append(f"| {_esc(feat.label)} | {_esc(value)} | {date} | {direction} | {a.attribution:+.3f} |")
-    lines.append("")
     if prediction.imputed:
         names = ", ".join(spec.by_name(n).label.lower() for n in prediction.imputed)
-        lines.append(f"**Not measured, imputed with the training median:** {names}.")
+        lines += ["", f"**Not measured, imputed with the training median:** {names}."]
     used = [
         f"{spec.by_name(name).label}: {_esc(_value_text(src, spec.by_name(name).integer))}, {src.date[:10]}, "
         f"{_esc(_source_text(src))}"
@@ -176,9 +175,10 @@ def risk_card(
         f"{explanation.n_baselines} baseline records of the training population (base value "
         f"{explanation.base_value:+.3f}). Completeness: the attributions add up to the model's output within "
         f"{abs(explanation.completeness_gap):.1e} {explanation.output} units.",
-        "",
-        f"Age is counted at the time of the call ({extraction.as_of[:10]}).",
     ]
+    age = extraction.sources.get("age")
+    if age is not None and age.code == "birthDate":
+        lines += ["", f"Age is counted from Patient.birthDate to the day of the call ({extraction.as_of[:10]})."]
     indicator = "warning" if prediction.label == 1 else "info"
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),

@@ -52,12 +52,13 @@ def _query(codes: list[tuple[str, str]]) -> str:
 
 def prefetch_templates(spec: FeatureSpec) -> dict[str, str]:
     """The prefetch templates: the Patient, then one search per feature (its LOINC codes and the service's own
-    code, latest first), then the inputs of derived values (body weight and height for BMI)."""
+    code, latest first; for age, read from Patient.birthDate, the service's code only, used when the Patient has no
+    birthDate), then the inputs of derived values (body weight and height for BMI)."""
     out = {PATIENT_KEY: "Patient/{{context.patientId}}"}
     aux: dict[str, str] = {}
     for feat in spec:
         mapping = feat.fhir
-        if mapping is None or mapping.patient_element:
+        if mapping is None:
             continue
         codes = [(c.system, c.code) for c in mapping.codes]
         codes += [(c.system, panel) for c in mapping.codes for panel in c.panels]
@@ -72,7 +73,14 @@ def prefetch_templates(spec: FeatureSpec) -> dict[str, str]:
 def required_prefetch_keys(spec: FeatureSpec) -> tuple[str, ...]:
     """Keys without which no risk can be computed: the Patient and the searches of the required features."""
     templates = prefetch_templates(spec)
-    return (PATIENT_KEY, *(f.name for f in spec if not f.may_be_missing and f.name in templates))
+    return (
+        PATIENT_KEY,
+        *(
+            f.name
+            for f in spec
+            if not f.may_be_missing and f.name in templates and not (f.fhir and f.fhir.patient_element)
+        ),
+    )
 
 
 def discovery_document(spec: FeatureSpec, population: Population, model_version: str) -> dict[str, Any]:

@@ -98,9 +98,20 @@ async def fetch_all(
     timeout = httpx.Timeout(timeout_s)
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False, verify=_tls()) as client:
         keys = list(queries)
-        tasks = [_fetch_one(client, k, f"{base}/{queries[k]}", headers, max_bytes) for k in keys]
+        failure: FhirServerError | None = None
         try:
-            results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=timeout_s * 2)
+            async with asyncio.timeout(timeout_s * 2), asyncio.TaskGroup() as group:
+                # a TaskGroup cancels the other searches as soon as one fails: nothing is left running
+                tasks = [
+                    group.create_task(_fetch_one(client, k, f"{base}/{queries[k]}", headers, max_bytes)) for k in keys
+                ]
         except TimeoutError:
-            raise FhirServerError(",".join(keys), "the FHIR server did not answer in time") from None
-    return dict(zip(keys, results, strict=True))
+            failure = FhirServerError(",".join(keys), "the FHIR server did not answer in time")
+        except ExceptionGroup as group_error:
+            first = group_error.exceptions[0]
+            if not isinstance(first, FhirServerError):
+                raise
+            failure = first
+        if failure is not None:
+            raise failure
+    return {k: t.result() for k, t in zip(keys, tasks, strict=True)}
