@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml constraints.txt service/engine/_exact.c
 	# torch first and exactly: the CPU wheel of 2.13.0 (an open range would pull a multi-GB CUDA build)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	# The kernel is an optional extension (the base install, the client, needs no compiler), so a failed build does
+	# not stop pip: refuse here a missing kernel, or a stale one older than its source.
+	@test -n "$$(find service/engine -name '_exact*.so' -newer service/engine/_exact.c)" || { echo "the exact kernel \
+	(service/engine/_exact.c) did not compile: install a C compiler and Python's headers, then run make setup" >&2; \
+	exit 1; }
 	touch $(STAMP)
 
 setup: $(STAMP)

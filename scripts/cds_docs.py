@@ -186,8 +186,17 @@ def live_examples() -> dict[str, Any]:
     return out
 
 
+def _keys_only_request(request: dict[str, Any]) -> dict[str, Any]:
+    """The request with each searchset shown as a note of its size (for the README; docs/ shows one entry)."""
+    shown: dict[str, Any] = json.loads(json.dumps(request))
+    for key, value in shown["prefetch"].items():
+        if key != "patient" and isinstance(value, dict) and value.get("resourceType") == "Bundle":
+            shown["prefetch"][key] = f"<searchset Bundle: {len(value.get('entry', []))} Observations>"
+    return shown
+
+
 def _short_request(request: dict[str, Any]) -> dict[str, Any]:
-    shown = json.loads(json.dumps(request))
+    shown: dict[str, Any] = json.loads(json.dumps(request))
     for key, value in shown["prefetch"].items():
         if key != "patient" and isinstance(value, dict) and value.get("entry"):
             n = len(value["entry"])
@@ -340,8 +349,8 @@ def readme_block(live: dict[str, Any] | None = None) -> str:
             "FHIR servers the service may search with the client's token when the prefetch lacks data (empty: "
             "never; then missing required data is a 412); `GSHAP_CDS_FEEDBACK_DB` is the SQLite feedback file.",
             "",
-            "A real call (the fixture patient of `tests/data/fhir`, prefetch shortened to one entry a key) and "
-            "its card (the `detail` in full is in docs/CDS_HOOKS.md):",
+            "A real call (the fixture patient of `tests/data/fhir`; each prefetch searchset shown here by its size) "
+            "and its card (the `detail` in full is in docs/CDS_HOOKS.md):",
             "",
             "```sh",
             "curl -s -X POST http://127.0.0.1:8000/cds-services/diabetes-risk -H 'Content-Type: application/json' "
@@ -349,7 +358,7 @@ def readme_block(live: dict[str, Any] | None = None) -> str:
             "```",
             "",
             "```json",
-            _j(_short_request(live["request"])),
+            _j(_keys_only_request(live["request"])),
             "```",
             "",
             "```json",

@@ -1,18 +1,24 @@
-"""Regenerate the README's generated blocks from the code, the bundle and the running service.
+"""Regenerate the generated blocks of the README and docs/API_EXAMPLES.md from the code, the bundle, the benchmark's
+last run and the running service.
 
-    python scripts/readme.py            # rewrite the blocks in README.md
-    python scripts/readme.py --check    # exit 1 if README.md differs from what would be written
+    python scripts/readme.py            # rewrite the blocks (also: make readme)
+    python scripts/readme.py --check    # exit 1 if a file differs from what would be written
 
 Blocks are delimited by ``<!-- BEGIN generated:NAME -->`` / ``<!-- END generated:NAME -->``:
 
-- ``settings``: the settings table, from ``service.config.Settings``' fields;
-- ``metrics``: the model's metrics table, from the default bundle's manifest;
-- ``examples``: curl commands run with the real ``curl`` against a real ``gshap serve`` started here, and
-  their real answers (pretty-printed; the random request id is shown as ``<request-id>``);
-- ``cds``: the CDS Hooks / FHIR section: the LOINC/UCUM table from the feature specification and a real CDS call
-  and its card from a ``gshap serve`` started here (``scripts/cds_docs.py``, which also writes docs/CDS_HOOKS.md).
+- README.md ``settings``: the settings table, from ``service.config.Settings``' fields;
+- README.md ``metrics``: the model's metrics table, from the default bundle's manifest;
+- README.md ``endpoints``: one curl command per endpoint, run with the real ``curl`` against a real
+  ``gshap serve`` started here, and its real answer (compacted, long lists shortened where it says so);
+- README.md ``performance``: the summary of the benchmark's last run, from ``docs/bench/latest.json``;
+- README.md ``cds``: the CDS Hooks / FHIR section: the LOINC/UCUM table from the feature specification and a real
+  CDS call and its card from a ``gshap serve`` started here (``scripts/cds_docs.py``, which also writes
+  docs/CDS_HOOKS.md);
+- docs/API_EXAMPLES.md ``examples``: the full set of curl examples (headers, errors, estimators) and their real
+  answers, pretty-printed; the random request id is shown as ``<request-id>``.
 
-``tests/test_readme.py`` fails when a block drifts, so the README cannot quote a stale answer.
+One server serves both live blocks. ``tests/test_readme.py`` fails when a block drifts, so neither file can quote
+a stale answer.
 """
 
 from __future__ import annotations
@@ -23,11 +29,15 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+API_EXAMPLES = ROOT / "docs" / "API_EXAMPLES.md"
+BENCH = ROOT / "docs" / "bench" / "latest.json"
 sys.path.insert(0, str(ROOT / "tests"))
 
 RECORD = {
@@ -77,7 +87,8 @@ EXAMPLES: list[tuple[str, list[str]]] = [
     ("One outcome group of the evaluation set", ["-s", "{url}/groups/FN"]),
     ("All outcome groups (features lists shortened here to the first two)", ["-s", "{url}/groups"]),
     ("An unknown group", ["-s", "{url}/groups/XX"]),
-    ("The model card (shortened here: first feature, MLP metrics only)", ["-s", "{url}/model"]),
+    ("The model card (shortened here: first feature, MLP metrics only, no calibration or subgroup tables)",
+     ["-s", "{url}/model"]),
     ("A misspelled field is an error, never a silent 'missing'", _post("/predict", MISSPELLED, "-si")),
     ("Malformed JSON", _post("/predict", '{"glucose": 148,')),
 ]  # fmt: skip
@@ -90,9 +101,11 @@ def _shorten(title: str, body: Any) -> Any:
     if "model card" in title:
         body["features"] = [body["features"][0], "…"]
         body["metrics"] = {"mlp": body["metrics"]["mlp"], "…": "…"}
-        for k in ("training", "baselines", "preprocessing"):
+        for k in ("training", "baselines", "preprocessing", "subgroups"):
             if k in body:
                 body[k] = "…"
+        if "calibration" in body:
+            body["calibration"] = {"served": body["calibration"]["served"], "…": "…"}
     return body
 
 
@@ -114,19 +127,150 @@ def _render_answer(title: str, raw: str) -> str:
     return _scrub(shown)
 
 
-def examples_block() -> str:
-    from live_server import running_server
+class Live:
+    """The real server the live blocks curl, started on first use and stopped when the rendering ends."""
 
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack = stack
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            from live_server import running_server
+
+            self._url = self._stack.enter_context(running_server()).url
+        return self._url
+
+    def curl(self, args: list[str]) -> tuple[str, str]:
+        """Run ``curl args`` against the server: (the command as shown, with port 8000; its raw output)."""
+        real = [a.replace("{url}", self.url) for a in args]
+        shown = [a.replace("{url}", f"http://127.0.0.1:{SHOWN_PORT}") for a in args]
+        out = subprocess.run(["curl", *real], capture_output=True, text=True, timeout=60, check=True).stdout
+        return f"curl {shlex.join(shown)}", out
+
+
+def examples_block(live: Live) -> str:
     parts = []
-    with running_server() as server:
-        for title, args in EXAMPLES:
-            real = [a.replace("{url}", server.url) for a in args]
-            shown = [a.replace("{url}", f"http://127.0.0.1:{SHOWN_PORT}") for a in args]
-            out = subprocess.run(["curl", *real], capture_output=True, text=True, timeout=60, check=True).stdout
-            parts.append(
-                f"**{title}**\n\n```sh\ncurl {shlex.join(shown)}\n```\n\n```\n{_render_answer(title, out)}\n```\n"
-            )
+    for title, args in EXAMPLES:
+        shown, out = live.curl(args)
+        parts.append(f"**{title}**\n\n```sh\n{shown}\n```\n\n```\n{_render_answer(title, out)}\n```\n")
     return "\n".join(parts)
+
+
+def _first(n: int, items: list[Any]) -> list[Any]:
+    return [*items[:n], "…"] if len(items) > n else items
+
+
+def _short_explanation(e: dict[str, Any]) -> None:
+    e["attributions"] = _first(2, e["attributions"])
+
+
+def _short_explanations(body: dict[str, Any]) -> None:
+    for item in body["results"]:
+        if item.get("ok"):
+            item["prediction"] = {k: item["prediction"][k] for k in ("probability", "label", "imputed")} | {"…": "…"}
+            item["attributions"] = _first(1, item["attributions"])
+
+
+def _short_group(g: dict[str, Any]) -> None:
+    g["features"] = _first(1, g["features"])
+
+
+def _short_groups(body: dict[str, Any]) -> None:
+    for g in body["groups"].values():
+        g["features"] = ["…"]
+
+
+def _short_card(body: dict[str, Any]) -> None:
+    body["features"] = _first(1, body["features"])
+    body["metrics"] = {"mlp": {k: body["metrics"]["mlp"][k] for k in ("roc_auc", "threshold")}, "…": "…"}
+    for k in ("training", "baselines", "preprocessing", "data", "explanation_defaults", "library_versions"):
+        if k in body:
+            body[k] = "…"
+    for k in ("subgroups", "development_and_validation", "explanation_method", "not_measured", "update_schedule"):
+        if k in body:
+            body[k] = "…"
+    for k in ("intended_users", "out_of_scope_uses", "limitations"):
+        if k in body:
+            body[k] = _first(1, body[k])
+    if "population" in body:
+        body["population"] = {"description": body["population"].get("description"), "…": "…"}
+    if "calibration" in body:
+        body["calibration"] = {"served": body["calibration"]["served"], "…": "…"}
+
+
+# One example per endpoint, for the README: (title, curl arguments, how the answer is shortened or None)
+ENDPOINTS: list[tuple[str, list[str], Callable[[Any], None] | None]] = [
+    ("`GET /healthz`: liveness", ["-s", "{url}/healthz"], None),
+    ("`GET /readyz`: readiness (503 until the bundle is verified, loaded and warmed up)", ["-s", "{url}/readyz"], None),
+    ("`POST /predict`: one record (insulin 0 means not measured: imputed)", _post("/predict", RECORD), None),
+    ("`POST /explain`: exact GradientSHAP of the logit, the defaults (attributions shortened here to two)",
+     _post("/explain", RECORD), _short_explanation),
+    ("`POST /predict/batch`: a bad record is refused by its index, the others are answered",
+     _post("/predict/batch", {"records": [RECORD, BAD_RECORD]}), None),
+    ("`POST /explain/batch`: one set of settings for every record (shortened here: the prediction to three fields, "
+     "the attributions to one)",
+     _post("/explain/batch", {"records": [RECORD, SPARSE_RECORD], "output": "probability"}), _short_explanations),
+    ("`GET /groups/{group}`: one outcome group of the evaluation set (features shortened here to one)",
+     ["-s", "{url}/groups/FN"], _short_group),
+    ("`GET /groups`: every outcome group (features left out here)", ["-s", "{url}/groups"], _short_groups),
+    ("`GET /model`: the model card (shortened here)", ["-s", "{url}/model"], _short_card),
+]  # fmt: skip
+
+WIDTH = 116
+
+
+def compact_json(value: Any, indent: int = 0) -> str:
+    """JSON as a reader scans it: a value that fits on its line stays on one line, a longer one is unfolded."""
+    flat = json.dumps(value, ensure_ascii=False)
+    if indent + len(flat) <= WIDTH or not isinstance(value, dict | list) or not value:
+        return flat
+    pad = " " * (indent + 2)
+    if isinstance(value, dict):
+        inner = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {compact_json(v, indent + 2)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(inner) + "\n" + " " * indent + "}"
+    inner = [pad + compact_json(v, indent + 2) for v in value]
+    return "[\n" + ",\n".join(inner) + "\n" + " " * indent + "]"
+
+
+def endpoints_block(live: Live) -> str:
+    parts = []
+    for title, args, shorten in ENDPOINTS:
+        shown, out = live.curl(args)
+        body = json.loads(out)
+        if shorten is not None:
+            shorten(body)
+        parts.append(f"**{title}**\n\n```sh\n{shown}\n```\n\n```json\n{_scrub(compact_json(body))}\n```\n")
+    return "\n".join(parts)
+
+
+def performance_block() -> str:
+    """The benchmark's last run (docs/bench/latest.json): the table at the goals' concurrency and the goals."""
+    run = json.loads(BENCH.read_text())
+    meta, ev = run["meta"], run["evaluation"]
+    c = ev["goal_concurrency"]
+    rows = [
+        f"Run {meta['date']} on {meta['machine']['summary']}; commit {meta['git']}; {meta['seconds_per_cell']} s per "
+        f"cell; concurrency {c} (full tables: [`docs/bench/latest.md`](docs/bench/latest.md)).",
+        "",
+        "| target | req/s | records/s | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for cell in run["cells"]:
+        if cell["concurrency"] == c:
+            rows.append(
+                f"| {cell['label']} | {cell['rps']:,.0f} | {cell['records_per_s']:,.0f} | {cell['p99_ms']:.2f} | "
+                f"{cell['errors']} |"
+            )
+    rows += ["", "| goal | measured | |", "|---|---:|---|"]
+    for g in ev["goals"]:
+        met = "–" if g["met"] is None else ("met" if g["met"] else "**not met**")
+        value = "–" if g["value"] is None else f"{g['value']:,.2f}"
+        rows.append(f"| {g['text']} | {value} | {met} |")
+    n_met = sum(bool(g["met"]) for g in ev["goals"])
+    rows += ["", f"{n_met} of the {len(ev['goals'])} goals are met in this run."]
+    return "\n".join(rows) + "\n"
 
 
 def settings_block() -> str:
@@ -175,41 +319,155 @@ def metrics_block() -> str:
     return "\n".join(rows) + "\n"
 
 
+def _ci(d: dict[str, Any] | None, digits: int = 3) -> str:
+    """``value [low, high]``, or ``n/a`` where the sample cannot define the number (e.g. AUC with one class)."""
+    if not d or d.get("value") is None:
+        return "n/a"
+    lo, hi = d.get("ci_low"), d.get("ci_high")
+    interval = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and hi is not None else ""
+    return f"{d['value']:.{digits}f}{interval}"
+
+
+def calibration_block() -> str:
+    from service.model.store import load_bundle
+
+    bundle = load_bundle()
+    c = bundle.metrics["calibration"]
+    cal = bundle.calibration
+    names = {"mlp": "MLP (served)", "logistic_regression": "logistic regression (reference)"}
+    rows = [
+        f"Served scale: `{cal.name}`, calibrated logit = {cal.a} × logit {'+' if cal.b >= 0 else '−'} {abs(cal.b)}. "
+        f"Test split, {c['mlp']['after']['n']} records; {c['binning']} for ECE; slope and intercept: "
+        f"{c['slope_intercept']}; intervals: {c['mlp']['after']['interval']}.",
+        "",
+        "| model | calibration | ECE | ECE of a perfectly calibrated model on these records | slope | intercept "
+        "| Brier | mean predicted risk | observed prevalence |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, title in names.items():
+        for state in ("before", "after"):
+            r = c[key][state]
+            null = r["ece_if_perfectly_calibrated"]
+            rows.append(
+                f"| {title} | {state} | {_ci(r['ece'])} | {null['median']:.3f} [{null['ci_low']:.3f}, "
+                f"{null['ci_high']:.3f}] | {_ci(r['slope'])} | {_ci(r['intercept'])} | {_ci(r['brier'])} | "
+                f"{_ci(r['mean_predicted'])} | {_ci(r['observed_prevalence'])} |"
+            )
+    rows += [
+        "",
+        "| model | Platt a, b | threshold before → after | test decisions changed | goal: ECE ≤ 0.05 | "
+        "goal: mean risk inside the prevalence interval |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, title in names.items():
+        m = c[key]
+        goal = m["goal_met"]
+        rows.append(
+            f"| {title} | {m['a']}, {m['b']} | {m['threshold_before']:.4f} → {m['threshold_after']:.4f} | "
+            f"{m['test_decisions_changed']} of {m['after']['n']} | {'met' if goal['ece_at_most_0.05'] else 'not met'} "
+            f"| {'met' if goal['mean_predicted_within_prevalence_interval'] else 'not met'} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def subgroups_block() -> str:
+    from service.model.store import load_bundle
+
+    s = load_bundle().metrics["subgroups"]
+    rows = [
+        f"{s['model']}; {s['evaluation_set']}; intervals: {s['interval']}. Caution: {s['caution']}.",
+        "",
+        "| band | n | positives | ROC AUC | sensitivity | specificity | mean predicted risk | observed rate "
+        "| predicted − observed | ECE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, title in (("age", "age"), ("bmi", "BMI")):
+        if key not in s:
+            continue
+        unit = s[key]["unit"]
+        for b in s[key]["bands"]:
+            band = b["band"] if b["band"] == "not measured" else f"{b['band']} {unit}"
+            rows.append(
+                f"| {title} {band} | {b['n']} | {b['positives']} | {_ci(b.get('roc_auc'))} | "
+                f"{_ci(b.get('sensitivity'))} | {_ci(b.get('specificity'))} | {_ci(b.get('mean_predicted'))} | "
+                f"{_ci(b.get('observed_rate'))} | {_ci(b.get('mean_predicted_minus_observed'))} | "
+                f"{_ci(b.get('ece'))} |"
+            )
+    return "\n".join(rows) + "\n"
+
+
 def cds_block() -> str:
     sys.path.insert(0, str(ROOT / "scripts"))
     import cds_docs
 
-    return cds_docs.readme_block()
+    text: str = cds_docs.readme_block()
+    return text
 
 
-BLOCKS = {"settings": settings_block, "metrics": metrics_block, "examples": examples_block, "cds": cds_block}
+Block = Callable[[Live], str]
+
+# file -> block name -> how the block is made
+BLOCKS: dict[Path, dict[str, Block]] = {
+    README: {
+        "settings": lambda live: settings_block(),
+        "metrics": lambda live: metrics_block(),
+        "endpoints": endpoints_block,
+        "performance": lambda live: performance_block(),
+        "calibration": lambda live: calibration_block(),
+        "subgroups": lambda live: subgroups_block(),
+        "cds": lambda live: cds_block(),
+    },
+    API_EXAMPLES: {"examples": examples_block},
+}
+NAMES = [name for blocks in BLOCKS.values() for name in blocks]
 
 
-def render(text: str, names: list[str] | None = None) -> str:
-    for name in names or list(BLOCKS):
+def render(text: str, blocks: dict[str, Block], live: Live, names: list[str] | None = None) -> str:
+    """``text`` with its generated blocks (those in ``names``, or all) made anew."""
+    for name, make in blocks.items():
+        if names is not None and name not in names:
+            continue
         pattern = re.compile(rf"(<!-- BEGIN generated:{name} -->\n).*?(<!-- END generated:{name} -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README.md has no generated:{name} block")
-        body = BLOCKS[name]()
-        text = pattern.sub(lambda mt, body=body: mt.group(1) + body + mt.group(2), text)
+            raise SystemExit(f"no generated:{name} block")
+        body = make(live)
+        text = pattern.sub(lambda mt: mt.group(1) + body + mt.group(2), text)  # noqa: B023 (called right here)
     return text
+
+
+@contextmanager
+def live_server() -> Iterator[Live]:
+    """A :class:`Live` whose server (if one was started) stops when the block ends."""
+    with ExitStack() as stack:
+        yield Live(stack)
+
+
+def render_all(names: list[str] | None = None) -> dict[Path, tuple[str, str]]:
+    """Every generated file: (its text now, its text with the blocks made anew)."""
+    with live_server() as live:
+        return {
+            path: (path.read_text(), render(path.read_text(), blocks, live, names)) for path, blocks in BLOCKS.items()
+        }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
-    parser.add_argument("--only", nargs="*", choices=list(BLOCKS), default=None)
+    parser.add_argument("--only", nargs="*", choices=NAMES, default=None)
     args = parser.parse_args()
-    old = README.read_text()
-    new = render(old, args.only)
-    if args.check:
-        if new != old:
-            print("README.md is stale: run python scripts/readme.py", file=sys.stderr)
-            return 1
-        print("README.md generated blocks are current")
-        return 0
-    README.write_text(new)
-    print("README.md rewritten" if new != old else "README.md already current")
+    stale = []
+    for path, (old, new) in render_all(args.only).items():
+        name = path.relative_to(ROOT)
+        if new == old:
+            print(f"{name}: generated blocks are current")
+        elif args.check:
+            stale.append(name)
+        else:
+            path.write_text(new)
+            print(f"{name}: rewritten")
+    if stale:
+        print(f"stale: {', '.join(map(str, stale))}: run python scripts/readme.py", file=sys.stderr)
+        return 1
     return 0
 
 

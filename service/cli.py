@@ -82,6 +82,16 @@ def _summary_table(metrics: dict[str, Any], best_epoch: int, epochs: int) -> str
     lines.append(f"{'threshold':<12} {m['threshold']:<24.4f} {lr['threshold']:<24.4f}")
     c, cl = m["confusion_matrix"], lr["confusion_matrix"]
     lines.append(f"{'confusion':<12} {_cm(c):<24} {_cm(cl):<24}")
+    cal = metrics.get("calibration")
+    if cal:
+        for name, shown in (("ece", "ECE"), ("mean_predicted", "mean risk")):
+            before_after = [
+                f"{cal[k]['before'][name]['value']:.3f} → {cal[k]['after'][name]['value']:.3f}"
+                for k in ("mlp", "logistic_regression")
+            ]
+            lines.append(f"{shown:<12} {before_after[0]:<24} {before_after[1]:<24} (before → after calibration)")
+        prevalence = cal["mlp"]["after"]["observed_prevalence"]
+        lines.append(f"{'prevalence':<12} {cell(prevalence):<24}")
     return "\n".join(lines)
 
 
@@ -149,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="model_store", help="store folder; the bundle goes to OUT/NAME/VERSION")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--name", default="pima-diabetes")
-    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--version", default="1.1.0")
     p.add_argument("--spec", default=None, help="feature specification JSON (FeatureSpec.to_dict format)")
     p.add_argument("--target", default=None, help="target column, for a CSV without a --spec")
     p.add_argument("--missing-zero", nargs="*", default=None, help="columns whose 0 means not measured")

@@ -354,14 +354,15 @@ class Problem(BaseModel):
 # ---- answers ----------------------------------------------------------------------------------------------
 
 
-# Real answers of the shipped model (pima-diabetes/1.0.0) to the example record, rounded for reading.
+# Real answers of the shipped model (pima-diabetes/1.1.0) to the example record, rounded for reading.
 EXAMPLE_PREDICTION: dict[str, Any] = {
-    "probability": 0.8096,
-    "logit": 1.4474,
+    "probability": 0.6229,
+    "logit": 0.502,
     "label": 1,
     "label_name": "diabetes",
-    "threshold": 0.6094,
-    "model_version": "pima-diabetes/1.0.0",
+    "threshold": 0.3866,
+    "model_version": "pima-diabetes/1.1.0",
+    "calibration": "platt/validation",
     "imputed": ["insulin"],
     "warnings": [],
 }
@@ -376,20 +377,20 @@ EXAMPLE_WARNING: dict[str, Any] = {
     "train_max": 744.0,
 }
 _EXAMPLE_ATTRIBUTIONS = [
-    ("pregnancies", "Pregnancies", "count", 6.0, False, 0.0579),
-    ("glucose", "Glucose", "mg/dL", 148.0, False, 0.8474),
-    ("blood_pressure", "Blood pressure", "mm Hg", 72.0, False, 0.0385),
-    ("skin_thickness", "Skin thickness", "mm", 35.0, False, 0.0857),
-    ("insulin", "Insulin", "µU/mL", 125.0, True, -0.0031),
-    ("bmi", "BMI", "kg/m²", 33.6, False, 0.131),
-    ("diabetes_pedigree_function", "Diabetes pedigree", "score", 0.627, False, 0.1632),
-    ("age", "Age", "years", 50.0, False, 0.2407),
+    ("pregnancies", "Pregnancies", "count", 6.0, False, 0.0557),
+    ("glucose", "Glucose", "mg/dL", 148.0, False, 0.8148),
+    ("blood_pressure", "Blood pressure", "mm Hg", 72.0, False, 0.0371),
+    ("skin_thickness", "Skin thickness", "mm", 35.0, False, 0.0824),
+    ("insulin", "Insulin", "µU/mL", 125.0, True, -0.003),
+    ("bmi", "BMI", "kg/m²", 33.6, False, 0.1259),
+    ("diabetes_pedigree_function", "Diabetes pedigree", "score", 0.627, False, 0.1569),
+    ("age", "Age", "years", 50.0, False, 0.2314),
 ]
 EXAMPLE_EXPLANATION: dict[str, Any] = {
     "prediction": EXAMPLE_PREDICTION,
     "output": "logit",
-    "base_value": -0.1139,
-    "output_value": 1.4474,
+    "base_value": -0.9991,
+    "output_value": 0.502,
     "attributions": [
         dict(zip(("feature", "label", "unit", "value", "imputed", "attribution"), row, strict=True))
         | {"standard_error": 0.0}
@@ -441,6 +442,15 @@ class PredictionPublic(_Public):
         ..., description="Probability threshold of the label (0-1), chosen on the validation split (Youden's J)."
     )
     model_version: str = Field(..., description="The model that answered: '<name>/<version>'.")
+    calibration: str = Field(
+        ...,
+        description=(
+            "The probability scale of `probability`, `logit` and `threshold` (and of the explanation's outputs): "
+            "'platt/validation' = the network's logit recalibrated as a*logit + b (Platt scaling fitted on the "
+            "validation split), so that a probability of 0.3 means about 30 of 100 such patients; 'none' = the "
+            "raw network. GET /model gives a, b and the calibration measured on the test split."
+        ),
+    )
     imputed: list[str] = Field(
         ...,
         description="Features that were not measured (null, 0 or omitted) and were filled in with the training median.",
@@ -663,6 +673,39 @@ class ModelCardPublic(BaseModel):
     limits: dict[str, int] = Field(
         ..., description="This server's limits: max_batch_records, max_n_samples, max_body_bytes."
     )
+    # the model card a clinician and an EHR reviewer check (ONC HTI-1 source attributes; see the README)
+    intended_use: str = Field(..., description="What the model is for, and that it supports a clinician's review.")
+    intended_users: list[str] = Field(..., description="Who the answers are for.")
+    out_of_scope_uses: list[str] = Field(..., description="Uses the model was not developed or validated for.")
+    population: dict[str, Any] = Field(
+        ..., description="Who the data describe, where and when they come from, and the data's known quirks."
+    )
+    not_measured: str = Field(..., description="What happens when an input is not measured (null, 0 or omitted).")
+    development_and_validation: str = Field(
+        ..., description="How the model was developed, calibrated, thresholded and validated (and on which split)."
+    )
+    calibration: dict[str, Any] = Field(
+        ...,
+        description=(
+            "The probability scale served ('served': name, e.g. 'platt/validation', with a and b of a*logit + b) "
+            "and the calibration measured on the test split before and after, for the MLP and the logistic "
+            "reference: ECE, slope, intercept, Brier score, mean predicted risk against observed prevalence, "
+            "with 95% intervals, reliability bins with counts, and the decisions that changed."
+        ),
+    )
+    subgroups: dict[str, Any] = Field(
+        ...,
+        description=(
+            "Performance of the served model on the test split by age band and BMI band: n, positives, ROC AUC, "
+            "sensitivity, specificity, mean predicted risk against observed rate, ECE, with 95% intervals."
+        ),
+    )
+    limitations: list[str] = Field(..., description="Known limitations: where not to trust the numbers.")
+    explanation_method: dict[str, Any] = Field(
+        ..., description="How the explanations are computed and their measured error (completeness gap)."
+    )
+    update_schedule: str = Field(..., description="When and how the model changes.")
+    training_date: str | None = Field(None, description="When the bundle was trained and written (ISO 8601, UTC).")
 
 
 # ---- health -----------------------------------------------------------------------------------------------

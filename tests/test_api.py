@@ -463,7 +463,7 @@ def test_headers_on_every_answer(client: AppClient) -> None:
     for r in answers:
         assert len(r.headers["x-request-id"]) >= 16
         assert r.headers["x-service-version"] == __version__
-        assert r.headers["x-model-version"] == "pima-diabetes/1.0.0"
+        assert r.headers["x-model-version"] == "pima-diabetes/1.1.0"
         assert r.headers["x-content-type-options"] == "nosniff"
         assert r.headers["x-frame-options"] == "DENY"
         assert r.headers["referrer-policy"] == "no-referrer"

@@ -84,7 +84,7 @@ class Bad:
     never_echoed: tuple[str, ...] = ()
 
 
-def _v(id: str, body: bytes, fields: dict[str, str], path: str = "/predict", **kw: Any) -> Bad:
+def _v(id: str, body: bytes | None, fields: dict[str, str], path: str = "/predict", **kw: Any) -> Bad:
     return Bad(id, body, 422, "validation", fields, path=path, **kw)
 
 

@@ -48,7 +48,7 @@ def test_same_turn_requests_with_equal_keys_become_one_call() -> None:
     async def main() -> list[Any]:
         co = Coalescer(threads=1, max_records=64)
         try:
-            return await asyncio.gather(*(co.run("k", fn, [i, i + 100]) for i in range(5)))
+            return list(await asyncio.gather(*(co.run("k", fn, [i, i + 100]) for i in range(5))))
         finally:
             co.close()
 
@@ -113,7 +113,7 @@ def test_a_failing_request_fails_alone() -> None:
     async def main() -> list[Any]:
         co = Coalescer(threads=1)
         try:
-            return await asyncio.gather(*(co.run("k", fn, [i]) for i in range(5)), return_exceptions=True)
+            return list(await asyncio.gather(*(co.run("k", fn, [i]) for i in range(5)), return_exceptions=True))
         finally:
             co.close()
 
@@ -129,7 +129,7 @@ def test_inline_calls_run_on_the_loop_thread_merged() -> None:
     async def main() -> list[Any]:
         co = Coalescer(threads=2)
         try:
-            return await asyncio.gather(*(co.run("p", fn, [i], inline=True) for i in range(3)))
+            return list(await asyncio.gather(*(co.run("p", fn, [i], inline=True) for i in range(3))))
         finally:
             co.close()
 
@@ -260,7 +260,7 @@ def test_coroutine_batch_functions_are_merged_and_bounded() -> None:
     async def main() -> list[Any]:
         co = Coalescer(threads=2)
         try:
-            return await asyncio.gather(*(co.run("k", fn, [i]) for i in range(10)))
+            return list(await asyncio.gather(*(co.run("k", fn, [i]) for i in range(10))))
         finally:
             co.close()
 
@@ -301,7 +301,7 @@ def test_slots_bound_calls_in_flight_and_threads_bound_the_work() -> None:
             return out
 
         try:
-            return await asyncio.gather(*(co.run("k", fn, [i]) for i in range(8)))
+            return list(await asyncio.gather(*(co.run("k", fn, [i]) for i in range(8))))
         finally:
             co.close()
 

@@ -93,7 +93,7 @@ def test_trivial_responder_answers_split_and_pipelined_requests(bench: ModuleTyp
     request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     proto = bench._TrivialProtocol()
     transport = Transport()
-    proto.connection_made(transport)  # type: ignore[arg-type]
+    proto.connection_made(transport)
     proto.data_received(request[:10])
     proto.data_received(request[10:-3])
     assert transport.sent == []

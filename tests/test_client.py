@@ -17,7 +17,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import httpx
@@ -297,12 +297,13 @@ PREDICTION = {
     "label_name": "diabetes",
     "threshold": 0.6,
     "model_version": "mock/1",
+    "calibration": "platt/validation",
     "imputed": [],
     "warnings": [],
 }
 
 
-def _mock(answers: list[tuple[int, str | None]]) -> tuple[httpx.MockTransport, list[float]]:
+def _mock(answers: Sequence[tuple[int, str | None]]) -> tuple[httpx.MockTransport, list[float]]:
     """A transport answering (status, Retry-After) in turn, the last repeating; records when requests came."""
     seen: list[float] = []
 

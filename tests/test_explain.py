@@ -110,6 +110,9 @@ def test_compiled_kernel_equals_piece_enumeration(h1: int, h2: int) -> None:
         nn.Linear(F, h1), nn.ReLU(), nn.BatchNorm1d(h1), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 1)
     ).eval()
     bn = model[2]
+    assert isinstance(bn, nn.BatchNorm1d)
+    assert bn.running_mean is not None
+    assert bn.running_var is not None
     bn.running_mean.normal_(0.0, 0.5)
     bn.running_var.uniform_(0.3, 3.0)
     x, b, w = _data(7, 6, 9)

@@ -141,7 +141,7 @@ FAULTS = [
     Fault(
         "format-version-unknown",
         _edit_json("manifest.json", _manifest(format_version=FORMAT_VERSION + 1)),
-        f"format_version {FORMAT_VERSION + 1}; this service reads {FORMAT_VERSION}",
+        f"format_version {FORMAT_VERSION + 1}; this service reads 1 and {FORMAT_VERSION}",
         rechecksum=True,
         subprocess=True,
     ),
@@ -303,8 +303,9 @@ def test_readiness_is_false_until_warm_and_again_after_stop(bundle: Bundle) -> N
 # ---- graceful shutdown --------------------------------------------------------------------------------------
 
 IN_FLIGHT = 20
+RECORDS = [record(glucose=80.0 + i, age=30.0 + i % 40) for i in range(100)]
 BATCH = {
-    "records": [record(glucose=80.0 + i, age=30.0 + i % 40) for i in range(100)],
+    "records": RECORDS,
     "method": "quadrature",
     "n_samples": 32,
 }
@@ -342,7 +343,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0() -> None:
         code = proc.wait(timeout=STOP_TIMEOUT)
         log = server.log.read_text()
     assert [r.status_code for r in results] == [200] * IN_FLIGHT
-    assert all(r.json()["succeeded"] == len(BATCH["records"]) for r in results)
+    assert all(r.json()["succeeded"] == len(RECORDS) for r in results)
     finished_after = sum(t > sigterm_at for t in done_at)
     print(f"sigterm: {finished_after} of {IN_FLIGHT} requests finished after SIGTERM; exit code {code}")
     assert finished_after >= IN_FLIGHT // 2, "the requests were not in flight when SIGTERM came"

@@ -11,7 +11,8 @@ from service.training.figures import write_figures
 
 
 def test_all_figures_written(tmp_path: Path) -> None:
-    """Confusion matrix, four groups, the panel, global influence and a waterfall, each as PNG and SVG."""
+    """Confusion matrix, four groups, the panel, global influence, a waterfall and the reliability diagram, each
+    as PNG and SVG."""
     paths = write_figures(None, tmp_path, record=3)
     stems = {p.stem for p in paths}
     assert stems == {
@@ -23,6 +24,7 @@ def test_all_figures_written(tmp_path: Path) -> None:
         "groups_panel",
         "global_influence",
         "waterfall_record_3",
+        "reliability",
     }
     assert len(paths) == 2 * len(stems)
     for p in paths:

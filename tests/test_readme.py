@@ -1,4 +1,5 @@
-"""The README tells the truth: its generated blocks are current and its two commands are the ones CI runs."""
+"""The README tells the truth: its generated blocks (and docs/API_EXAMPLES.md) are current, its two commands are the
+ones CI runs, its layout names the real files, and the paths it and the docs mention exist."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# A file name in the layout tree: a token with one of these extensions, not part of a longer path.
+FILE_TOKEN = re.compile(r"(?<![\w/.-])[\w-]+\.(?:py|pyi|c|sh|md|yaml|toml|txt|json|csv)\b")
+DIR_TOKEN = re.compile(r"(?<![\w/.-])[\w-]+/(?=[\s,)]|$)")
+DESCRIPTION_COLUMN = 24  # the tree's descriptions start here; a line indented this far continues the one above
 
 
 def _readme_script() -> ModuleType:
@@ -20,9 +26,10 @@ def _readme_script() -> ModuleType:
 
 
 def test_generated_blocks_are_current() -> None:
-    """Settings table, metrics table and curl examples equal what the code and a live server give now."""
-    text = (ROOT / "README.md").read_text()
-    assert _readme_script().render(text) == text, "README is stale: run python scripts/readme.py"
+    """Settings, metrics, performance and the curl examples (README and docs) equal what the code and a live
+    server give now."""
+    stale = [path.name for path, (old, new) in _readme_script().render_all().items() if new != old]
+    assert stale == [], f"{stale} stale: run python scripts/readme.py"
 
 
 def test_two_commands_and_ci() -> None:
@@ -34,3 +41,95 @@ def test_two_commands_and_ci() -> None:
     assert commands == ["make serve", "make test"]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "\nmake test\n" in ci
+
+
+def layout_paths(tree: str) -> set[str]:
+    """Every path the layout tree names, relative to the repository (folders end with '/').
+
+    Each line names an entry at depth indent/2: a folder (``api/``), whose further names on the line are inside
+    it, or a file, whose further names on the line are its siblings. A line indented to the description column
+    continues the line above.
+    """
+    named: set[str] = set()
+    stack: list[str] = []
+    here = ""
+    for line in tree.splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        rest = line.strip()
+        if indent < DESCRIPTION_COLUMN:
+            first, _, rest = rest.partition(" ")
+            stack = stack[: indent // 2]
+            if first.endswith("/"):
+                stack.append(first)
+                here = "".join(stack)
+                named.add(here)
+            else:
+                here = "".join(stack)
+                named.add(here + first)
+        named.update(here + name for name in FILE_TOKEN.findall(rest))
+        named.update(here + name for name in DIR_TOKEN.findall(rest))
+    return named
+
+
+def _layout_tree() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    tree = re.search(r"```\n(.*?)```", section, re.S)
+    assert tree is not None, "the Layout section has no tree"
+    return tree.group(1)
+
+
+def test_layout_names_every_module_and_nothing_else() -> None:
+    """The README's layout tree names every module of service/ and every script, and each path it names exists."""
+    named = layout_paths(_layout_tree())
+    missing_on_disk = sorted(p for p in named if not (ROOT / p).exists())
+    assert missing_on_disk == [], f"the layout names paths that do not exist: {missing_on_disk}"
+    modules = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "service").rglob("*")
+        if p.suffix in {".py", ".pyi", ".c"} and "__pycache__" not in p.parts
+    }
+    modules -= {m for m in modules if m.endswith("/__init__.py") and m != "service/__init__.py"}
+    scripts = {p.relative_to(ROOT).as_posix() for p in (ROOT / "scripts").iterdir() if p.is_file()}
+    not_named = sorted((modules | scripts) - named)
+    assert not_named == [], f"the README's layout does not name: {not_named}"
+
+
+def test_layout_parser_reads_folders_files_and_continuations() -> None:
+    """The tree parser puts names in the right folders: nested folders, several names a line, continued lines."""
+    tree = (
+        "a/                      top\n"
+        "  b.py c.pyi            two files\n"
+        "  d/                    x.py y.py inside d\n"
+        "    e.c                 deeper\n"
+        "  f.py                  back up\n"
+        "                        g.sh continues the line above\n"
+        "h.md                    at the root\n"
+    )
+    assert layout_paths(tree) == {
+        "a/", "a/b.py", "a/c.pyi", "a/d/", "a/d/x.py", "a/d/y.py", "a/d/e.c", "a/f.py", "a/g.sh", "h.md",
+    }  # fmt: skip
+
+
+def _unreleased_changelog() -> str:
+    """The CHANGELOG's entries not yet released (released ones keep the paths of their time), without the first
+    column of its tables (the "before" of what moved where)."""
+    text = (ROOT / "CHANGELOG.md").read_text().split("\n## [0.1.0]", 1)[0]
+    return "\n".join("|" + ln.split("|", 2)[2] if ln.startswith("|") else ln for ln in text.splitlines())
+
+
+def test_paths_in_the_readme_and_docs_exist() -> None:
+    """Every repository path the README, docs/*.md and the unreleased CHANGELOG mention (service/…, scripts/…,
+    tests/…, docs/…, also as ../ links from docs/) exists."""
+    path = re.compile(r"(?<![\w/.-])((?:\.\./)?(?:service|scripts|tests|docs|docker|data|model_store)/[\w./-]*[\w/])")
+    texts = {doc: doc.read_text() for doc in DOCS} | {ROOT / "CHANGELOG.md": _unreleased_changelog()}
+    stale = []
+    for doc, text in texts.items():
+        for n, line in enumerate(text.splitlines(), 1):
+            for p in path.findall(line):
+                where = doc.parent if p.startswith("../") else ROOT
+                if not (where / p).exists():
+                    stale.append(f"{doc.relative_to(ROOT)}:{n}: {p}")
+    assert stale == [], "stale paths:\n" + "\n".join(stale)

@@ -174,7 +174,9 @@ def test_documented_examples_validate_against_their_models() -> None:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             continue
         extra = model.model_config.get("json_schema_extra")
-        for example in extra.get("examples", []) if isinstance(extra, dict) else []:
+        examples = extra.get("examples", []) if isinstance(extra, dict) else []
+        assert isinstance(examples, list), name
+        for example in examples:
             model.model_validate(example)
             checked += 1
     assert checked >= 8

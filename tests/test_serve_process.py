@@ -81,7 +81,7 @@ def test_serve_answers_explain_over_http_and_stops_on_sigterm(server: tuple[subp
     assert r.status_code == 200, r.text
     ex = r.json()
     assert [a["feature"] for a in ex["attributions"]][:2] == ["pregnancies", "glucose"]
-    assert ex["prediction"]["model_version"] == r.headers["x-model-version"] == "pima-diabetes/1.0.0"
+    assert ex["prediction"]["model_version"] == r.headers["x-model-version"] == "pima-diabetes/1.1.0"
     assert r.headers["x-request-id"]
     assert "server" not in r.headers
     bad = httpx.post(f"{base}/predict", json={**record(), "glucos": 1}, timeout=30.0)

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from service.contract import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, METHODS, MIN_N_SAMPLES, OUTPUTS, Method, Output
 from service.engine.exact_kernel import ExactKernel
-from service.model.nn import BinaryClassification
+from service.model.nn import BinaryClassification, CalibratedClassification
 
 __all__ = [
     "DEFAULT_N_SAMPLES",
@@ -151,7 +151,21 @@ def _bn_affine(bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
     return s, t
 
 
+def _logit_affine(a: float, b: float) -> nn.Linear:
+    """``z ↦ a·z + b`` as a float64 ``Linear(1, 1)``: folding it scales the last layer by ``a`` and shifts it by
+    ``b`` in float64 (``a·w3``, ``a·b3 + b``); the identity (1, 0) folds to the same numbers bitwise."""
+    lin = nn.Linear(1, 1, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.fill_(a)
+        lin.bias.fill_(b)
+    return lin
+
+
 def _flatten_modules(model: nn.Module) -> list[nn.Module]:
+    if isinstance(model, CalibratedClassification) and type(model).forward is CalibratedClassification.forward:
+        c = model
+        layers = [c.layer_1, c.relu, c.batchnorm1, c.layer_2, c.relu, c.batchnorm2, c.dropout, c.layer_out]
+        return [*layers, _logit_affine(c.calibration.a, c.calibration.b)]
     if type(model) is BinaryClassification or (
         isinstance(model, BinaryClassification) and type(model).forward is BinaryClassification.forward
     ):

@@ -7,10 +7,14 @@ its input; :mod:`service.engine.gradient_shap` relies on that (and checks it) fo
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
-__all__ = ["DROPOUT", "HIDDEN", "BinaryClassification"]
+__all__ = ["DROPOUT", "HIDDEN", "IDENTITY", "BinaryClassification", "CalibratedClassification", "Calibration"]
 
 HIDDEN = 64
 DROPOUT = 0.5
@@ -38,3 +42,57 @@ class BinaryClassification(nn.Module):
         x = self.dropout(x)
         out: torch.Tensor = self.layer_out(x)
         return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """An affine map of the logit, ``calibrated = a·logit + b`` (Platt scaling when fitted; identity otherwise).
+
+    Affine in the logit so that the exact GradientSHAP estimator stays exact: the calibrated network is the raw
+    network with its last affine layer scaled by ``a`` and shifted by ``b``, its attributions of the logit are
+    ``a`` times the raw ones and its base value is ``a·base + b``.
+    """
+
+    method: str = "none"
+    fitted_on: str = ""
+    a: float = 1.0
+    b: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """What the answers call the probability scale: ``"platt/validation"``, or ``"none"`` (raw model)."""
+        return "none" if self.method == "none" else f"{self.method}/{self.fitted_on}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "fitted_on": self.fitted_on, "a": self.a, "b": self.b, "name": self.name}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        a, b = float(d["a"]), float(d["b"])
+        if not (math.isfinite(a) and math.isfinite(b) and a > 0):
+            raise ValueError(f"calibration needs finite a > 0 and finite b, got a={a}, b={b}")
+        return cls(method=str(d["method"]), fitted_on=str(d.get("fitted_on", "")), a=a, b=b)
+
+
+IDENTITY = Calibration()
+
+
+class CalibratedClassification(BinaryClassification):
+    """The seed MLP followed by a :class:`Calibration` of its logit: ``forward`` = ``a·logit + b``.
+
+    Same parameters (and state dict) as :class:`BinaryClassification`; ``a`` and ``b`` are Python floats, not
+    tensors, so they stay float64 whatever the network's dtype. :meth:`uncalibrated` is the raw network.
+    """
+
+    def __init__(
+        self, n_features: int, calibration: Calibration = IDENTITY, hidden: int = HIDDEN, dropout: float = DROPOUT
+    ) -> None:
+        super().__init__(n_features, hidden, dropout)
+        self.calibration = calibration
+
+    def uncalibrated(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(N, F) -> (N, 1)`` the raw network's logits."""
+        return super().forward(inputs)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.uncalibrated(inputs) * self.calibration.a + self.calibration.b

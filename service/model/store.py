@@ -2,8 +2,9 @@
 
 Layout of ``model_store/<name>/<version>/``::
 
-    manifest.json          format version, feature specification, preprocessing, threshold, metrics,
-                           training configuration, data sha256, library versions, creation time
+    manifest.json          format version, feature specification, preprocessing, calibration (format 2),
+                           threshold, metrics, training configuration, data sha256, library versions,
+                           creation time
     weights.safetensors    the MLP's state dict (safetensors: tensors only, nothing that executes)
     baselines.safetensors  the GradientSHAP baseline distribution, model space: points (K, F), weights (K,)
     evaluation.safetensors the evaluation set: raw values (N, F) in original units with NaN = not measured,
@@ -12,6 +13,10 @@ Layout of ``model_store/<name>/<version>/``::
     SHA256SUMS             sha256 of every file above, checked on load
 
 ``model_store/DEFAULT`` names the bundle served by default (``<name>/<version>``). No web framework here.
+
+Format versions: 2 adds ``calibration`` (``{"method", "fitted_on", "a", "b"}``: the served logit is
+``a·logit + b`` of the stored network, see :class:`service.model.nn.Calibration`); a format-1 bundle has none
+and loads with the identity calibration (``"none"``), serving its raw network as before.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from safetensors.torch import save_file as save_torch
 
 from service.contract import GROUPS
 from service.model.features import FeatureSpec
-from service.model.nn import BinaryClassification
+from service.model.nn import IDENTITY, CalibratedClassification, Calibration
 from service.model.preprocess import Preprocessor
 
 __all__ = [
@@ -49,11 +54,12 @@ __all__ = [
     "write_groups",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 DEFAULT_STORE = Path(__file__).resolve().parents[2] / "model_store"
 CHECKSUMS = "SHA256SUMS"
 REQUIRED = ("manifest.json", "weights.safetensors", "baselines.safetensors", "evaluation.safetensors")
-MANIFEST_KEYS = ("name", "version", "features", "preprocessing", "threshold", "metrics")
+MANIFEST_KEYS = ("name", "version", "features", "preprocessing", "threshold", "metrics")  # format 2: + calibration
 
 
 class BundleError(Exception):
@@ -62,13 +68,16 @@ class BundleError(Exception):
 
 @dataclass
 class Bundle:
-    """A loaded, verified bundle. ``model`` is in eval mode and takes model-space ``(N, F)`` float32 inputs."""
+    """A loaded, verified bundle. ``model`` is in eval mode and takes model-space ``(N, F)`` float32 inputs.
+
+    ``model`` is the served, calibrated network (its ``forward`` is ``a·logit + b``; ``model.uncalibrated`` is the
+    stored raw network); ``calibration`` is its :class:`Calibration` (identity for a format-1 bundle)."""
 
     path: Path
     name: str
     version: str
     manifest: dict[str, Any]
-    model: BinaryClassification
+    model: CalibratedClassification
     spec: FeatureSpec
     preprocessor: Preprocessor
     baselines: torch.Tensor
@@ -79,6 +88,7 @@ class Bundle:
     eval_y: np.ndarray
     eval_rows: np.ndarray
     groups: dict[str, Any] | None = field(default=None)
+    calibration: Calibration = field(default=IDENTITY)
 
     @property
     def eval_x(self) -> torch.Tensor:
@@ -277,18 +287,20 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
     if not isinstance(manifest, dict):
         raise BundleError(f"model bundle {folder}: manifest.json is not a JSON object")
     fmt = manifest.get("format_version")
-    if fmt != FORMAT_VERSION:
+    if fmt not in READABLE_FORMATS:
+        readable = " and ".join(str(v) for v in READABLE_FORMATS)
         raise BundleError(
-            f"model bundle {folder}: manifest.json has format_version {fmt!r}; this service reads {FORMAT_VERSION}"
+            f"model bundle {folder}: manifest.json has format_version {fmt!r}; this service reads {readable}"
         )
-    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    missing = [key for key in (*MANIFEST_KEYS, *(("calibration",) if fmt >= 2 else ())) if key not in manifest]
     if missing:
         raise BundleError(f"model bundle {folder}: manifest.json has no {', '.join(missing)}")
     with _reading(folder, "manifest.json"):
         spec = FeatureSpec.from_dict(manifest["features"])
         pre = Preprocessor.from_dict(manifest["preprocessing"])
         threshold = float(manifest["threshold"])
-    model = BinaryClassification(len(spec))
+        calibration = Calibration.from_dict(manifest["calibration"]) if fmt >= 2 else IDENTITY
+    model = CalibratedClassification(len(spec), calibration)
     with _reading(folder, "weights.safetensors"):
         state = load_torch(str(folder / "weights.safetensors"))
     with _reading(folder, "weights.safetensors", "does not fit the network"):
@@ -327,4 +339,5 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
         eval_y=eval_y,
         eval_rows=eval_rows,
         groups=groups,
+        calibration=calibration,
     )

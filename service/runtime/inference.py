@@ -104,7 +104,10 @@ class FeatureWarning:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One record's prediction; ``label`` is 1 when ``probability >= threshold``."""
+    """One record's prediction; ``label`` is 1 when ``probability >= threshold``.
+
+    ``probability``, ``logit`` and ``threshold`` are on the scale named by ``calibration`` (the bundle's
+    :attr:`~service.model.nn.Calibration.name`, e.g. ``"platt/validation"``; ``"none"``: the raw network)."""
 
     probability: float
     logit: float
@@ -112,6 +115,7 @@ class Prediction:
     label_name: str
     threshold: float
     model_version: str
+    calibration: str
     imputed: tuple[str, ...]
     warnings: tuple[FeatureWarning, ...]
 
@@ -377,6 +381,7 @@ class InferenceRuntime:
         # Python lists, not numpy scalars, in the per-record loop: this runs on the event loop for every request
         names = self.spec.names
         threshold = float(self.bundle.threshold)
+        calibration = self.bundle.calibration.name
         logits = np.asarray(logits, dtype=np.float64)
         _require_finite("logit", logits)
         out: list[Prediction] = []
@@ -391,6 +396,7 @@ class InferenceRuntime:
                     label_name=self.spec.positive_label if label else self.spec.negative_label,
                     threshold=threshold,
                     model_version=self.model_version,
+                    calibration=calibration,
                     imputed=tuple(n for n, m in zip(names, missing, strict=True) if m),
                     warnings=self._warnings(raw),
                 )

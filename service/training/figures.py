@@ -1,4 +1,5 @@
-"""Pictures of a bundle: confusion matrix, outcome-group attributions, global influence, one record's waterfall.
+"""Pictures of a bundle: confusion matrix, outcome-group attributions, global influence, one record's waterfall,
+the reliability diagram (calibration before and after).
 
 Every label comes from the bundle's feature specification (label and unit), every number from the bundle's
 stored group summaries or from the engine. PNG for the README, SVG for print. No web framework here.
@@ -221,6 +222,72 @@ def waterfall_figure(bundle: Bundle, record: int) -> Figure:
     return fig
 
 
+def reliability_figure(bundle: Bundle) -> Figure | None:
+    """Reliability diagram of the test split, before and after calibration, for the MLP and the logistic
+    reference: observed rate against mean predicted risk per bin, the record count written at each point, and the
+    counts as bars below. From the bundle's stored bins (``metrics.calibration``); ``None`` if it has none."""
+    cal = bundle.metrics.get("calibration")
+    if not isinstance(cal, dict) or "mlp" not in cal:
+        return None
+    models = [(k, t) for k, t in (("mlp", "MLP (served)"), ("logistic_regression", "Logistic regression")) if k in cal]
+    fig, axes = plt.subplots(
+        2, len(models), figsize=(5.2 * len(models), 6.6), gridspec_kw={"height_ratios": [3, 1]}, squeeze=False
+    )
+    styles = {"before": ("#7f8c8d", "s", "--"), "after": (UP, "o", "-")}
+    for col, (key, title) in enumerate(models):
+        ax, bars = axes[0, col], axes[1, col]
+        ax.plot([0, 1], [0, 1], color="black", lw=0.8, alpha=0.6, label="perfect calibration")
+        width = 0.04
+        for i, state in enumerate(("before", "after")):
+            res = cal[key][state]
+            color, marker, line = styles[state]
+            rows = [b for b in res["bins"] if b["count"]]
+            xs = [b["mean_predicted"] for b in rows]
+            ys = [b["observed"] for b in rows]
+            ece = res["ece"]
+            label = (
+                f"{state} calibration: ECE {ece['value']:.3f} [{ece['ci_low']:.3f}, {ece['ci_high']:.3f}], "
+                f"mean risk {res['mean_predicted']['value']:.2f}"
+            )
+            ax.plot(xs, ys, marker=marker, ls=line, color=color, label=label)
+            for b in rows:
+                ax.annotate(
+                    f"n={b['count']}",
+                    (b["mean_predicted"], b["observed"]),
+                    textcoords="offset points",
+                    xytext=(4, -11 if state == "before" else 5),
+                    fontsize=7,
+                    color=color,
+                )
+            centres = [(b["low"] + b["high"]) / 2 + (i - 0.5) * width for b in res["bins"]]
+            bars.bar(centres, [b["count"] for b in res["bins"]], width=width, color=color, label=state)
+        prev = cal[key]["after"]["observed_prevalence"]
+        ax.axhspan(prev["ci_low"], prev["ci_high"], color="#2471a3", alpha=0.08, lw=0)
+        ax.axhline(
+            prev["value"], color=DOWN, lw=0.8, ls=":", label=f"observed prevalence {prev['value']:.2f} (95% CI band)"
+        )
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{title}: test split, {cal[key]['after']['n']} records", fontsize=10)
+        ax.set_xlabel("mean predicted risk in the bin")
+        ax.set_ylabel("observed rate of diabetes in the bin")
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+        bars.set_xlim(0, 1)
+        bars.set_xticks(np.linspace(0, 1, 11))
+        bars.set_xlabel("predicted risk (10 equal-width bins)")
+        bars.set_ylabel("records")
+        bars.legend(fontsize=7)
+        bars.grid(axis="y", alpha=0.3)
+    fig.suptitle(
+        "Reliability before and after Platt scaling (fitted on the validation split); "
+        f"served: {bundle.calibration.name}",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    return fig
+
+
 def write_figures(model: str | Path | None = None, out: Path = Path("docs/figures"), record: int = 0) -> list[Path]:
     """Write every figure of a bundle as PNG and SVG into ``out``; returns the paths written."""
     bundle = load_bundle(model)
@@ -236,4 +303,7 @@ def write_figures(model: str | Path | None = None, out: Path = Path("docs/figure
     paths += _save(groups_panel(bundle, groups), out, "groups_panel")
     paths += _save(global_figure(bundle, groups), out, "global_influence")
     paths += _save(waterfall_figure(bundle, record), out, f"waterfall_record_{record}")
+    reliability = reliability_figure(bundle)
+    if reliability is not None:
+        paths += _save(reliability, out, "reliability")
     return paths

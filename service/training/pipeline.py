@@ -9,6 +9,7 @@ import numpy as np
 
 from service.contract import label_of, sigmoid
 from service.model.store import DEFAULT_STORE, Bundle, load_bundle, write_bundle, write_groups
+from service.training.card import card_text
 from service.training.train import TrainResult, config_dict, describe_environment
 
 __all__ = [
@@ -21,7 +22,7 @@ __all__ = [
 ]
 
 DEFAULT_NAME = "pima-diabetes"
-DEFAULT_VERSION = "1.0.0"
+DEFAULT_VERSION = "1.1.0"
 EXPLAIN_DEFAULTS: dict[str, Any] = {"method": "exact", "output": "logit", "seed": 0, "n_samples": None}
 
 
@@ -41,6 +42,7 @@ def compute_groups(bundle: Bundle) -> dict[str, Any]:
     groups["explanation"] = {
         "method": ex.method,
         "output": ex.output,
+        "calibration": bundle.calibration.name,
         "seed": ex.seed,
         "n_samples": ex.n_samples,
         "base_value": ex.base_value,
@@ -65,6 +67,7 @@ def save_result(
         "task": f"binary classification: {ds.spec.target_label}",
         "features": ds.spec.to_dict(),
         "preprocessing": result.preprocessor.to_dict(),
+        "calibration": result.model.calibration.to_dict(),
         "threshold": result.threshold,
         "threshold_rule": result.metrics["threshold_rule"],
         "metrics": result.metrics,
@@ -93,6 +96,7 @@ def save_result(
             ],
             "weights": [round(float(w), 6) for w in result.baseline_weights],
         },
+        "card": card_text(ds.spec, Path(ds.path).name),
         "explanation_defaults": EXPLAIN_DEFAULTS,
         "environment": describe_environment(),
     }

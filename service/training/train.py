@@ -22,12 +22,20 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import nn
 
-from service.contract import sigmoid
+from service.contract import label_of, sigmoid
 from service.model.features import PIMA_SPEC, FeatureSpec
-from service.model.nn import DROPOUT, HIDDEN, BinaryClassification
+from service.model.nn import DROPOUT, HIDDEN, BinaryClassification, CalibratedClassification, Calibration
 from service.model.preprocess import Preprocessor
+from service.training.calibration import (
+    AGE_BANDS,
+    BMI_BANDS,
+    band_masks,
+    calibration_metrics,
+    fit_platt,
+    subgroup_metrics,
+)
 from service.training.data import Dataset, Split, load_dataset, stratified_split
-from service.training.metrics import classification_metrics, youden_threshold
+from service.training.metrics import classification_metrics, confusion, youden_threshold
 
 __all__ = ["TrainConfig", "TrainResult", "fit_mlp", "train"]
 
@@ -53,7 +61,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    model: BinaryClassification
+    model: CalibratedClassification
     preprocessor: Preprocessor
     split: Split
     threshold: float
@@ -201,6 +209,7 @@ def train(
 ) -> TrainResult:
     """Run the whole pipeline and return everything the bundle stores."""
     from service.engine.baselines import summarize_baselines  # the engine's choice of baseline distribution
+    from service.engine.gradient_shap import GradientShapEngine  # the service's own evaluation of the logit
 
     config = config or TrainConfig()
     say = stage or (lambda _msg: None)
@@ -210,23 +219,52 @@ def train(
     xtr, xva, xte = (pre.transform(ds.x[i]) for i in (split.train, split.validation, split.test))
     ytr, yva, yte = (ds.y[i] for i in (split.train, split.validation, split.test))
 
-    say(f"training the MLP on {len(ytr)} records (validation {len(yva)}, test {len(yte)})")
-    model, history, best_epoch = fit_mlp(xtr, ytr, xva, yva, config, seed=config.seed, progress=progress)
-    threshold = youden_threshold(yva, sigmoid(_logits(model, xva)))
+    say(f"summarising the training split into {config.n_baselines} weighted baselines")
+    baselines, weights = summarize_baselines(xtr, k=config.n_baselines, seed=config.seed)
 
-    say("fitting the logistic-regression baseline")
+    say(f"training the MLP on {len(ytr)} records (validation {len(yva)}, test {len(yte)})")
+    raw, history, best_epoch = fit_mlp(xtr, ytr, xva, yva, config, seed=config.seed, progress=progress)
+
+    say("Platt scaling of the logit on the validation split; threshold on the calibrated scale")
+    # logits as the service computes them (the engine's fixed-order float64 evaluation, no BLAS)
+    raw_logit = GradientShapEngine(raw, baselines, weights).predict_logit
+    raw_threshold = youden_threshold(yva, sigmoid(raw_logit(xva)))
+    a, b = fit_platt(raw_logit(xva), yva)
+    calibration = Calibration(method="platt", fitted_on="validation", a=a, b=b)
+    model = CalibratedClassification(xtr.shape[1], calibration)
+    model.load_state_dict(raw.state_dict())
+    model.eval()
+    cal_logit = GradientShapEngine(model, baselines, weights).predict_logit
+    threshold = _rounded_threshold(yva, sigmoid(cal_logit(xva)))
+
+    say("fitting the logistic-regression baseline and its Platt scaling")
     lr = _logistic(xtr, ytr)
-    lr_threshold = youden_threshold(yva, lr.predict_proba(xva)[:, 1])
+    lr_a, lr_b = fit_platt(lr.decision_function(xva), yva)
+    lr_raw_val, lr_val = lr.predict_proba(xva)[:, 1], sigmoid(lr_a * lr.decision_function(xva) + lr_b)
+    lr_raw_threshold = youden_threshold(yva, lr_raw_val)
+    lr_threshold = youden_threshold(yva, lr_val)
 
     say(f"evaluating on the test split with {config.n_bootstrap} bootstrap resamples")
-    p_test = sigmoid(_logits(model, xte))
+    p_test = sigmoid(cal_logit(xte))
+    p_test_raw = sigmoid(raw_logit(xte))
+    lr_test_raw = lr.predict_proba(xte)[:, 1]
+    lr_test = sigmoid(lr_a * lr.decision_function(xte) + lr_b)
+    boot = {"n_boot": config.n_bootstrap, "seed": config.seed}
     metrics: dict[str, Any] = {
         "evaluation_set": f"test split, {len(yte)} records",
-        "threshold_rule": "Youden's J (sensitivity + specificity - 1) maximised on the validation split",
-        "mlp": classification_metrics(yte, p_test, threshold, n_boot=config.n_bootstrap, seed=config.seed),
-        "logistic_regression": classification_metrics(
-            yte, lr.predict_proba(xte)[:, 1], lr_threshold, n_boot=config.n_bootstrap, seed=config.seed
+        "threshold_rule": "Youden's J (sensitivity + specificity - 1) maximised on the validation split, "
+        "on the calibrated probabilities",
+        "mlp": classification_metrics(yte, p_test, threshold, **boot),
+        "logistic_regression": classification_metrics(yte, lr_test, lr_threshold, **boot),
+        "calibration": _calibration_report(
+            yte,
+            {"mlp": (p_test_raw, p_test), "logistic_regression": (lr_test_raw, lr_test)},
+            {"mlp": (raw_threshold, threshold), "logistic_regression": (lr_raw_threshold, lr_threshold)},
+            {"mlp": (a, b), "logistic_regression": (lr_a, lr_b)},
+            ds.spec.target_label,
+            boot,
         ),
+        "subgroups": _subgroups(ds, split.test, yte, p_test, threshold, boot),
         "validation_loss_best": round(min(h["val_loss"] for h in history), 6),
         "best_epoch": best_epoch,
         "epochs_run": len(history),
@@ -234,8 +272,6 @@ def train(
     say(f"{config.cv_folds}-fold cross-validation of both models")
     metrics["cross_validation"] = _cross_validated_auc(ds, np.concatenate([split.train, split.validation]), config)
 
-    say(f"summarising the training split into {config.n_baselines} weighted baselines")
-    baselines, weights = summarize_baselines(xtr, k=config.n_baselines, seed=config.seed)
     return TrainResult(
         model=model,
         preprocessor=pre,
@@ -249,6 +285,85 @@ def train(
         config=config,
         dataset=ds,
     )
+
+
+def _rounded_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """Youden's threshold on ``(y, p)`` rounded to 6 decimals (``p`` comes through ``exp``, whose last bits may
+    differ between machines), if rounding keeps every validation decision; unrounded otherwise."""
+    t = youden_threshold(y, p)
+    rounded = round(t, 6)
+    return rounded if bool(np.array_equal(p >= t, p >= rounded)) else t
+
+
+def _calibration_report(
+    y: np.ndarray,
+    probabilities: dict[str, tuple[np.ndarray, np.ndarray]],
+    thresholds: dict[str, tuple[float, float]],
+    params: dict[str, tuple[float, float]],
+    target: str,
+    boot: dict[str, int],
+) -> dict[str, Any]:
+    """Before/after calibration on the test split for each model, and the decisions that changed."""
+    out: dict[str, Any] = {
+        "method": "Platt scaling: calibrated logit = a * logit + b, fitted by maximum likelihood on the "
+        "validation split (never the test split)",
+        "target": target,
+        "binning": "10 equal-width bins of the predicted probability on [0, 1]",
+        "slope_intercept": "logistic recalibration fit on the test split: logit P(y=1) = intercept + slope * "
+        "logit(p); a calibrated model has slope 1, intercept 0",
+        "goal": "ECE <= 0.05 and mean predicted risk inside the 95% interval of the observed prevalence",
+    }
+    for name, (before, after) in probabilities.items():
+        t_before, t_after = thresholds[name]
+        changed = label_of(before, t_before) != label_of(after, t_after)
+        res_before = calibration_metrics(y, before, **boot)
+        res_after = calibration_metrics(y, after, **boot)
+        prev = res_after["observed_prevalence"]
+        out[name] = {
+            "a": params[name][0],
+            "b": params[name][1],
+            "threshold_before": round(float(t_before), 6),
+            "threshold_after": round(float(t_after), 6),
+            "before": res_before,
+            "after": res_after,
+            "goal_met": {
+                "ece_at_most_0.05": bool(res_after["ece"]["value"] <= 0.05),
+                "mean_predicted_within_prevalence_interval": bool(
+                    prev["ci_low"] <= res_after["mean_predicted"]["value"] <= prev["ci_high"]
+                ),
+            },
+            "test_decisions_changed": int(changed.sum()),
+            "test_confusion_before": confusion(y, label_of(before, t_before)),
+            "test_confusion_after": confusion(y, label_of(after, t_after)),
+        }
+    return out
+
+
+def _subgroups(
+    ds: Dataset, rows: np.ndarray, y: np.ndarray, p: np.ndarray, threshold: float, boot: dict[str, int]
+) -> dict[str, Any]:
+    """Served-model performance by age and BMI band on the test split (when the data has those features)."""
+    out: dict[str, Any] = {
+        "evaluation_set": f"test split, {len(y)} records",
+        "model": "mlp (calibrated, as served), at the served threshold",
+        "interval": f"95% percentile bootstrap within each band, {boot['n_boot']} resamples",
+        "caution": "bands hold few records (see n): intervals are wide, and a band without both outcomes has no "
+        "AUC and no sensitivity or specificity",
+    }
+    names = ds.spec.names
+    for key, feature, bands, unit, missing in (
+        ("age", "age", AGE_BANDS, "years", None),
+        ("bmi", "bmi", BMI_BANDS, "kg/m²", "not measured"),
+    ):
+        if feature not in names:
+            continue
+        values = ds.x[rows, names.index(feature)]
+        out[key] = {
+            "feature": feature,
+            "unit": unit,
+            "bands": subgroup_metrics(y, p, threshold, band_masks(values, bands, missing), **boot),
+        }
+    return out
 
 
 def describe_environment() -> dict[str, str]:
@@ -273,5 +388,6 @@ def config_dict(config: TrainConfig) -> dict[str, Any]:
             "layers": "Linear-ReLU-BatchNorm1d-Linear-ReLU-BatchNorm1d-Dropout-Linear",
         },
         "optimizer": "Adam",
-        "loss": "BCEWithLogitsLoss(pos_weight=negatives/positives of the training split)",
+        "loss": "BCEWithLogitsLoss(pos_weight=negatives/positives of the training split); the class weighting "
+        "inflates the raw probabilities, which Platt scaling on the validation split corrects",
     }

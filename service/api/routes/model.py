@@ -77,7 +77,51 @@ def model_card(runtime: InferenceRuntime, limits: dict[str, int]) -> ModelCardPu
         baselines=manifest.get("baselines", {}),
         explanation_defaults=manifest.get("explanation_defaults", {}),
         limits=limits,
+        **_card(runtime),
     )
+
+
+_NOT_RECORDED = "not recorded in this bundle (trained before the model card was part of the bundle)"
+
+
+def _card(runtime: InferenceRuntime) -> dict[str, Any]:
+    """The model-card items a clinician and an EHR reviewer check, from the manifest (``card``, ``metrics``)."""
+    bundle = runtime.bundle
+    manifest: dict[str, Any] = bundle.manifest
+    card: dict[str, Any] = manifest.get("card", {})
+    explanation: dict[str, Any] = {
+        "method": "GradientSHAP, computed exactly: the network is piecewise linear (ReLU), so each path integral "
+        "from a baseline to the record is a sum over its linear pieces, in closed form (no sampling)",
+        "output": "attributions of the calibrated logit (log-odds) by default; output='probability' explains the "
+        "calibrated probability",
+        "baselines": "a weighted summary of the training split (see baselines)",
+        "completeness": "base_value + sum(attributions) = output_value; completeness_gap in every answer reports "
+        "the difference",
+        "calibration": "the calibrated logit is a*logit + b, so its attributions are a times the raw network's "
+        "and its base value is a*base + b: the explanation stays exact",
+    }
+    if bundle.groups is not None and isinstance(bundle.groups.get("explanation"), dict):
+        gap = bundle.groups["explanation"].get("completeness_gap_max_abs")
+        explanation["measured_error"] = {
+            "completeness_gap_max_abs": gap,
+            "measured_on": f"the evaluation set ({bundle.groups.get('evaluation_set_size')} records), exact "
+            "method, logit output: floating-point rounding only",
+        }
+    calibration: dict[str, Any] = {"served": bundle.calibration.to_dict(), **bundle.metrics.get("calibration", {})}
+    return {
+        "intended_use": str(card.get("intended_use", _NOT_RECORDED)),
+        "intended_users": list(card.get("intended_users", [_NOT_RECORDED])),
+        "out_of_scope_uses": list(card.get("out_of_scope_uses", [_NOT_RECORDED])),
+        "population": dict(card.get("population", {"description": _NOT_RECORDED})),
+        "not_measured": str(card.get("not_measured", _NOT_RECORDED)),
+        "development_and_validation": str(card.get("development_and_validation", _NOT_RECORDED)),
+        "calibration": calibration,
+        "subgroups": dict(bundle.metrics.get("subgroups", {})),
+        "limitations": list(card.get("limitations", [_NOT_RECORDED])),
+        "explanation_method": explanation,
+        "update_schedule": str(card.get("update_schedule", _NOT_RECORDED)),
+        "training_date": manifest.get("created_at"),
+    }
 
 
 @router.get(
@@ -87,9 +131,12 @@ def model_card(runtime: InferenceRuntime, limits: dict[str, int]) -> ModelCardPu
     responses=problem_responses(*GET_PROBLEMS),
 )
 async def get_model(runtime: RuntimeDep, settings: SettingsDep) -> ModelCardPublic:
-    """What the model is and how far to trust it: feature specification (units, ranges, the 'missing' rule),
-    metrics with 95% intervals, threshold, training data and provenance, the baseline distribution and the
-    explanation defaults."""
+    """What the model is and how far to trust it, as a model card a clinician and an EHR reviewer can check:
+    intended use and users, out-of-scope uses, population and provenance, the inputs with units and the
+    'not measured' rule, development and validation, metrics with 95% intervals, calibration before and after,
+    subgroup results by age and BMI band, limitations, the explanation method and its measured error, version,
+    training date and update schedule; also the threshold, the baseline distribution and the explanation
+    defaults."""
     return model_card(
         runtime,
         {
