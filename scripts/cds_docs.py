@@ -247,7 +247,9 @@ def document(live: dict[str, Any]) -> str:
         "server is in `GSHAP_CDS_FHIR_SERVERS`. When the data of a required key (`patient`, `pregnancies`, "
         "`diabetes_pedigree_function`) can be had neither way, the answer is 412; other keys are listed on the "
         "card as not available. Outgoing searches: timeout `GSHAP_CDS_FHIR_TIMEOUT_SECONDS` each (twice that in "
-        "all), at most `GSHAP_CDS_FHIR_MAX_BYTES` read, no redirects, concurrent; the token is never logged.",
+        "all), at most `GSHAP_CDS_FHIR_MAX_BYTES` read, no redirects, concurrent; the token is never logged. Only the "
+        "first page of each search is read (`_count=20`, latest first): `next` links are not followed, so a value "
+        "is missed only when more than 20 newer Observations of the same codes are unusable.",
         "",
         "## The card (`service/fhir/card.py`)",
         "",

@@ -527,6 +527,11 @@ def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
         "get_model_card",
         "liveness",
         "readiness",
+        "cds_discovery",
+        "cds_diabetes_risk",
+        "cds_diabetes_risk_feedback",
+        "fhir_predict",
+        "fhir_explain",
     }
     glucose = doc["components"]["schemas"]["PatientRecord"]["properties"]["glucose"]
     assert "mg/dL" in glucose["description"]

@@ -492,3 +492,40 @@ def test_feedback_needs_a_token_for_its_own_url(jwt_client: Any, keys: dict[str,
 def test_without_issuers_the_cds_endpoints_are_open(client: Any) -> None:
     """No GSHAP_CDS_JWT_ISSUERS: the CDS endpoints answer without any token."""
     assert client.get("/cds-services").status_code == 200
+
+
+def test_jwks_is_fetched_from_its_url(bundle: Any, keys: dict[str, Any], tmp_path: Path) -> None:
+    """An issuer configured with a JWKS URL: the set is fetched over HTTP (a real server here) and used."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = json.dumps({"keys": [_jwk(keys["ec"], "ec-1", "ES384")]}).encode()
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+        settings = Settings(cds_jwt_issuers={ISS: url}, cds_base_url=BASE, cds_feedback_db=tmp_path / "fb.sqlite3")
+        with app_client(create_app(settings, bundle)) as c:
+            assert call(c, token(keys)) == 200
+            assert call(c, token(keys)) == 200
+            assert call(c, token(keys, key="other")) == 401
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hits[0] == "/.well-known/jwks.json"
+    assert len(hits) == 1  # cached: the second token and the unknown key's refused signature need no refetch

@@ -212,21 +212,25 @@ class CdsRequest(BaseModel):
 
 
 class Coding(BaseModel):
-    system: str = Field(..., min_length=1)
-    code: str = Field(..., min_length=1)
-    display: str | None = Field(None, min_length=1)
+    """A CDS Hooks Coding."""
+
+    system: str = Field(..., min_length=1, description="The code system's URI.")
+    code: str = Field(..., min_length=1, description="The code.")
+    display: str | None = Field(None, min_length=1, description="The code in words (required for override reasons).")
 
 
 class Source(BaseModel):
     label: str = Field(..., min_length=1, description="The service and the model version.")
     url: str | None = Field(None, min_length=1, description="The model card.")
-    topic: Coding | None = None
+    topic: Coding | None = Field(None, description="What the card is about (for the EHR's grouping).")
 
 
 class Link(BaseModel):
-    label: str = Field(..., min_length=1)
-    url: str = Field(..., min_length=1)
-    type: Literal["absolute", "smart"]
+    """A link on the card."""
+
+    label: str = Field(..., min_length=1, description="The link's text.")
+    url: str = Field(..., min_length=1, description="Absolute URL.")
+    type: Literal["absolute", "smart"] = Field(..., description="absolute (a web page) or smart (a SMART app).")
 
 
 class Card(BaseModel):
@@ -235,46 +239,60 @@ class Card(BaseModel):
     uuid: str = Field(..., min_length=1, description="Identifies the card in feedback.")
     summary: str = Field(..., min_length=1, max_length=139, description="Under 140 characters; states the risk.")
     detail: str | None = Field(None, min_length=1, description="GitHub-flavoured Markdown: drivers, inputs, caveats.")
-    indicator: Literal["info", "warning", "critical"]
-    source: Source
-    links: list[Link] | None = Field(None, min_length=1)
-    overrideReasons: list[Coding] | None = Field(None, min_length=1)
-    extension: dict[str, Any] | None = Field(None, min_length=1)
+    indicator: Literal["info", "warning", "critical"] = Field(
+        ..., description="warning when the predicted label is positive (risk at or above the threshold), else info."
+    )
+    source: Source = Field(..., description="The service and model version; url: the model card.")
+    links: list[Link] | None = Field(None, min_length=1, description="The model card and the documentation.")
+    overrideReasons: list[Coding] | None = Field(
+        None, min_length=1, description="Reasons the clinician may pick when dismissing the card."
+    )
+    extension: dict[str, Any] | None = Field(
+        None, min_length=1, description="dev.gshap.prediction: probability, threshold, label, model version."
+    )
 
 
 class CdsResponse(BaseModel):
     """The answer: one card, or none (``"cards": []``)."""
 
-    cards: list[Card]
+    cards: list[Card] = Field(..., description="One card (or none).")
 
 
 class DiscoveryService(BaseModel):
-    hook: str
-    title: str
-    description: str
-    id: str
-    usageRequirements: str
-    prefetch: dict[str, str]
+    """One CDS service."""
+
+    hook: str = Field(..., description="The hook it answers: patient-view.")
+    title: str = Field(..., description="Its name.")
+    description: str = Field(..., description="What it does.")
+    id: str = Field(..., description="Its id: the service is at /cds-services/{id}.")
+    usageRequirements: str = Field(..., description="The population and the inputs it needs.")
+    prefetch: dict[str, str] = Field(..., description="Prefetch templates by key (FHIR searches, latest first).")
 
 
 class DiscoveryResponse(BaseModel):
     """The discovery document."""
 
-    services: list[DiscoveryService]
+    services: list[DiscoveryService] = Field(..., description="The services offered.")
 
 
 # ---- feedback -----------------------------------------------------------------------------------------------------
 
 
 class AcceptedSuggestion(BaseModel):
+    """A suggestion the user accepted."""
+
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(..., min_length=1, max_length=256)
+    id: str = Field(..., min_length=1, max_length=256, description="The suggestion's uuid.")
 
 
 class OverrideReason(BaseModel):
+    """Why the user dismissed the card."""
+
     model_config = ConfigDict(extra="forbid")
-    reason: Coding | None = None
-    userComment: str | None = Field(None, min_length=1, max_length=4096)
+    reason: Coding | None = Field(None, description="One of the card's overrideReasons.")
+    userComment: str | None = Field(
+        None, min_length=1, max_length=4096, description="Free text; never stored (only that there was one)."
+    )
 
 
 class Feedback(BaseModel):
@@ -283,9 +301,11 @@ class Feedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     card: str = Field(..., min_length=1, max_length=256, description="The card's uuid.")
-    outcome: Literal["accepted", "overridden"]
-    acceptedSuggestions: list[AcceptedSuggestion] | None = Field(None, min_length=1, max_length=100)
-    overrideReason: OverrideReason | None = None
+    outcome: Literal["accepted", "overridden"] = Field(..., description="accepted or overridden.")
+    acceptedSuggestions: list[AcceptedSuggestion] | None = Field(
+        None, min_length=1, max_length=100, description="Required for accepted outcomes."
+    )
+    overrideReason: OverrideReason | None = Field(None, description="For overridden outcomes, optional.")
     outcomeTimestamp: str = Field(
         ...,
         min_length=1,
@@ -341,10 +361,10 @@ class FeedbackRequest(BaseModel):
         },
     )
 
-    feedback: list[Feedback] = Field(..., min_length=1, max_length=100)
+    feedback: list[Feedback] = Field(..., min_length=1, max_length=100, description="One entry per card outcome.")
 
 
 class FeedbackStored(BaseModel):
     """How many outcomes were stored."""
 
-    stored: int = Field(..., ge=1)
+    stored: int = Field(..., ge=1, description="Outcomes stored.")

@@ -78,13 +78,13 @@ class FhirProvenancePublic(BaseModel):
 class FhirPredictionPublic(PredictionPublic):
     """The answer of POST /predict, plus where each value came from."""
 
-    fhir: FhirProvenancePublic
+    fhir: FhirProvenancePublic = Field(..., description="Where each value came from, and what was not used.")
 
 
 class FhirExplanationPublic(ExplanationPublic):
     """The answer of POST /explain, plus where each value came from."""
 
-    fhir: FhirProvenancePublic
+    fhir: FhirProvenancePublic = Field(..., description="Where each value came from, and what was not used.")
 
 
 def _source(s: SourceValue) -> dict[str, Any]:
