@@ -45,6 +45,7 @@ _ISSUE_TITLES = {
     "zero_not_measured": "0 means not measured",
     "partial_birth_date": "partial birth date",
     "invalid_birth_date": "unreadable birth date",
+    "not_available": "not available",
 }
 
 
