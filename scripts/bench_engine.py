@@ -37,13 +37,15 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the earlier exact kernel, a reference
+
+from reference_kernels import path_integrals_fast
 
 from service.engine.baselines import summarize_baselines
 from service.engine.gradient_shap import (
     GradientShapEngine,
     fold_piecewise_linear,
     path_integrals_by_pieces,
-    path_integrals_fast,
 )
 
 

@@ -1,4 +1,4 @@
-"""The ``gshap`` command: train, groups, figures, serve, openapi.
+"""The ``gshap`` command: train, groups, figures, serve, openapi, problems.
 
 Each sub-command is a thin shell around a library function, so that tests and integrators can call the
 same code without a subprocess.
@@ -150,6 +150,23 @@ def _openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _problems(args: argparse.Namespace) -> int:
+    from service.api.errors import problems_markdown
+
+    text = problems_markdown()
+    out = Path(args.out)
+    if args.check:
+        if not out.is_file() or out.read_text() != text:
+            print(f"{out} differs from the service's problem types; run: gshap problems", file=sys.stderr)
+            return 1
+        print(f"{out} matches the service's problem types")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gshap", description="GradientSHAP explanation service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -191,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="openapi.yaml")
     p.add_argument("--check", action="store_true")
     p.set_defaults(func=_openapi)
+
+    p = sub.add_parser("problems", help="write (or --check) docs/PROBLEMS.md, the problem types, from the error tree")
+    p.add_argument("--out", default="docs/PROBLEMS.md")
+    p.add_argument("--check", action="store_true")
+    p.set_defaults(func=_problems)
     return parser
 
 
@@ -201,6 +223,7 @@ EXTRAS: dict[str, str] = {
     "figures": "train",
     "serve": "server",
     "openapi": "server",
+    "problems": "server",
 }
 _EXTRA_PACKAGES: dict[str, frozenset[str]] = {
     "server": frozenset(
@@ -211,7 +234,10 @@ _EXTRA_PACKAGES: dict[str, frozenset[str]] = {
 
 
 def _missing_extra(command: str, exc: ModuleNotFoundError) -> str | None:
-    """The one-line message for a command whose extra is not installed, or None if ``exc`` is something else."""
+    """The one-line message for a command whose extra is not installed, or whose compiled exact kernel is not
+    built (service.engine.exact_kernel's hint), or None if ``exc`` is something else."""
+    if exc.name == "service.engine._exact":
+        return f"gshap {command}: {exc.args[0] if exc.args else exc}"
     top = (exc.name or "").split(".")[0]
     extra = EXTRAS.get(command)
     needed = _EXTRA_PACKAGES["server"] | (_EXTRA_PACKAGES["train"] if extra == "train" else frozenset())

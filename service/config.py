@@ -71,7 +71,7 @@ class Settings(BaseSettings):
         le=64,
         description=(
             "Threads running the engine in this process. More than one rarely helps: they share one GIL with "
-            "the event loop (measured: 2 threads explained slower than 1); use GSHAP_ENGINE_PROCESSES for cores."
+            "the event loop (scripts/bench.py compares them); use GSHAP_ENGINE_PROCESSES for cores."
         ),
     )
     engine_processes: int = Field(
@@ -91,9 +91,9 @@ class Settings(BaseSettings):
         description=(
             "Python's thread switch interval (sys.setswitchinterval), set at start. The exact kernel runs without "
             "the GIL, but an engine thread needs it to pick up and hand back each batch and waits up to this long "
-            "while the event loop holds it. Measured at 8 clients (/explain, this 2-core machine): ~2,300 req/s "
-            "at Python's default 5 ms, ~2,800 at 0.1 ms, 3,200-3,600 at 0.005 ms. Only a waiting thread makes the "
-            "loop switch, so a short interval costs nothing while the engine computes or idles."
+            "while the event loop holds it: a short interval raises /explain throughput under concurrent load "
+            "(scripts/bench.py measures it). Only a waiting thread makes the loop switch, so a short interval "
+            "costs nothing while the engine computes or idles."
         ),
     )
     max_coalesce: int = Field(

@@ -317,7 +317,7 @@ class Problem(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "type": "https://gshap.dev/problems/validation",
+                    "type": "/problems/validation",
                     "title": "Invalid input",
                     "status": 422,
                     "detail": "1 field breaks the request schema: glucos.",
@@ -334,9 +334,10 @@ class Problem(BaseModel):
     type: str = Field(
         ...,
         description=(
-            "Stable URI of the problem kind: https://gshap.dev/problems/ + one of validation, malformed-body, "
-            "unauthorized, cors-refused, not-found, method-not-allowed, payload-too-large, "
-            "unsupported-media-type, rate-limited, model-not-ready, internal, precondition-failed (CDS Hooks)."
+            "Stable URI reference of the problem kind, relative to the service: /problems/ + one of validation, "
+            "malformed-body, unauthorized, cors-refused, not-found, method-not-allowed, payload-too-large, "
+            "unsupported-media-type, rate-limited, model-not-ready, internal, precondition-failed (CDS Hooks). GET it for a page that says what the "
+            "kind means (docs/PROBLEMS.md lists them)."
         ),
     )
     title: str = Field(..., description="Short summary of the problem kind.")

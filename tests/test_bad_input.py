@@ -38,7 +38,7 @@ import pytest
 from helpers import record
 from live_server import LiveServer, running_server
 
-PROBLEM_BASE = "https://gshap.dev/problems/"
+PROBLEM_BASE = "/problems/"
 TITLES = {
     "malformed-body": "Malformed body",
     "not-found": "Not found",

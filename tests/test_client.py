@@ -314,7 +314,7 @@ def _mock(answers: Sequence[tuple[int, str | None]]) -> tuple[httpx.MockTranspor
         if status == 200:
             return httpx.Response(200, json=PREDICTION)
         problem = {
-            "type": "https://gshap.dev/problems/model-not-ready",
+            "type": "/problems/model-not-ready",
             "title": "Model not ready",
             "status": status,
             "detail": "The model is loading or shutting down; retry shortly.",

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from reference_kernels import path_integrals_fast
 from torch import nn
 
 from service.engine.exact_kernel import ExactKernel
@@ -15,7 +16,6 @@ from service.engine.gradient_shap import (
     GradientShapEngine,
     fold_piecewise_linear,
     path_integrals_by_pieces,
-    path_integrals_fast,
 )
 from service.model.nn import BinaryClassification
 
@@ -350,26 +350,165 @@ def test_weighted_baselines_are_replicated_for_captum(engine: GradientShapEngine
     assert np.abs(counts / len(rows) - engine.baseline_weights).max() <= 1 / len(rows)
 
 
-def test_c_kernel_refuses_wrong_buffers_by_name() -> None:
-    """The C functions check every buffer's type and size and name the argument, instead of reading out of
-    bounds; the Python wrapper refuses a record of the wrong width before calling them."""
-    from service.engine import _exact
+def _model_constants() -> dict[str, object]:
+    """Keyword arguments that build a C model of :func:`_kernel`'s sizes (the values do not matter to refusals)."""
+    _, b, w = _data(3, 4, 5)
+    net = fold_piecewise_linear(_mlp(4))
+    w1, w2, w3 = (t.numpy() for t in net.weights)
+    b1, b2, b3 = (t.numpy() for t in net.biases)
+    h1, h2, k = w1.shape[0], w2.shape[0], b.shape[0]
+    z = np.zeros
+    return {
+        "w1": w1, "b1": b1, "w2": w2, "b2": b2, "w3": w3[0].copy(), "b3": float(b3[0]), "db": z((k, h1)),
+        "ab": z((k, h1)), "m0": z((k, h1), dtype=bool), "w2t": np.ascontiguousarray(w2.T), "vt": z((h2, h1)),
+        "h0": z((k, h2)), "u0": z((k, h1)), "p": z((k, F, h2)), "c": z((k, h2)), "bw": (w / w.sum()).numpy(),
+        "b": b.numpy(),
+    }  # fmt: skip
 
+
+def _kernel() -> tuple[ExactKernel, np.ndarray]:
     x, b, w = _data(3, 4, 5)
     net = fold_piecewise_linear(_mlp(4))
     kernel = ExactKernel(
         tuple(t.numpy() for t in net.weights), tuple(t.numpy() for t in net.biases), b.numpy(), (w / w.sum()).numpy()
     )
-    xs = x.double().numpy()
-    k = kernel
+    return kernel, x.double().numpy()
+
+
+def test_c_kernel_refuses_wrong_buffers_by_name() -> None:
+    """The C model checks each constant once and each call's records and outputs by name, never reading or writing
+    out of bounds; the Python wrapper refuses a record of the wrong width before calling it."""
+    from service.engine import _exact
+
+    kernel, xs = _kernel()
+    model = kernel._model
+    assert model.dims == {"features": F, "hidden1": 64, "hidden2": 64, "baselines": 5}
     with pytest.raises(ValueError, match="out: expected 4 items"):
-        _exact.logits(xs, k.w1, k.b1, k.w2, k.b2, k.w3, k.b3, np.empty(3))
-    with pytest.raises(ValueError, match="m0: expected"):
-        _exact.explain(
-            xs, k.w1, k.b1, k.w2, k.b2, k.w3, k.b3, k.db, k.ab, k.m0.astype(np.float64), k.w2t, k.vt, k.h0, k.u0,
-            k.p, k.c, k.bw, k.b, np.empty_like(xs), np.empty(len(xs)),
-        )  # fmt: skip
+        model.logits(xs, np.empty(3))
     with pytest.raises(ValueError, match="xs: expected"):
-        _exact.logits(xs.astype(np.float32), k.w1, k.b1, k.w2, k.b2, k.w3, k.b3, np.empty(4))
+        model.logits(xs.astype(np.float32), np.empty(4))
+    with pytest.raises(ValueError, match=r"xs: expected \(N, 8\)"):
+        model.explain(xs[:, :7].copy(), np.empty((4, 7)), np.empty(4))
+    with pytest.raises(ValueError, match="attr: expected 32 items"):
+        model.explain(xs, np.empty((4, 7)), np.empty(4))
+    with pytest.raises(ValueError, match="logit: expected 4 items"):
+        model.explain(xs, np.empty_like(xs), np.empty(5))
+    with pytest.raises(TypeError, match="attr: expected a C-contiguous writable"):
+        model.explain(xs, np.empty_like(xs)[:, ::-1], np.empty(4))
+    frozen = np.empty(4)
+    frozen.flags.writeable = False
+    with pytest.raises(TypeError, match="out: expected a C-contiguous writable"):
+        model.logits(xs, frozen)
+    with pytest.raises(TypeError, match=r"explain\(xs, attr, logit\)"):
+        model.explain(xs, np.empty_like(xs))  # type: ignore[call-arg]
     with pytest.raises(ValueError, match=r"x must be \(N, 8\)"):
         kernel.explain(np.zeros((2, 7)))
+    good = _model_constants()
+    _exact.Model(**good)  # type: ignore[arg-type]
+    for name, value in good.items():
+        if name in ("w1", "w2", "bw", "b3"):
+            continue  # these set the dimensions: checked below
+        wrong = {**good, name: np.zeros(np.asarray(value).size + 1)}
+        with pytest.raises(ValueError, match=f"^{name}: expected"):
+            _exact.Model(**wrong)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="m0: expected"):
+        _exact.Model(**{**good, "m0": np.asarray(good["m0"], dtype=np.float64)})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="do not fit together"):
+        _exact.Model(**{**good, "w2": np.zeros((64, 63))})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="missing keyword argument 'c'"):
+        _exact.Model(**{k: v for k, v in good.items() if k != "c"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="by keyword only"):
+        _exact.Model(*good.values())  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="set once"):
+        model.__init__(**good)  # type: ignore[misc]
+
+
+def test_c_model_keeps_its_own_copy_of_the_constants() -> None:
+    """Changing the arrays a kernel was built from, after construction, changes none of its answers."""
+    x, b, w = _data(6, 7, 8)
+    net = fold_piecewise_linear(_mlp(9))
+    weights = tuple(t.numpy().copy() for t in net.weights)
+    biases = tuple(t.numpy().copy() for t in net.biases)
+    base, bw = b.numpy().copy(), (w / w.sum()).numpy()
+    kernel = ExactKernel(weights, biases, base, bw)
+    xs = x.double().numpy()
+    before = kernel.explain(xs)
+    for a in (*weights, *biases, base, bw):
+        a[...] = 0.0
+    after = kernel.explain(xs)
+    assert np.array_equal(before[0], after[0])
+    assert np.array_equal(before[1], after[1])
+    assert np.abs(before[0]).max() > 1e-3  # not trivially zero
+
+
+def test_missing_extension_says_how_to_build_it() -> None:
+    """Without the compiled kernel, importing the engine and `gshap serve` fail with one line naming the build."""
+    import subprocess
+    import sys
+
+    hide = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'service.engine._exact':\n"
+        "            raise ImportError('hidden by the test')\n"
+        "sys.meta_path.insert(0, Hide())\n"
+    )
+    engine = subprocess.run(
+        [sys.executable, "-c", hide + "import service.engine.gradient_shap"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert engine.returncode == 1
+    assert "ModuleNotFoundError: the compiled exact kernel (service.engine._exact" in engine.stderr
+    assert "pip install -e '.[server]'" in engine.stderr
+    serve = subprocess.run(
+        [sys.executable, "-c", hide + "from service.cli import main\nsys.exit(main(['serve']))"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert serve.returncode == 2, serve.stderr
+    assert serve.stderr.count("\n") == 1, serve.stderr
+    assert serve.stderr.startswith("gshap serve: the compiled exact kernel"), serve.stderr
+    assert "C compiler" in serve.stderr
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def test_c_model_leaks_nothing_on_refusals_builds_and_records() -> None:
+    """Refused calls, refused and accepted model builds and many records leave this process's RSS flat."""
+    from service.engine import _exact
+
+    kernel, xs = _kernel()
+    model = kernel._model
+    good = _model_constants()
+    frozen = np.empty(4)
+    frozen.flags.writeable = False
+    rows = np.random.default_rng(0).normal(size=(2000, F))
+
+    def work() -> None:
+        for _ in range(2000):
+            for refused in (
+                lambda: model.logits(xs, np.empty(3)),
+                lambda: model.explain(xs, np.empty((4, 7)), np.empty(4)),
+                lambda: model.logits(xs, frozen),
+                lambda: _exact.Model(**{**good, "p": np.zeros(3)}),  # type: ignore[arg-type]
+            ):
+                with pytest.raises((ValueError, TypeError)):
+                    refused()
+            _exact.Model(**good)  # type: ignore[arg-type]  # ~300 kB of constants each: a leak would show at once
+        for _ in range(5):
+            kernel.explain(rows)
+
+    work()  # warm: allocator pools, numpy caches
+    before = _rss_kib()
+    for _ in range(3):
+        work()
+    assert _rss_kib() - before < 2048  # KiB; 6,000 leaked builds alone would be 1.8 GB

@@ -366,3 +366,42 @@ def test_warm_up_refuses_a_model_with_non_finite_answers() -> None:
         assert runtime.ready is False
     finally:
         runtime.close()
+
+
+# A NaN weight cannot come through the bundle's own checks (they refuse non-finite weights), so this process
+# injects one into the model right after the real load, then runs the real `gshap serve` and its uvicorn.
+_SERVE_WITH_A_NAN_WEIGHT = """
+import sys
+import torch
+import service.api.app as app
+loaded = app.load_bundle
+def with_a_nan_weight(path):
+    bundle = loaded(path)
+    with torch.no_grad():
+        bundle.model.layer_1.weight[0, 0] = float("nan")
+    return bundle
+app.load_bundle = with_a_nan_weight
+from service.cli import main
+sys.exit(main(["serve", "--host", "127.0.0.1", "--port", "0"]))
+"""
+
+
+def test_serve_refuses_a_model_that_fails_its_warm_up_with_one_line() -> None:
+    """`gshap serve` on a model whose warm-up answers are not finite exits 2 with one line, before uvicorn."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _SERVE_WITH_A_NAN_WEIGHT],
+        cwd=ROOT,
+        env=clean_env({"GSHAP_LOG_LEVEL": "info"}),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("gshap: model bundle "), lines[0]
+    assert "the warm-up gave a non-finite prediction or attribution" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert "uvicorn" not in proc.stderr  # refused before the server started

@@ -106,7 +106,7 @@ def test_unauthorized_body_gives_no_hint(secured: AppClient) -> None:
     bodies = [{k: v for k, v in r.json().items() if k != "request_id"} for r in answers]
     assert all(b == bodies[0] for b in bodies)
     assert {r.headers["www-authenticate"] for r in answers} == {'Bearer realm="gshap"'}
-    assert bodies[0]["type"] == "https://gshap.dev/problems/unauthorized"
+    assert bodies[0]["type"] == "/problems/unauthorized"
 
 
 def test_auth_is_checked_before_the_body_is_read(secured: AppClient) -> None:

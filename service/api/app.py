@@ -2,8 +2,9 @@
 
 - :func:`create_app` builds an app; its lifespan loads and verifies the bundle once (unless one is handed in),
   builds the engine and runs a warm-up explanation before ``/readyz`` turns ready.
-- :func:`serve` is ``gshap serve``: it loads and verifies the bundle *before* uvicorn starts, so that a
-  missing, tampered or incompatible bundle ends the process with a one-line reason and a non-zero exit.
+- :func:`serve` is ``gshap serve``: it loads and verifies the bundle and warms the model up *before* uvicorn
+  starts, so that a missing, tampered or incompatible bundle, or a model whose answers are not finite, ends the
+  process with a one-line reason and exit code 2.
 - :func:`openapi_yaml` is ``gshap openapi``: the served OpenAPI document as YAML (``openapi.yaml``).
 """
 
@@ -26,7 +27,7 @@ from starlette.middleware import Middleware
 from service import __version__
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
-from service.api.routes import AppState, cds, explain, fhir, groups, health, model, predict
+from service.api.routes import AppState, cds, explain, fhir, groups, health, model, predict, problems
 from service.api.security import (
     ApiKeyMiddleware,
     BodySizeLimitMiddleware,
@@ -48,8 +49,8 @@ diabetes data, with per-feature **GradientSHAP** attributions relative to the tr
   BMI may be `null`, `0` or omitted when not measured: they are imputed and listed in `imputed`.
 - Types are strict: numbers must be JSON numbers (not strings or booleans), counts JSON integers, values
   finite and within each field's range; unknown fields are refused. Refusals are RFC 9457
-  `application/problem+json` documents (`type` = `{PROBLEM_BASE}<kind>`) whose `errors` name the field
-  and the rule.
+  `application/problem+json` documents (`type` = `{PROBLEM_BASE}<kind>`, a page on this service that says
+  what the kind means) whose `errors` name the field and the rule.
 - Batches (`/predict/batch`, `/explain/batch`) answer every record on its own, in order; over
   GSHAP_MAX_BATCH_RECORDS records (default 100) the whole request is refused with 413.
 - When the server is started with GSHAP_API_KEYS, every endpoint but `/healthz` and `/readyz` needs
@@ -104,19 +105,17 @@ async def _start(state: AppState) -> None:
     threads = configure_torch(settings.torch_threads)
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     engine_threads = settings.engine_threads
-    runtime = InferenceRuntime(
-        bundle,
-        max_n_samples=settings.max_n_samples,
-        engine_threads=engine_threads,
-        engine_processes=settings.engine_processes,
-        max_coalesce=settings.max_coalesce,
-        batch_window_ms=settings.batch_window_ms,
-    )
+    runtime = state.prebuilt if state.prebuilt is not None else build_runtime(settings, bundle)
     state.runtime = runtime
-    await runtime.start()
-    # Everything alive now (modules, torch, the schemas, the bundle: ~250k objects) lives as long as the process.
+    try:
+        await runtime.start()
+    except BundleError as exc:  # the warm-up refused the model (serve() has refused it before uvicorn started)
+        log_event("startup_failed", 40, reason=str(exc))
+        raise
+    # Everything alive now (modules, torch, the schemas, the bundle: a few hundred thousand objects) lives as long as
+    # the process.
     # Frozen, it is no longer scanned by the cyclic GC, whose full collections otherwise stop the event loop
-    # for 50-70 ms now and then under load (the p99 latency).
+    # for tens of milliseconds now and then under load (the p99 latency).
     gc.collect()
     gc.freeze()
     if settings.cds_jwt_issuers:
@@ -139,10 +138,27 @@ async def _start(state: AppState) -> None:
     )
 
 
-def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -> FastAPI:
-    """The service's app. ``settings`` default to the environment; ``bundle`` (already loaded) skips loading."""
+def build_runtime(settings: Settings, bundle: Bundle) -> InferenceRuntime:
+    """The runtime that ``settings`` describe for ``bundle`` (not started)."""
+    return InferenceRuntime(
+        bundle,
+        max_n_samples=settings.max_n_samples,
+        engine_threads=settings.engine_threads,
+        engine_processes=settings.engine_processes,
+        max_coalesce=settings.max_coalesce,
+        batch_window_ms=settings.batch_window_ms,
+    )
+
+
+def create_app(
+    settings: Settings | None = None, bundle: Bundle | None = None, runtime: InferenceRuntime | None = None
+) -> FastAPI:
+    """The service's app. ``settings`` default to the environment; ``bundle`` (already loaded) skips loading;
+    ``runtime`` (built from that bundle and these settings, warmed up once, not started) skips building one."""
     settings = settings or Settings()
-    state = AppState(settings=settings, preloaded=bundle)
+    if runtime is not None and runtime.bundle is not bundle:
+        raise ValueError("a prebuilt runtime must come with the bundle it was built from")
+    state = AppState(settings=settings, preloaded=bundle, prebuilt=runtime)
     cds_state = cds.CdsState.build(settings)
 
     @asynccontextmanager
@@ -195,7 +211,7 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
     app.state.gshap = state
     app.state.gshap_cds = cds_state
     install_exception_handlers(app)
-    for area in (predict, explain, groups, model, health, cds, fhir):
+    for area in (predict, explain, groups, model, health, problems, cds, fhir):
         app.include_router(area.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -263,10 +279,22 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 def serve(settings: Settings) -> int:
-    """Run uvicorn until SIGTERM/SIGINT (exit 0); a bundle that cannot be served raises ``BundleError`` first."""
+    """Run uvicorn until SIGTERM/SIGINT (exit 0); a bundle that cannot be served raises ``BundleError`` first.
+
+    Every refusal happens before uvicorn starts, so that ``gshap serve`` reports it in one line with exit code 2:
+    a bundle that does not load or verify, one that does not fit the request schema, and a model whose warm-up
+    answers are not finite (the runtime is built and warmed up here, then handed to the app, which starts it).
+    """
     configure_logging(settings.log_level)
     bundle = load_bundle(settings.model_path)
     ensure_compatible(bundle, SCHEMA_SPEC)
+    configure_torch(settings.torch_threads)  # as the lifespan does, before this process's first explanation
+    runtime = build_runtime(settings, bundle)
+    try:
+        runtime.warm_up()
+    except BundleError:
+        runtime.close()
+        raise
     import uvicorn
 
     # uvicorn re-raises the signal it handled once it has shut down: make that a clean exit
@@ -274,13 +302,15 @@ def serve(settings: Settings) -> int:
     common = uvicorn_options(settings)
     try:
         if settings.workers == 1:
-            uvicorn.run(create_app(settings, bundle), **common)
+            uvicorn.run(create_app(settings, bundle, runtime), **common)
         else:
             import os
 
-            # each worker builds its own app from the environment (and loads the bundle in its lifespan)
+            # each worker builds its own app from the environment (and loads the bundle in its lifespan); the
+            # warm-up above has checked the model they load
+            runtime.close()
             os.environ.update(settings.as_env())
-            del bundle
+            del bundle, runtime
             uvicorn.run("service.api.app:create_app", factory=True, workers=settings.workers, **common)
     except KeyboardInterrupt:
         return 130

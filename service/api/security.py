@@ -32,6 +32,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import (
+    PROBLEM_BASE,
     CorsRefused,
     PayloadTooLarge,
     RateLimited,
@@ -43,6 +44,7 @@ from service.api.errors import (
 
 __all__ = [
     "OPEN_PATHS",
+    "OPEN_PREFIXES",
     "ApiKeyMiddleware",
     "BodySizeLimitMiddleware",
     "ProblemCORSMiddleware",
@@ -51,7 +53,9 @@ __all__ = [
     "key_id",
 ]
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", PROBLEM_BASE.rstrip("/")})
+# the pages problem types resolve to (/problems/<kind>): a client refused for its key must be able to read them
+OPEN_PREFIXES = (PROBLEM_BASE,)
 # CDS Hooks clients authenticate with their own signed JWT (service.api.cds_auth), not with an API key
 CDS_PREFIX = "/cds-services"
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -152,7 +156,12 @@ class ApiKeyMiddleware:
         return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or (not self._keys and self.bucket is None):
+        if (
+            scope["type"] != "http"
+            or scope["path"] in OPEN_PATHS
+            or scope["path"].startswith(OPEN_PREFIXES)
+            or (not self._keys and self.bucket is None)
+        ):
             await self.app(scope, receive, send)
             return
         client = None

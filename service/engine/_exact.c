@@ -1,14 +1,18 @@
 /*
- * service._exact: the exact GradientSHAP kernel of a two-hidden-layer ReLU net, in C, without the GIL.
+ * service.engine._exact: the exact GradientSHAP kernel of a two-hidden-layer ReLU net, in C, without the GIL.
  *
- * The algorithm and its notation are documented in service/exact_kernel.py, which owns the precomputed
- * constants and checks every shape before calling here. This file only does the arithmetic:
+ * The algorithm and its notation are documented in service/engine/exact_kernel.py, which computes the constants
+ * of a model and its baselines once. This file owns them from then on and does the arithmetic:
  *
- *   logits(xs, w1, b1, w2, b2, w3, b3, out)
- *   explain(xs, w1, b1, w2, b2, w3, b3, db, ab, m0, w2t, vt, h0, u0, p, c, bw, b, attr, logit)
+ *   m = Model(w1=, b1=, w2=, b2=, w3=, b3=, db=, ab=, m0=, w2t=, vt=, h0=, u0=, p=, c=, bw=, b=)   (once per model)
+ *   m.logits(xs, out)              the logit of each row of xs into out
+ *   m.explain(xs, attr, logit)     attributions and logits of each row
  *
- * Every array argument is a C-contiguous buffer (float64, m0 uint8); the dimensions come from the buffer
- * sizes and are cross-checked here as well, so that a wrong call raises instead of reading out of bounds.
+ * The constructor takes every constant by keyword (keyword-only: no two can be swapped by position), reads the
+ * dimensions F, H1, H2 and K from w1 (H1, F), w2 (H2, H1) and bw (K,), checks every other constant's type and
+ * size against them, naming the argument when one does not fit, and copies them into memory of its own: a call
+ * passes only the records and the output buffers, which are checked again by name (C-contiguous float64 of the
+ * right size, outputs writable), and nothing a caller does to its arrays afterwards can change the model.
  *
  * Reproducibility: records are computed one at a time with fixed-order loops; the build passes
  * -ffp-contract=off (no fused multiply-add) and no -ffast-math, so the compiler may vectorise element-wise
@@ -176,7 +180,7 @@ static void record_attr(const double *restrict x, const double *restrict w1, con
 
 /* ---- argument handling ---------------------------------------------------------------------------------- */
 
-#define MAX_BUFS 20
+#define MAX_BUFS 4 /* the most buffers one call holds at once (explain: xs, attr, logit) */
 
 typedef struct {
     Py_buffer views[MAX_BUFS];
@@ -188,125 +192,218 @@ static void release_all(bufs_t *bs) {
     bs->n = 0;
 }
 
-/* a C-contiguous buffer of `count` items of `itemsize` bytes (format 'd' or 'B'/'?'), writable if asked */
-static void *take(bufs_t *bs, PyObject *obj, const char *name, Py_ssize_t count, Py_ssize_t itemsize,
-                  int writable) {
-    Py_buffer *v = &bs->views[bs->n];
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, v, flags) < 0) return NULL;
-    bs->n++;
+/* format 'd' (itemsize 8) or 'B'/'?' (itemsize 1), after an optional byte-order character */
+static int format_ok(const Py_buffer *v, Py_ssize_t itemsize) {
     const char *fmt = v->format ? v->format : "B";
     if (*fmt == '<' || *fmt == '=' || *fmt == '@') fmt++;
-    int ok_fmt = itemsize == 8 ? strcmp(fmt, "d") == 0 : (strcmp(fmt, "B") == 0 || strcmp(fmt, "?") == 0);
-    if (!ok_fmt || v->itemsize != itemsize || v->len != count * itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd items of %zd bytes, got format %s, %zd bytes", name,
-                     count, itemsize, v->format ? v->format : "B", v->len);
+    int ok = itemsize == 8 ? strcmp(fmt, "d") == 0 : (strcmp(fmt, "B") == 0 || strcmp(fmt, "?") == 0);
+    return ok && v->itemsize == itemsize;
+}
+
+/* Into the next free slot of bs (refused, not overflowed, when every slot is taken): a C-contiguous buffer of
+ * `count` items of `itemsize` bytes, writable if asked; `count` < 0 takes a 2-D buffer of rows of `-count` items
+ * and reports its number of rows in *rows. Returns the data, or NULL with an exception naming the argument. */
+static void *take(bufs_t *bs, PyObject *obj, const char *name, Py_ssize_t count, Py_ssize_t itemsize, int writable,
+                  Py_ssize_t *rows) {
+    if (bs->n < 0 || bs->n >= MAX_BUFS) {
+        PyErr_Format(PyExc_RuntimeError, "%s: no free buffer slot (%d in use, at most %d)", name, bs->n, MAX_BUFS);
+        return NULL;
+    }
+    Py_buffer *v = &bs->views[bs->n];
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, v, flags) < 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous%s buffer of %s", name, writable ? " writable" : "",
+                     itemsize == 8 ? "float64" : "uint8/bool");
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return NULL;
+    }
+    bs->n++;
+    if (count < 0) {
+        const Py_ssize_t width = -count;
+        if (!format_ok(v, itemsize) || v->ndim != 2 || v->shape[1] != width) {
+            PyErr_Format(PyExc_ValueError, "%s: expected (N, %zd) items of %zd bytes, got format %s, %d dimensions",
+                         name, width, itemsize, v->format ? v->format : "B", v->ndim);
+            return NULL;
+        }
+        *rows = v->shape[0];
+        return v->buf;
+    }
+    if (!format_ok(v, itemsize) || v->len != count * itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd items of %zd bytes, got format %s, %zd bytes", name, count,
+                     itemsize, v->format ? v->format : "B", v->len);
         return NULL;
     }
     return v->buf;
 }
 
-static int dims_from(PyObject *const *args, dims_t *d) {
-    /* xs (N*F), w1 (H1*F), w2 (H2*H1): N and F from xs's shape, H1 and H2 from w1's and w2's */
-    Py_buffer x, w1, w2;
-    if (PyObject_GetBuffer(args[0], &x, PyBUF_C_CONTIGUOUS | PyBUF_ND) < 0) return -1;
-    if (PyObject_GetBuffer(args[1], &w1, PyBUF_C_CONTIGUOUS | PyBUF_ND) < 0) {
-        PyBuffer_Release(&x);
+/* ---- the model: its constants, checked and copied once ----------------------------------------------------- */
+
+enum { W1, B1, W2, B2, W3, DB, AB, W2T, VT, H0, U0, P, C, BW, BL, N_F64 }; /* the float64 constants; then m0 */
+
+static const char *const F64_NAMES[N_F64] = {"w1", "b1", "w2", "b2", "w3", "db", "ab", "w2t",
+                                             "vt", "h0", "u0", "p",  "c",  "bw", "b"};
+
+typedef struct {
+    PyObject_HEAD
+    dims_t dm; /* n unused: per call */
+    double b3;
+    double *f64[N_F64]; /* pointers into mem */
+    unsigned char *m0;
+    void *mem;
+} ModelObject;
+
+static void model_dealloc(ModelObject *self) {
+    PyMem_RawFree(self->mem);
+    self->mem = NULL;
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* dims of one keyword argument: rows (or 0 for a vector) and columns, read without format checks */
+static int shape2(PyObject *obj, const char *name, Py_ssize_t *r, Py_ssize_t *c) {
+    Py_buffer v;
+    if (PyObject_GetBuffer(obj, &v, PyBUF_C_CONTIGUOUS | PyBUF_ND) < 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous float64 buffer", name);
         return -1;
     }
-    if (PyObject_GetBuffer(args[3], &w2, PyBUF_C_CONTIGUOUS | PyBUF_ND) < 0) {
-        PyBuffer_Release(&x);
-        PyBuffer_Release(&w1);
-        return -1;
-    }
-    int ok = x.ndim == 2 && w1.ndim == 2 && w2.ndim == 2 && x.shape[1] == w1.shape[1] && w2.shape[1] == w1.shape[0];
-    if (ok) {
-        d->n = x.shape[0];
-        d->f = x.shape[1];
-        d->h1 = w1.shape[0];
-        d->h2 = w2.shape[0];
-    }
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&w1);
-    PyBuffer_Release(&w2);
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "xs (N, F), w1 (H1, F) and w2 (H2, H1) do not fit together");
-        return -1;
-    }
+    int nd = v.ndim;
+    *r = nd == 2 ? v.shape[0] : (nd == 1 ? v.shape[0] : -1);
+    *c = nd == 2 ? v.shape[1] : -1;
+    PyBuffer_Release(&v);
     return 0;
 }
 
-static PyObject *py_logits(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "logits(xs, w1, b1, w2, b2, w3, b3, out)");
+static int model_init(ModelObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"w1", "b1", "w2", "b2", "w3", "b3", "db", "ab", "m0",
+                             "w2t", "vt", "h0", "u0", "p", "c", "bw", "b", NULL};
+    PyObject *o[17] = {NULL};
+    if (PyTuple_GET_SIZE(args) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Model() takes its constants by keyword only");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$OOOOOOOOOOOOOOOOO:Model", kwlist, &o[0], &o[1], &o[2], &o[3],
+                                     &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13], &o[14],
+                                     &o[15], &o[16]))
+        return -1;
+    for (int i = 0; i < 17; i++)
+        if (!o[i]) {
+            PyErr_Format(PyExc_TypeError, "Model() missing keyword argument '%s'", kwlist[i]);
+            return -1;
+        }
+    if (self->mem) { /* __init__ called twice: the constants are set once */
+        PyErr_SetString(PyExc_TypeError, "Model: the constants are set once, at construction");
+        return -1;
+    }
+    PyObject *f64obj[N_F64] = {o[0], o[1], o[2], o[3], o[4], o[6], o[7], o[9], o[10], o[11], o[12], o[13], o[14],
+                               o[15], o[16]};
+    double b3 = PyFloat_AsDouble(o[5]);
+    if (b3 == -1.0 && PyErr_Occurred()) {
+        PyErr_SetString(PyExc_TypeError, "b3: expected a float");
+        return -1;
+    }
+    /* F, H1 from w1 (H1, F); H2 from w2 (H2, H1); K from bw (K,) */
+    Py_ssize_t h1, f, h2, h1b, k, unused;
+    if (shape2(o[0], "w1", &h1, &f) < 0 || shape2(o[2], "w2", &h2, &h1b) < 0 || shape2(o[15], "bw", &k, &unused) < 0)
+        return -1;
+    if (f < 1 || h1 < 1 || h2 < 1 || h1b != h1 || k < 1 || unused != -1) {
+        PyErr_SetString(PyExc_ValueError, "w1 (H1, F), w2 (H2, H1) and bw (K,) do not fit together");
+        return -1;
+    }
+    const Py_ssize_t count[N_F64] = {
+        [W1] = h1 * f, [B1] = h1,     [W2] = h2 * h1,    [B2] = h2,     [W3] = h2,     [DB] = k * h1, [AB] = k * h1,
+        [W2T] = h1 * h2, [VT] = h2 * h1, [H0] = k * h2, [U0] = k * h1, [P] = k * h2 * f, [C] = k * h2, [BW] = k,
+        [BL] = k * f,
+    };
+    size_t total = 0;
+    for (int i = 0; i < N_F64; i++) total += (size_t)count[i];
+    void *mem = PyMem_RawMalloc(total * sizeof(double) + (size_t)(k * h1));
+    if (!mem) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    double *at = mem;
+    for (int i = 0; i < N_F64; i++) {
+        bufs_t bs = {.n = 0};
+        const double *src = take(&bs, f64obj[i], F64_NAMES[i], count[i], 8, 0, NULL);
+        if (!src) {
+            release_all(&bs);
+            PyMem_RawFree(mem);
+            return -1;
+        }
+        memcpy(at, src, sizeof(double) * (size_t)count[i]);
+        release_all(&bs);
+        self->f64[i] = at;
+        at += count[i];
+    }
+    bufs_t bs = {.n = 0};
+    const unsigned char *m0 = take(&bs, o[8], "m0", k * h1, 1, 0, NULL);
+    if (!m0) {
+        release_all(&bs);
+        PyMem_RawFree(mem);
+        return -1;
+    }
+    self->m0 = (unsigned char *)at;
+    for (Py_ssize_t i = 0; i < k * h1; i++) self->m0[i] = m0[i] != 0;
+    release_all(&bs);
+    self->mem = mem;
+    self->b3 = b3;
+    self->dm = (dims_t){.n = 0, .f = f, .h1 = h1, .h2 = h2, .k = k};
+    return 0;
+}
+
+static int model_ready(ModelObject *self) {
+    if (!self->mem) {
+        PyErr_SetString(PyExc_TypeError, "Model: not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *model_logits(ModelObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "logits(xs, out)");
         return NULL;
     }
-    dims_t dm = {0};
-    if (dims_from(args, &dm) < 0) return NULL;
-    double b3 = PyFloat_AsDouble(args[6]);
-    if (b3 == -1.0 && PyErr_Occurred()) return NULL;
+    if (!model_ready(self)) return NULL;
+    dims_t dm = self->dm;
     bufs_t bs = {.n = 0};
-    const double *xs = take(&bs, args[0], "xs", dm.n * dm.f, 8, 0);
-    const double *w1 = xs ? take(&bs, args[1], "w1", dm.h1 * dm.f, 8, 0) : NULL;
-    const double *b1 = w1 ? take(&bs, args[2], "b1", dm.h1, 8, 0) : NULL;
-    const double *w2 = b1 ? take(&bs, args[3], "w2", dm.h2 * dm.h1, 8, 0) : NULL;
-    const double *b2 = w2 ? take(&bs, args[4], "b2", dm.h2, 8, 0) : NULL;
-    const double *w3 = b2 ? take(&bs, args[5], "w3", dm.h2, 8, 0) : NULL;
-    double *out = w3 ? take(&bs, args[7], "out", dm.n, 8, 1) : NULL;
+    const double *xs = take(&bs, args[0], "xs", -dm.f, 8, 0, &dm.n);
+    double *out = xs ? take(&bs, args[1], "out", dm.n, 8, 1, NULL) : NULL;
     if (!out) {
         release_all(&bs);
         return NULL;
     }
-    double *a1 = PyMem_RawMalloc(sizeof(double) * (size_t)(dm.h1 > 0 ? dm.h1 : 1));
+    double *a1 = PyMem_RawMalloc(sizeof(double) * (size_t)dm.h1);
     if (!a1) {
         release_all(&bs);
         return PyErr_NoMemory();
     }
+    double *const *c = self->f64;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t n = 0; n < dm.n; n++) out[n] = logit_one(xs + n * dm.f, w1, b1, w2, b2, w3, b3, a1, &dm);
+    for (Py_ssize_t n = 0; n < dm.n; n++)
+        out[n] = logit_one(xs + n * dm.f, c[W1], c[B1], c[W2], c[B2], c[W3], self->b3, a1, &dm);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(a1);
     release_all(&bs);
     Py_RETURN_NONE;
 }
 
-static PyObject *py_explain(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != 20) {
-        PyErr_SetString(PyExc_TypeError,
-                        "explain(xs, w1, b1, w2, b2, w3, b3, db, ab, m0, w2t, vt, h0, u0, p, c, bw, b, attr, logit)");
+static PyObject *model_explain(ModelObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "explain(xs, attr, logit)");
         return NULL;
     }
-    dims_t dm = {0};
-    if (dims_from(args, &dm) < 0) return NULL;
-    double b3 = PyFloat_AsDouble(args[6]);
-    if (b3 == -1.0 && PyErr_Occurred()) return NULL;
-    Py_buffer bwv;
-    if (PyObject_GetBuffer(args[16], &bwv, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    dm.k = bwv.len / 8;
-    PyBuffer_Release(&bwv);
-    const Py_ssize_t n = dm.n, f = dm.f, h1 = dm.h1, h2 = dm.h2, k = dm.k;
+    if (!model_ready(self)) return NULL;
+    dims_t dm = self->dm;
     bufs_t bs = {.n = 0};
-    const double *xs = take(&bs, args[0], "xs", n * f, 8, 0);
-    const double *w1 = xs ? take(&bs, args[1], "w1", h1 * f, 8, 0) : NULL;
-    const double *b1 = w1 ? take(&bs, args[2], "b1", h1, 8, 0) : NULL;
-    const double *w2 = b1 ? take(&bs, args[3], "w2", h2 * h1, 8, 0) : NULL;
-    const double *b2 = w2 ? take(&bs, args[4], "b2", h2, 8, 0) : NULL;
-    const double *w3 = b2 ? take(&bs, args[5], "w3", h2, 8, 0) : NULL;
-    const double *db = w3 ? take(&bs, args[7], "db", k * h1, 8, 0) : NULL;
-    const double *ab = db ? take(&bs, args[8], "ab", k * h1, 8, 0) : NULL;
-    const unsigned char *m0 = ab ? take(&bs, args[9], "m0", k * h1, 1, 0) : NULL;
-    const double *w2t = m0 ? take(&bs, args[10], "w2t", h1 * h2, 8, 0) : NULL;
-    const double *vt = w2t ? take(&bs, args[11], "vt", h2 * h1, 8, 0) : NULL;
-    const double *h0 = vt ? take(&bs, args[12], "h0", k * h2, 8, 0) : NULL;
-    const double *u0 = h0 ? take(&bs, args[13], "u0", k * h1, 8, 0) : NULL;
-    const double *p = u0 ? take(&bs, args[14], "p", k * h2 * f, 8, 0) : NULL;
-    const double *c = p ? take(&bs, args[15], "c", k * h2, 8, 0) : NULL;
-    const double *bw = c ? take(&bs, args[16], "bw", k, 8, 0) : NULL;
-    const double *bl = bw ? take(&bs, args[17], "b", k * f, 8, 0) : NULL;
-    double *attr = bl ? take(&bs, args[18], "attr", n * f, 8, 1) : NULL;
-    double *logit = attr ? take(&bs, args[19], "logit", n, 8, 1) : NULL;
+    const double *xs = take(&bs, args[0], "xs", -dm.f, 8, 0, &dm.n);
+    const Py_ssize_t n = dm.n, f = dm.f, h1 = dm.h1, h2 = dm.h2;
+    double *attr = xs ? take(&bs, args[1], "attr", n * f, 8, 1, NULL) : NULL;
+    double *logit = attr ? take(&bs, args[2], "logit", n, 8, 1, NULL) : NULL;
     if (!logit) {
         release_all(&bs);
         return NULL;
@@ -341,11 +438,15 @@ static PyObject *py_explain(PyObject *self, PyObject *const *args, Py_ssize_t na
         .fl = fl,
     };
     double *a1 = dbuf + 7 * (h1 + 1);
+    double *const *c = self->f64;
+    const unsigned char *m0 = self->m0;
+    const double b3 = self->b3;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < n; r++) {
         const double *x = xs + r * f;
-        logit[r] = logit_one(x, w1, b1, w2, b2, w3, b3, a1, &dm);
-        record_attr(x, w1, db, ab, m0, w2t, vt, h0, u0, p, c, bw, bl, &s, &dm, attr + r * f);
+        logit[r] = logit_one(x, c[W1], c[B1], c[W2], c[B2], c[W3], b3, a1, &dm);
+        record_attr(x, c[W1], c[DB], c[AB], m0, c[W2T], c[VT], c[H0], c[U0], c[P], c[C], c[BW], c[BL], &s, &dm,
+                    attr + r * f);
     }
     Py_END_ALLOW_THREADS
     PyMem_RawFree(dbuf);
@@ -355,21 +456,58 @@ static PyObject *py_explain(PyObject *self, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
-static PyMethodDef methods[] = {
-    {"logits", (PyCFunction)(void (*)(void))py_logits, METH_FASTCALL,
-     "logits(xs, w1, b1, w2, b2, w3, b3, out): the logit of each row into out, without the GIL."},
-    {"explain", (PyCFunction)(void (*)(void))py_explain, METH_FASTCALL,
-     "explain(xs, w1, b1, w2, b2, w3, b3, db, ab, m0, w2t, vt, h0, u0, p, c, bw, b, attr, logit): exact "
-     "GradientSHAP attributions and logits of each row, without the GIL (see service.exact_kernel)."},
+static PyObject *model_get_dims(ModelObject *self, void *closure) {
+    (void)closure;
+    if (!model_ready(self)) return NULL;
+    return Py_BuildValue("{s:n,s:n,s:n,s:n}", "features", self->dm.f, "hidden1", self->dm.h1, "hidden2",
+                         self->dm.h2, "baselines", self->dm.k);
+}
+
+static PyMethodDef model_methods[] = {
+    {"logits", (PyCFunction)(void (*)(void))model_logits, METH_FASTCALL,
+     "logits(xs, out): the logit of each row of xs (N, F) into out (N,), without the GIL."},
+    {"explain", (PyCFunction)(void (*)(void))model_explain, METH_FASTCALL,
+     "explain(xs, attr, logit): exact GradientSHAP attributions (N, F) and logits (N,) of each row of xs (N, F), "
+     "without the GIL (see service.engine.exact_kernel)."},
     {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef model_getset[] = {
+    {"dims", (getter)model_get_dims, NULL, "{'features': F, 'hidden1': H1, 'hidden2': H2, 'baselines': K}", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "service.engine._exact.Model",
+    .tp_doc = "Model(*, w1, b1, w2, b2, w3, b3, db, ab, m0, w2t, vt, h0, u0, p, c, bw, b): the constants of one "
+              "folded two-hidden-layer ReLU net and its weighted baselines, checked and copied once "
+              "(see service.engine.exact_kernel).",
+    .tp_basicsize = sizeof(ModelObject),
+    .tp_itemsize = 0,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)model_init,
+    .tp_dealloc = (destructor)model_dealloc,
+    .tp_methods = model_methods,
+    .tp_getset = model_getset,
 };
 
 static struct PyModuleDef module = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_exact",
-    .m_doc = "The exact GradientSHAP kernel in C (see service.exact_kernel).",
+    .m_doc = "The exact GradientSHAP kernel in C (see service.engine.exact_kernel).",
     .m_size = -1,
-    .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__exact(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__exact(void) {
+    if (PyType_Ready(&ModelType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&ModelType);
+    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0) {
+        Py_DECREF(&ModelType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -3,27 +3,31 @@
 
 from typing import Any
 
-def logits(xs: Any, w1: Any, b1: Any, w2: Any, b2: Any, w3: Any, b3: float, out: Any, /) -> None: ...
-def explain(
-    xs: Any,
-    w1: Any,
-    b1: Any,
-    w2: Any,
-    b2: Any,
-    w3: Any,
-    b3: float,
-    db: Any,
-    ab: Any,
-    m0: Any,
-    w2t: Any,
-    vt: Any,
-    h0: Any,
-    u0: Any,
-    p: Any,
-    c: Any,
-    bw: Any,
-    b: Any,
-    attr: Any,
-    logit: Any,
-    /,
-) -> None: ...
+class Model:
+    """The constants of one folded two-hidden-layer ReLU net and its weighted baselines, checked and copied once."""
+
+    def __init__(
+        self,
+        *,
+        w1: Any,
+        b1: Any,
+        w2: Any,
+        b2: Any,
+        w3: Any,
+        b3: float,
+        db: Any,
+        ab: Any,
+        m0: Any,
+        w2t: Any,
+        vt: Any,
+        h0: Any,
+        u0: Any,
+        p: Any,
+        c: Any,
+        bw: Any,
+        b: Any,
+    ) -> None: ...
+    @property
+    def dims(self) -> dict[str, int]: ...
+    def logits(self, xs: Any, out: Any, /) -> None: ...
+    def explain(self, xs: Any, attr: Any, logit: Any, /) -> None: ...

@@ -20,18 +20,32 @@ in ``tests/reference_kernels.py``).
 The arithmetic is C (``service/engine/_exact.c``, built by ``pip install``), called without the GIL: engine threads
 run it in parallel with the event loop and with each other. It is built without fast-math and without fused
 multiply-add, so the compiler may not reorder a sum: a record's numbers are the same on every machine, alone or
-in any batch (records are computed one by one with fixed-order loops; there is no BLAS here). This module owns
-the constants (computed once per model and baselines) and checks every shape before calling the C code, which
-checks the buffer sizes again.
+in any batch (records are computed one by one with fixed-order loops; there is no BLAS here).
+
+This module computes the constants once per model and baselines and hands them, by keyword, to the C object
+``_exact.Model``, which checks each one's type and size (naming the one that does not fit) and keeps its own copy;
+a call then passes only the records and the output buffers (checked again, by name). There is no torch fallback
+for a missing extension: the torch formulations differ from this kernel in the last bits and run an order of
+magnitude slower, so a service or a ``gshap train`` without it would silently answer other numbers, slowly.
+Importing this module without the built extension raises ``ModuleNotFoundError`` saying how to build it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from service.engine import _exact
+BUILD_HINT = (
+    "the compiled exact kernel (service.engine._exact, from service/engine/_exact.c) is not built: install the "
+    "project with a C compiler and Python's headers, e.g. `pip install -e '.[server]'` (`make setup` in a "
+    "checkout; after editing _exact.c run it again), or use the Docker image"
+)
 
-__all__ = ["ExactKernel"]
+try:
+    from service.engine import _exact
+except ImportError as exc:  # no torch fallback, on purpose (see the module docstring)
+    raise ModuleNotFoundError(BUILD_HINT, name="service.engine._exact") from exc
+
+__all__ = ["BUILD_HINT", "ExactKernel"]
 
 
 def _c64(a: np.ndarray) -> np.ndarray:
@@ -48,8 +62,9 @@ class ExactKernel:
         baseline_weights: ``(K,)``, summing to 1.
 
     Everything that depends on the baselines only is computed here, once: ``W1 b_k``, the layer-1 state at
-    ``α = 0``, the layer-2 values and masks at ``α = 0``, ``V m2(0)`` and ``P_k = W2 diag(m1_k(0)) W1``.
-    Thread-safe: each call of the C functions allocates its own scratch (a few kB).
+    ``α = 0``, the layer-2 values and masks at ``α = 0``, ``V m2(0)`` and ``P_k = W2 diag(m1_k(0)) W1``; the C
+    object keeps its own copy of them and of the weights. Thread-safe: the constants are read-only and each call
+    allocates its own scratch (a few kB).
     """
 
     def __init__(
@@ -72,22 +87,32 @@ class ExactKernel:
         if b.ndim != 2 or b.shape[1] != f or np.shape(baseline_weights) != (b.shape[0],):
             raise ValueError(f"baselines must be (K, {f}) with K weights")
         self.n_features = f
-        self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
-        self.w3 = _c64(w3[0])
-        self.b3 = float(b3[0])
-        self.b = b
-        self.bw = _c64(baseline_weights)
-        self.db = _c64(b @ w1.T)  # (K, H1)
-        self.ab = _c64(self.db + b1)  # layer-1 pre-activations at the baselines
-        self.m0 = np.ascontiguousarray(self.ab > 0)
-        v = w2.T * self.w3[None, :]  # (H1, H2): V_ij = W2_ji w3_j
-        self.vt = _c64(v.T)  # (H2, H1): row j is column j of V
-        self.w2t = _c64(w2.T)  # (H1, H2): row i is column i of W2
-        self.h0 = _c64(np.maximum(self.ab, 0.0) @ w2.T + b2)  # (K, H2) layer-2 pre-activations at α = 0
-        self.u0 = _c64((self.h0 > 0).astype(np.float64) @ v.T)  # (K, H1) V m2(0)
-        m0f = self.m0.astype(np.float64)
-        self.p = _c64(np.einsum("ji,ki,if->kfj", w2, m0f, w1))  # (K, F, H2) W2 diag(m1(0)) W1, transposed
-        self.c = _c64((m0f * self.db) @ w2.T)  # (K, H2) W2 (m1(0) ⊙ W1 b)
+        w3v = _c64(w3[0])
+        db = _c64(b @ w1.T)  # (K, H1)
+        ab = _c64(db + b1)  # layer-1 pre-activations at the baselines
+        m0 = np.ascontiguousarray(ab > 0)
+        v = w2.T * w3v[None, :]  # (H1, H2): V_ij = W2_ji w3_j
+        h0 = _c64(np.maximum(ab, 0.0) @ w2.T + b2)  # (K, H2) layer-2 pre-activations at α = 0
+        m0f = m0.astype(np.float64)
+        self._model = _exact.Model(
+            w1=w1,
+            b1=b1,
+            w2=w2,
+            b2=b2,
+            w3=w3v,
+            b3=float(b3[0]),
+            db=db,
+            ab=ab,
+            m0=m0,
+            w2t=_c64(w2.T),  # (H1, H2): row i is column i of W2
+            vt=_c64(v.T),  # (H2, H1): row j is column j of V
+            h0=h0,
+            u0=_c64((h0 > 0).astype(np.float64) @ v.T),  # (K, H1) V m2(0)
+            p=_c64(np.einsum("ji,ki,if->kfj", w2, m0f, w1)),  # (K, F, H2) W2 diag(m1(0)) W1, transposed
+            c=_c64((m0f * db) @ w2.T),  # (K, H2) W2 (m1(0) ⊙ W1 b)
+            bw=_c64(baseline_weights),
+            b=b,
+        )
 
     def _rows(self, xs: np.ndarray) -> np.ndarray:
         x = _c64(xs)
@@ -97,7 +122,7 @@ class ExactKernel:
 
     def attributions(self, xs: np.ndarray) -> np.ndarray:
         """``(N, F) -> (N, F)`` exact attributions of the logit, ``Σ_k w_k (x − b_k) ⊙ ∫₀¹ ∇f dα`` (the logits
-        come along: they cost 2% of the work)."""
+        come along at little cost)."""
         return self.explain(xs)[0]
 
     def explain(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,15 +131,12 @@ class ExactKernel:
         x = self._rows(xs)
         attr = np.empty_like(x)
         logit = np.empty(x.shape[0])
-        _exact.explain(
-            x, self.w1, self.b1, self.w2, self.b2, self.w3, self.b3, self.db, self.ab, self.m0, self.w2t, self.vt,
-            self.h0, self.u0, self.p, self.c, self.bw, self.b, attr, logit,
-        )  # fmt: skip
+        self._model.explain(x, attr, logit)
         return attr, logit
 
     def logits(self, xs: np.ndarray) -> np.ndarray:
         """``(N, F) -> (N,)`` logits by fixed-order loops: a row's value is bitwise the same in any batch."""
         x = self._rows(xs)
         out = np.empty(x.shape[0])
-        _exact.logits(x, self.w1, self.b1, self.w2, self.b2, self.w3, self.b3, out)
+        self._model.logits(x, out)
         return out

@@ -80,8 +80,8 @@ def summarize_groups(
 
 
 def _student_t() -> Any:
-    """scipy's Student-t distribution, imported on first use: scipy.stats costs the server ~0.4 s of start-up and
-    tens of MB, and only the summaries (written at training time) need it."""
+    """scipy's Student-t distribution, imported on first use: importing scipy.stats costs start-up time and memory,
+    and only the summaries (written at training time) need it."""
     from scipy.stats import t
 
     return t

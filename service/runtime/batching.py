@@ -192,7 +192,8 @@ class Coalescer:
         return [answer for part in answers for answer in part]
 
     async def call(self, fn: Callable[..., T], /, *args: object) -> T:
-        """``fn(*args)`` on a worker thread, outside any batch (start-up work)."""
+        """``fn(*args)`` on a worker thread, outside any batch, without blocking the event loop: the hot path of
+        every merged explanation (the engine's arithmetic inside a coroutine batch function), and the warm-up."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 

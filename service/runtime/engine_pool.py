@@ -3,7 +3,7 @@
 In one process the event loop, the request handling and the engine threads share one GIL. Every torch operation
 releases it, and every operation must take it back: while the event loop is busy with HTTP, an engine thread
 waits for the GIL tens of times per record, so the engine ran far below its in-process speed under load (a torch
-thread beside a busy Python thread did 3.6x fewer operations). :class:`EngineProcessPool` forks ``processes``
+thread beside a busy Python thread does several times fewer operations). :class:`EngineProcessPool` forks ``processes``
 children once the engine is built; each holds a copy-on-write copy of it and answers ``engine.explain(x, ...)``
 calls sent over a pipe. The parent talks to them from the event loop itself (a reader callback per pipe), so no
 thread of the parent ever waits for the GIL on their behalf. Only the arithmetic moves: the parent still

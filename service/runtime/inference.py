@@ -22,9 +22,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +55,6 @@ __all__ = [
 ]
 
 Record = Mapping[str, float | int | None]
-T = TypeVar("T")
 
 # the engine's lower bounds of n_samples: a Monte-Carlo standard error needs two draws, quadrature one node
 
@@ -316,8 +315,9 @@ class InferenceRuntime:
             )
 
     async def start(self) -> None:
-        """Warm up every engine thread (the exact kernel's buffers are per thread) or fork and warm up the engine
-        processes (before any thread of this process runs torch), then turn ready."""
+        """Run the warm-up on every engine thread (each thread's first torch call sets up its own state, and a
+        non-finite answer refuses the model before any request) or fork and warm up the engine processes (before
+        any thread of this process runs torch), then turn ready."""
         if self.pool is not None:
             self.warm_up()
             self.pool.start(warm_up=self._prepare([self.example_record()]).x.numpy())
@@ -331,10 +331,6 @@ class InferenceRuntime:
         self.coalescer.close()
         if self.pool is not None:
             self.pool.close()
-
-    async def run(self, fn: Callable[..., T], /, *args: object) -> T:
-        """Run ``fn(*args)`` on an engine thread without blocking the event loop (not merged with anything)."""
-        return await self.coalescer.call(fn, *args)
 
     async def apredict(self, records: Sequence[Record]) -> list[Prediction]:
         """:meth:`predict`, merged with the other predictions of this event-loop turn, on the loop's thread."""

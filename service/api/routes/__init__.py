@@ -52,10 +52,12 @@ __all__ = [
 
 @dataclass
 class AppState:
-    """Per-app state: the settings, a bundle handed in by the caller (tests, ``serve``) and the runtime."""
+    """Per-app state: the settings, a bundle and a built runtime handed in by the caller (tests, ``serve``) and
+    the runtime in use."""
 
     settings: Settings
     preloaded: Bundle | None = None
+    prebuilt: InferenceRuntime | None = None
     runtime: InferenceRuntime | None = None
 
 
