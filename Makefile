@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup serve test lint typecheck pytest openapi figures bench train audit soak readme clean
+.PHONY: setup serve test lint typecheck pytest browser screenshots openapi figures bench bench-cohort train audit soak readme clean
 
 # service/engine/_exact.c is compiled by the project install (a C compiler and Python's headers are needed); a change
 # to it must rebuild the extension, which an editable install does not do by itself.
@@ -34,8 +34,23 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup
+# The page's tests drive Debian's headless Chromium through chromedriver (never a downloaded browser): installed
+# here when missing and we are root (CI is); otherwise the tests say what to install (and fail under CI=true).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else \
+	    echo "browser tests need Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; \
+	  fi; \
+	fi
+
+pytest: setup browser
 	$(BIN)/pytest
+
+# docs/screenshots/*.png: the page at desktop and phone width, for the README
+screenshots: setup browser
+	$(BIN)/python scripts/screenshots.py
 
 test: lint typecheck pytest
 
@@ -48,8 +63,14 @@ figures: setup
 train: setup
 	$(BIN)/gshap train --set-default
 
-bench: setup
+bench: setup browser
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python scripts/bench.py
+
+# the cohort engines at 10k and 1M records, and serve --workers 1 vs 2 (about an hour on 2 cores; docs/SCALING.md)
+bench-cohort: setup
+	$(BIN)/python scripts/bench_cohort.py --json docs/bench/cohort.json --md docs/bench/cohort.md
+	$(BIN)/python scripts/bench_workers.py --json docs/bench/workers.json
 
 audit: setup
 	./scripts/audit.sh

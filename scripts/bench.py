@@ -13,9 +13,12 @@ What one run does, one server at a time, each started fresh by this script and s
 3. naive peer: ``scripts/naive_peer.py``, a FastAPI ``def`` endpoint calling Captum's ``GradientShap`` per
    request with 200 samples;
 4. ours: ``gshap serve`` (``python -m service.cli serve``) with its default settings: ``/predict``,
-   ``/explain`` (default settings, and ``method=sampled, n_samples=200``) and ``/explain/batch`` of 100
-   records; then a race check: the same requests sent one at a time and then all at once, while ``wrk`` loads
-   ``/explain``, must give byte-identical attributions.
+   ``/explain`` (default settings, and ``method=sampled, n_samples=200``), ``/explain/batch`` of 100
+   records and ``/explain/plot`` (the SVG waterfall); the bytes the page at ``/`` transfers on its first load,
+   measured in headless Chromium (the browser's resource timing: HTML, script, style sheet, icon and the
+   ``/model`` and ``/groups`` JSON it fetches; without Chromium, the same files fetched over HTTP); then a race
+   check: the same requests sent one at a time and then all at once, while ``wrk`` loads ``/explain``, must
+   give byte-identical attributions.
 
 For every (target, concurrency): requests/s, p50/p95/p99 latency, errors (connect/read/write/timeout and any
 non-2xx answer), the server's CPU share and wrk's own CPU share. For every server: cold start (process spawn
@@ -448,6 +451,7 @@ class Target:
     path: str
     bodies: tuple[str, ...]
     records_per_request: int = 1
+    answer: str = "json"  # what a 200 carries: "json" or "svg"
 
 
 def targets(records: Sequence[dict[str, Any]]) -> list[Target]:
@@ -473,6 +477,7 @@ def targets(records: Sequence[dict[str, Any]]) -> list[Target]:
             batches,
             BATCH_RECORDS,
         ),
+        Target("explain_plot", "ours", "ours POST /explain/plot (SVG waterfall)", "/explain/plot", singles, 1, "svg"),
     ]
 
 
@@ -525,6 +530,10 @@ def check_answer(server: Server, target: Target) -> None:
         conn.close()
     if resp.status != 200:
         raise RuntimeError(f"{target.key}: POST {target.path} answered {resp.status}: {body[:500]!r}")
+    if target.answer == "svg":
+        if not body.startswith(b"<svg ") or resp.getheader("content-type") != "image/svg+xml":
+            raise RuntimeError(f"{target.key}: POST {target.path} did not answer an SVG: {body[:200]!r}")
+        return
     json.loads(body)
 
 
@@ -725,6 +734,83 @@ def engine_inprocess(repeats: int, n_samples: int = 200) -> dict[str, Any]:
 # Goals and reporting
 # ---------------------------------------------------------------------------------------------------------------
 
+PAGE_BUDGET_BYTES = 100_000
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def page_first_load(url: str) -> dict[str, Any]:
+    """Bytes the page at ``url``/ transfers on a first load (cold cache), until its form is built.
+
+    In headless Chromium: the sum of ``transferSize`` (headers and body) of the navigation and every resource
+    (script, style sheet, icon, the /model and /groups JSON). Without Chromium: the same files fetched over HTTP
+    (bodies plus header bytes), the JSON named by the page's own script."""
+    if CHROMIUM.exists() and CHROMEDRIVER.exists():
+        with contextlib.suppress(ImportError):
+            return _page_in_browser(url)
+    return _page_over_http(url)
+
+
+def _page_in_browser(url: str) -> dict[str, Any]:
+    os.environ["SE_OFFLINE"] = "true"
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    profile = tempfile.mkdtemp(prefix="gshap-bench-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    try:
+        driver.get(url + "/")
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements("css selector", "#fields input"))
+        entries = driver.execute_script(
+            "return performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))"
+            ".map(e => [e.name, e.transferSize, e.encodedBodySize])"
+        )
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    files = {re.sub(r"^https?://[^/]+", "", name): int(size) for name, size, _ in entries}
+    return {"method": "chromium resource timing (transferSize)", "bytes": sum(files.values()), "files": files}
+
+
+def _page_over_http(url: str) -> dict[str, Any]:
+    import http.client
+
+    def get(path: str) -> int:
+        conn = http.client.HTTPConnection(HOST, int(url.rsplit(":", 1)[1]), timeout=30)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+            headers = sum(len(k) + len(v) + 4 for k, v in resp.getheaders()) + 17
+            if resp.status != 200:
+                raise RuntimeError(f"GET {path} answered {resp.status}")
+            sizes[path] = len(body) + headers
+            return len(body)
+        finally:
+            conn.close()
+
+    sizes: dict[str, int] = {}
+    conn = http.client.HTTPConnection(HOST, int(url.rsplit(":", 1)[1]), timeout=30)
+    conn.request("GET", "/")
+    html = conn.getresponse().read().decode()
+    conn.close()
+    get("/")
+    for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
+        get(asset)
+    script = (ROOT / "service" / "api" / "static" / "page.js").read_text()
+    for path in sorted(set(re.findall(r'api\("GET", "(/[a-z]+)"\)', script))):
+        get(path)
+    return {"method": "HTTP (bodies + headers)", "bytes": sum(sizes.values()), "files": sizes}
+
+
 GOALS: list[tuple[str, str]] = [
     ("explain_c8_vs_ceiling", "/explain c=8 throughput ≥ 50 % of the ceiling"),
     ("explain_c8_vs_peer", "/explain c=8 throughput ≥ 10× the naive peer"),
@@ -735,6 +821,8 @@ GOALS: list[tuple[str, str]] = [
     ("rss_after_load", "server RSS ≤ 450 MB after the load (summed over its processes)"),
     ("no_errors", "no error under any load"),
     ("same_results", "same results under load (racing requests, same seed)"),
+    ("explain_plot_c8", "/explain/plot (SVG) c=8 ≥ 200 req/s"),
+    ("page_first_load", "the page's first load transfers ≤ 100 kB"),
 ]
 
 
@@ -755,6 +843,7 @@ def evaluate_goals(
     race: Mapping[str, Any] | None,
     goal_concurrency: int = 8,
     ours_name: str = "ours",
+    page: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Ratios and each goal's measured value and verdict (``met`` None when not measured in this run).
 
@@ -772,6 +861,7 @@ def evaluate_goals(
         f"explain_sampled_vs_ceiling_c{c}": rps("explain_sampled") / ceiling,
         f"explain_sampled_vs_peer_c{c}": rps("explain_sampled") / peer,
         f"predict_vs_ceiling_c{c}": rps("predict") / ceiling,
+        f"explain_plot_vs_explain_c{c}": rps("explain_plot") / rps("explain"),
     }
     explain = _cell(cells, "explain", c, ours_name)
     batch = _cell(cells, "explain_batch", c, ours_name)
@@ -788,6 +878,9 @@ def evaluate_goals(
     measured["no_errors"] = (float(sum(cell.errors for cell in mine)), 0.0, False)
     if race is not None:
         measured["same_results"] = (float(race["mismatches"] + race["batch_vs_single_mismatches"]), 0.0, False)
+    measured["explain_plot_c8"] = (rps("explain_plot"), 200.0, True)
+    if page is not None:
+        measured["page_first_load"] = (float(page["bytes"]), float(PAGE_BUDGET_BYTES), False)
     goals: list[dict[str, Any]] = []
     for name, text in GOALS:
         if name not in measured or math.isnan(measured[name][0]):
@@ -849,6 +942,10 @@ def markdown_table(result: Mapping[str, Any]) -> str:
             met = "–" if gi["met"] is None else ("met" if gi["met"] else "**not met**")
             row.append(f"{_fmt(gi['value'], 2) if gi['value'] is not None else '–'} ({met})")
         lines.append(f"| {g['text']} | " + " | ".join(row) + " |")
+    page = result.get("page")
+    if page:
+        parts = ", ".join(f"{path} {size:,}" for path, size in page["files"].items())
+        lines += ["", f"Page first load: {page['bytes']:,} bytes by {page['method']}: {parts}."]
     for name, race in (result.get("races") or {}).items():
         lines += [
             "",
@@ -1056,6 +1153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"p50 {cell.p50_ms:7.2f} p99 {cell.p99_ms:7.2f} ms  errors {cell.errors}  "
                         f"server CPU {cell.server_cpu_share * 100:3.0f} %  wrk CPU {cell.wrk_cpu_share * 100:3.0f} %"
                     )
+            if name == "ours":
+                page = page_first_load(server.url)
+                result["page"] = page
+                log(f"· page first load: {page['bytes']:,} bytes ({page['method']})")
             if name.startswith("ours") and not args.no_race and any(t.key == "explain" for t in mine):
                 script = workdir / f"{log_name}_explain.lua"
                 race = race_check(server, records, script, n_records=16 if args.quick else 32)
@@ -1082,7 +1183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["cells"] = [asdict(c) for c in cells]
     result["servers"] = {k: asdict(v) for k, v in servers.items()}
     result["races"] = races
-    result["evaluation"] = evaluate_goals(cells, result["servers"], races.get("ours"), goal_c)
+    result["evaluation"] = evaluate_goals(cells, result["servers"], races.get("ours"), goal_c, page=result.get("page"))
     result["variant_evaluations"] = {
         name: evaluate_goals(cells, result["servers"], races.get(name), goal_c, ours_name=name) for name in variants
     }

@@ -1,4 +1,4 @@
-"""The ``gshap`` command: train, groups, figures, serve, openapi, problems.
+"""The ``gshap`` command: train, groups, figures, serve, openapi, problems, explain-cohort.
 
 Each sub-command is a thin shell around a library function, so that tests and integrators can call the
 same code without a subprocess.
@@ -134,6 +134,64 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(Settings(**overrides))
 
 
+def _explain_cohort(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from service.cohort import CohortInputError, inspect_input
+    from service.cohort.engines import run_cohort
+    from service.contract import MIN_N_SAMPLES
+    from service.runtime.inference import ExplainOptions
+    from service.schemas import ExplainSettings
+
+    try:  # the settings follow the API's rules (ExplainSettings, and the method's least n_samples)
+        chosen = {"method": args.method, "n_samples": args.n_samples, "seed": args.seed, "output": args.output}
+        settings = ExplainSettings.model_validate(chosen)
+    except ValidationError as exc:
+        bad = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        print(f"gshap explain-cohort: {bad}", file=sys.stderr)
+        return 2
+    low = MIN_N_SAMPLES[settings.method]
+    if settings.n_samples is not None and settings.n_samples < low:
+        print(f"gshap explain-cohort: --n-samples must be at least {low} for --method {args.method}", file=sys.stderr)
+        return 2
+    if args.engine == "local" and (args.ray_address or args.num_cpus or args.ray_workers):
+        print("gshap explain-cohort: --ray-address, --num-cpus and --ray-workers need --engine ray", file=sys.stderr)
+        return 2
+    try:
+        inp = inspect_input(args.input, drop=args.drop or ())
+    except CohortInputError as exc:
+        print(f"gshap explain-cohort: {exc}", file=sys.stderr)
+        return 2
+    options = ExplainOptions(
+        method=settings.method, n_samples=settings.n_samples, seed=settings.seed, output=settings.output
+    )
+    result = run_cohort(
+        inp,
+        args.out,
+        engine=args.engine,
+        model_path=args.model,
+        options=options,
+        batch_size=args.batch_size,
+        ray_address=args.ray_address,
+        num_cpus=args.num_cpus,
+        workers=args.ray_workers,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{result.rows} rows ({result.rows - result.refused} explained, {result.refused} refused) in "
+        f"{result.seconds:.1f} s, {result.records_per_second:.0f} records/s, engine {result.engine} "
+        f"({result.workers} worker{'s' if result.workers != 1 else ''}) -> {result.output}"
+    )
+    return 1 if result.refused else 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _openapi(args: argparse.Namespace) -> int:
     from service.api.app import openapi_yaml
 
@@ -204,6 +262,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="bundle folder or store (default: the served default)")
     p.set_defaults(func=_serve)
 
+    p = sub.add_parser(
+        "explain-cohort",
+        help="explain every row of a CSV/Parquet file (or a folder of Parquet files) into a Parquet file",
+        description=(
+            "Explain every row of INPUT (CSV, Parquet, or a folder of Parquet files; columns: the API's feature "
+            "names and an optional id) into the Parquet file OUTPUT, with the numbers of POST /explain/batch. A "
+            "refused row gets its problem in the error column and the job goes on. Exit status: 0 all rows "
+            "explained, 1 some refused, 2 the job could not run."
+        ),
+    )
+    p.add_argument("input", metavar="INPUT", help="a .csv file, a Parquet file or a folder of *.parquet files")
+    p.add_argument("out", metavar="OUTPUT", help="the Parquet file to write (replaced when the job completes)")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: stream in this process "
+        "(default); ray: Ray Data over a local Ray started here, or the cluster at --ray-address",
+    )
+    p.add_argument("--ray-address", default=None, metavar="ADDR", help="join this Ray cluster (e.g. HOST:6379)")
+    p.add_argument("--num-cpus", type=_positive_int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--ray-workers", type=_positive_int, default=None, help="Ray actors (default: the cluster's CPUs)")
+    p.add_argument("--batch-size", type=_positive_int, default=1024, metavar="N", help="rows per engine call")
+    p.add_argument("--method", choices=["exact", "sampled", "quadrature"], default="exact")
+    p.add_argument("--n-samples", type=int, default=None, help="samples per record (sampled, quadrature)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draws (method sampled)")
+    p.add_argument("--output", choices=["logit", "probability"], default="logit", help="what attributions add up to")
+    p.add_argument("--model", default=None, help="bundle folder or store (default: the served default)")
+    p.add_argument("--drop", nargs="*", default=None, metavar="COLUMN", help="input columns to ignore")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=_explain_cohort)
+
     p = sub.add_parser("openapi", help="write (or --check) openapi.yaml from the app")
     p.add_argument("--out", default="openapi.yaml")
     p.add_argument("--check", action="store_true")
@@ -224,12 +314,14 @@ EXTRAS: dict[str, str] = {
     "serve": "server",
     "openapi": "server",
     "problems": "server",
+    "explain-cohort": "cluster",
 }
 _EXTRA_PACKAGES: dict[str, frozenset[str]] = {
     "server": frozenset(
         {"torch", "numpy", "fastapi", "starlette", "uvicorn", "pydantic_settings", "safetensors", "orjson", "yaml"}
     ),
     "train": frozenset({"pandas", "sklearn", "matplotlib", "tqdm", "captum", "scipy"}),
+    "cluster": frozenset({"pyarrow", "ray", "tqdm"}),
 }
 
 
@@ -240,7 +332,7 @@ def _missing_extra(command: str, exc: ModuleNotFoundError) -> str | None:
         return f"gshap {command}: {exc.args[0] if exc.args else exc}"
     top = (exc.name or "").split(".")[0]
     extra = EXTRAS.get(command)
-    needed = _EXTRA_PACKAGES["server"] | (_EXTRA_PACKAGES["train"] if extra == "train" else frozenset())
+    needed = _EXTRA_PACKAGES["server"] | (_EXTRA_PACKAGES[extra] if extra in ("train", "cluster") else frozenset())
     if extra is None or top not in needed:
         return None
     return f"gshap {command}: needs the '{extra}' extra ({top} is not installed): pip install 'gshap-service[{extra}]'"

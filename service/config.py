@@ -146,6 +146,15 @@ class Settings(BaseSettings):
     fhir_max_entries: int = Field(
         1000, ge=1, description="Most entries of a FHIR Bundle (posted or fetched) or prefetch search (else 413)."
     )
+    plot_threads: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description=(
+            "Threads that draw PNG plots at once (?format=png of the plot endpoints); more requests wait. "
+            "SVG plots are written without matplotlib and need none."
+        ),
+    )
 
     @field_validator("cds_jwt_issuers", mode="before")
     @classmethod

@@ -54,6 +54,7 @@ def _operations(client: AppClient) -> list[tuple[str, str, Any]]:
     bundle = load("patient_bundle.json")
     bundle["entry"] = [e for e in bundle["entry"] if e["resource"].get("id") != "glu-other"]
     bodies["/fhir/predict"] = bodies["/fhir/explain"] = bundle
+    bodies["/explain/plot"] = record()
     out = []
     for path, item in doc["paths"].items():
         for method in item:
@@ -64,7 +65,7 @@ def _operations(client: AppClient) -> list[tuple[str, str, Any]]:
 def test_every_operation_and_doc_page_needs_a_key(keyed: AppClient) -> None:
     """With GSHAP_API_KEYS, each operation and doc page is 401 without a key and answered with either key."""
     operations = _operations(keyed)
-    assert len(operations) == 14
+    assert len(operations) == 16
     for method, path, body in operations:
         r = keyed.request(method, path, json=body)
         if path.startswith("/cds-services"):

@@ -106,7 +106,9 @@ def test_targets_use_the_records_and_batch_size(bench: ModuleType) -> None:
     """Every target sends valid JSON; the batch target carries 100 records and counts them."""
     records = [dict(example_record(), age=20 + i) for i in range(150)]
     by_key = {t.key: t for t in bench.targets(records)}
-    assert {"ceiling", "peer", "predict", "explain", "explain_sampled", "explain_batch"} <= set(by_key)
+    assert {"ceiling", "peer", "predict", "explain", "explain_sampled", "explain_batch", "explain_plot"} <= set(by_key)
+    assert by_key["explain_plot"].path == "/explain/plot"
+    assert by_key["explain_plot"].answer == "svg"
     assert json.loads(by_key["explain_sampled"].bodies[0])["n_samples"] == 200
     batch = json.loads(by_key["explain_batch"].bodies[0])
     assert len(batch["records"]) == bench.BATCH_RECORDS == by_key["explain_batch"].records_per_request
@@ -161,7 +163,14 @@ def test_goals_ratios_and_report(bench: ModuleType) -> None:
         "rss_after_load": True,
         "no_errors": True,
         "same_results": True,
+        "explain_plot_c8": None,  # not measured in this run
+        "page_first_load": None,
     }
+    plotted = bench.evaluate_goals([*cells, _cell(bench, "explain_plot", 1250)], servers, None, page={"bytes": 101_000})
+    verdicts = {g["goal"]: g["met"] for g in plotted["goals"]}
+    assert verdicts["explain_plot_c8"] is True
+    assert verdicts["page_first_load"] is False
+    assert plotted["ratios"]["explain_plot_vs_explain_c8"] == pytest.approx(0.5)
     result = {
         "meta": {
             "date": "2025-01-01 00:00 UTC",

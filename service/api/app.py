@@ -27,6 +27,7 @@ from starlette.middleware import Middleware
 from service import __version__
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
+from service.api.page import PageCompressionMiddleware, install_pages
 from service.api.routes import AppState, cds, explain, fhir, groups, health, model, predict, problems
 from service.api.security import (
     ApiKeyMiddleware,
@@ -198,6 +199,7 @@ def create_app(
             rate_limit_burst=settings.rate_limit_burst,
         ),
         Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(PageCompressionMiddleware),
     ]
     app = FastAPI(
         title="gshap-service",
@@ -207,12 +209,16 @@ def create_app(
         openapi_tags=TAGS,
         lifespan=lifespan,
         middleware=middleware,
+        # /docs and /redoc are served offline by service.api.page (install_pages)
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.gshap = state
     app.state.gshap_cds = cds_state
     install_exception_handlers(app)
     for area in (predict, explain, groups, model, health, problems, cds, fhir):
         app.include_router(area.router)
+    install_pages(app, app.title)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

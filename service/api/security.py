@@ -12,7 +12,11 @@ route, the docs included. Their refusals are :mod:`service.api.errors` problems 
 - Body size (``GSHAP_MAX_BODY_BYTES``): ``Content-Length`` checked first, then the streamed size while the
   body is read into memory (bodies here are small JSON documents). 413.
 - Headers: ``nosniff``, ``DENY`` framing, ``no-referrer``, ``no-store`` and a CSP that forbids everything
-  on API answers; only the two documentation pages get one that lets Swagger UI and ReDoc load.
+  on API answers; only the two documentation pages get one that lets Swagger UI and ReDoc load (from this
+  server: ``'self'`` only, no inline script), and the page at ``/`` and its files get a strict same-origin CSP
+  (no inline script or style, no eval). The page and ``/static/`` files hold no data and need no API key (a
+  browser cannot send one when it opens a page); the page asks for a key when the API answers 401. Static files
+  are revalidated (``no-cache``, with their ETag) rather than never stored.
 - CORS (``GSHAP_CORS_ORIGINS``, closed when empty): Starlette's middleware, except that a refused preflight
   is a 403 problem like every other refusal rather than a plain-text 400 (:class:`ProblemCORSMiddleware`).
 """
@@ -43,13 +47,16 @@ from service.api.errors import (
 )
 
 __all__ = [
+    "DOCS_CSP",
     "OPEN_PATHS",
     "OPEN_PREFIXES",
+    "PAGE_CSP",
     "ApiKeyMiddleware",
     "BodySizeLimitMiddleware",
     "ProblemCORSMiddleware",
     "SecurityHeadersMiddleware",
     "TokenBucket",
+    "is_page_path",
     "key_id",
 ]
 
@@ -59,19 +66,32 @@ OPEN_PREFIXES = (PROBLEM_BASE,)
 # CDS Hooks clients authenticate with their own signed JWT (service.api.cds_auth), not with an API key
 CDS_PREFIX = "/cds-services"
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+PAGE_PATHS = frozenset({"/"})
+STATIC_PREFIX = "/static/"
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-# Swagger UI and ReDoc load from jsDelivr and run an inline bootstrap script; ReDoc uses Google Fonts and a
-# blob worker. Nothing else is relaxed, and only on these pages.
+# Swagger UI and ReDoc are served by this server (service.api.docs) and started by a script file; both set inline
+# styles (React style props, styled-components) and ReDoc's search runs in a blob worker. Only on these pages.
 DOCS_CSP = (
     "default-src 'none'; "
-    "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "font-src https://fonts.gstatic.com; "
-    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+    "script-src 'self'; "
+    "style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; "
     "connect-src 'self'; worker-src blob:; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+# The page at / (service/api/static): its own script, style sheet and API calls, nothing inline, no eval.
+PAGE_CSP = (
+    "default-src 'none'; "
+    "script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; connect-src 'self'; "
+    "manifest-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+def is_page_path(path: str) -> bool:
+    """The page and its static files: open without a key (they hold no data)."""
+    return path in PAGE_PATHS or path.startswith(STATIC_PREFIX)
+
 
 UNAUTHORIZED_DETAIL = "A valid API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
 
@@ -160,6 +180,7 @@ class ApiKeyMiddleware:
             scope["type"] != "http"
             or scope["path"] in OPEN_PATHS
             or scope["path"].startswith(OPEN_PREFIXES)
+            or is_page_path(scope["path"])
             or (not self._keys and self.bucket is None)
         ):
             await self.app(scope, receive, send)
@@ -254,7 +275,9 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        csp = DOCS_CSP if scope["path"] in DOCS_PATHS else API_CSP
+        path = scope["path"]
+        csp = DOCS_CSP if path in DOCS_PATHS else PAGE_CSP if is_page_path(path) else API_CSP
+        cache = "no-cache" if path.startswith(STATIC_PREFIX) else "no-store"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -262,7 +285,7 @@ class SecurityHeadersMiddleware:
                 headers["X-Content-Type-Options"] = "nosniff"
                 headers["X-Frame-Options"] = "DENY"
                 headers["Referrer-Policy"] = "no-referrer"
-                headers["Cache-Control"] = "no-store"
+                headers["Cache-Control"] = cache
                 headers["Content-Security-Policy"] = csp
             await send(message)
 

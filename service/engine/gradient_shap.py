@@ -47,7 +47,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from service.contract import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, METHODS, MIN_N_SAMPLES, OUTPUTS, Method, Output
+from service.contract import (
+    DEFAULT_N_SAMPLES,
+    MAX_N_SAMPLES,
+    METHODS,
+    MIN_N_SAMPLES,
+    OUTPUTS,
+    Method,
+    Output,
+    sigmoid,
+)
 from service.engine.exact_kernel import ExactKernel
 from service.model.nn import BinaryClassification, CalibratedClassification
 
@@ -515,7 +524,10 @@ class GradientShapEngine:
         else:
             attr, se = self._captum(xt, output, n, seed, stdevs)
         fx = self._f64(xt)
-        value = fx if output == "logit" else torch.sigmoid(fx)
+        # the probability record by record with math.exp, as the runtime computes a prediction's probability:
+        # torch.sigmoid over the batch takes a vector path for most elements and a scalar one for the tail, whose
+        # last bits differ, so a record's output_value depended on its place in the batch
+        value = fx if output == "logit" else torch.tensor([sigmoid(v) for v in fx.tolist()], dtype=torch.float64)
         return self._assemble(
             attr.double().numpy(), se.double().numpy(), value.numpy(), method, n, seed, output, stdevs
         )

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request, Response
 
 from service.api.errors import FieldError, invalid_input
+from service.api.plots import FormatQuery, WidthQuery, plot_answer, plot_responses
 from service.api.routes import (
     POST_PROBLEMS,
     RequestIdDep,
@@ -19,6 +20,7 @@ from service.api.routes import (
     split_batch,
 )
 from service.api.routes.predict import RECORD_EXAMPLES
+from service.render import waterfall_chart
 from service.runtime.inference import MIN_N_SAMPLES, ExplainOptions, InferenceRuntime
 from service.schemas import (
     SCHEMA_SPEC,
@@ -107,6 +109,40 @@ async def explain(
     record = body.model_dump(include=_RECORD_FIELDS)
     [explanation] = await runtime.aexplain([record], options)
     return json_answer(explanation)
+
+
+@router.post(
+    "/explain/plot",
+    operation_id="explain_plot",
+    summary="Explain one patient's prediction as a picture",
+    response_class=Response,
+    responses={
+        **plot_responses("The waterfall of the attributions, largest first."),
+        **problem_responses(*POST_PROBLEMS),
+    },
+)
+async def explain_plot(
+    body: Annotated[ExplainRequest, Body(openapi_examples=EXPLAIN_EXAMPLES)],
+    request: Request,
+    runtime: RuntimeDep,
+    format: FormatQuery = None,
+    width: WidthQuery = 720,
+) -> Response:
+    """The same explanation as POST /explain, drawn as a waterfall from the base value to this patient's
+    output: one bar per feature, largest first, red where it raises the risk and blue where it lowers it,
+    with the value used (imputed values marked). image/svg+xml by default (one `<g data-feature="...">` per
+    feature, embeddable as is), image/png with `?format=png`. The same figure code as `gshap figures`."""
+    options = explain_options(body, runtime)
+    record = body.model_dump(include=_RECORD_FIELDS)
+    [explanation] = await runtime.aexplain([record], options)
+    chart = waterfall_chart(
+        explanation.attributions,
+        explanation.base_value,
+        explanation.output_value,
+        output=explanation.output,
+        title=f"{explanation.prediction.probability:.0%} predicted risk of {runtime.spec.positive_label}",
+    )
+    return await plot_answer(request, chart, format, width)
 
 
 @router.post(

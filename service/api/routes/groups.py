@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request, Response
 
 from service.api.errors import NotFound
+from service.api.plots import FormatQuery, WidthQuery, plot_answer, plot_responses
 from service.api.routes import GET_PROBLEMS, RuntimeDep, problem_responses
 from service.contract import GROUPS as GROUP_NAMES
+from service.render import group_chart
 from service.runtime.inference import InferenceRuntime
 from service.schemas import GroupPublic, GroupsPublic
 
@@ -71,8 +73,39 @@ async def get_group(
     group: str = Path(description="TP, TN, FP, FN or ALL (case-insensitive).", examples=["TP"]),
 ) -> GroupPublic:
     """One outcome group's summary; an unknown group is a 404 problem."""
+    key, summaries = _known(runtime, group)
+    return _group(runtime, key, summaries[key])
+
+
+def _known(runtime: InferenceRuntime, group: str) -> tuple[str, dict[str, Any]]:
     summaries = _summaries(runtime)
     key = group.upper()
     if key not in GROUP_NAMES or key not in summaries:
         raise NotFound(f"No outcome group of that name; known groups: {', '.join(GROUP_NAMES)}.")
-    return _group(runtime, key, summaries[key])
+    return key, summaries
+
+
+@router.get(
+    "/groups/{group}/plot",
+    operation_id="get_group_plot",
+    summary="Mean explanation of one outcome group as a picture",
+    response_class=Response,
+    responses={
+        **plot_responses("The group's mean attribution of each feature with its interval, largest first."),
+        **problem_responses(404, 422, *GET_PROBLEMS),
+    },
+)
+async def get_group_plot(
+    request: Request,
+    runtime: RuntimeDep,
+    group: str = Path(description="TP, TN, FP, FN or ALL (case-insensitive).", examples=["TP"]),
+    format: FormatQuery = None,
+    width: WidthQuery = 720,
+) -> Response:
+    """GET /groups/{group} drawn as bars: each feature's mean attribution (logit) in the group with its 95%
+    interval, largest first. image/svg+xml by default, image/png with `?format=png`; the same figure code as
+    `gshap figures`."""
+    key, summaries = _known(runtime, group)
+    labels = {f.name: f.label_with_unit() for f in runtime.spec}
+    interval = "95% interval" if key != "ALL" or summaries[key].get("count", 0) > 1 else "no interval"
+    return await plot_answer(request, group_chart(key, summaries[key], labels, interval=interval), format, width)

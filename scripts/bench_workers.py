@@ -1,0 +1,86 @@
+"""Throughput and memory of `gshap serve --workers N`, for N = 1 and 2, on this machine.
+
+    python scripts/bench_workers.py                  # /explain and /predict, 8 connections, 10 s a cell
+    python scripts/bench_workers.py --workers 1 2 4 --seconds 20 --json docs/bench/workers.json
+
+For each N a fresh server (``python -m service.cli serve --workers N``, its defaults otherwise) is loaded with
+``wrk`` (POST of the specification's example patient, ``--connections`` connections, 2 wrk threads) for each
+endpoint after a 2 s warm-up; then the RSS and USS of each uvicorn worker process (psutil) and of the parent are
+read. Only 127.0.0.1 is loaded. Needs ``wrk`` (``apt-get install wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from live_server import running_server  # noqa: E402
+
+from service.schemas import example_record  # noqa: E402
+
+
+def wrk(url: str, path: str, seconds: int, connections: int, body: dict[str, Any]) -> float:
+    """Requests/s of a ``wrk`` run (non-2xx answers make it fail)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(json.dumps(body))}\n"
+        )
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", lua.name, url + path]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    os.unlink(lua.name)
+    if "Non-2xx" in out:
+        raise RuntimeError(out)
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert match is not None, out
+    return float(match.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    rows = []
+    for n in args.workers:
+        with running_server(command=("serve", "--host", "127.0.0.1", "--workers", str(n))) as server:
+            row: dict[str, Any] = {"workers": n, "load_before": round(os.getloadavg()[0], 1)}
+            for path in ("/explain", "/predict"):
+                wrk(server.url, path, 2, args.connections, example_record())  # warm-up
+                row[f"{path.strip('/')}_rps"] = round(
+                    wrk(server.url, path, args.seconds, args.connections, example_record())
+                )
+            parent = psutil.Process(server.pid)
+            # uvicorn's workers, not multiprocessing's resource tracker
+            kids = [p for p in parent.children() if "resource_tracker" not in " ".join(p.cmdline())]
+            procs = kids if n > 1 else [parent]
+            row["worker_rss_mb"] = [round(p.memory_info().rss / 2**20) for p in procs]
+            row["worker_uss_mb"] = [round(p.memory_full_info().uss / 2**20) for p in procs]
+            row["parent_rss_mb"] = round(parent.memory_info().rss / 2**20) if n > 1 else None
+            row["load_after"] = round(os.getloadavg()[0], 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        args.json.write_text(
+            json.dumps({"cpus": os.cpu_count(), "connections": args.connections, "results": rows}, indent=2) + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
