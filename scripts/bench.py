@@ -1053,6 +1053,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-engine", action="store_true", help="skip the in-process engine comparison")
     p.add_argument("--no-race", action="store_true", help="skip the race check")
+    p.add_argument("--no-cds", action="store_true", help="skip the CDS Hooks latency run (scripts/bench_cds.py)")
     p.add_argument("--json", default="bench-results/latest.json", help="where to write the results")
     p.add_argument("--md", default=None, help="also write the Markdown table here")
     p.add_argument(
@@ -1206,6 +1207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     log(f"bench: {result['meta']['wall_seconds']} s; results in {out_path}")
     shutil.rmtree(workdir, ignore_errors=True)
+    if not args.no_cds:
+        log("· CDS Hooks: p50/p99 with prefetch and with the FHIR-server fallback (scripts/bench_cds.py)")
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import bench_cds
+
+        cds_json = str(Path(args.json).with_name(Path(args.json).stem + "_cds.json"))
+        bench_cds.main(["--calls", "100" if args.quick else "400", "--json", cds_json])
     return 0
 
 

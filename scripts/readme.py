@@ -11,6 +11,9 @@ Blocks are delimited by ``<!-- BEGIN generated:NAME -->`` / ``<!-- END generated
 - README.md ``endpoints``: one curl command per endpoint, run with the real ``curl`` against a real
   ``gshap serve`` started here, and its real answer (compacted, long lists shortened where it says so);
 - README.md ``performance``: the summary of the benchmark's last run, from ``docs/bench/latest.json``;
+- README.md ``cds``: the CDS Hooks / FHIR section: the LOINC/UCUM table from the feature specification and a real
+  CDS call and its card from a ``gshap serve`` started here (``scripts/cds_docs.py``, which also writes
+  docs/CDS_HOOKS.md);
 - docs/API_EXAMPLES.md ``examples``: the full set of curl examples (headers, errors, estimators) and their real
   answers, pretty-printed; the random request id is shown as ``<request-id>``.
 
@@ -393,6 +396,14 @@ def subgroups_block() -> str:
     return "\n".join(rows) + "\n"
 
 
+def cds_block() -> str:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import cds_docs
+
+    text: str = cds_docs.readme_block()
+    return text
+
+
 Block = Callable[[Live], str]
 
 # file -> block name -> how the block is made
@@ -404,6 +415,7 @@ BLOCKS: dict[Path, dict[str, Block]] = {
         "performance": lambda live: performance_block(),
         "calibration": lambda live: calibration_block(),
         "subgroups": lambda live: subgroups_block(),
+        "cds": lambda live: cds_block(),
     },
     API_EXAMPLES: {"examples": examples_block},
 }

@@ -8,6 +8,8 @@ through the environment again (:meth:`Settings.as_env`), because uvicorn builds 
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -130,6 +132,43 @@ class Settings(BaseSettings):
     monitoring_min_records: int = Field(
         200, ge=1, description="Records the drift window needs before a drift index is judged."
     )
+    cds_fhir_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "FHIR base URLs the CDS service may call for prefetch data the client did not send (comma-separated); "
+            "empty: never call out. A fhirServer outside this list gets 412."
+        ),
+    )
+    cds_fhir_timeout_seconds: float = Field(
+        2.0, gt=0, le=30, description="Timeout of one outgoing FHIR search (the whole fetch gets twice this)."
+    )
+    cds_fhir_max_bytes: int = Field(
+        2_000_000, ge=1024, description="Most bytes read from one FHIR search answer (more: 412)."
+    )
+    cds_jwt_issuers: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "CDS clients trusted, as issuer=JWKS pairs (comma-separated; the JWKS is an https URL or a file path), "
+            "or a JSON object; empty: the CDS endpoints take no JWT (logged at start)."
+        ),
+    )
+    cds_base_url: str | None = Field(
+        None,
+        description=(
+            "Public base URL of this service as CDS clients call it (the JWT aud is <this>/cds-services/...; the "
+            "card's links start here); None: taken from each request."
+        ),
+    )
+    cds_feedback_db: Path | None = Field(
+        None,
+        description=(
+            "SQLite file of CDS feedback (one per replica); None: $XDG_STATE_HOME or ~/.local/state, "
+            "gshap-service/cds-feedback.sqlite3."
+        ),
+    )
+    fhir_max_entries: int = Field(
+        1000, ge=1, description="Most entries of a FHIR Bundle (posted or fetched) or prefetch search (else 413)."
+    )
     plot_threads: int = Field(
         2,
         ge=1,
@@ -140,7 +179,22 @@ class Settings(BaseSettings):
         ),
     )
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("cds_jwt_issuers", mode="before")
+    @classmethod
+    def _issuer_pairs(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.strip().startswith("{"):
+            return json.loads(value)
+        pairs: dict[str, str] = {}
+        for part in _split_commas(value):
+            issuer, sep, jwks = part.partition("=")
+            if not sep or not issuer.strip() or not jwks.strip():
+                raise ValueError("GSHAP_CDS_JWT_ISSUERS: write issuer=jwks pairs, comma-separated, or a JSON object")
+            pairs[issuer.strip()] = jwks.strip()
+        return pairs
+
+    @field_validator("api_keys", "cors_origins", "cds_fhir_servers", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)
@@ -153,7 +207,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("model_path", "metrics_dir", mode="before")
+    @field_validator("model_path", "metrics_dir", "cds_feedback_db", "cds_base_url", mode="before")
     @classmethod
     def _blank_path_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -169,6 +223,13 @@ class Settings(BaseSettings):
         # "GSHAP_RATE_LIMIT_PER_MINUTE=" or "=0" in a deployment file means "off", not a validation error
         return None if value in ("", 0, "0") else value
 
+    def feedback_db_path(self) -> Path:
+        """Where CDS feedback is stored: the setting, else the user's state directory."""
+        if self.cds_feedback_db is not None:
+            return self.cds_feedback_db
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(state) / "gshap-service" / "cds-feedback.sqlite3"
+
     def api_key_values(self) -> list[str]:
         """The accepted keys in clear, for the one place that compares them."""
         return [k.get_secret_value() for k in self.api_keys]
@@ -181,6 +242,8 @@ class Settings(BaseSettings):
             key = f"{ENV_PREFIX}{name.upper()}"
             if value is None:
                 out[key] = ""
+            elif isinstance(value, dict):
+                out[key] = json.dumps(value)
             elif isinstance(value, list):
                 out[key] = ",".join(v.get_secret_value() if isinstance(v, SecretStr) else str(v) for v in value)
             else:

@@ -72,8 +72,10 @@ def running_server(
     ``env`` adds GSHAP_* settings to a clean environment; GSHAP_PORT is always set, to a free port.
     """
     port = free_port()
-    full_env = clean_env({"GSHAP_LOG_LEVEL": "warning", **(env or {}), "GSHAP_PORT": str(port)})
     with tempfile.TemporaryDirectory(prefix="gshap-server-") as tmp:
+        # CDS feedback goes to the test's own temporary file, never to the user's state directory
+        defaults = {"GSHAP_LOG_LEVEL": "warning", "GSHAP_CDS_FEEDBACK_DB": str(Path(tmp) / "cds-feedback.sqlite3")}
+        full_env = clean_env({**defaults, **(env or {}), "GSHAP_PORT": str(port)})
         log = Path(tmp) / "server.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(

@@ -535,6 +535,11 @@ def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
         "readiness",
         "metrics",
         "monitoring",
+        "cds_discovery",
+        "cds_diabetes_risk",
+        "cds_diabetes_risk_feedback",
+        "fhir_predict",
+        "fhir_explain",
     }
     glucose = doc["components"]["schemas"]["PatientRecord"]["properties"]["glucose"]
     assert "mg/dL" in glucose["description"]

@@ -32,7 +32,7 @@ from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_excepti
 from service.api.metrics import HttpMetrics
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
 from service.api.page import PageCompressionMiddleware, install_pages
-from service.api.routes import AppState, explain, groups, health, model, operations, predict, problems
+from service.api.routes import AppState, cds, explain, fhir, groups, health, model, operations, predict, problems
 from service.api.security import (
     OPEN_PATHS,
     ApiKeyMiddleware,
@@ -73,6 +73,14 @@ TAGS = [
     {"name": "model", "description": "The model card."},
     {"name": "health", "description": "Liveness and readiness for orchestrators."},
     {"name": "operations", "description": "Prometheus metrics and drift monitoring for operators."},
+    {
+        "name": "cds-hooks",
+        "description": (
+            "CDS Hooks 2.0: discovery, the diabetes-risk card for the patient-view hook, feedback. Authenticated by "
+            "the CDS client's JWT when GSHAP_CDS_JWT_ISSUERS is set (API keys do not apply). See docs/CDS_HOOKS.md."
+        ),
+    },
+    {"name": "fhir", "description": "Predictions and explanations from a FHIR R4 Bundle (LOINC codes, UCUM units)."},
 ]
 
 SECURITY_SCHEMES = {
@@ -120,6 +128,15 @@ async def _start(state: AppState) -> None:
     # for tens of milliseconds now and then under load (the p99 latency).
     gc.collect()
     gc.freeze()
+    if settings.cds_jwt_issuers:
+        log_event("cds_auth", issuers=sorted(settings.cds_jwt_issuers), fhir_servers=len(settings.cds_fhir_servers))
+    else:
+        log_event(
+            "cds_auth_off",
+            30,
+            message="GSHAP_CDS_JWT_ISSUERS is empty: the CDS Hooks endpoints accept calls without a JWT",
+            fhir_servers=len(settings.cds_fhir_servers),
+        )
     log_event(
         "ready",
         model_version=runtime.model_version,
@@ -160,6 +177,7 @@ def create_app(
             monitoring_window_seconds=settings.monitoring_window_seconds,
             monitoring_min_records=settings.monitoring_min_records,
         )
+    cds_state = cds.CdsState.build(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -171,6 +189,7 @@ def create_app(
                 state.runtime.close()
             if state.telemetry is not None:
                 state.telemetry.close()
+            cds_state.close()
             log_event("stopped")
 
     def model_version() -> str | None:
@@ -223,8 +242,9 @@ def create_app(
         redoc_url=None,
     )
     app.state.gshap = state
+    app.state.gshap_cds = cds_state
     install_exception_handlers(app)
-    for area in (predict, explain, groups, model, health, problems):
+    for area in (predict, explain, groups, model, health, problems, cds, fhir):
         app.include_router(area.router)
     if state.telemetry is not None:
         app.include_router(operations.router)

@@ -9,6 +9,8 @@
      │                                                        that GSHAP_CORS_ORIGINS does not allow
      ├── NotFound                404  not-found               no such route, or no such outcome group
      ├── MethodNotAllowed        405  method-not-allowed      with an ``Allow`` header
+     ├── PreconditionFailed      412  precondition-failed     CDS Hooks: the FHIR data can be had neither from the
+     │                                                        prefetch nor from an allowed FHIR server
      ├── PayloadTooLarge         413  payload-too-large       body over GSHAP_MAX_BODY_BYTES, or a batch over
      │                                                        GSHAP_MAX_BATCH_RECORDS; ``limit`` names the bound
      ├── UnsupportedMediaType    415  unsupported-media-type  a body that is not application/json
@@ -64,6 +66,7 @@ __all__ = [
     "NotFound",
     "OtherHTTPError",
     "PayloadTooLarge",
+    "PreconditionFailed",
     "RateLimited",
     "ServiceError",
     "Unauthorized",
@@ -150,7 +153,9 @@ class Unauthorized(ServiceError):  # noqa: N818 (the names kserve and the issue 
     when = (
         "The server requires API keys (GSHAP_API_KEYS) and the request carries none that it accepts, in "
         "`Authorization: Bearer <key>` or `X-API-Key`. A missing and a wrong key get the same answer, with a "
-        "`WWW-Authenticate` header. `/healthz`, `/readyz` and these problem pages need no key."
+        "`WWW-Authenticate` header. `/healthz`, `/readyz` and these problem pages need no key. On the CDS Hooks "
+        "endpoints (`/cds-services...`), which take no API key: GSHAP_CDS_JWT_ISSUERS is set and the CDS client's "
+        "JWT is missing or invalid (the answer does not say why)."
     )
 
 
@@ -179,6 +184,18 @@ class MethodNotAllowed(ServiceError):  # noqa: N818 (the names kserve and the is
     slug = "method-not-allowed"
     title = "Method not allowed"
     when = "The path exists but not for this HTTP method; the `Allow` header lists the methods it accepts."
+
+
+class PreconditionFailed(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 412
+    slug = "precondition-failed"
+    title = "Precondition failed"
+    when = (
+        "CDS Hooks (`POST /cds-services/diabetes-risk`): the FHIR data the model cannot do without (the Patient, "
+        "pregnancies, the pedigree score) can be had neither from the request's `prefetch` nor from its "
+        "`fhirServer`: no server named, the server not in GSHAP_CDS_FHIR_SERVERS, or it failed (timeout, error, "
+        "not JSON, too large). `errors` names each `prefetch.<key>` with the reason."
+    )
 
 
 class PayloadTooLarge(ServiceError):  # noqa: N818 (the names kserve and the issue use)

@@ -64,6 +64,8 @@ __all__ = [
 OPEN_PATHS = frozenset({"/healthz", "/readyz", PROBLEM_BASE.rstrip("/")})
 # the pages problem types resolve to (/problems/<kind>): a client refused for its key must be able to read them
 OPEN_PREFIXES = (PROBLEM_BASE,)
+# CDS Hooks clients authenticate with their own signed JWT (service.api.cds_auth), not with an API key
+CDS_PREFIX = "/cds-services"
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 PAGE_PATHS = frozenset({"/"})
 STATIC_PREFIX = "/static/"
@@ -187,7 +189,8 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         client = None
-        if self._keys:
+        cds = scope["path"] == CDS_PREFIX or scope["path"].startswith(CDS_PREFIX + "/")
+        if self._keys and not cds:
             client = self._match(Headers(scope=scope))
             if client is None:
                 await _refuse(

@@ -14,7 +14,96 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["PIMA_SPEC", "Feature", "FeatureSpec"]
+__all__ = [
+    "FEATURE_CODE_SYSTEM",
+    "LOINC",
+    "PIMA_POPULATION",
+    "PIMA_SPEC",
+    "UCUM",
+    "Feature",
+    "FeatureSpec",
+    "FhirCode",
+    "FhirMapping",
+    "FhirNearMiss",
+    "FhirUnit",
+    "Population",
+]
+
+LOINC = "http://loinc.org"
+"""The LOINC code system URI (FHIR R4 ``Coding.system``)."""
+UCUM = "http://unitsofmeasure.org"
+"""The UCUM code system URI (FHIR R4 ``Quantity.system``)."""
+FEATURE_CODE_SYSTEM = "urn:gshap-service:feature"
+"""This service's own code system: an Observation coded ``urn:gshap-service:feature|<feature name>`` carries that
+feature's value in the feature's own unit (``FhirMapping.ucum``). Every feature accepts it, so that inputs without
+a standard code (triceps skinfold, the diabetes pedigree function) can be sent at all."""
+
+
+# ---- FHIR mapping: how each feature is found in FHIR R4 resources --------------------------------------------
+
+
+@dataclass(frozen=True)
+class FhirUnit:
+    """A unit in which a code's value is accepted: its UCUM code, the factor to the feature's unit and the
+    ``Quantity.unit`` spellings accepted when ``Quantity.system``/``code`` are absent (nothing else is guessed)."""
+
+    ucum: str
+    factor: float = 1.0
+    spellings: tuple[str, ...] = ()
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class FhirCode:
+    """A code whose Observation (or Observation component, inside one of ``panels``) carries the feature."""
+
+    system: str
+    code: str
+    display: str
+    units: tuple[FhirUnit, ...]
+    panels: tuple[str, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class FhirNearMiss:
+    """A code that looks like the feature but is a different measurement: never used, reported when found."""
+
+    system: str
+    code: str
+    display: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FhirMapping:
+    """Where a feature comes from in FHIR: codes (LOINC) with their units, or a Patient element, or a derivation
+    from other codes; plus near misses to report. ``ucum`` is the feature's own unit in UCUM, the unit of the
+    ``urn:gshap-service:feature`` code; ``integer_values`` accepts ``valueInteger`` (counts)."""
+
+    ucum: str
+    own_units: tuple[FhirUnit, ...]
+    codes: tuple[FhirCode, ...] = ()
+    near_misses: tuple[FhirNearMiss, ...] = ()
+    patient_element: str = ""
+    derived_from: tuple[FhirCode, ...] = ()
+    integer_values: bool = False
+    dimensionless: bool = False
+    note: str = ""
+
+    def all_codes(self, feature: str) -> tuple[FhirCode, ...]:
+        """The standard codes, then ``urn:gshap-service:feature|<feature>`` in the feature's own unit."""
+        own = FhirCode(FEATURE_CODE_SYSTEM, feature, f"{feature} (gshap-service feature)", self.own_units)
+        return (*self.codes, own)
+
+
+@dataclass(frozen=True)
+class Population:
+    """Who the model was trained on, as a sentence and as the two checks the card makes."""
+
+    description: str
+    sex: str
+    min_age: int
 
 
 @dataclass(frozen=True)
@@ -31,6 +120,7 @@ class Feature:
     zero_means_missing: bool = False
     integer: bool = False
     example: float = 0.0
+    fhir: FhirMapping | None = field(default=None, compare=False, repr=False)
 
     @property
     def may_be_missing(self) -> bool:
@@ -82,8 +172,9 @@ class FeatureSpec:
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
+        # the FHIR mapping is code, not data: it stays out of a bundle's manifest (which it would only bloat)
         return {
-            "features": [asdict(f) for f in self.features],
+            "features": [{k: v for k, v in asdict(f).items() if k != "fhir"} for f in self.features],
             "target_column": self.target_column,
             "target_label": self.target_label,
             "positive_label": self.positive_label,
@@ -93,7 +184,7 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
-        feats = tuple(Feature(**f) for f in data["features"])
+        feats = tuple(Feature(**{k: v for k, v in f.items() if k != "fhir"}) for f in data["features"])
         return cls(
             features=feats,
             target_column=str(data["target_column"]),
@@ -131,6 +222,64 @@ def _snake(name: str) -> str:
     return "".join(out).strip("_")
 
 
+# Sources of the codes and factors (docs/CDS_HOOKS.md cites them in full):
+# - LOINC names: loinc.org (1518-0, 14995-5, 14796-7, 20448-7, 11996-6); the FHIR R4 vital-signs value set
+#   observation-vitalsignresult ("The Blood pressure panel (85354-9) is used to group the component observations
+#   Systolic blood pressure (8480-6) and Diastolic blood pressure (8462-4)"; 39156-5 BMI, 29463-7 body weight,
+#   8302-2 body height).
+# - glucose: 1 mmol/L = 18.016 mg/dL (molar mass of glucose 180.16 g/mol).
+# - insulin: 1 µIU/mL = 6.00 pmol/L (Knopp, Holder-Pearson, Chase, J Diabetes Sci Technol 2019;13(3):597-600,
+#   doi:10.1177/1932296818805074, which argues for 6.00 over the also-used 6.945).
+_GLUCOSE_SOURCE = "18.016 mg/dL per mmol/L: molar mass of glucose 180.16 g/mol"
+_INSULIN_SOURCE = "6.00 pmol/L per µIU/mL: Knopp et al., J Diabetes Sci Technol 2019;13(3):597-600"
+_MG_DL = FhirUnit("mg/dL", 1.0, ("mg/dL", "mg/dl", "MG/DL"))
+_MMOL_L_GLUCOSE = FhirUnit("mmol/L", 18.016, ("mmol/L", "mmol/l", "MMOL/L"), _GLUCOSE_SOURCE)
+_MM_HG = FhirUnit("mm[Hg]", 1.0, ("mm[Hg]", "mmHg", "mm Hg", "mmhg"))
+_KPA_BP = FhirUnit("kPa", 7.50062, ("kPa", "kpa"), "7.50062 mmHg per kPa (definition of the mmHg)")
+_INSULIN_UIU = FhirUnit(
+    "u[IU]/mL", 1.0, ("uIU/mL", "µIU/mL", "μIU/mL", "uU/mL", "µU/mL", "μU/mL", "mU/L", "mIU/L", "u[IU]/mL")
+)
+_INSULIN_MIU_L = FhirUnit("m[IU]/L", 1.0, ("m[IU]/L",), "1 mIU/L = 1 µIU/mL")
+_INSULIN_PMOL = FhirUnit("pmol/L", 1 / 6.00, ("pmol/L", "pmol/l"), _INSULIN_SOURCE)
+_KG_M2 = FhirUnit("kg/m2", 1.0, ("kg/m2", "kg/m^2", "kg/m²"))
+_MM = FhirUnit("mm", 1.0, ("mm",))
+_YEARS = FhirUnit("a", 1.0, ("a", "yr", "years"))
+_COUNT = FhirUnit("1", 1.0, ())
+_COUNT_BRACES = FhirUnit("{#}", 1.0, ())
+_WEIGHT = FhirCode(
+    LOINC,
+    "29463-7",
+    "Body weight",
+    (
+        FhirUnit("kg", 1.0, ("kg", "KG", "kgs")),
+        FhirUnit("g", 0.001, ("g",), "1000 g per kg"),
+        FhirUnit("[lb_av]", 0.45359237, ("lb", "lbs", "[lb_av]"), "0.45359237 kg per avoirdupois pound"),
+    ),
+)
+_HEIGHT = FhirCode(
+    LOINC,
+    "8302-2",
+    "Body height",
+    (
+        FhirUnit("cm", 1.0, ("cm", "CM")),
+        FhirUnit("m", 100.0, ("m",), "100 cm per m"),
+        FhirUnit("[in_i]", 2.54, ("in", "[in_i]"), "2.54 cm per international inch"),
+    ),
+)
+_NOT_OGTT = "not a 2-hour post-load (OGTT) glucose, which is what the model was trained on"
+
+PIMA_POPULATION = Population(
+    description=(
+        "Trained on the Pima Indians Diabetes Database (NIDDK, via UCI): 768 women at least 21 years old of Pima "
+        "Indian heritage, near Phoenix, Arizona. Not validated for men, for people under 21, or for other "
+        "populations; the risk is the model's estimate for someone like these women, not a diagnosis."
+    ),
+    sex="female",
+    min_age=21,
+)
+"""The population of the training data, stated on the model card, in CDS discovery and on every card."""
+
+
 PIMA_SPEC = FeatureSpec(
     features=(
         Feature(
@@ -143,6 +292,14 @@ PIMA_SPEC = FeatureSpec(
             30,
             integer=True,
             example=6,
+            fhir=FhirMapping(
+                ucum="1",
+                own_units=(_COUNT, _COUNT_BRACES),
+                codes=(FhirCode(LOINC, "11996-6", "[#] Pregnancies", (_COUNT, _COUNT_BRACES)),),
+                near_misses=(FhirNearMiss(LOINC, "11977-6", "[#] Parity", "parity counts births, not pregnancies"),),
+                integer_values=True,
+                dimensionless=True,
+            ),
         ),
         Feature(
             "glucose",
@@ -154,6 +311,35 @@ PIMA_SPEC = FeatureSpec(
             600,
             zero_means_missing=True,
             example=148,
+            fhir=FhirMapping(
+                ucum="mg/dL",
+                own_units=(_MG_DL,),
+                codes=(
+                    FhirCode(
+                        LOINC,
+                        "1518-0",
+                        "Glucose [Mass/volume] in Serum or Plasma --2 hours post 75 g glucose PO",
+                        (_MG_DL, _MMOL_L_GLUCOSE),
+                    ),
+                    FhirCode(
+                        LOINC,
+                        "14995-5",
+                        "Glucose [Moles/volume] in Serum or Plasma --2 hours post 75 g glucose PO",
+                        (_MMOL_L_GLUCOSE, _MG_DL),
+                    ),
+                ),
+                near_misses=(
+                    FhirNearMiss(LOINC, "2345-7", "Glucose [Mass/volume] in Serum or Plasma", _NOT_OGTT),
+                    FhirNearMiss(LOINC, "14749-6", "Glucose [Moles/volume] in Serum or Plasma", _NOT_OGTT),
+                    FhirNearMiss(LOINC, "1558-6", "Fasting glucose [Mass/volume] in Serum or Plasma", _NOT_OGTT),
+                    FhirNearMiss(LOINC, "2339-0", "Glucose [Mass/volume] in Blood", _NOT_OGTT),
+                    FhirNearMiss(LOINC, "4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "HbA1c is not a glucose"),
+                ),
+                note=(
+                    "Only a 2-hour 75 g OGTT glucose is used; fasting, random and blood glucose are reported, "
+                    "never used."
+                ),
+            ),
         ),
         Feature(
             "blood_pressure",
@@ -165,6 +351,12 @@ PIMA_SPEC = FeatureSpec(
             200,
             zero_means_missing=True,
             example=72,
+            fhir=FhirMapping(
+                ucum="mm[Hg]",
+                own_units=(_MM_HG,),
+                codes=(FhirCode(LOINC, "8462-4", "Diastolic blood pressure", (_MM_HG, _KPA_BP), panels=("85354-9",)),),
+                note="As an Observation of its own or as a component of the blood pressure panel 85354-9.",
+            ),
         ),
         Feature(
             "skin_thickness",
@@ -176,6 +368,12 @@ PIMA_SPEC = FeatureSpec(
             120,
             zero_means_missing=True,
             example=35,
+            fhir=FhirMapping(
+                ucum="mm",
+                own_units=(_MM,),
+                codes=(),
+                note="No LOINC code is relied on: send it coded urn:gshap-service:feature|skin_thickness, in mm.",
+            ),
         ),
         Feature(
             "insulin",
@@ -187,6 +385,26 @@ PIMA_SPEC = FeatureSpec(
             1500,
             zero_means_missing=True,
             example=0,
+            fhir=FhirMapping(
+                ucum="u[IU]/mL",
+                own_units=(_INSULIN_UIU, _INSULIN_MIU_L),
+                codes=(
+                    FhirCode(
+                        LOINC,
+                        "20448-7",
+                        "Insulin [Units/volume] in Serum or Plasma",
+                        (_INSULIN_UIU, _INSULIN_MIU_L, _INSULIN_PMOL),
+                        note="untimed: the model was trained on 2-hour insulin; the card says which was used",
+                    ),
+                    FhirCode(
+                        LOINC,
+                        "14796-7",
+                        "Insulin [Moles/volume] in Serum or Plasma",
+                        (_INSULIN_PMOL, _INSULIN_UIU, _INSULIN_MIU_L),
+                        note="untimed: the model was trained on 2-hour insulin; the card says which was used",
+                    ),
+                ),
+            ),
         ),
         Feature(
             "bmi",
@@ -198,6 +416,13 @@ PIMA_SPEC = FeatureSpec(
             100,
             zero_means_missing=True,
             example=33.6,
+            fhir=FhirMapping(
+                ucum="kg/m2",
+                own_units=(_KG_M2,),
+                codes=(FhirCode(LOINC, "39156-5", "Body mass index (BMI) [Ratio]", (_KG_M2,)),),
+                derived_from=(_WEIGHT, _HEIGHT),
+                note="When no BMI is recorded, it is computed from body weight 29463-7 and height 8302-2 (flagged).",
+            ),
         ),
         Feature(
             "diabetes_pedigree_function",
@@ -208,6 +433,16 @@ PIMA_SPEC = FeatureSpec(
             0,
             5,
             example=0.627,
+            fhir=FhirMapping(
+                ucum="1",
+                own_units=(_COUNT,),
+                codes=(),
+                dimensionless=True,
+                note=(
+                    "No LOINC or SNOMED code exists: send it coded "
+                    "urn:gshap-service:feature|diabetes_pedigree_function."
+                ),
+            ),
         ),
         Feature(
             "age",
@@ -218,6 +453,13 @@ PIMA_SPEC = FeatureSpec(
             0,
             120,
             example=50,
+            fhir=FhirMapping(
+                ucum="a",
+                own_units=(_YEARS,),
+                codes=(),
+                patient_element="birthDate",
+                note="Whole years from Patient.birthDate to the day of the call (UTC).",
+            ),
         ),
     ),
     target_column="Outcome",

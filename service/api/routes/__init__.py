@@ -198,6 +198,7 @@ _DESCRIPTIONS = {
     400: "Malformed body: not valid JSON.",
     401: "API key missing or wrong (only when the server is configured with GSHAP_API_KEYS).",
     404: "Not found.",
+    412: "CDS Hooks: the FHIR data can be had neither from the prefetch nor from an allowed FHIR server.",
     413: "Body over GSHAP_MAX_BODY_BYTES, or a batch over GSHAP_MAX_BATCH_RECORDS; `limit` names the bound.",
     415: "The body is not application/json.",
     422: "Invalid input: `errors` names each field and the rule it breaks.",

@@ -1,0 +1,283 @@
+"""CDS Hooks 2.0: ``GET /cds-services`` (discovery), ``POST /cds-services/diabetes-risk`` (the card) and
+``POST /cds-services/diabetes-risk/feedback``.
+
+Data for the call, per prefetch key of the discovery document (HL7/cds-hooks v2.0.1, "Prefetch Template"):
+
+- a resource or searchset Bundle: used (malformed: 422 naming ``prefetch.<key>...``);
+- ``null``: the client has no such data (not measured);
+- absent, or an ``OperationOutcome`` (the client could not fetch it): fetched from ``fhirServer`` with the
+  client's bearer token when that server is in ``GSHAP_CDS_FHIR_SERVERS``. When it cannot be had, the keys the model
+  cannot do without (``patient`` and the required features) make the answer a **412** naming the key and the
+  reason; the others are reported on the card as not available.
+
+The card rules are in :mod:`service.fhir.card`; the answer is checked against the spec's JSON rules (no null, no
+empty string/array/object but ``"cards": []``) before it leaves. Other patients' resources in the prefetch are
+ignored and reported; unusable values are reported on the card, never guessed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import anyio
+import orjson
+from fastapi import APIRouter, Body, Depends, Request, Response
+
+from service.api.cds_auth import CdsJwtVerifier
+from service.api.errors import FieldError, PreconditionFailed, ServiceError, invalid_input
+from service.api.observability import log_event
+from service.api.routes import RuntimeDep, SettingsDep, problem_responses, require_json
+from service.api.routes.fhir import fhir_input_problem
+from service.config import Settings
+from service.fhir.card import CardLinks, cannot_compute_card, risk_card
+from service.fhir.cdshooks import (
+    PATIENT_KEY,
+    SERVICE_ID,
+    CdsRequest,
+    CdsResponse,
+    DiscoveryResponse,
+    FeedbackRequest,
+    FeedbackStored,
+    discovery_document,
+    json_rule_violations,
+    prefetch_templates,
+    required_prefetch_keys,
+)
+from service.fhir.extract import Issue, extract
+from service.fhir.feedback import FeedbackStore
+from service.fhir.resources import FhirInputError, parse_search_result
+from service.fhir.server import FhirServerError, fetch_all, render, server_allowed
+from service.model.features import PIMA_POPULATION, PIMA_SPEC
+from service.runtime.inference import ExplainOptions
+
+__all__ = ["CdsState", "cds_state", "router"]
+
+SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
+
+
+@dataclass
+class CdsState:
+    """Per-app CDS state: the JWT verifier (None: open), the feedback store (opened on first use)."""
+
+    settings: Settings
+    verifier: CdsJwtVerifier | None = None
+    store: FeedbackStore | None = None
+    templates: dict[str, str] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+
+    @classmethod
+    def build(cls, settings: Settings) -> CdsState:
+        verifier = CdsJwtVerifier(settings.cds_jwt_issuers) if settings.cds_jwt_issuers else None
+        return cls(
+            settings=settings,
+            verifier=verifier,
+            templates=prefetch_templates(PIMA_SPEC),
+            required=required_prefetch_keys(PIMA_SPEC),
+        )
+
+    def feedback_store(self) -> FeedbackStore:
+        if self.store is None:
+            self.store = FeedbackStore(self.settings.feedback_db_path())
+        return self.store
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+def cds_state(request: Request) -> CdsState:
+    state: CdsState = request.app.state.gshap_cds
+    return state
+
+
+def base_url(request: Request, settings: Settings) -> str:
+    """The service's public base URL: GSHAP_CDS_BASE_URL, else as this request reached it."""
+    if settings.cds_base_url:
+        return settings.cds_base_url.rstrip("/")
+    return f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}".rstrip("/")
+
+
+async def cds_auth(request: Request) -> None:
+    """The CDS client's JWT, when issuers are configured (401 otherwise); the aud is this endpoint's URL."""
+    state = cds_state(request)
+    if state.verifier is None:
+        return
+    audience = base_url(request, state.settings) + request.url.path
+    await state.verifier.verify(request.headers.get("authorization"), audience)
+
+
+CdsAuth = Depends(cds_auth)
+router = APIRouter(tags=["cds-hooks"], dependencies=[CdsAuth])
+CDS_PROBLEMS = (400, 401, 412, 413, 415, 422, 429, 500, 503)
+
+
+def cds_json(content: dict[str, Any]) -> Response:
+    """A CDS Hooks answer, refused (500, logged) if it breaks the spec's JSON rules."""
+    bad = json_rule_violations(content)
+    if bad:
+        log_event("cds_json_rule_broken", 40, paths=bad[:10])
+        raise ServiceError()
+    return Response(orjson.dumps(content), media_type="application/json")
+
+
+@router.get(
+    "/cds-services",
+    operation_id="cds_discovery",
+    summary="CDS Hooks discovery",
+    response_model=DiscoveryResponse,
+    responses=problem_responses(401, 429, 500, 503),
+)
+async def discovery(runtime: RuntimeDep) -> Response:
+    """The CDS services offered: `diabetes-risk` on the `patient-view` hook, with its prefetch templates
+    (LOINC-coded Observation searches, latest first) and its usage requirements (the population)."""
+    return cds_json(discovery_document(PIMA_SPEC, PIMA_POPULATION, runtime.model_version))
+
+
+def _unavailable(keys: list[str], reason: str) -> PreconditionFailed:
+    return PreconditionFailed(
+        f"The FHIR data for {', '.join(keys)} can be had neither from the prefetch nor from the FHIR server: {reason}",
+        errors=[FieldError(f"prefetch.{k}", "prefetch_unavailable", reason) for k in keys],
+    )
+
+
+async def _gather(body: CdsRequest, state: CdsState) -> tuple[dict[str, Any], list[Issue]]:
+    """Prefetch values by key (None = no data), fetching what is absent; issues for unavailable optional keys."""
+    prefetch = body.prefetch or {}
+    values: dict[str, Any] = {}
+    to_fetch: list[str] = []
+    for key in state.templates:
+        if key not in prefetch:
+            to_fetch.append(key)
+            continue
+        value = prefetch[key]
+        if isinstance(value, dict) and value.get("resourceType") == "OperationOutcome":
+            to_fetch.append(key)
+        else:
+            values[key] = value
+    issues: list[Issue] = []
+    if not to_fetch:
+        return values, issues
+    settings = state.settings
+    required = [k for k in to_fetch if k in state.required]
+    reason = ""
+    if not body.fhirServer:
+        reason = "the prefetch lacks them and the request names no fhirServer"
+    elif not settings.cds_fhir_servers:
+        reason = "this service calls no FHIR server (GSHAP_CDS_FHIR_SERVERS is empty)"
+    elif not server_allowed(body.fhirServer, settings.cds_fhir_servers):
+        reason = "fhirServer is not in this service's allow-list (GSHAP_CDS_FHIR_SERVERS)"
+    else:
+        token = body.fhirAuthorization.access_token if body.fhirAuthorization else None
+        queries = {k: render(state.templates[k], body.context.patientId) for k in to_fetch}
+        try:
+            fetched = await fetch_all(
+                body.fhirServer,
+                queries,
+                token=token,
+                timeout_s=settings.cds_fhir_timeout_seconds,
+                max_bytes=settings.cds_fhir_max_bytes,
+            )
+        except FhirServerError as exc:
+            reason = exc.reason
+        else:
+            for key, value in fetched.items():
+                if isinstance(value, dict) and value.get("resourceType") == "OperationOutcome":
+                    if key in state.required:
+                        raise _unavailable([key], "the FHIR server answered an OperationOutcome")
+                    issues.append(Issue("not_available", f"{key}: the FHIR server answered an OperationOutcome."))
+                    continue
+                values[key] = value
+            return values, issues
+    if required:
+        raise _unavailable(required, reason)
+    issues += [Issue("not_available", f"{k}: not in the prefetch; {reason}.") for k in to_fetch]
+    return values, issues
+
+
+def _read(values: dict[str, Any], body: CdsRequest, max_entries: int) -> tuple[Any, list[tuple[str, Any]], str]:
+    patient = None
+    observations: list[tuple[str, Any]] = []
+    seen: set[str] = set()  # the same Observation may answer two searches (a panel and its component code)
+    patient_path = f"prefetch.{PATIENT_KEY}"
+    for key, value in values.items():
+        if value is None:
+            continue
+        path = f"prefetch.{key}"
+        try:
+            parsed = parse_search_result(value, max_entries=max_entries, path=path, seen=seen)
+        except FhirInputError as exc:
+            raise fhir_input_problem(exc) from None
+        if key == PATIENT_KEY:
+            if len(parsed.patients) != 1:
+                raise invalid_input([FieldError(path, "one_patient", "prefetch.patient must be the Patient resource.")])
+            patient_path, patient = parsed.patients[0]
+        observations += parsed.observations
+    if patient is None:
+        raise _unavailable([PATIENT_KEY], "the client has no Patient resource for context.patientId")
+    if patient.id != body.context.patientId:
+        raise invalid_input(
+            [FieldError(f"{patient_path}.id", "patient_mismatch", "The prefetched Patient is not context.patientId.")]
+        )
+    return patient, observations, patient_path
+
+
+CALL_EXAMPLES = {
+    "prefetch": {
+        "summary": "patient-view with prefetch (mmol/L glucose, BP panel, pregnancies, pedigree score)",
+        "value": CdsRequest.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+    }
+}
+
+
+@router.post(
+    SERVICE_PATH,
+    operation_id="cds_diabetes_risk",
+    summary="CDS Hooks service call (patient-view)",
+    response_model=CdsResponse,
+    responses=problem_responses(*CDS_PROBLEMS),
+    dependencies=[Depends(require_json)],
+)
+async def call_service(
+    body: Annotated[CdsRequest, Body(openapi_examples=CALL_EXAMPLES)],
+    request: Request,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+) -> Response:
+    """One card: the diabetes risk as a percentage, its top drivers with the patient's values, units and dates,
+    the inputs not found, imputed or refused, out-of-range warnings, the training population and the explanation's
+    completeness. 412 when the data can be had neither from the prefetch nor from an allowed FHIR server."""
+    state = cds_state(request)
+    values, fetch_issues = await _gather(body, state)
+    patient, observations, patient_path = _read(values, body, settings.fhir_max_entries)
+    extraction = extract(patient, observations, spec=PIMA_SPEC, now=dt.datetime.now(dt.UTC), patient_path=patient_path)
+    if fetch_issues:
+        extraction = type(extraction)(**{**extraction.__dict__, "issues": (*extraction.issues, *fetch_issues)})
+    base = base_url(request, settings)
+    links = CardLinks(model_card=f"{base}/model", documentation=f"{base}/docs#/cds-hooks")
+    if extraction.required_missing:
+        card = cannot_compute_card(
+            extraction, spec=PIMA_SPEC, population=PIMA_POPULATION, links=links, model_version=runtime.model_version
+        )
+    else:
+        [explanation] = await runtime.aexplain([extraction.record], ExplainOptions())
+        card = risk_card(explanation, extraction, spec=PIMA_SPEC, population=PIMA_POPULATION, links=links)
+    return cds_json({"cards": [card]})
+
+
+@router.post(
+    f"{SERVICE_PATH}/feedback",
+    operation_id="cds_diabetes_risk_feedback",
+    summary="CDS Hooks feedback",
+    response_model=FeedbackStored,
+    responses=problem_responses(400, 401, 413, 415, 422, 429, 500),
+    dependencies=[Depends(require_json)],
+)
+async def feedback(body: FeedbackRequest, request: Request) -> Response:
+    """Stores each card's outcome (`accepted` with its suggestions, or `overridden` with an optional reason) durably
+    in SQLite (GSHAP_CDS_FEEDBACK_DB, one file per replica). No patient value and no free-text comment is stored."""
+    store = cds_state(request).feedback_store()
+    stored = await anyio.to_thread.run_sync(store.add, SERVICE_ID, body.feedback)
+    return Response(orjson.dumps({"stored": stored}), media_type="application/json")
