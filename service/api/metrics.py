@@ -58,9 +58,11 @@ class HttpMetrics:
         self.in_flight_inc = FastCounter(self.in_flight).inc
 
     def observe(self, scope: Scope, route: str | None, status: int, seconds: float) -> None:
-        """Count one answered request (``route``: its template if it was routed) and its duration."""
+        """Count one answered request (``route``: its template if it was routed) and its duration, and take it
+        off the requests in flight (counted in by :meth:`in_flight_inc` as it arrived)."""
+        self.in_flight_inc(-1)
         method = scope.get("method", "")
-        if method not in _METHODS:
+        if method not in _METHODS:  # normalised before the key: a client's made-up methods must not grow the cache
             method = "other"
         key = (route or self._template(scope), method, status)
         children = self._children.get(key)

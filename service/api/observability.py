@@ -169,8 +169,7 @@ class RequestContextMiddleware:
             seconds = time.perf_counter() - start
             route = _route_template(scope)
             if metrics is not None:
-                metrics.in_flight_inc(-1)
-                metrics.observe(scope, route, status, seconds)
+                metrics.observe(scope, route, status, seconds)  # and one request less in flight
             access_logger.info(
                 "request",
                 extra={

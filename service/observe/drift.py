@@ -35,6 +35,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import add, le
 from pathlib import Path
 from typing import Literal
 
@@ -178,6 +179,8 @@ class DriftReference:
             (v.offset, self.edge_lists[k], self.missing_columns[k], self.train_min_list[k], self.train_max_list[k])
             for k, v in enumerate(self.variables[: len(self.features)])
         ]
+        # per feature, the column of its first value bin in a bucket's row (after the bucket number and the count)
+        self.value_columns = [2 + v.offset for v in self.variables[: len(self.features)]]
         spec = repr((identity, [(v.name, v.edges, v.has_missing_bin) for v in self.variables]))
         self.fingerprint = hashlib.sha256(spec.encode()).hexdigest()[:16]
 
@@ -279,6 +282,9 @@ class DriftWindow:
         self._lock = threading.Lock()
         self._pid = -1
         self._generation = -1
+        self._bucket: int | None = None  # the time bucket :attr:`_row` counts, at :attr:`_row_index` of the ring
+        self._row_index = 0
+        self._row = memoryview(b"")
         self.row_width = 2 + reference.width + len(reference.features)
         self._ring: np.ndarray = np.zeros((buckets, self.row_width), dtype=np.int64)
         self._flat = self._ring.data.cast("B").cast("q")
@@ -299,20 +305,34 @@ class DriftWindow:
         self._ring = ring
         # the same memory as a flat sequence of Python ints: a few records are counted without numpy calls
         self._flat = ring.data.cast("B").cast("q")
+        self._bucket = None
+        self._row = self._flat[0:0]
 
-    def _row_start(self, now: float) -> int:
-        """Index in :attr:`_flat` of the current bucket's row (reset first if it counted an older bucket)."""
-        bucket = math.floor(now / self.bucket_seconds)
+    def _current_row(self, bucket: int) -> memoryview:
+        """The row of the ring of time bucket ``bucket`` (now), as a flat view of Python ints (reset first if it
+        counted an older bucket). Kept between calls: only this process writes its ring, so a row is only reset
+        here."""
+        if bucket == self._bucket:
+            return self._row
         r = bucket % self.buckets
         start = r * self.row_width
         if self._flat[start] != bucket:
             self._ring[r] = 0
             self._flat[start] = bucket
-        return start
+        self._bucket = bucket
+        self._row_index = r
+        self._row = self._flat[start : start + self.row_width]
+        return self._row
 
-    def add(self, raw: np.ndarray, probability: Sequence[float] | np.ndarray) -> tuple[list[int], list[int], list[int]]:
+    def add(
+        self,
+        raw: np.ndarray,
+        probability: Sequence[float] | np.ndarray,
+        rows: Sequence[Sequence[float]] | None = None,
+    ) -> tuple[list[int], list[int], list[int]]:
         """Count records ``raw`` ``(N, F)`` (original units, NaN = missing) with served ``probability``; returns,
-        per feature, how many values were missing, below and above the training range.
+        per feature, how many values were missing, below and above the training range. ``rows``: the same records
+        as Python lists, if the caller has them (saves converting them again).
 
         A few records are counted in plain Python (a numpy call costs more than a record's work), a batch with
         numpy; both count the same (tested)."""
@@ -322,7 +342,8 @@ class DriftWindow:
             return [0] * f, [0] * f, [0] * f
         if n <= _PYTHON_MAX_RECORDS:
             probs = probability.tolist() if isinstance(probability, np.ndarray) else list(probability)
-            return self._add_rows(raw.tolist(), probs)
+            events = self.add_rows(raw.tolist() if rows is None else rows, probs)
+            return events if events is not None else ([0] * f, [0] * f, [0] * f)
         ref = self.reference
         columns = ref.columns_of(raw, np.asarray(probability, dtype=np.float64))
         below = raw < ref.train_min
@@ -333,46 +354,61 @@ class DriftWindow:
         with self._lock:
             if self._generation != _fork_generation:
                 self._open()
-            start = self._row_start(self.clock())
-            row = self._ring[start // self.row_width]
+            self._current_row(math.floor(self.clock() / self.bucket_seconds))
+            row = self._ring[self._row_index]
             row[1] += n
             row[2 : 2 + ref.width] += counts
             row[2 + ref.width :] += outside
         return missing.sum(axis=0).tolist(), below.sum(axis=0).tolist(), above.sum(axis=0).tolist()
 
-    def _add_rows(self, rows: list[list[float]], probability: list[float]) -> tuple[list[int], list[int], list[int]]:
+    def add_rows(
+        self, rows: Sequence[Sequence[float]], probability: Sequence[float]
+    ) -> tuple[list[int], list[int], list[int]] | None:
+        """:meth:`add` for a few records given as Python lists (the runtime has them already), without numpy.
+        Returns the missing / below / above counts per feature, or None when there were none.
+
+        This runs on the event loop for every prediction: a record whose values were all measured and within the
+        training range (the common case) is binned without a Python loop over its features (``map`` runs it)."""
         ref = self.reference
         f = len(ref.features)
-        plan = ref.row_plan
-        prob_edges, prob_offset = ref.edge_lists[f], ref.offsets[f]
-        outside_base = 2 + ref.width
+        lo, hi = ref.train_min_list, ref.train_max_list
+        columns, edges = ref.value_columns, ref.edge_lists
+        prob_edges, prob_column = edges[f], ref.offsets[f] + 2
         events: list[list[int]] | None = None  # missing, below, above per feature: only made when one occurs
         with self._lock:
             if self._generation != _fork_generation:
                 self._open()
-            flat = self._flat
-            start = self._row_start(self.clock())
-            flat[start + 1] += len(rows)
-            base = start + 2
-            for row, p in zip(rows, probability, strict=True):
-                for j, (v, (offset, edges, missing_col, lo, hi)) in enumerate(zip(row, plan, strict=False)):
-                    if lo <= v <= hi:  # the common case: measured, within the training range
-                        flat[base + offset + bisect_right(edges, v)] += 1
-                        continue
-                    if events is None:
-                        events = [[0] * f, [0] * f, [0] * f]
-                    if math.isnan(v):  # not measured
-                        events[0][j] += 1
-                        if missing_col >= 0:
-                            flat[base + missing_col] += 1
-                        continue
-                    flat[base + offset + bisect_right(edges, v)] += 1
-                    events[1 if v < lo else 2][j] += 1
-                    flat[start + outside_base + j] += 1
-                flat[base + prob_offset + bisect_right(prob_edges, p)] += 1
+            bucket = math.floor(self.clock() / self.bucket_seconds)
+            row = self._row if bucket == self._bucket else self._current_row(bucket)
+            row[1] += len(rows)
+            for values, p in zip(rows, probability, strict=True):
+                row[prob_column + bisect_right(prob_edges, p)] += 1
+                # every value measured (NaN compares false) and within the training range: the loop runs in C
+                if all(map(le, lo, values)) and all(map(le, values, hi)):
+                    for column in map(add, columns, map(bisect_right, edges, values)):
+                        row[column] += 1
+                    continue
+                if events is None:
+                    events = [[0] * f, [0] * f, [0] * f]
+                self._add_values(row, values, events)
         if events is None:
-            return [0] * f, [0] * f, [0] * f
+            return None
         return events[0], events[1], events[2]
+
+    def _add_values(self, row: memoryview, values: Sequence[float], events: list[list[int]]) -> None:
+        """One record, value by value: the general case (a value missing or outside the training range)."""
+        ref = self.reference
+        outside = 2 + ref.width
+        for j, (v, (offset, inner, missing_col, low, high)) in enumerate(zip(values, ref.row_plan, strict=True)):
+            if math.isnan(v):  # not measured
+                events[0][j] += 1
+                if missing_col >= 0:  # a feature that may not be missing has no missing bin (refused upstream)
+                    row[2 + missing_col] += 1
+                continue
+            row[2 + offset + bisect_right(inner, v)] += 1
+            if v < low or v > high:
+                events[1 if v < low else 2][j] += 1
+                row[outside + j] += 1
 
     def counts(self) -> tuple[int, np.ndarray]:
         """Records and bin counts in the window: this process's, or every process's when file-backed."""

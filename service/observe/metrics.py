@@ -330,37 +330,48 @@ class Telemetry:
 
     # ---- recording (the runtime) ----------------------------------------------------------------------------
 
-    def record_batch(self, kind: str, size: int, waits: Sequence[float]) -> None:
-        """One engine call of ``size`` records, and the queue wait of each request it carried."""
+    def record_batch(self, kind: Hashable, size: int, waits: Sequence[float]) -> None:
+        """One engine call of ``size`` records, and the queue wait of each request it carried (``kind``: the
+        ``kind`` label, ``predict`` or ``explain``)."""
         children = self._batch_children.get(kind)
         if children is None:
-            children = (FastHistogram(self.batch_size.labels(kind)), FastHistogram(self.queue_wait.labels(kind)))
+            label = str(kind)
+            children = (FastHistogram(self.batch_size.labels(label)), FastHistogram(self.queue_wait.labels(label)))
             self._batch_children[kind] = children
         size_hist, wait_hist = children
         size_hist.observe(size)
         for wait in waits:
             wait_hist.observe(wait)
 
-    def record_predictions(self, raw: np.ndarray, predictions: Sequence[ServedPrediction]) -> None:
-        """Predictions of a batch: ``raw`` ``(N, F)`` in original units (NaN = not measured) and what was served
-        for each record. The values are binned into the drift window and forgotten; the counters of imputed and
-        out-of-range values come from what the answers already say (their ``imputed`` and ``warnings``)."""
+    def record_predictions(
+        self,
+        raw: np.ndarray,
+        predictions: Sequence[ServedPrediction],
+        rows: Sequence[Sequence[float]] | None = None,
+    ) -> None:
+        """Predictions of a batch: ``raw`` ``(N, F)`` in original units (NaN = not measured), the same as Python
+        lists in ``rows`` if the caller has them, and what was served for each record. The values are binned into
+        the drift window and forgotten; the counters of imputed and out-of-range values come from what the answers
+        already say (their ``imputed`` and ``warnings``)."""
         labels = self._label_children
         observe = self._probability.observe
         probabilities = []
         for p in predictions:
+            probability = p.probability
             child = labels.get(p.label_name)
             if child is None:
                 child = labels[p.label_name] = FastCounter(self.predictions.labels(p.label_name))
             child.inc(1)
-            observe(p.probability)
-            probabilities.append(p.probability)
-            for name in p.imputed:
-                self._feature_counter("imputed", name).inc(1)
-            for w in p.warnings:
-                self._feature_counter("below" if w.value < w.train_min else "above", w.feature).inc(1)
+            observe(probability)
+            probabilities.append(probability)
+            if p.imputed:
+                for name in p.imputed:
+                    self._feature_counter("imputed", name).inc(1)
+            if p.warnings:
+                for w in p.warnings:
+                    self._feature_counter("below" if w.value < w.train_min else "above", w.feature).inc(1)
         if self.window is not None:
-            self.window.add(raw, probabilities)
+            self.window.add(raw, probabilities, rows)
 
     def _feature_counter(self, kind: str, feature: str) -> FastCounter:
         key = (kind, feature)

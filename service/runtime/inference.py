@@ -374,9 +374,9 @@ class InferenceRuntime:
             raise BundleError(f"model bundle {self.bundle.path}: the evaluation set gave {exc}") from None
 
     def _on_batch(self, key: object, size: int, waits: list[float]) -> None:
-        if self.telemetry is not None and self.ready:
-            kind = key[0] if isinstance(key, tuple) and key else "other"
-            self.telemetry.record_batch(str(kind), size, waits)
+        if self.ready and self.telemetry is not None:
+            # the coalescer's keys: _PREDICT_KEY or ("explain", options)
+            self.telemetry.record_batch(key[0] if type(key) is tuple else "other", size, waits)
 
     def close(self) -> None:
         """Stop accepting work; in-flight work finishes on the worker threads; engine processes are stopped."""
@@ -436,7 +436,8 @@ class InferenceRuntime:
         logits = np.asarray(logits, dtype=np.float64)
         _require_finite("logit", logits)
         out: list[Prediction] = []
-        for logit, missing, raw in zip(logits.tolist(), batch.missing.tolist(), batch.raw.tolist(), strict=True):
+        rows = batch.raw.tolist()
+        for logit, missing, raw in zip(logits.tolist(), batch.missing.tolist(), rows, strict=True):
             probability = sigmoid(logit)
             label = label_of(probability, threshold)
             out.append(
@@ -453,7 +454,7 @@ class InferenceRuntime:
                 )
             )
         if self.telemetry is not None and self.ready:
-            self.telemetry.record_predictions(batch.raw, out)
+            self.telemetry.record_predictions(batch.raw, out, rows)
         return out
 
     def predict(self, records: Sequence[Record]) -> list[Prediction]:
