@@ -192,37 +192,38 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _openapi(args: argparse.Namespace) -> int:
-    from service.api.app import openapi_yaml
-
-    text = openapi_yaml()
-    out = Path(args.out)
-    if args.check:
+def _write_or_check(out: Path, text: str, *, check: bool, source: str, command: str) -> int:
+    """Write a generated file, or with ``check`` say whether it equals ``text`` (exit 1 if not)."""
+    if check:
         if not out.is_file() or out.read_text() != text:
-            print(f"{out} differs from the spec the app serves; run: gshap openapi", file=sys.stderr)
+            print(f"{out} differs from {source}; run: {command}", file=sys.stderr)
             return 1
-        print(f"{out} matches the served spec")
-        return 0
-    out.write_text(text)
-    print(f"wrote {out}")
-    return 0
-
-
-def _problems(args: argparse.Namespace) -> int:
-    from service.api.errors import problems_markdown
-
-    text = problems_markdown()
-    out = Path(args.out)
-    if args.check:
-        if not out.is_file() or out.read_text() != text:
-            print(f"{out} differs from the service's problem types; run: gshap problems", file=sys.stderr)
-            return 1
-        print(f"{out} matches the service's problem types")
+        print(f"{out} matches {source}")
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(f"wrote {out}")
     return 0
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    from service.api.app import openapi_yaml
+
+    return _write_or_check(
+        Path(args.out), openapi_yaml(), check=args.check, source="the spec the app serves", command="gshap openapi"
+    )
+
+
+def _problems(args: argparse.Namespace) -> int:
+    from service.api.errors import problems_markdown
+
+    return _write_or_check(
+        Path(args.out),
+        problems_markdown(),
+        check=args.check,
+        source="the service's problem types",
+        command="gshap problems",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,12 +20,12 @@ from fastapi import APIRouter, Body, Depends, Query, Response
 from service.api.errors import FieldError, PayloadTooLarge, invalid_input
 from service.api.routes import POST_PROBLEMS, RuntimeDep, SettingsDep, problem_responses, require_json
 from service.api.routes.explain import explain_options
-from service.contract import Output, ServedMethod
+from service.contract import MAX_N_SAMPLES, Output, ServedMethod
 from service.fhir.extract import Extraction, extract
 from service.fhir.public import FhirBundleIn, FhirExplanationPublic, FhirPredictionPublic, provenance
 from service.fhir.resources import FhirInputError, TooManyEntriesError, parse_bundle
 from service.model.features import PIMA_SPEC
-from service.schemas import SCHEMA_SPEC, ExplainSettings
+from service.schemas import SCHEMA_SPEC, SEED_MAX, ExplainSettings
 
 __all__ = ["fhir_input_problem", "router"]
 
@@ -170,8 +170,8 @@ async def fhir_explain(
     settings: SettingsDep,
     method: Annotated[ServedMethod, Query(description="GradientSHAP estimator, as in POST /explain.")] = "exact",
     output: Annotated[Output, Query(description="'logit' or 'probability', as in POST /explain.")] = "logit",
-    n_samples: Annotated[int | None, Query(ge=1, le=2000, description="As in POST /explain.")] = None,
-    seed: Annotated[int, Query(ge=0, le=2**31 - 1, description="As in POST /explain.")] = 0,
+    n_samples: Annotated[int | None, Query(ge=1, le=MAX_N_SAMPLES, description="As in POST /explain.")] = None,
+    seed: Annotated[int, Query(ge=0, le=SEED_MAX, description="As in POST /explain.")] = 0,
 ) -> Response:
     """The explanation of POST /explain for the patient of a FHIR R4 Bundle; the explanation settings are query
     parameters (the body is the Bundle)."""
