@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 from pathlib import Path
 
@@ -160,40 +161,120 @@ def test_processes_share_the_window_through_their_files(bundle: Bundle, tmp_path
     assert read_counts(tmp_path, ref, mine.buckets, mine.row_width, now_bucket)[0] == 18
     age = ref.variables[-2]
     assert counts[age.offset : age.offset + age.n_bins].sum() == 18
+    totals = mine.totals()  # the counters' values: both processes' too
+    assert totals.records == 18
+    missing = np.isnan(bundle.eval_raw[:7]).sum(axis=0) + np.isnan(bundle.eval_raw[:11]).sum(axis=0)
+    assert totals.missing == missing.tolist()
+    assert totals.probability_sum == pytest.approx(18 * 0.3)
 
 
 def test_a_window_keeps_counts_only(bundle: Bundle, tmp_path: Path) -> None:
-    """The window's file holds integer counts and bucket numbers only: no value of a record is in it."""
+    """The window's file holds integer counts and bucket numbers, and one float: the running sum of the served
+    probabilities (what the probability histogram's _sum publishes). No input value of a record is in it, in any
+    encoding."""
     ref = _reference(bundle)
     window = DriftWindow(ref, folder=tmp_path)
     raw = bundle.eval_raw[:1].copy()
     raw[0, 1] = 187.654321
     window.add(raw, np.array([0.123456789]))
     [path] = list(tmp_path.iterdir())
-    ring = np.fromfile(path, dtype=np.int64)
-    assert ring.dtype == np.int64
-    assert set(np.unique(ring[ring >= 0]).tolist()) <= {0, 1, int(window.clock() // window.bucket_seconds)}
+    memory = np.fromfile(path, dtype=np.int64)
+    counts, probability_sum = memory[:-1], memory[-1:].view(np.float64)[0]
+    assert probability_sum == 0.123456789
+    bucket = int(window.clock() // window.bucket_seconds)
+    assert set(np.unique(counts).tolist()) <= {-2, -1, 0, 1, bucket}
+    data = path.read_bytes()
+    for encoded in (np.float64(187.654321).tobytes(), np.float32(187.654321).tobytes(), b"187.65"):
+        assert encoded not in data
+
+
+def _in_range_record(bundle: Bundle, ref: DriftReference) -> np.ndarray:
+    """The first evaluation record with every value measured and within the training range."""
+    raw = bundle.eval_raw[:1].copy()
+    lo, hi = np.asarray(ref.train_min), np.asarray(ref.train_max)
+    raw[0] = np.clip(np.where(np.isnan(raw[0]), lo, raw[0]), lo, hi)
+    return raw
+
+
+def test_one_bisect_tells_the_bin_missing_and_out_of_range(bundle: Bundle) -> None:
+    """The fine bins say, for each value, its decile bin, whether it was missing and whether it lay outside the
+    training range, exactly at the range's ends: the training minimum and maximum are within it, the next
+    representable numbers beyond them are not."""
+    ref = _reference(bundle)
+    j = bundle.spec.names.index("insulin")
+    insulin = ref.variables[j]
+    lo, hi = float(ref.train_min[j]), float(ref.train_max[j])
+    cases = {
+        lo: (0, 0, 0),
+        hi: (0, 0, 0),
+        math.nextafter(lo, -math.inf): (0, 1, 0),
+        math.nextafter(hi, math.inf): (0, 0, 1),
+        math.nan: (1, 0, 0),
+    }
+    for value, (missing, below, above) in cases.items():
+        window = DriftWindow(ref, clock=Clock())
+        raw = _in_range_record(bundle, ref)
+        raw[0, j] = value
+        window.add(raw, [0.5])
+        totals = window.totals()
+        assert (totals.missing[j], totals.below[j], totals.above[j]) == (missing, below, above), value
+        assert sum(totals.missing) + sum(totals.below) + sum(totals.above) == missing + below + above
+        _, counts = window.counts()
+        if missing:
+            assert counts[insulin.offset + insulin.n_bins - 1] == 1
+        else:
+            decile = int(np.searchsorted(np.asarray(insulin.edges), value, side="right"))
+            assert counts[insulin.offset + decile] == 1
+        assert counts[ref.width + j] == below + above
+
+
+def test_totals_outlive_the_window(bundle: Bundle) -> None:
+    """Counts since start-up keep what the window has forgotten (counters do not go down); the window itself
+    keeps only its recent buckets."""
+    ref = _reference(bundle)
+    clock = Clock()
+    window = DriftWindow(ref, window_seconds=600, buckets=10, clock=clock)
+    raw = bundle.eval_raw[:20]
+    window.add(raw, np.full(20, 0.25))
+    first = window.totals()
+    clock.t += 10 * 600 + 30  # the ring wraps: its old rows are moved to the totals as they are reused
+    window.add(raw[:3], np.full(3, 0.75))
+    clock.t += 2 * 600
+    window.add(raw[:4], np.full(4, 0.75))
+    assert window.counts()[0] == 4
+    totals = window.totals()
+    assert totals.records == 27
+    missing = np.isnan(raw).sum(axis=0) + np.isnan(raw[:3]).sum(axis=0) + np.isnan(raw[:4]).sum(axis=0)
+    assert totals.missing == missing.tolist()
+    assert first.missing == np.isnan(raw).sum(axis=0).tolist()
+    assert totals.probability_sum == pytest.approx(20 * 0.25 + 7 * 0.75)
+    assert sum(totals.probability_bins) == 27
 
 
 def test_a_few_records_and_a_batch_are_counted_alike(bundle: Bundle) -> None:
     """Counting record by record (plain Python) and as one batch (numpy) gives the same window and the same
-    missing / below / above counts, edges and out-of-range values included."""
+    counts since start-up, values on edges and out-of-range values included."""
     ref = _reference(bundle)
     raw = bundle.eval_raw.copy()
     raw[:5, 1] = ref.variables[1].edges[0]  # values on a bin edge go to the bin above, both ways
     raw[5, 4] = 5000.0  # above the training range
     raw[6, 5] = 1.0  # below it
+    raw[7, 2] = ref.train_min[2]  # on the range's ends: within it
+    raw[8, 2] = ref.train_max[2]
     prob = np.random.default_rng(1).uniform(0, 1, len(raw))
     prob[:3] = ref.variables[-1].edges[:3]
     one_by_one, batched = DriftWindow(ref, clock=Clock()), DriftWindow(ref, clock=Clock())
-    totals = np.zeros((3, len(ref.features)), dtype=np.int64)
     for i in range(len(raw)):
-        totals += np.array(list(one_by_one.add(raw[i : i + 1], prob[i : i + 1])), dtype=np.int64)
+        one_by_one.add(raw[i : i + 1], prob[i : i + 1])
     assert len(raw) > 16  # the batch takes the numpy path
-    together: np.ndarray = np.array(list(batched.add(raw, prob)), dtype=np.int64)
-    assert totals.tolist() == together.tolist()
-    assert together[2, 4] >= 1
-    assert together[1, 5] >= 1
+    batched.add(raw, prob)
+    t1, t2 = one_by_one.totals(), batched.totals()
+    assert (t1.records, t1.missing, t1.below, t1.above) == (t2.records, t2.missing, t2.below, t2.above)
+    assert t1.probability_bins == t2.probability_bins
+    assert t1.probability_sum == pytest.approx(t2.probability_sum, rel=1e-12)
+    assert t2.above[4] >= 1
+    assert t2.below[5] >= 1
+    assert t2.missing == np.isnan(raw).sum(axis=0).tolist()
     n1, c1 = one_by_one.counts()
     n2, c2 = batched.counts()
     assert n1 == n2 == len(raw)

@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 from helpers import AppClient, app_client, record
 from live_server import running_server
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.app import create_app
 from service.config import Settings
+from service.contract import label_of
 from service.model.store import Bundle
+from service.observe.metrics import PROBABILITY_BUCKETS, Telemetry
 from service.schemas import MonitoringPublic
 
 # distinctive values that must never appear in a scrape, in any spelling a formatter might produce
@@ -280,3 +283,63 @@ def test_no_canary_in_monitoring_after_one_record(bundle: Bundle) -> None:
         assert canary not in text
     numbers = {float(x) for x in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", text)}
     assert not any(np.isclose(n, v, rtol=1e-6) for n in numbers for v in CANARY.values())
+
+
+class _Served:
+    """A served prediction as the metrics read it."""
+
+    def __init__(self, probability: float) -> None:
+        self.probability = probability
+
+
+def test_counters_read_from_the_window_match_prometheus_clients_own(bundle: Bundle) -> None:
+    """The probability histogram and the predictions by label, read from the window's fine bins at the scrape,
+    are what prometheus-client's own Histogram and the decision rule (label_of) give for the same probabilities:
+    values exactly on a bucket bound and exactly on the threshold included; the imputed and out-of-range counters
+    are the NaN and out-of-range values of the records."""
+    threshold = 0.4321
+    telemetry = Telemetry()
+    pre = bundle.preprocessor
+    rng = np.random.default_rng(7)
+    telemetry.start_monitoring(
+        features=bundle.spec.names,
+        may_be_missing=[f.may_be_missing for f in bundle.spec],
+        eval_raw=bundle.eval_raw,
+        eval_probability=rng.uniform(0, 1, len(bundle.eval_raw)),
+        train_min=pre.train_min,
+        train_max=pre.train_max,
+        identity="test",
+        threshold=threshold,
+        label_names=("no", "yes"),
+    )
+    probabilities = [*rng.uniform(0, 1, 300).tolist(), *PROBABILITY_BUCKETS, threshold, 0.0, 1.0]
+    probabilities += [math.nextafter(b, 0.0) for b in PROBABILITY_BUCKETS] + [math.nextafter(threshold, 0.0)]
+    raw = np.resize(bundle.eval_raw, (len(probabilities), bundle.eval_raw.shape[1]))
+    raw[0, 4] = 5000.0  # insulin above the training range
+    for start in range(0, len(probabilities), 7):  # a few records at a time (the plain Python path)...
+        telemetry.record_predictions(raw[start : start + 7], [_Served(p) for p in probabilities[start : start + 7]])
+    telemetry.record_predictions(raw, [_Served(p) for p in probabilities])  # ...and one batch (numpy)
+    text = telemetry.render().decode()
+
+    reference = CollectorRegistry()
+    own = Histogram("own", "reference", buckets=PROBABILITY_BUCKETS, registry=reference)
+    for p in probabilities * 2:
+        own.observe(p)
+    want = samples(generate_latest(reference).decode())
+    got = samples(text)
+    for (name, lab), v in want.items():
+        if name.startswith("own_"):
+            mine = got[("gshap_prediction_probability_" + name.removeprefix("own_"), lab)]
+            expected = pytest.approx(v, rel=1e-12) if name == "own_sum" else v  # a sum's last digits: order
+            assert mine == expected, (name, lab)
+    positives = 2 * sum(label_of(p, threshold) for p in probabilities)
+    assert value(text, "gshap_predictions_total", label="yes") == positives
+    assert value(text, "gshap_predictions_total", label="no") == 2 * len(probabilities) - positives
+    for j, name in enumerate(bundle.spec.names):
+        assert value(text, "gshap_input_imputed_values_total", feature=name) == 2 * np.isnan(raw[:, j]).sum()
+    below = (raw < pre.train_min).sum(axis=0)
+    above = (raw > pre.train_max).sum(axis=0)
+    assert above[4] >= 1
+    for j, name in enumerate(bundle.spec.names):
+        assert value(text, "gshap_input_out_of_range_values_total", feature=name, side="below") == 2 * below[j]
+        assert value(text, "gshap_input_out_of_range_values_total", feature=name, side="above") == 2 * above[j]

@@ -1,6 +1,7 @@
 """Input and output drift: recent requests against the bundle's evaluation set, as population stability indices.
 
-What is kept is counts, never values. :class:`DriftReference` fixes, once per bundle, the bins of every monitored
+What is kept is counts, never an input value (and one running sum: of the served probabilities, which ``/metrics``
+publishes as its histogram's ``_sum``). :class:`DriftReference` fixes, once per bundle, the bins of every monitored
 variable (each feature, and the served probability) from the *evaluation set*:
 
 - the bin edges are the evaluation set's deciles of the variable's measured values (``numpy.quantile``, linear
@@ -9,11 +10,18 @@ variable (each feature, and the served probability) from the *evaluation set*:
 - a feature that may be missing has one more bin, *missing*: more unmeasured values is drift too;
 - the expected share of a bin is its share of the evaluation set.
 
-:class:`DriftWindow` adds each served record to one count per variable in the current time bucket
-(``bucket_seconds`` wide; a ring of ``buckets`` of them is the rolling window). Nothing else about a record is
-kept: the bin index is computed and the value forgotten in the same call. With several processes (uvicorn
-workers) each writes its ring into a file of its own in a shared folder and a reader adds up every file
-(:func:`read_counts`), so ``/monitoring`` and ``/metrics`` show the whole server whichever worker answers.
+To count a record cheaply, each variable is binned once, into *fine bins*: the value bins cut further at the
+training range's ends (for a feature) so that one ``bisect`` says at once which value bin a value falls in, whether it
+was missing (NaN sorts past a last ``+inf`` edge) and whether it lay below or above the range seen in training. The
+fine bins are mapped back to the value bins, the missing bin and the out-of-range counts when the window is read.
+
+:class:`DriftWindow` adds each served record to one fine count per variable in the current time bucket
+(``bucket_seconds`` wide; a ring of ``buckets`` of them is the rolling window). A bucket's counts are added to a row of
+running totals when its slot of the ring is reused, so the counts since start-up (the metrics' counters of imputed and
+out-of-range values) cost nothing more per record. Nothing else about a record is kept: the bin index is computed and
+the value forgotten in the same call. With several processes (uvicorn workers) each writes its ring into a file of its
+own in a shared folder and a reader adds up every file (:func:`read_counts`, :func:`read_totals`), so ``/monitoring``
+and ``/metrics`` show the whole server whichever worker answers.
 
 The population stability index of a variable is ``PSI = Σ (a_i − e_i) · ln(a_i / e_i)`` over its bins, where
 ``a_i`` and ``e_i`` are the recent and the expected shares, each smoothed as ``(count + 0.5) / (n + 0.5 k)``
@@ -32,10 +40,11 @@ import math
 import os
 import threading
 import time
+import weakref
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from operator import add, le
+from operator import add
 from pathlib import Path
 from typing import Literal
 
@@ -48,9 +57,11 @@ __all__ = [
     "DriftReport",
     "DriftStatus",
     "DriftWindow",
+    "Totals",
     "VariableDrift",
     "psi",
     "read_counts",
+    "read_totals",
     "status_of",
 ]
 
@@ -61,6 +72,7 @@ PROBABILITY = "probability"
 _SMOOTHING = 0.5
 _FILE_PREFIX = "monitoring_"
 _FILE_SUFFIX = ".bin"
+_TOTALS_ROW = -2  # column 0 of the ring's last row: the totals of the buckets gone
 # up to this many records at once are counted in plain Python, more with numpy (measured crossover: ~20)
 _PYTHON_MAX_RECORDS = 16
 
@@ -69,9 +81,14 @@ _PYTHON_MAX_RECORDS = 16
 _fork_generation = 0
 
 
+_windows: weakref.WeakSet[DriftWindow] = weakref.WeakSet()
+
+
 def _after_fork() -> None:
     global _fork_generation
     _fork_generation += 1
+    for window in list(_windows):
+        window._row_end = -math.inf  # its next record takes the slow path, which reopens the ring
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -129,6 +146,9 @@ class DriftReference:
         eval_probability: the served probability of each evaluation record, ``(N,)``.
         train_min, train_max: per feature, the range seen in training (a value outside it is *out of range*).
         identity: what the reference belongs to (e.g. the model version); part of :attr:`fingerprint`.
+        probability_cuts: more edges of the probability's fine bins (a value equal to one falls above it), so that
+            the counts since start-up say more of the served probabilities (the metrics' histogram buckets and the
+            decision threshold); they do not change the drift bins.
     """
 
     def __init__(
@@ -140,6 +160,7 @@ class DriftReference:
         train_min: Sequence[float] | np.ndarray,
         train_max: Sequence[float] | np.ndarray,
         identity: str = "",
+        probability_cuts: Sequence[float] = (),
     ) -> None:
         eval_raw = np.asarray(eval_raw, dtype=np.float64)
         eval_probability = np.asarray(eval_probability, dtype=np.float64)
@@ -166,22 +187,52 @@ class DriftReference:
         self.train_max = np.asarray(train_max, dtype=np.float64)
         outside = self.out_of_range(eval_raw)
         self.reference_out_of_range_rate = tuple(float(outside[:, j].mean()) for j in range(len(features)))
-        self._inner = [np.asarray(v.edges, dtype=np.float64) for v in self.variables]
-        # the same as Python lists, for counting a few records without numpy
-        self.edge_lists = [list(v.edges) for v in self.variables]
-        self.offsets = [v.offset for v in self.variables]
-        # a feature that may not be missing has no missing bin; its NaN never reaches the window (refused upstream)
-        self.missing_columns = [v.offset + v.n_bins - 1 if v.has_missing_bin else -1 for v in self.variables]
-        self.train_min_list = [float(x) for x in self.train_min]
-        self.train_max_list = [float(x) for x in self.train_max]
-        # per feature: (first column, inner edges, missing column or -1, training min, training max)
-        self.row_plan = [
-            (v.offset, self.edge_lists[k], self.missing_columns[k], self.train_min_list[k], self.train_max_list[k])
-            for k, v in enumerate(self.variables[: len(self.features)])
-        ]
-        # per feature, the column of its first value bin in a bucket's row (after the bucket number and the count)
-        self.value_columns = [2 + v.offset for v in self.variables[: len(self.features)]]
-        spec = repr((identity, [(v.name, v.edges, v.has_missing_bin) for v in self.variables]))
+        # fine bins (see the module's docstring): per variable its fine edges, ending in +inf so that NaN (and only
+        # NaN: inputs are finite) falls past the last one, and each fine bin's value bin, missing flag and side
+        self.fine_edges: list[list[float]] = []
+        self.fine_offsets: list[int] = []  # first column of each variable's fine bins in a bucket's row
+        public: list[int] = []  # per fine bin, its column among the value bins and missing bins, or -1
+        side: list[int] = []  # per fine bin: 0 within the training range (or missing), 1 below, 2 above
+        missing: list[int] = []  # per fine bin: 1 for the NaN bin of a feature, else 0
+        feature_of: list[int] = []  # per fine bin, its feature's index, or -1 for the probability's
+        fine = 0
+        for k, v in enumerate(self.variables):
+            cuts = set(v.edges)
+            is_feature = k < len(self.features)
+            if is_feature:
+                # value < low is below; value > high, i.e. value >= nextafter(high), is above (bisect_right)
+                cuts |= {float(self.train_min[k]), math.nextafter(float(self.train_max[k]), math.inf)}
+            else:
+                cuts |= {float(c) for c in probability_cuts}
+            edges = [*sorted(cuts), math.inf]
+            self.fine_edges.append(edges)
+            self.fine_offsets.append(fine)
+            for i in range(len(edges) + 1):
+                feature_of.append(k if is_feature else -1)
+                if i == len(edges):  # NaN
+                    public.append(v.offset + v.n_bins - 1 if v.has_missing_bin else -1)
+                    side.append(0)
+                    missing.append(int(is_feature))
+                    continue
+                low_end = edges[i - 1] if i > 0 else -math.inf  # the fine bin is [low_end, edges[i])
+                public.append(v.offset + bisect_right(v.edges, low_end) if i > 0 else v.offset)
+                missing.append(0)
+                if not is_feature:
+                    side.append(0)
+                elif edges[i] <= self.train_min[k]:
+                    side.append(1)
+                elif i > 0 and low_end > self.train_max[k]:
+                    side.append(2)
+                else:
+                    side.append(0)
+            fine += len(edges) + 1
+        self.fine_width = fine
+        self._fine_public = np.asarray(public, dtype=np.int64)
+        self._fine_side = np.asarray(side, dtype=np.int64)
+        self._fine_missing = np.asarray(missing, dtype=bool)
+        self._fine_feature = np.asarray(feature_of, dtype=np.int64)
+        self._fine_arrays = [np.asarray(e, dtype=np.float64) for e in self.fine_edges]
+        spec = repr((identity, [(v.name, v.edges, v.has_missing_bin) for v in self.variables], self.fine_edges))
         self.fingerprint = hashlib.sha256(spec.encode()).hexdigest()[:16]
 
     def out_of_range(self, raw: np.ndarray) -> np.ndarray:
@@ -204,19 +255,69 @@ class DriftReference:
                 out[v.offset + v.n_bins - 1] += int(missing.sum())
         return out
 
-    def columns_of(self, raw: np.ndarray, probability: np.ndarray) -> np.ndarray:
-        """The columns (bins) that records ``raw`` ``(N, F)`` with served ``probability`` ``(N,)`` fall in:
-        ``(N, F + 1)`` indices into a bucket's row. Values are not kept: only these indices are."""
-        n = len(raw)
-        out = np.empty((n, len(self.variables)), dtype=np.int64)
-        for k, v in enumerate(self.variables):
+    def fine_columns_of(self, raw: np.ndarray, probability: np.ndarray) -> np.ndarray:
+        """The fine bins that records ``raw`` ``(N, F)`` with served ``probability`` ``(N,)`` fall in: ``(N, F + 1)``
+        columns of a bucket's fine counts. Values are not kept: only these indices are."""
+        out = np.empty((len(raw), len(self.variables)), dtype=np.int64)
+        for k in range(len(self.variables)):
             col = raw[:, k] if k < len(self.features) else probability
-            missing = np.isnan(col)
-            idx = np.searchsorted(self._inner[k], np.where(missing, 0.0, col), side="right")
-            if v.has_missing_bin:
-                idx = np.where(missing, v.n_bins - 1, idx)
-            out[:, k] = v.offset + idx
+            out[:, k] = self.fine_offsets[k] + np.searchsorted(self._fine_arrays[k], col, side="right")
         return out
+
+    def public_counts(self, fine: np.ndarray) -> np.ndarray:
+        """Fine counts ``(fine_width,)`` as the window's counts: one per value bin and missing bin of every variable
+        (``width`` columns), then per feature the values outside the training range."""
+        fine = np.asarray(fine, dtype=np.int64)
+        kept = self._fine_public >= 0
+        outside = self._fine_side > 0
+        return np.concatenate(
+            [
+                _add_up(self._fine_public[kept], fine[kept], self.width),
+                _add_up(self._fine_feature[outside], fine[outside], len(self.features)),
+            ]
+        )
+
+    def events(self, fine: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+        """Fine counts ``(fine_width,)`` as per feature the values missing, below and above the training range."""
+        fine = np.asarray(fine, dtype=np.int64)
+        f = len(self.features)
+        found = [
+            _add_up(self._fine_feature[mask], fine[mask], f).tolist()
+            for mask in (self._fine_missing, self._fine_side == 1, self._fine_side == 2)
+        ]
+        return found[0], found[1], found[2]
+
+    def totals_of(self, records: int, fine: np.ndarray, probability_sum: float) -> Totals:
+        """Fine counts since start-up as :class:`Totals`."""
+        missing, below, above = self.events(fine)
+        start = self.fine_offsets[-1]
+        return Totals(
+            records=records,
+            missing=missing,
+            below=below,
+            above=above,
+            probability_bins=[int(x) for x in fine[start:]],
+            probability_sum=probability_sum,
+        )
+
+
+def _add_up(index: np.ndarray, counts: np.ndarray, size: int) -> np.ndarray:
+    """``out[index[i]] += counts[i]`` over ``size`` integer slots."""
+    out = np.zeros(size, dtype=np.int64)
+    np.add.at(out, index, counts)
+    return out
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What the window counted since start-up (every process's, when file-backed): the counters' values."""
+
+    records: int
+    missing: list[int]  # per feature, the values not measured
+    below: list[int]  # per feature, the values below the training range
+    above: list[int]  # per feature, the values above it
+    probability_bins: list[int]  # per fine bin of the probability (its edges: the last of ``fine_edges``)
+    probability_sum: float  # the sum of the served probabilities
 
 
 @dataclass(frozen=True)
@@ -252,14 +353,16 @@ class DriftReport:
 
 
 class DriftWindow:
-    """A rolling window of bin counts: ``buckets`` time buckets of ``bucket_seconds``, as a ring.
+    """A rolling window of fine bin counts: ``buckets`` time buckets of ``bucket_seconds``, as a ring, and a row
+    of running totals.
 
-    Row ``r`` of the ring holds, in column 0, the number of the time bucket it counts (``floor(t /
-    bucket_seconds)``), in column 1 the records counted, then one count per bin of every variable, then per
-    feature the count of values out of the training range. A row whose
-    bucket is older than the window is reset before it is reused and ignored when read. With ``folder`` the ring
-    is a memory-mapped file of this process in that folder (``monitoring_<fingerprint>_<pid>.bin``), which
-    :func:`read_counts` adds up with the other processes' files; without it, an array in memory.
+    Row ``r < buckets`` of the ring holds, in column 0, the number of the time bucket it counts (``floor(t /
+    bucket_seconds)``), in column 1 the records counted, then one count per fine bin of every variable (see
+    :class:`DriftReference`). A row whose bucket is older than the window is added to the last row (the totals of
+    the buckets gone, column 0 ``-2``) and reset before it is reused, and is ignored when the window is read. With
+    ``folder`` the ring is a memory-mapped file of this process in that folder
+    (``monitoring_<fingerprint>_<pid>.bin``), which :func:`read_counts` and :func:`read_totals` add up with the other
+    processes' files; without it, an array in memory.
     """
 
     def __init__(
@@ -284,140 +387,143 @@ class DriftWindow:
         self._generation = -1
         self._bucket: int | None = None  # the time bucket :attr:`_row` counts, at :attr:`_row_index` of the ring
         self._row_index = 0
-        self._row = memoryview(b"")
-        self.row_width = 2 + reference.width + len(reference.features)
-        self._ring: np.ndarray = np.zeros((buckets, self.row_width), dtype=np.int64)
-        self._flat = self._ring.data.cast("B").cast("q")
+        self._row_end = -math.inf  # when :attr:`_row`'s time bucket ends (or -inf: take the slow path first)
+        self.row_width = 2 + reference.fine_width
+        # per variable, its fine edges and the column of its first fine bin in a row: what a record is binned with
+        self._edges = reference.fine_edges
+        self._columns = [2 + offset for offset in reference.fine_offsets]
+        self._memory: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._ring: np.ndarray = self._memory
+        self._flat = memoryview(b"").cast("B").cast("q")
+        self._sum = memoryview(b"").cast("B").cast("d")
+        self._row = self._flat
         self._open()
+        _windows.add(self)
 
     def _open(self) -> None:
         """(Re)open this process's ring: after a fork a child must not write into its parent's file."""
         self._pid = os.getpid()
         self._generation = _fork_generation
-        shape = (self.buckets, self.row_width)
+        size = (self.buckets + 1) * self.row_width + 1  # the ring, the totals row and the probability sum
         if self.folder is None:
-            ring = np.zeros(shape, dtype=np.int64)
+            memory = np.zeros(size, dtype=np.int64)
         else:
             path = self.folder / f"{_FILE_PREFIX}{self.reference.fingerprint}_{self._pid}{_FILE_SUFFIX}"
-            ring = np.memmap(path, dtype=np.int64, mode="w+", shape=shape)
-            ring[:] = 0
+            memory = np.memmap(path, dtype=np.int64, mode="w+", shape=(size,))
+            memory[:] = 0
+        ring = memory[:-1].reshape(self.buckets + 1, self.row_width)
         ring[:, 0] = -1
+        ring[self.buckets, 0] = _TOTALS_ROW
+        self._memory = memory
         self._ring = ring
-        # the same memory as a flat sequence of Python ints: a few records are counted without numpy calls
-        self._flat = ring.data.cast("B").cast("q")
+        # the same memory as a flat sequence of Python ints (and its last slot as a float, the probability sum): a
+        # record is counted without numpy calls
+        self._flat = memory.data.cast("B").cast("q")
+        self._sum = memory.data.cast("B").cast("d")[size - 1 :]
         self._bucket = None
         self._row = self._flat[0:0]
+        self._row_end = -math.inf
 
     def _current_row(self, bucket: int) -> memoryview:
-        """The row of the ring of time bucket ``bucket`` (now), as a flat view of Python ints (reset first if it
-        counted an older bucket). Kept between calls: only this process writes its ring, so a row is only reset
-        here."""
+        """The row of the ring of time bucket ``bucket`` (now), as a flat view of Python ints (its older counts
+        moved to the totals first, under the lock, so that a reader never sees them twice or not at all). Kept
+        between calls: only this process writes its ring, so a row is only reset here."""
         if bucket == self._bucket:
             return self._row
         r = bucket % self.buckets
         start = r * self.row_width
-        if self._flat[start] != bucket:
-            self._ring[r] = 0
-            self._flat[start] = bucket
+        with self._lock:
+            if self._flat[start] != bucket:
+                old = self._ring[r]
+                if old[0] >= 0:
+                    self._ring[self.buckets, 1:] += old[1:]
+                old[:] = 0
+                self._flat[start] = bucket
         self._bucket = bucket
         self._row_index = r
         self._row = self._flat[start : start + self.row_width]
         return self._row
+
+    def _advance(self, now: float) -> memoryview:
+        """The slow path of a record: a new time bucket has begun (or the process was forked: a child reopens a
+        ring of its own)."""
+        if self._generation != _fork_generation:
+            self._open()
+        bucket = math.floor(now / self.bucket_seconds)
+        row = self._current_row(bucket)
+        self._row_end = (bucket + 1) * self.bucket_seconds
+        return row
 
     def add(
         self,
         raw: np.ndarray,
         probability: Sequence[float] | np.ndarray,
         rows: Sequence[Sequence[float]] | None = None,
-    ) -> tuple[list[int], list[int], list[int]]:
-        """Count records ``raw`` ``(N, F)`` (original units, NaN = missing) with served ``probability``; returns,
-        per feature, how many values were missing, below and above the training range. ``rows``: the same records
-        as Python lists, if the caller has them (saves converting them again).
+    ) -> None:
+        """Count records ``raw`` ``(N, F)`` (original units, NaN = missing, else finite) with served
+        ``probability``. ``rows``: the same records as Python lists, if the caller has them (saves converting them
+        again).
 
         A few records are counted in plain Python (a numpy call costs more than a record's work), a batch with
         numpy; both count the same (tested)."""
         n = len(raw)
-        f = len(self.reference.features)
         if n == 0:
-            return [0] * f, [0] * f, [0] * f
+            return
         if n <= _PYTHON_MAX_RECORDS:
             probs = probability.tolist() if isinstance(probability, np.ndarray) else list(probability)
-            events = self.add_rows(raw.tolist() if rows is None else rows, probs)
-            return events if events is not None else ([0] * f, [0] * f, [0] * f)
+            self.add_rows(raw.tolist() if rows is None else rows, probs)
+            return
         ref = self.reference
-        columns = ref.columns_of(raw, np.asarray(probability, dtype=np.float64))
-        below = raw < ref.train_min
-        above = raw > ref.train_max
-        missing = np.isnan(raw)
-        counts = np.bincount(columns.ravel(), minlength=ref.width)
-        outside = (below | above).sum(axis=0)
-        with self._lock:
-            if self._generation != _fork_generation:
-                self._open()
-            self._current_row(math.floor(self.clock() / self.bucket_seconds))
-            row = self._ring[self._row_index]
-            row[1] += n
-            row[2 : 2 + ref.width] += counts
-            row[2 + ref.width :] += outside
-        return missing.sum(axis=0).tolist(), below.sum(axis=0).tolist(), above.sum(axis=0).tolist()
+        columns = ref.fine_columns_of(raw, np.asarray(probability, dtype=np.float64))
+        counts = np.bincount(columns.ravel(), minlength=ref.fine_width)
+        now = self.clock()
+        if now >= self._row_end:
+            self._advance(now)
+        row = self._ring[self._row_index]
+        row[1] += n
+        row[2:] += counts
+        self._sum[0] += float(np.sum(probability))
 
-    def add_rows(
-        self, rows: Sequence[Sequence[float]], probability: Sequence[float]
-    ) -> tuple[list[int], list[int], list[int]] | None:
+    def add_rows(self, rows: Sequence[Sequence[float]], probability: Sequence[float]) -> None:
         """:meth:`add` for a few records given as Python lists (the runtime has them already), without numpy.
-        Returns the missing / below / above counts per feature, or None when there were none.
 
-        This runs on the event loop for every prediction: a record whose values were all measured and within the
-        training range (the common case) is binned without a Python loop over its features (``map`` runs it)."""
-        ref = self.reference
-        f = len(ref.features)
-        lo, hi = ref.train_min_list, ref.train_max_list
-        columns, edges = ref.value_columns, ref.edge_lists
-        prob_edges, prob_column = edges[f], ref.offsets[f] + 2
-        events: list[list[int]] | None = None  # missing, below, above per feature: only made when one occurs
+        This runs on the event loop for every prediction, so it touches as little as it can: the clock, then per
+        record one ``bisect`` a variable in a loop that ``map`` runs in C and one increment a variable. Without a
+        lock: every record is counted on the event loop's thread (the runtime's predictions are built there), and
+        a reader (:meth:`counts`, :meth:`totals`) only copies counts that go up one by one; the rare reset of a
+        row at a new time bucket takes the lock (:meth:`_current_row`)."""
+        now = self.clock()
+        row = self._row if now < self._row_end else self._advance(now)
+        edges, columns = self._edges, self._columns
+        row[1] += len(rows)
+        total = 0.0
+        for values, p in zip(rows, probability, strict=True):
+            total += p
+            for column in map(add, columns, map(bisect_right, edges, [*values, p])):
+                row[column] += 1
+        self._sum[0] += total
+
+    def _snapshot(self) -> np.ndarray:
         with self._lock:
-            if self._generation != _fork_generation:
-                self._open()
-            bucket = math.floor(self.clock() / self.bucket_seconds)
-            row = self._row if bucket == self._bucket else self._current_row(bucket)
-            row[1] += len(rows)
-            for values, p in zip(rows, probability, strict=True):
-                row[prob_column + bisect_right(prob_edges, p)] += 1
-                # every value measured (NaN compares false) and within the training range: the loop runs in C
-                if all(map(le, lo, values)) and all(map(le, values, hi)):
-                    for column in map(add, columns, map(bisect_right, edges, values)):
-                        row[column] += 1
-                    continue
-                if events is None:
-                    events = [[0] * f, [0] * f, [0] * f]
-                self._add_values(row, values, events)
-        if events is None:
-            return None
-        return events[0], events[1], events[2]
-
-    def _add_values(self, row: memoryview, values: Sequence[float], events: list[list[int]]) -> None:
-        """One record, value by value: the general case (a value missing or outside the training range)."""
-        ref = self.reference
-        outside = 2 + ref.width
-        for j, (v, (offset, inner, missing_col, low, high)) in enumerate(zip(values, ref.row_plan, strict=True)):
-            if math.isnan(v):  # not measured
-                events[0][j] += 1
-                if missing_col >= 0:  # a feature that may not be missing has no missing bin (refused upstream)
-                    row[2 + missing_col] += 1
-                continue
-            row[2 + offset + bisect_right(inner, v)] += 1
-            if v < low or v > high:
-                events[1 if v < low else 2][j] += 1
-                row[outside + j] += 1
+            return np.array(self._memory)
 
     def counts(self) -> tuple[int, np.ndarray]:
-        """Records and bin counts in the window: this process's, or every process's when file-backed."""
+        """Records and counts in the window (see :meth:`DriftReference.public_counts`): this process's, or every
+        process's when file-backed."""
         now_bucket = math.floor(self.clock() / self.bucket_seconds)
         if self.folder is not None:
             return read_counts(self.folder, self.reference, self.buckets, self.row_width, now_bucket)
-        with self._lock:
-            ring = np.array(self._ring)
-        return _sum_window(ring, self.buckets, now_bucket)
+        ring, _ = _split(self._snapshot(), self.buckets, self.row_width)
+        n, fine = _sum_window(ring, self.buckets, now_bucket)
+        return n, self.reference.public_counts(fine)
+
+    def totals(self) -> Totals:
+        """What was counted since start-up: this process's, or every process's (live or not) when file-backed."""
+        if self.folder is not None:
+            return read_totals(self.folder, self.reference, self.buckets, self.row_width)
+        ring, probability_sum = _split(self._snapshot(), self.buckets, self.row_width)
+        n, fine = _sum_all(ring)
+        return self.reference.totals_of(n, fine, probability_sum)
 
     def report(self, min_records: int) -> DriftReport:
         """PSI and verdict of every variable over the window."""
@@ -457,27 +563,62 @@ class DriftWindow:
 
 
 def _sum_window(ring: np.ndarray, buckets: int, now_bucket: int) -> tuple[int, np.ndarray]:
-    live = (ring[:, 0] > now_bucket - buckets) & (ring[:, 0] <= now_bucket)
-    total = ring[live].sum(axis=0)
+    """Records and fine counts of the ring's rows whose bucket is in the window."""
+    rows = ring[:buckets]
+    live = (rows[:, 0] > now_bucket - buckets) & (rows[:, 0] <= now_bucket)
+    total = rows[live].sum(axis=0)
     return int(total[1]), total[2:]
+
+
+def _sum_all(ring: np.ndarray) -> tuple[int, np.ndarray]:
+    """Records and fine counts since start-up: every row of the ring (a row not reset yet still counts) and the
+    totals row."""
+    total = ring[:, 1:].sum(axis=0)
+    return int(total[0]), total[1:]
+
+
+def _split(memory: np.ndarray, buckets: int, width: int) -> tuple[np.ndarray, float]:
+    """A window's memory as its ring (with the totals row) and its probability sum."""
+    return memory[:-1].reshape(buckets + 1, width), float(memory[-1:].view(np.float64)[0])
+
+
+def _rings(folder: Path, reference: DriftReference, buckets: int, width: int) -> Iterator[tuple[np.ndarray, float]]:
+    """Every process's ring and probability sum in ``folder`` for ``reference`` (files of a dead process
+    included)."""
+    pattern = os.path.join(glob.escape(str(folder)), f"{_FILE_PREFIX}{reference.fingerprint}_*{_FILE_SUFFIX}")
+    for path in sorted(glob.glob(pattern)):
+        try:
+            memory = np.fromfile(path, dtype=np.int64)
+        except OSError:  # removed meanwhile
+            continue
+        if memory.size == (buckets + 1) * width + 1:
+            yield _split(memory, buckets, width)
 
 
 def read_counts(
     folder: Path, reference: DriftReference, buckets: int, width: int, now_bucket: int
 ) -> tuple[int, np.ndarray]:
-    """Records and counts in the window, added up over every process's file in ``folder`` for ``reference``
-    (``width`` columns a row; files of a dead process still count until their buckets leave the window)."""
+    """Records and counts in the window (:meth:`DriftReference.public_counts`), added up over every process's file
+    in ``folder`` for ``reference`` (``width`` columns a row; files of a dead process still count until their
+    buckets leave the window)."""
     n = 0
-    counts = np.zeros(width - 2, dtype=np.int64)
-    pattern = os.path.join(glob.escape(str(folder)), f"{_FILE_PREFIX}{reference.fingerprint}_*{_FILE_SUFFIX}")
-    for path in sorted(glob.glob(pattern)):
-        try:
-            ring = np.fromfile(path, dtype=np.int64)
-        except OSError:  # removed meanwhile
-            continue
-        if ring.size != buckets * width:
-            continue
-        part_n, part = _sum_window(ring.reshape(buckets, width), buckets, now_bucket)
+    fine = np.zeros(width - 2, dtype=np.int64)
+    for ring, _ in _rings(folder, reference, buckets, width):
+        part_n, part = _sum_window(ring, buckets, now_bucket)
         n += part_n
-        counts += part
-    return n, counts
+        fine += part
+    return n, reference.public_counts(fine)
+
+
+def read_totals(folder: Path, reference: DriftReference, buckets: int, width: int) -> Totals:
+    """What was counted since start-up (:class:`Totals`), added up over every process's file in ``folder``, a dead
+    process's included (counters do not go down when a worker stops)."""
+    n = 0
+    fine = np.zeros(width - 2, dtype=np.int64)
+    probability_sum = 0.0
+    for ring, part_sum in _rings(folder, reference, buckets, width):
+        part_n, part = _sum_all(ring)
+        n += part_n
+        fine += part
+        probability_sum += part_sum
+    return reference.totals_of(n, fine, probability_sum)

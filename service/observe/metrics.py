@@ -16,6 +16,8 @@ writes its own memory-mapped files and a scrape of any worker adds up every proc
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import platform
 from bisect import bisect_left
@@ -33,22 +35,12 @@ from prometheus_client import (
     generate_latest,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from service.observe.drift import DriftReference, DriftReport, DriftWindow
-
-
-class ServedWarning(Protocol):
-    """What the metrics read of a warning about an input value (the runtime's ``FeatureWarning``)."""
-
-    @property
-    def feature(self) -> str: ...
-    @property
-    def value(self) -> float: ...
-    @property
-    def train_min(self) -> float: ...
 
 
 class ServedPrediction(Protocol):
@@ -56,12 +48,6 @@ class ServedPrediction(Protocol):
 
     @property
     def probability(self) -> float: ...
-    @property
-    def label_name(self) -> str: ...
-    @property
-    def imputed(self) -> tuple[str, ...]: ...
-    @property
-    def warnings(self) -> Sequence[ServedWarning]: ...
 
 
 __all__ = [
@@ -87,6 +73,7 @@ QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # |output_value - base_value - sum(attributions)| in output units: ~1e-7 exact, up to ~1e-1 sampled with few draws
 GAP_BUCKETS = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+_FEW_RECORDS = 16  # up to this many records are binned in plain Python (as DriftWindow.add does)
 PROBABILITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
@@ -134,6 +121,12 @@ class FastCounter:
             self._value._value += amount
 
 
+def _le(bound: float) -> str:
+    """A bucket's ``le`` label, written as prometheus-client writes it for its own histograms."""
+    text: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
+    return text
+
+
 def prepare_multiprocess_dir(folder: Path) -> None:
     """Create ``folder`` and remove what an earlier run left in it (counters must start at zero)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -151,12 +144,13 @@ def enable_multiprocess(folder: Path) -> None:
 
 
 class _DriftCollector(Collector):
-    """The drift gauges, computed from the window at each scrape."""
+    """The drift gauges, and the metrics of the inputs and the predictions, computed from the window at each
+    scrape."""
 
     def __init__(self, telemetry: Telemetry) -> None:
         self.telemetry = telemetry
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         report = self.telemetry.drift_report()
         if report is None:
             return
@@ -197,6 +191,54 @@ class _DriftCollector(Collector):
                 outside.add_metric([v.name], v.recent_out_of_range_rate)
         yield missing
         yield outside
+        yield from self._since_start()
+
+    def _since_start(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        """The counters of imputed and out-of-range values, of predictions by label and the histogram of the
+        predicted probability, from the window's running totals since start-up (every feature and label, zeros
+        included, so that a dashboard's rate has a series from the first scrape)."""
+        window = self.telemetry.window
+        if window is None:
+            return
+        totals = window.totals()
+        features = window.reference.features
+        imputed = CounterMetricFamily(
+            "gshap_input_imputed_values",
+            "Values not measured (null, 0 where 0 means missing, or omitted) and imputed, by feature.",
+            labels=["feature"],
+        )
+        outside = CounterMetricFamily(
+            "gshap_input_out_of_range_values",
+            "Values outside the range seen in training (the model extrapolates), by feature and side.",
+            labels=["feature", "side"],
+        )
+        for j, name in enumerate(features):
+            imputed.add_metric([name], totals.missing[j])
+            outside.add_metric([name, "below"], totals.below[j])
+            outside.add_metric([name, "above"], totals.above[j])
+        yield imputed
+        yield outside
+        buckets = [0] * (len(PROBABILITY_BUCKETS) + 1)
+        labels = [0, 0]
+        for count, (bucket, label) in zip(totals.probability_bins, self.telemetry._probability_bins, strict=True):
+            buckets[bucket] += count
+            labels[label] += count
+        predictions = CounterMetricFamily(
+            "gshap_predictions", "Records predicted (by /predict and /explain), by label.", labels=["label"]
+        )
+        for name, count in zip(self.telemetry.label_names, labels, strict=True):
+            predictions.add_metric([name], count)
+        yield predictions
+        cumulative = list(itertools.accumulate(buckets))
+        yield HistogramMetricFamily(
+            "gshap_prediction_probability",
+            "Served predicted probability of each record.",
+            buckets=[
+                *((_le(b), c) for b, c in zip(PROBABILITY_BUCKETS, cumulative, strict=False)),
+                ("+Inf", cumulative[-1]),
+            ],
+            sum_value=totals.probability_sum,
+        )
 
 
 class Telemetry:
@@ -261,32 +303,10 @@ class Telemetry:
             buckets=GAP_BUCKETS,
             registry=r,
         )
-        self.imputed = Counter(
-            "gshap_input_imputed_values",
-            "Values not measured (null, 0 where 0 means missing, or omitted) and imputed, by feature.",
-            ["feature"],
-            registry=r,
-        )
-        self.out_of_range = Counter(
-            "gshap_input_out_of_range_values",
-            "Values outside the range seen in training (the model extrapolates), by feature and side.",
-            ["feature", "side"],
-            registry=r,
-        )
-        self.predictions = Counter(
-            "gshap_predictions", "Records predicted (by /predict and /explain), by label.", ["label"], registry=r
-        )
-        self.probability = Histogram(
-            "gshap_prediction_probability",
-            "Served predicted probability of each record.",
-            buckets=PROBABILITY_BUCKETS,
-            registry=r,
-        )
-        self._probability = FastHistogram(self.probability)
         self._batch_children: dict[Hashable, tuple[Any, Any]] = {}
         self._explain_children: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._label_children: dict[str, Any] = {}
-        self._feature_children: dict[tuple[str, str], FastCounter] = {}
+        self._probability_bins: list[tuple[int, int]] = []  # per fine bin of the probability: histogram bucket, label
+        self.label_names: tuple[str, str] = ("0", "1")
         self.features: tuple[str, ...] = ()
         self.window: DriftWindow | None = None
         self._drift = _DriftCollector(self)
@@ -311,10 +331,26 @@ class Telemetry:
         train_min: Sequence[float] | np.ndarray,
         train_max: Sequence[float] | np.ndarray,
         identity: str,
+        threshold: float,
+        label_names: tuple[str, str],
     ) -> None:
-        """Start the drift window against the evaluation set (values in original units, NaN = missing)."""
+        """Start the drift window against the evaluation set (values in original units, NaN = missing).
+        ``threshold`` and ``label_names`` (negative, positive): the decision rule of the served labels
+        (:func:`service.contract.label_of`: positive when ``probability >= threshold``)."""
         self.features = tuple(features)
-        reference = DriftReference(features, may_be_missing, eval_raw, eval_probability, train_min, train_max, identity)
+        self.label_names = label_names
+        # the probability's fine bins are also cut at the histogram's bounds (a value equal to a bound is in its
+        # bucket: the cut is just above it) and at the threshold (a value equal to it is positive)
+        cuts = [threshold, *(math.nextafter(b, math.inf) for b in PROBABILITY_BUCKETS)]
+        reference = DriftReference(
+            features, may_be_missing, eval_raw, eval_probability, train_min, train_max, identity, cuts
+        )
+        edges = reference.fine_edges[-1]
+        self._probability_bins = []
+        for i in range(len(edges) + 1):
+            # fine bin i is [edges[i - 1], edges[i]) (the first: below edges[0]; the last: NaN, never served)
+            low = edges[i - 1] if i > 0 else -math.inf
+            self._probability_bins.append((bisect_left(PROBABILITY_BUCKETS, low), int(i > 0 and low >= threshold)))
         self.window = DriftWindow(
             reference, window_seconds=self.monitoring_window_seconds, folder=self.multiprocess_dir
         )
@@ -351,38 +387,18 @@ class Telemetry:
     ) -> None:
         """Predictions of a batch: ``raw`` ``(N, F)`` in original units (NaN = not measured), the same as Python
         lists in ``rows`` if the caller has them, and what was served for each record. The values are binned into
-        the drift window and forgotten; the counters of imputed and out-of-range values come from what the answers
-        already say (their ``imputed`` and ``warnings``)."""
-        labels = self._label_children
-        observe = self._probability.observe
-        probabilities = []
-        for p in predictions:
-            probability = p.probability
-            child = labels.get(p.label_name)
-            if child is None:
-                child = labels[p.label_name] = FastCounter(self.predictions.labels(p.label_name))
-            child.inc(1)
-            observe(probability)
-            probabilities.append(probability)
-            if p.imputed:
-                for name in p.imputed:
-                    self._feature_counter("imputed", name).inc(1)
-            if p.warnings:
-                for w in p.warnings:
-                    self._feature_counter("below" if w.value < w.train_min else "above", w.feature).inc(1)
-        if self.window is not None:
-            self.window.add(raw, probabilities, rows)
-
-    def _feature_counter(self, kind: str, feature: str) -> FastCounter:
-        key = (kind, feature)
-        child = self._feature_children.get(key)
-        if child is None:
-            if kind == "imputed":
-                child = FastCounter(self.imputed.labels(feature))
-            else:
-                child = FastCounter(self.out_of_range.labels(feature, kind))
-            self._feature_children[key] = child
-        return child
+        the drift window and forgotten. Every counter of the inputs and the predictions is read from the window's
+        running totals at each scrape: one ``bisect`` a variable says whether a value was missing, below or above
+        the training range, and in which histogram bucket and on which side of the threshold a probability was, so
+        they cost nothing more here."""
+        window = self.window
+        if window is None:
+            return
+        probabilities = [p.probability for p in predictions]
+        if rows is not None and len(rows) <= _FEW_RECORDS:
+            window.add_rows(rows, probabilities)  # a request's few records: skip add()'s dispatch
+        else:
+            window.add(raw, probabilities, rows)
 
     def record_explanations(self, method: str, output: str, gaps: Sequence[float]) -> None:
         """Explanations of a batch, with each one's completeness gap."""

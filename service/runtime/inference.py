@@ -359,6 +359,8 @@ class InferenceRuntime:
             train_min=self._lo,
             train_max=self._hi,
             identity=self.model_version,
+            threshold=float(bundle.threshold),
+            label_names=(self.spec.negative_label, self.spec.positive_label),
         )
 
     def reference_probabilities(self) -> np.ndarray:
