@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup serve test lint typecheck pytest browser screenshots openapi figures bench bench-cohort train audit soak readme clean
+.PHONY: setup serve test lint typecheck pytest browser promtool screenshots openapi figures bench bench-cohort train audit soak readme clean
 
 # service/engine/_exact.c is compiled by the project install (a C compiler and Python's headers are needed); a change
 # to it must rebuild the extension, which an editable install does not do by itself.
@@ -45,7 +45,19 @@ browser:
 	  fi; \
 	fi
 
-pytest: setup browser
+# promtool (Debian's prometheus package) checks and unit-tests deploy/prometheus/*.yml: installed here when missing
+# and we are root, as the browser is; without it that one test is skipped and says what to install.
+promtool:
+	@if ! command -v promtool >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
+	      || echo "could not install prometheus (promtool): its test will be skipped"; \
+	  else \
+	    echo "the alert rules' unit tests need promtool: sudo apt-get install prometheus"; \
+	  fi; \
+	fi
+
+pytest: setup browser promtool
 	$(BIN)/pytest
 
 # docs/screenshots/*.png: the page at desktop and phone width, for the README

@@ -55,12 +55,21 @@ class HttpMetrics:
             multiprocess_mode="livesum",
         )
         self._children: dict[tuple[str, str, int], tuple[FastCounter, FastHistogram]] = {}
-        self.in_flight_inc = FastCounter(self.in_flight).inc
+        # requests in flight in this process, counted by the middleware: read at each scrape in one process; with
+        # several, each process also writes it to its file (shared_in_flight) for the others' scrapes to add up
+        self.active = 0
+        self.shared_in_flight: FastCounter | None = None
+        if telemetry.multiprocess_dir is not None:
+            self.shared_in_flight = FastCounter(self.in_flight)
+        else:
+            self.in_flight.set_function(lambda: self.active)
 
     def observe(self, scope: Scope, route: str | None, status: int, seconds: float) -> None:
         """Count one answered request (``route``: its template if it was routed) and its duration, and take it
-        off the requests in flight (counted in by :meth:`in_flight_inc` as it arrived)."""
-        self.in_flight_inc(-1)
+        off the requests in flight (counted in by the middleware as it arrived: ``active`` and ``shared_in_flight``)."""
+        self.active -= 1
+        if self.shared_in_flight is not None:
+            self.shared_in_flight.inc(-1)
         method = scope.get("method", "")
         if method not in _METHODS:  # normalised before the key: a client's made-up methods must not grow the cache
             method = "other"

@@ -128,8 +128,10 @@ class RequestContextMiddleware:
             return
         start = time.perf_counter()
         metrics = self.metrics
-        if metrics is not None:
-            metrics.in_flight_inc(1)
+        if metrics is not None:  # one request more in flight (see HttpMetrics.observe for the other end)
+            metrics.active += 1
+            if metrics.shared_in_flight is not None:
+                metrics.shared_in_flight.inc(1)
         rid = _request_id(scope)
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
         state["request_id"] = rid

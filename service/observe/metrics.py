@@ -87,38 +87,57 @@ class FastHistogram:
     development machine, a lock costs ~0.4 µs under load and a request took ~14 of them. In multiprocess mode each
     increment goes through the memory-mapped value's own ``inc``."""
 
-    __slots__ = ("_bounds", "_buckets", "_multiprocess", "_sum")
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __new__(cls, child: Histogram) -> FastHistogram:
+        # the mode is chosen once here, not tested on every observation
+        shared = getattr(child._sum, "_multiprocess", False)
+        return object.__new__(_SharedHistogram if shared and cls is FastHistogram else cls)
 
     def __init__(self, child: Histogram) -> None:
         # prometheus-client 0.26 (pinned): per-bucket (not cumulative) values, +Inf last, and a _sum value
         self._bounds: list[float] = list(child._upper_bounds)
         self._buckets: list[Any] = child._buckets
         self._sum: Any = child._sum
-        self._multiprocess = bool(getattr(self._sum, "_multiprocess", False))
 
     def observe(self, amount: float) -> None:
-        if self._multiprocess:
-            self._sum.inc(amount)
-            self._buckets[bisect_left(self._bounds, amount)].inc(1)
-            return
         self._sum._value += amount
         self._buckets[bisect_left(self._bounds, amount)]._value += 1
+
+
+class _SharedHistogram(FastHistogram):
+    """:class:`FastHistogram` in multiprocess mode: each increment through the memory-mapped value's ``inc``."""
+
+    __slots__ = ()
+
+    def observe(self, amount: float) -> None:
+        self._sum.inc(amount)
+        self._buckets[bisect_left(self._bounds, amount)].inc(1)
 
 
 class FastCounter:
     """One labelled counter's (or gauge's) ``inc`` straight on its value object (see :class:`FastHistogram`)."""
 
-    __slots__ = ("_multiprocess", "_value")
+    __slots__ = ("_value",)
+
+    def __new__(cls, child: Counter | Gauge) -> FastCounter:
+        shared = getattr(child._value, "_multiprocess", False)
+        return object.__new__(_SharedCounter if shared and cls is FastCounter else cls)
 
     def __init__(self, child: Counter | Gauge) -> None:
         self._value: Any = child._value
-        self._multiprocess = bool(getattr(self._value, "_multiprocess", False))
 
     def inc(self, amount: float) -> None:
-        if self._multiprocess:
-            self._value.inc(amount)
-        else:
-            self._value._value += amount
+        self._value._value += amount
+
+
+class _SharedCounter(FastCounter):
+    """:class:`FastCounter` in multiprocess mode."""
+
+    __slots__ = ()
+
+    def inc(self, amount: float) -> None:
+        self._value.inc(amount)
 
 
 def _le(bound: float) -> str:
