@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 # service/engine/_exact.c is compiled by the project install (a C compiler and Python's headers are needed); a change
 # to it must rebuild the extension, which an editable install does not do by itself.
-$(STAMP): pyproject.toml constraints.txt service/engine/_exact.c
+$(STAMP): pyproject.toml constraints.txt service/engine/_exact.c service/observe/_binning.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and exactly: the CPU wheel of 2.13.0 (an open range would pull a multi-GB CUDA build)
 	$(BIN)/pip install --quiet torch==2.13.0

@@ -422,10 +422,11 @@ def test_torch_is_pinned_and_comes_from_the_cpu_index(builder: Stage, pyproject:
 def test_builder_has_a_compiler_for_the_extension_and_the_runtime_none(
     builder: Stage, runtime: Stage, pyproject: dict[str, Any]
 ) -> None:
-    """The project builds a C extension (the exact kernel): the builder installs gcc before the project install,
-    and the runtime stage, which copies the built venv, installs no compiler."""
+    """The project builds C extensions (the exact kernel, the drift window's counting): the builder installs gcc
+    before the project install and proves both were built, and the runtime stage, which copies the built venv,
+    installs no compiler."""
     modules = pyproject["tool"]["setuptools"]["ext-modules"]
-    assert [m["name"] for m in modules] == ["service.engine._exact"]
+    assert [m["name"] for m in modules] == ["service.engine._exact", "service.observe._binning"]
     for source in (s for m in modules for s in m["sources"]):
         assert (ROOT / source).is_file()
     runs = builder.all("RUN")
@@ -433,6 +434,8 @@ def test_builder_has_a_compiler_for_the_extension_and_the_runtime_none(
     assert len(gcc_runs) == 1
     project_run = next(r for r in runs if re.search(r"pip install .*-c constraints\.txt '\.\[server\]'(\s|$)", r))
     assert runs.index(gcc_runs[0]) < runs.index(project_run)
+    for module in modules:
+        assert module["name"] in project_run  # imported with -I after the install: a failed build stops the image
     assert not [r for r in runtime.all("RUN") if "gcc" in r]
 
 

@@ -296,3 +296,58 @@ def test_a_forked_child_writes_its_own_file(bundle: Bundle, tmp_path: Path) -> N
     assert child.exitcode == 0
     assert len(list(tmp_path.iterdir())) == 2
     assert window.counts()[0] == 10
+
+
+def test_the_compiled_counting_matches_the_python_loop(bundle: Bundle) -> None:
+    """The C counting (service/observe/_binning.c) and the Python loop leave the same bytes in the window, counts
+    and probability sum, for records with missing values, values on bin edges, on the training range's ends and
+    one step beyond them; the C path is the one in use where it compiled."""
+    from service.observe import _binning  # built by the install (make setup): a missing build fails here
+
+    ref = _reference(bundle)
+    rng = np.random.default_rng(3)
+    raw = np.resize(bundle.eval_raw, (400, bundle.eval_raw.shape[1])).copy()
+    for k in range(len(ref.features)):
+        picks = rng.integers(0, len(raw), 12)
+        edges = [e for e in ref.fine_edges[k] if math.isfinite(e)]
+        special = [*edges, float(ref.train_min[k]), float(ref.train_max[k])]
+        special += [
+            math.nextafter(float(ref.train_min[k]), -math.inf),
+            math.nextafter(float(ref.train_max[k]), math.inf),
+        ]
+        raw[picks, k] = rng.choice(special, len(picks))
+    prob = rng.uniform(0, 1, len(raw))
+    prob[:20] = rng.choice([e for e in ref.fine_edges[-1] if math.isfinite(e)], 20)
+    in_c, in_python = DriftWindow(ref, clock=Clock()), DriftWindow(ref, clock=Clock(), compiled=False)
+    assert isinstance(in_c._binner, _binning.Binner)
+    assert in_python._binner is None
+    for start in range(0, len(raw), 3):
+        rows, p = raw[start : start + 3].tolist(), prob[start : start + 3].tolist()
+        in_c.add_rows(rows, p)
+        in_python.add_rows(rows, p)
+    assert in_c._memory.tobytes() == in_python._memory.tobytes()
+    assert in_c.totals().missing == np.isnan(raw).sum(axis=0).tolist()
+
+
+def test_the_compiled_counting_refuses_what_does_not_fit(bundle: Bundle) -> None:
+    """A record of the wrong length, a probability missing, or a row that is not int64 counts: a ValueError that
+    says so, and the row is left as it was."""
+    from service.observe import _binning
+
+    ref = _reference(bundle)
+    window = DriftWindow(ref, clock=Clock())
+    binner = window._binner
+    assert isinstance(binner, _binning.Binner)
+    row = memoryview(bytearray(8 * window.row_width)).cast("q")
+    good = bundle.eval_raw[:1].tolist()
+    with pytest.raises(ValueError, match="must have 8 values"):
+        binner.add(row, [good[0], good[0][:7]], [0.1, 0.2])
+    with pytest.raises(ValueError, match="one probability per record"):
+        binner.add(row, good, [])
+    with pytest.raises(ValueError, match="int64"):
+        binner.add(memoryview(bytearray(8 * window.row_width)).cast("d"), good, [0.1])  # type: ignore[arg-type]  # the wrong kind, on purpose
+    with pytest.raises(ValueError, match="do not fit"):
+        _binning.Binner(ref.fine_edges, [2 + o for o in ref.fine_offsets], 10)
+    assert not any(row)
+    assert binner.add(row, good, [0.25]) == 0.25
+    assert sum(row) == len(ref.variables)

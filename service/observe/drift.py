@@ -50,6 +50,11 @@ from typing import Literal
 
 import numpy as np
 
+try:
+    from service.observe._binning import Binner
+except ImportError:  # not compiled (an install without a C compiler): the same counting in Python
+    Binner = None  # type: ignore[assignment,misc]
+
 __all__ = [
     "PSI_ACT",
     "PSI_WATCH",
@@ -373,6 +378,7 @@ class DriftWindow:
         buckets: int = 60,
         folder: Path | None = None,
         clock: Callable[[], float] = time.time,
+        compiled: bool = True,
     ) -> None:
         if window_seconds <= 0 or buckets < 1:
             raise ValueError("window_seconds must be positive and buckets at least 1")
@@ -392,6 +398,8 @@ class DriftWindow:
         # per variable, its fine edges and the column of its first fine bin in a row: what a record is binned with
         self._edges = reference.fine_edges
         self._columns = [2 + offset for offset in reference.fine_offsets]
+        # the same counting in C (service/observe/_binning.c), unless it did not compile or ``compiled`` is false
+        self._binner = Binner(self._edges, self._columns, self.row_width) if compiled and Binner is not None else None
         self._memory: np.ndarray = np.zeros(0, dtype=np.int64)
         self._ring: np.ndarray = self._memory
         self._flat = memoryview(b"").cast("B").cast("q")
@@ -488,14 +496,18 @@ class DriftWindow:
         """:meth:`add` for a few records given as Python lists (the runtime has them already), without numpy.
 
         This runs on the event loop for every prediction, so it touches as little as it can: the clock, then per
-        record one ``bisect`` a variable in a loop that ``map`` runs in C and one increment a variable. Without a
+        record one ``bisect`` a variable and one increment a variable, in C (``_binning.Binner``; in Python, the
+        same, where the extension did not compile). Without a
         lock: every record is counted on the event loop's thread (the runtime's predictions are built there), and
         a reader (:meth:`counts`, :meth:`totals`) only copies counts that go up one by one; the rare reset of a
         row at a new time bucket takes the lock (:meth:`_current_row`)."""
         now = self.clock()
         row = self._row if now < self._row_end else self._advance(now)
-        edges, columns = self._edges, self._columns
         row[1] += len(rows)
+        if self._binner is not None:
+            self._sum[0] += self._binner.add(row, rows, probability)
+            return
+        edges, columns = self._edges, self._columns
         total = 0.0
         for values, p in zip(rows, probability, strict=True):
             total += p
