@@ -1264,6 +1264,18 @@ def _metrics_overhead_main(
         )
     lines += [
         "",
+        f"| endpoint, side by side (both servers loaded at once, c={max(1, concurrency // 2)} each, {seconds} s × "
+        f"{args.rounds} rounds) | server CPU µs/request on | off | median cost | spread (min … max) | pooled cost |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key, sbs in found["side_by_side"].items():
+        lines.append(
+            f"| POST /{key} | {sbs['cpu_us_per_request_on']:.1f} | {sbs['cpu_us_per_request_off']:.1f} "
+            f"| {sbs['cpu_cost_median'] * 100:+.1f} % | {sbs['cpu_cost_min'] * 100:+.1f} % … "
+            f"{sbs['cpu_cost_max'] * 100:+.1f} % | {sbs['cpu_cost_pooled'] * 100:+.1f} % |"
+        )
+    lines += [
+        "",
         f"| endpoint, in-process ASGI ({inproc['requests_per_round']} interleaved request pairs × {args.rounds} "
         "rounds) | CPU µs/request on | off | median cost | spread (min … max) | pooled cost |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -1414,7 +1426,8 @@ def metrics_overhead(
 ) -> dict[str, Any]:
     """``/predict`` and ``/explain`` throughput with GSHAP_METRICS_ENABLED true and false, two servers started side
     by side (the idle one uses no CPU), measured alternately: in each round both are measured back to back, the
-    order swapped every round, so that the machine's drift between rounds falls on both alike."""
+    order swapped every round, so that the machine's drift between rounds falls on both alike. Then the same
+    servers loaded at the same time (:func:`_side_by_side`), which also cancels the drift within a round."""
     chosen = {t.key: t for t in targets(records) if t.key in ("predict", "explain")}
     servers: dict[str, Server] = {}
     for name, enabled in (("on", "true"), ("off", "false")):
@@ -1443,11 +1456,99 @@ def metrics_overhead(
                     f"  {key:8s} round {r + 1}/{rounds}: on {got['on'].rps:8,.0f} req/s, off {got['off'].rps:8,.0f} "
                     f"req/s, cost {cost * 100:+5.1f} %"
                 )
+        side_by_side = {
+            key: _side_by_side(servers, target, workdir, rounds=rounds, seconds=seconds, warmup=warmup,
+                               concurrency=max(1, concurrency // 2))
+            for key, target in chosen.items()
+        }  # fmt: skip
     summary = {
         key: overhead_summary([(run["on"]["rps"], run["off"]["rps"]) for run in key_runs])
         for key, key_runs in runs.items()
     }
-    return {"concurrency": concurrency, "seconds": seconds, "rounds": rounds, "summary": summary, "runs": runs}
+    return {
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "rounds": rounds,
+        "summary": summary,
+        "runs": runs,
+        "side_by_side": side_by_side,
+    }
+
+
+def _side_by_side(
+    servers: Mapping[str, Server],
+    target: Target,
+    workdir: Path,
+    *,
+    rounds: int,
+    seconds: int,
+    warmup: int,
+    concurrency: int,
+) -> dict[str, Any]:
+    """Both servers loaded at the same time, each by its own wrk (``concurrency`` connections), ``rounds`` times:
+    whatever the shared machine does during a round falls on both alike. The cost is the server's CPU time per
+    request served over HTTP (the process tree's, from /proc), on vs off: unlike throughput it does not depend on
+    how the scheduler splits the two cores between the servers."""
+    script = workdir / f"side_by_side_{target.key}.lua"
+    script.write_text(wrk_lua_script(target.path, target.bodies))
+    per_round: list[dict[str, dict[str, float]]] = []
+
+    def load_both(secs: int) -> dict[str, dict[str, Any]]:
+        got: dict[str, dict[str, Any]] = {}
+
+        def one(name: str) -> None:
+            got[name] = run_wrk(servers[name].url + target.path, script, concurrency, secs)
+
+        threads = [threading.Thread(target=one, args=(name,)) for name in servers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if set(got) != set(servers):
+            raise RuntimeError("a load generator failed")
+        return got
+
+    for r in range(rounds):
+        if warmup > 0:
+            load_both(warmup)
+        for server in servers.values():
+            assert server.proc is not None
+            wait_idle(server.proc.pid)
+        cpu0 = {name: cpu_seconds(s.proc.pid) for name, s in servers.items() if s.proc is not None}
+        got = load_both(seconds)
+        cpu = {name: cpu_seconds(s.proc.pid) - cpu0[name] for name, s in servers.items() if s.proc is not None}
+        row = {
+            name: {
+                "requests": float(got[name]["requests"]),
+                "rps": float(got[name]["rps"]),
+                "errors": float(got[name]["errors"]),
+                "cpu_s": cpu[name],
+                "cpu_us_per_request": cpu[name] / max(1, got[name]["requests"]) * 1e6,
+            }
+            for name in servers
+        }
+        per_round.append(row)
+        log(
+            f"  {target.key:8s} side by side {r + 1}/{rounds}: CPU a request on {row['on']['cpu_us_per_request']:6.1f} "
+            f"µs, off {row['off']['cpu_us_per_request']:6.1f} µs, cost "
+            f"{row['on']['cpu_us_per_request'] / row['off']['cpu_us_per_request'] - 1:+.1%} "
+            f"({row['on']['rps']:,.0f} and {row['off']['rps']:,.0f} req/s)"
+        )
+    costs = [g["on"]["cpu_us_per_request"] / g["off"]["cpu_us_per_request"] - 1 for g in per_round]
+
+    def per_request(name: str) -> float:
+        return sum(g[name]["cpu_s"] for g in per_round) / sum(g[name]["requests"] for g in per_round)
+
+    return {
+        "concurrency_each": concurrency,
+        "cpu_cost_median": statistics.median(costs),
+        "cpu_cost_min": min(costs),
+        "cpu_cost_max": max(costs),
+        "cpu_cost_pooled": per_request("on") / per_request("off") - 1,
+        "cpu_us_per_request_on": per_request("on") * 1e6,
+        "cpu_us_per_request_off": per_request("off") * 1e6,
+        "rounds": per_round,
+    }
 
 
 def _finite(obj: Any) -> Any:
