@@ -330,7 +330,7 @@ def test_the_compiled_counting_matches_the_python_loop(bundle: Bundle) -> None:
 
 
 def test_the_compiled_counting_refuses_what_does_not_fit(bundle: Bundle) -> None:
-    """A record of the wrong length, a probability missing, or a row that is not int64 counts: a ValueError that
+    """A record of the wrong length or kind, a probability missing, or a row that is not int64 counts: an error that
     says so, and the row is left as it was."""
     from service.observe import _binning
 
@@ -342,6 +342,8 @@ def test_the_compiled_counting_refuses_what_does_not_fit(bundle: Bundle) -> None
     good = bundle.eval_raw[:1].tolist()
     with pytest.raises(ValueError, match="must have 8 values"):
         binner.add(row, [good[0], good[0][:7]], [0.1, 0.2])
+    with pytest.raises(TypeError, match="list or a tuple"):
+        binner.add(row, [bundle.eval_raw[0]], [0.1])  # a numpy row: not read in place
     with pytest.raises(ValueError, match="one probability per record"):
         binner.add(row, good, [])
     with pytest.raises(ValueError, match="int64"):

@@ -165,16 +165,16 @@ static PyObject *Binner_add(Binner *self, PyObject *args) {
     double total = 0.0;
     /* every record's length and probability checked first: a wrong one leaves the row untouched */
     for (Py_ssize_t r = 0; r < n; r++) {
-        PyObject *record = PySequence_Fast(PySequence_Fast_GET_ITEM(rows, r), "a record must be a sequence of floats");
-        if (record == NULL) {
+        /* a list or a tuple: the counting loop below reads its items in place (PySequence_Fast_ITEMS) */
+        PyObject *record = PySequence_Fast_GET_ITEM(rows, r);
+        if (!PyList_Check(record) && !PyTuple_Check(record)) {
+            PyErr_SetString(PyExc_TypeError, "a record must be a list or a tuple of floats");
             goto fail;
         }
         if (PySequence_Fast_GET_SIZE(record) != f) {
-            Py_DECREF(record);
             PyErr_Format(PyExc_ValueError, "a record must have %zd values", f);
             goto fail;
         }
-        Py_DECREF(record);
         double p = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(probs, r));
         if (p == -1.0 && PyErr_Occurred()) {
             goto fail;
