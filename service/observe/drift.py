@@ -20,7 +20,7 @@ fine bins are mapped back to the value bins, the missing bin and the out-of-rang
 running totals when its slot of the ring is reused, so the counts since start-up (the metrics' counters of imputed and
 out-of-range values) cost nothing more per record. Nothing else about a record is kept: the bin index is computed and
 the value forgotten in the same call. With several processes (uvicorn workers) each writes its ring into a file of its
-own in a shared folder and a reader adds up every file (:func:`read_counts`, :func:`read_totals`), so ``/monitoring``
+own in a shared folder and a reader adds up every file (:meth:`DriftWindow.memories`), so ``/monitoring``
 and ``/metrics`` show the whole server whichever worker answers.
 
 The population stability index of a variable is ``PSI = Σ (a_i − e_i) · ln(a_i / e_i)`` over its bins, where
@@ -42,7 +42,7 @@ import threading
 import time
 import weakref
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import add
 from pathlib import Path
@@ -66,7 +66,6 @@ __all__ = [
     "VariableDrift",
     "psi",
     "read_counts",
-    "read_totals",
     "status_of",
 ]
 
@@ -366,7 +365,7 @@ class DriftWindow:
     :class:`DriftReference`). A row whose bucket is older than the window is added to the last row (the totals of
     the buckets gone, column 0 ``-2``) and reset before it is reused, and is ignored when the window is read. With
     ``folder`` the ring is a memory-mapped file of this process in that folder
-    (``monitoring_<fingerprint>_<pid>.bin``), which :func:`read_counts` and :func:`read_totals` add up with the other
+    (``monitoring_<fingerprint>_<pid>.bin``), which :meth:`memories` and :func:`read_counts` add up with the other
     processes' files; without it, an array in memory.
     """
 
@@ -478,7 +477,7 @@ class DriftWindow:
         if n == 0:
             return
         if n <= _PYTHON_MAX_RECORDS:
-            probs = probability.tolist() if isinstance(probability, np.ndarray) else list(probability)
+            probs = probability.tolist() if isinstance(probability, np.ndarray) else probability
             self.add_rows(raw.tolist() if rows is None else rows, probs)
             return
         ref = self.reference
@@ -519,27 +518,35 @@ class DriftWindow:
         with self._lock:
             return np.array(self._memory)
 
-    def counts(self) -> tuple[int, np.ndarray]:
-        """Records and counts in the window (see :meth:`DriftReference.public_counts`): this process's, or every
-        process's when file-backed."""
-        now_bucket = math.floor(self.clock() / self.bucket_seconds)
+    def memories(self) -> list[tuple[np.ndarray, float]]:
+        """What the window is made of, read once: each ring (with its totals row) and probability sum, this
+        process's, or every process's file when file-backed. :meth:`counts`, :meth:`totals` and :meth:`report`
+        read it themselves unless given one (a scrape reads the files once for all three)."""
         if self.folder is not None:
-            return read_counts(self.folder, self.reference, self.buckets, self.row_width, now_bucket)
-        ring, _ = _split(self._snapshot(), self.buckets, self.row_width)
-        n, fine = _sum_window(ring, self.buckets, now_bucket)
-        return n, self.reference.public_counts(fine)
+            return list(_rings(self.folder, self.reference, self.buckets, self.row_width))
+        return [_split(self._snapshot(), self.buckets, self.row_width)]
 
-    def totals(self) -> Totals:
-        """What was counted since start-up: this process's, or every process's (live or not) when file-backed."""
-        if self.folder is not None:
-            return read_totals(self.folder, self.reference, self.buckets, self.row_width)
-        ring, probability_sum = _split(self._snapshot(), self.buckets, self.row_width)
-        n, fine = _sum_all(ring)
+    def counts(self, memories: Sequence[tuple[np.ndarray, float]] | None = None) -> tuple[int, np.ndarray]:
+        """Records and counts in the window (see :meth:`DriftReference.public_counts`)."""
+        now_bucket = math.floor(self.clock() / self.bucket_seconds)
+        found = self.memories() if memories is None else memories
+        return _window_counts(self.reference, found, self.buckets, now_bucket)
+
+    def totals(self, memories: Sequence[tuple[np.ndarray, float]] | None = None) -> Totals:
+        """What was counted since start-up (a dead process's file included: counters do not go down)."""
+        n = 0
+        fine = np.zeros(self.reference.fine_width, dtype=np.int64)
+        probability_sum = 0.0
+        for ring, part_sum in self.memories() if memories is None else memories:
+            part_n, part = _sum_all(ring)
+            n += part_n
+            fine += part
+            probability_sum += part_sum
         return self.reference.totals_of(n, fine, probability_sum)
 
-    def report(self, min_records: int) -> DriftReport:
+    def report(self, min_records: int, memories: Sequence[tuple[np.ndarray, float]] | None = None) -> DriftReport:
         """PSI and verdict of every variable over the window."""
-        n, counts = self.counts()
+        n, counts = self.counts(memories)
         ref = self.reference
         outside = counts[ref.width :]
         out: list[VariableDrift] = []
@@ -607,30 +614,22 @@ def _rings(folder: Path, reference: DriftReference, buckets: int, width: int) ->
             yield _split(memory, buckets, width)
 
 
-def read_counts(
-    folder: Path, reference: DriftReference, buckets: int, width: int, now_bucket: int
+def _window_counts(
+    reference: DriftReference, memories: Iterable[tuple[np.ndarray, float]], buckets: int, now_bucket: int
 ) -> tuple[int, np.ndarray]:
-    """Records and counts in the window (:meth:`DriftReference.public_counts`), added up over every process's file
-    in ``folder`` for ``reference`` (``width`` columns a row; files of a dead process still count until their
-    buckets leave the window)."""
     n = 0
-    fine = np.zeros(width - 2, dtype=np.int64)
-    for ring, _ in _rings(folder, reference, buckets, width):
+    fine = np.zeros(reference.fine_width, dtype=np.int64)
+    for ring, _ in memories:
         part_n, part = _sum_window(ring, buckets, now_bucket)
         n += part_n
         fine += part
     return n, reference.public_counts(fine)
 
 
-def read_totals(folder: Path, reference: DriftReference, buckets: int, width: int) -> Totals:
-    """What was counted since start-up (:class:`Totals`), added up over every process's file in ``folder``, a dead
-    process's included (counters do not go down when a worker stops)."""
-    n = 0
-    fine = np.zeros(width - 2, dtype=np.int64)
-    probability_sum = 0.0
-    for ring, part_sum in _rings(folder, reference, buckets, width):
-        part_n, part = _sum_all(ring)
-        n += part_n
-        fine += part
-        probability_sum += part_sum
-    return reference.totals_of(n, fine, probability_sum)
+def read_counts(
+    folder: Path, reference: DriftReference, buckets: int, width: int, now_bucket: int
+) -> tuple[int, np.ndarray]:
+    """Records and counts in the window (:meth:`DriftReference.public_counts`), added up over every process's file
+    in ``folder`` for ``reference`` (``width`` columns a row; files of a dead process still count until their
+    buckets leave the window)."""
+    return _window_counts(reference, _rings(folder, reference, buckets, width), buckets, now_bucket)

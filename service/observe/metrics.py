@@ -40,7 +40,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from service.observe.drift import DriftReference, DriftReport, DriftWindow
+from service.observe.drift import DriftReference, DriftReport, DriftWindow, Totals
 
 
 class ServedPrediction(Protocol):
@@ -73,7 +73,6 @@ QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # |output_value - base_value - sum(attributions)| in output units: ~1e-7 exact, up to ~1e-1 sampled with few draws
 GAP_BUCKETS = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-_FEW_RECORDS = 16  # up to this many records are binned in plain Python (as DriftWindow.add does)
 PROBABILITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
@@ -170,9 +169,11 @@ class _DriftCollector(Collector):
         self.telemetry = telemetry
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
-        report = self.telemetry.drift_report()
-        if report is None:
+        window = self.telemetry.window
+        if window is None:  # before monitoring starts
             return
+        memories = window.memories()  # with workers, every process's file read once for the gauges and the counters
+        report = window.report(self.telemetry.monitoring_min_records, memories)
         psi = GaugeMetricFamily(
             "gshap_drift_psi",
             "Population stability index of recent inputs (per feature) and served probabilities against the "
@@ -210,17 +211,14 @@ class _DriftCollector(Collector):
                 outside.add_metric([v.name], v.recent_out_of_range_rate)
         yield missing
         yield outside
-        yield from self._since_start()
+        yield from self._since_start(window.totals(memories), window.reference.features)
 
-    def _since_start(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+    def _since_start(
+        self, totals: Totals, features: Sequence[str]
+    ) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         """The counters of imputed and out-of-range values, of predictions by label and the histogram of the
         predicted probability, from the window's running totals since start-up (every feature and label, zeros
         included, so that a dashboard's rate has a series from the first scrape)."""
-        window = self.telemetry.window
-        if window is None:
-            return
-        totals = window.totals()
-        features = window.reference.features
         imputed = CounterMetricFamily(
             "gshap_input_imputed_values",
             "Values not measured (null, 0 where 0 means missing, or omitted) and imputed, by feature.",
@@ -326,7 +324,6 @@ class Telemetry:
         self._explain_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._probability_bins: list[tuple[int, int]] = []  # per fine bin of the probability: histogram bucket, label
         self.label_names: tuple[str, str] = ("0", "1")
-        self.features: tuple[str, ...] = ()
         self.window: DriftWindow | None = None
         self._drift = _DriftCollector(self)
         if multiprocess_dir is None:
@@ -356,7 +353,6 @@ class Telemetry:
         """Start the drift window against the evaluation set (values in original units, NaN = missing).
         ``threshold`` and ``label_names`` (negative, positive): the decision rule of the served labels
         (:func:`service.contract.label_of`: positive when ``probability >= threshold``)."""
-        self.features = tuple(features)
         self.label_names = label_names
         # the probability's fine bins are also cut at the histogram's bounds (a value equal to a bound is in its
         # bucket: the cut is just above it) and at the threshold (a value equal to it is positive)
@@ -413,11 +409,7 @@ class Telemetry:
         window = self.window
         if window is None:
             return
-        probabilities = [p.probability for p in predictions]
-        if rows is not None and len(rows) <= _FEW_RECORDS:
-            window.add_rows(rows, probabilities)  # a request's few records: skip add()'s dispatch
-        else:
-            window.add(raw, probabilities, rows)
+        window.add(raw, [p.probability for p in predictions], rows)
 
     def record_explanations(self, method: str, output: str, gaps: Sequence[float]) -> None:
         """Explanations of a batch, with each one's completeness gap."""
