@@ -1010,6 +1010,16 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def run_meta() -> dict[str, Any]:
+    """When, where and on what a run starts (the ``meta`` of every results file)."""
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "git": git_describe(),
+        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
 def git_describe() -> str:
     try:
         rev = subprocess.run(
@@ -1095,16 +1105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "meta": {
-            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine_info(),
-            "git": git_describe(),
+            **run_meta(),
             "mode": "quick" if args.quick else "full",
             "seconds_per_cell": seconds,
             "warmup_seconds": warmup,
             "concurrency": levels,
             "workers": args.workers,
             "server_env": extra_env,
-            "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "generator": "wrk -t1 (Lua: rotating pre-formatted requests)",
         },
     }
@@ -1228,6 +1235,7 @@ def _metrics_overhead_main(
 ) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gshap-bench-"))
     t0 = time.perf_counter()
+    meta = run_meta()  # before the run: the load average is the machine's, not the run's
     log(f"bench: metrics overhead, {args.rounds} rounds × c={concurrency}, {seconds} s/cell (+{warmup} s warm-up)")
     found = metrics_overhead(
         records, workdir, rounds=args.rounds, seconds=seconds, warmup=warmup, concurrency=concurrency,
@@ -1237,13 +1245,7 @@ def _metrics_overhead_main(
     inproc = asgi_overhead(records, rounds=args.rounds, requests=400 if args.quick else 2000)
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "meta": {
-            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine_info(),
-            "git": git_describe(),
-            "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "wall_seconds": round(time.perf_counter() - t0, 1),
-        },
+        "meta": {**meta, "wall_seconds": round(time.perf_counter() - t0, 1)},
         "metrics_overhead": found,
         "metrics_overhead_inprocess": inproc,
     }
@@ -1508,15 +1510,18 @@ def _side_by_side(
             raise RuntimeError("a load generator failed")
         return got
 
+    pids: dict[str, int] = {}
+    for name, server in servers.items():
+        assert server.proc is not None
+        pids[name] = server.proc.pid
     for r in range(rounds):
         if warmup > 0:
             load_both(warmup)
-        for server in servers.values():
-            assert server.proc is not None
-            wait_idle(server.proc.pid)
-        cpu0 = {name: cpu_seconds(s.proc.pid) for name, s in servers.items() if s.proc is not None}
+        for pid in pids.values():
+            wait_idle(pid)
+        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         got = load_both(seconds)
-        cpu = {name: cpu_seconds(s.proc.pid) - cpu0[name] for name, s in servers.items() if s.proc is not None}
+        cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
         row = {
             name: {
                 "requests": float(got[name]["requests"]),
