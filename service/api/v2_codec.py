@@ -1,0 +1,302 @@
+"""The Open Inference Protocol's (V2 REST) tensors: a request decoded, an answer encoded. No HTTP, no maths.
+
+A V2 request is one JSON document, or (the *binary tensor data* extension, which ``tritonclient`` uses by default)
+a JSON header of ``Inference-Header-Content-Length`` bytes followed by the tensors' raw bytes, each input naming
+its share in ``parameters.binary_data_size``. Answers are encoded the same two ways: an output is sent as raw
+bytes when the request asks for it (``outputs[i].parameters.binary_data``, or ``parameters.binary_data_output``
+for every output not named), else as a JSON ``data`` list.
+
+Only what this service needs is decoded: ``FP64`` and ``FP32`` inputs (little-endian, row-major), ``FP64`` and
+``BYTES`` outputs. A not-a-number in an input is read as "not measured", like JSON's ``null``. Every refusal is a
+:class:`TensorError` whose message names the tensor and the rule and never holds a value of the request.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+__all__ = [
+    "BINARY_MEDIA_TYPE",
+    "HEADER_LENGTH",
+    "INPUT_DATATYPES",
+    "InferRequest",
+    "InputTensor",
+    "OutputTensor",
+    "RequestedOutput",
+    "TensorError",
+    "decode_request",
+    "encode_response",
+]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+"""The binary extension's header: the length in bytes of the JSON part of a request or an answer."""
+BINARY_MEDIA_TYPE = "application/octet-stream"
+INPUT_DATATYPES: dict[str, str] = {"FP64": "<f8", "FP32": "<f4"}
+"""The input datatypes read, with their little-endian numpy types."""
+
+# KServe's client also sends the model's name in the body (the path names it already)
+_REQUEST_KEYS = frozenset({"id", "model_name", "model_version", "parameters", "inputs", "outputs"})
+_INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
+_OUTPUT_KEYS = frozenset({"name", "parameters"})
+_MAX_NAME = 64
+
+
+class TensorError(ValueError):
+    """A request that breaks the protocol or the tensor rules (400); the message holds no value of the request."""
+
+
+@dataclass(frozen=True)
+class InputTensor:
+    """One input: its name, datatype and shape, and its elements in row-major order (``None``: not measured)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    values: list[float | None]
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """An output the request names, and whether it wants it as raw bytes (``None``: the request's default)."""
+
+    name: str
+    binary: bool | None
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded inference request. ``outputs`` is ``None`` when the request names none (then: all of them)."""
+
+    id: str | None
+    inputs: list[InputTensor]
+    outputs: list[RequestedOutput] | None
+    parameters: dict[str, Any]
+    binary_output: bool
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One output: ``FP64`` (``data``: a float64 array of ``shape``) or ``BYTES`` (``data``: a list of strings)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray[Any, Any] | list[str]
+
+
+def _quote(name: object) -> str:
+    text = str(name)
+    return repr(text if len(text) <= _MAX_NAME else text[: _MAX_NAME - 1] + "…")
+
+
+def _object(value: Any, what: str, allowed: frozenset[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TensorError(f"{what} must be a JSON object.")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise TensorError(f"{what} has unknown key(s): {', '.join(_quote(k) for k in unknown[:5])}.")
+    return value
+
+
+def _parameters(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TensorError(f"{what}.parameters must be a JSON object.")
+    return value
+
+
+def _flag(parameters: dict[str, Any], key: str, what: str) -> bool | None:
+    value = parameters.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise TensorError(f"{what}.parameters.{key} must be true or false.")
+    return value
+
+
+def _shape(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value or len(value) > 8:
+        raise TensorError(f"{what}.shape must be a list of 1 to 8 dimensions.")
+    if not all(type(d) is int and d >= 0 for d in value):
+        raise TensorError(f"{what}.shape must hold non-negative integers.")
+    return tuple(value)
+
+
+def _flatten(data: Any, depth: int, what: str) -> list[Any]:
+    """``data`` flat or nested (at most ``depth`` lists deep, as the shape allows), in row-major order."""
+    if not isinstance(data, list):
+        raise TensorError(f"{what}.data must be a JSON list.")
+    out: list[Any] = []
+
+    def walk(items: list[Any], level: int) -> None:
+        for item in items:
+            if isinstance(item, list):
+                if level >= depth:
+                    raise TensorError(f"{what}.data is nested deeper than its shape.")
+                walk(item, level + 1)
+            else:
+                out.append(item)
+
+    walk(data, 1)
+    return out
+
+
+def _number(value: Any) -> float | None:
+    """A JSON element of a float tensor: a number, or ``null`` (not measured); a non-finite NaN reads as ``None``."""
+    if value is None:
+        return None
+    if type(value) is float:
+        return None if math.isnan(value) else value
+    if type(value) is int:
+        try:
+            return float(value)
+        except OverflowError:  # far outside every range: refused as such by the record's rules
+            return math.copysign(math.inf, value)
+    raise ValueError
+
+
+def _decode_input(raw: Any, index: int, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+    what = f"inputs[{index}]"
+    tensor = _object(raw, what, _INPUT_KEYS)
+    name = tensor.get("name")
+    if not isinstance(name, str) or not name:
+        raise TensorError(f"{what}.name must be a non-empty string.")
+    what = f"input {_quote(name)}"
+    datatype = tensor.get("datatype")
+    if datatype not in INPUT_DATATYPES:
+        shown = _quote(datatype) if isinstance(datatype, str) else "not a string"
+        raise TensorError(f"{what}: datatype {shown} is not accepted; send FP64 or FP32.")
+    shape = _shape(tensor.get("shape"), what)
+    count = math.prod(shape)
+    parameters = _parameters(tensor.get("parameters"), what)
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        if "data" in tensor:
+            raise TensorError(f"{what} has both data and parameters.binary_data_size.")
+        if type(size) is not int or size < 0:
+            raise TensorError(f"{what}.parameters.binary_data_size must be a non-negative integer.")
+        itemsize = np.dtype(INPUT_DATATYPES[datatype]).itemsize
+        if size != count * itemsize:
+            raise TensorError(
+                f"{what}: binary_data_size is {size} bytes; shape {list(shape)} of {datatype} needs {count * itemsize}."
+            )
+        if offset + size > len(binary):
+            raise TensorError(f"{what}: the binary data is shorter than the binary_data_size of the inputs.")
+        array = np.frombuffer(binary[offset : offset + size], dtype=INPUT_DATATYPES[datatype])
+        values: list[float | None] = [None if math.isnan(v) else v for v in array.astype(np.float64).tolist()]
+        return InputTensor(name, datatype, shape, values), offset + size
+    if "data" not in tensor:
+        raise TensorError(f"{what} has neither data nor parameters.binary_data_size.")
+    flat = _flatten(tensor["data"], len(shape), what)
+    if len(flat) != count:
+        raise TensorError(f"{what}: data holds {len(flat)} elements; shape {list(shape)} needs {count}.")
+    try:
+        values = [_number(v) for v in flat]
+    except ValueError:
+        raise TensorError(f"{what}: {datatype} data must hold numbers (or null for not measured).") from None
+    if datatype == "FP32":
+        # the value the client's float32 holds, as the binary path reads it
+        values = [None if v is None else float(np.float32(v)) for v in values]
+    return InputTensor(name, datatype, shape, values), offset
+
+
+def decode_request(body: bytes, header_length: str | None) -> InferRequest:
+    """The request in ``body``; ``header_length`` is the ``Inference-Header-Content-Length`` header, if sent."""
+    if header_length is None:
+        head, binary = body, memoryview(b"")
+    else:
+        text = header_length.strip()
+        if not text.isdigit() or not 0 < int(text) <= len(body):
+            raise TensorError(f"{HEADER_LENGTH} must be the length of the JSON header, within the body's length.")
+        head, binary = body[: int(text)], memoryview(body)[int(text) :]
+    try:
+        document = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        raise TensorError("The request (or its JSON header) is not valid JSON.") from None
+    request = _object(document, "The request", _REQUEST_KEYS)
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise TensorError("id must be a string.")
+    for key in ("model_name", "model_version"):
+        if not isinstance(request.get(key, ""), str):
+            raise TensorError(f"{key} must be a string.")
+    parameters = _parameters(request.get("parameters"), "The request")
+    binary_output = bool(_flag(parameters, "binary_data_output", "The request"))
+    raw_inputs = request.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise TensorError("inputs must be a non-empty list of tensors.")
+    inputs: list[InputTensor] = []
+    offset = 0
+    for i, raw in enumerate(raw_inputs):
+        tensor, offset = _decode_input(raw, i, binary, offset)
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise TensorError("The binary data is longer than the binary_data_size of the inputs.")
+    outputs: list[RequestedOutput] | None = None
+    raw_outputs = request.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise TensorError("outputs must be a list.")
+        outputs = []
+        for i, raw in enumerate(raw_outputs):
+            out = _object(raw, f"outputs[{i}]", _OUTPUT_KEYS)
+            name = out.get("name")
+            if not isinstance(name, str) or not name:
+                raise TensorError(f"outputs[{i}].name must be a non-empty string.")
+            out_parameters = _parameters(out.get("parameters"), f"outputs[{i}]")
+            outputs.append(RequestedOutput(name, _flag(out_parameters, "binary_data", f"outputs[{i}]")))
+    return InferRequest(request_id, inputs, outputs, parameters, binary_output)
+
+
+def _bytes_elements(strings: Sequence[str]) -> bytes:
+    """BYTES elements as the binary extension sends them: each one a 4-byte little-endian length, then its bytes."""
+    parts: list[bytes] = []
+    for s in strings:
+        raw = s.encode()
+        parts += (struct.pack("<I", len(raw)), raw)
+    return b"".join(parts)
+
+
+def encode_response(
+    *,
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: Sequence[OutputTensor],
+    binary: Sequence[bool],
+    parameters: dict[str, Any] | None = None,
+) -> tuple[bytes, int | None]:
+    """The answer's bytes, and the length of its JSON header when some output is sent as raw bytes (else None)."""
+    document: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        document["id"] = request_id
+    if parameters:
+        document["parameters"] = parameters
+    tensors: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for tensor, as_bytes in zip(outputs, binary, strict=True):
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if isinstance(tensor.data, np.ndarray):
+            if as_bytes:
+                blob = np.ascontiguousarray(tensor.data, dtype="<f8").tobytes()
+            else:
+                entry["data"] = tensor.data.ravel().tolist()
+        elif as_bytes:
+            blob = _bytes_elements(tensor.data)
+        else:
+            entry["data"] = list(tensor.data)
+        if as_bytes:
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        tensors.append(entry)
+    document["outputs"] = tensors
+    head = orjson.dumps(document)
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)
