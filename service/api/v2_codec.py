@@ -7,12 +7,14 @@ bytes when the request asks for it (``outputs[i].parameters.binary_data``, or ``
 for every output not named), else as a JSON ``data`` list.
 
 Only what this service needs is decoded: ``FP64`` and ``FP32`` inputs (little-endian, row-major), ``FP64`` and
-``BYTES`` outputs. A not-a-number in an input is read as "not measured", like JSON's ``null``. Every refusal is a
+``BYTES`` outputs. A not-a-number in an input (a raw NaN, or the token ``NaN`` that Python's and tritonclient's
+JSON writers emit) is read as "not measured", like JSON's ``null``. Every refusal is a
 :class:`TensorError` whose message names the tensor and the rule and never holds a value of the request.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from collections.abc import Sequence
@@ -218,7 +220,12 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     try:
         document = orjson.loads(head)
     except orjson.JSONDecodeError:
-        raise TensorError("The request (or its JSON header) is not valid JSON.") from None
+        # tritonclient writes a NaN element of a JSON tensor as the bare token NaN (Python's json does), which
+        # strict JSON has not: read it (not measured, as null), and Infinity (refused by the ranges)
+        try:
+            document = json.loads(head)
+        except (ValueError, RecursionError):
+            raise TensorError("The request (or its JSON header) is not valid JSON.") from None
     request = _object(document, "The request", _REQUEST_KEYS)
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
