@@ -257,6 +257,7 @@ def create_app(
     install_exception_handlers(app)
     for area in (predict, explain, groups, model, health, problems, cds, fhir, v2):
         app.include_router(area.router)
+    v2.route_v2_first(app)
     if state.telemetry is not None:
         app.include_router(operations.router)
     install_pages(app, app.title)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+import numpy as np  # FP32 JSON elements are rounded as numpy's float32 holds them
 import orjson
 
 __all__ = [
@@ -42,6 +42,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_MEDIA_TYPE = "application/octet-stream"
 INPUT_DATATYPES: dict[str, str] = {"FP64": "<f8", "FP32": "<f4"}
 """The input datatypes read, with their little-endian numpy types."""
+_STRUCT_CODES = {"FP64": "d", "FP32": "f"}
 
 # KServe's client also sends the model's name in the body (the path names it already)
 _REQUEST_KEYS = frozenset({"id", "model_name", "model_version", "parameters", "inputs", "outputs"})
@@ -85,12 +86,12 @@ class InferRequest:
 
 @dataclass(frozen=True)
 class OutputTensor:
-    """One output: ``FP64`` (``data``: a float64 array of ``shape``) or ``BYTES`` (``data``: a list of strings)."""
+    """One output: ``FP64`` (``data``: floats) or ``BYTES`` (``data``: strings), row-major, ``shape`` as sent."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
-    data: np.ndarray[Any, Any] | list[str]
+    data: list[float] | list[str]
 
 
 def _quote(name: object) -> str:
@@ -99,10 +100,10 @@ def _quote(name: object) -> str:
 
 
 def _object(value: Any, what: str, allowed: frozenset[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
+    if type(value) is not dict:
         raise TensorError(f"{what} must be a JSON object.")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
+    if not value.keys() <= allowed:
+        unknown = sorted(set(value) - allowed)
         raise TensorError(f"{what} has unknown key(s): {', '.join(_quote(k) for k in unknown[:5])}.")
     return value
 
@@ -110,35 +111,25 @@ def _object(value: Any, what: str, allowed: frozenset[str]) -> dict[str, Any]:
 def _parameters(value: Any, what: str) -> dict[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, dict):
+    if type(value) is not dict:
         raise TensorError(f"{what}.parameters must be a JSON object.")
     return value
 
 
 def _flag(parameters: dict[str, Any], key: str, what: str) -> bool | None:
     value = parameters.get(key)
-    if value is not None and not isinstance(value, bool):
+    if value is not None and type(value) is not bool:
         raise TensorError(f"{what}.parameters.{key} must be true or false.")
     return value
 
 
-def _shape(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value or len(value) > 8:
-        raise TensorError(f"{what}.shape must be a list of 1 to 8 dimensions.")
-    if not all(type(d) is int and d >= 0 for d in value):
-        raise TensorError(f"{what}.shape must hold non-negative integers.")
-    return tuple(value)
-
-
-def _flatten(data: Any, depth: int, what: str) -> list[Any]:
+def _flatten(data: list[Any], depth: int, what: str) -> list[Any]:
     """``data`` flat or nested (at most ``depth`` lists deep, as the shape allows), in row-major order."""
-    if not isinstance(data, list):
-        raise TensorError(f"{what}.data must be a JSON list.")
     out: list[Any] = []
 
     def walk(items: list[Any], level: int) -> None:
         for item in items:
-            if isinstance(item, list):
+            if type(item) is list:
                 if level >= depth:
                     raise TensorError(f"{what}.data is nested deeper than its shape.")
                 walk(item, level + 1)
@@ -163,41 +154,13 @@ def _number(value: Any) -> float | None:
     raise ValueError
 
 
-def _decode_input(raw: Any, index: int, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
-    what = f"inputs[{index}]"
-    tensor = _object(raw, what, _INPUT_KEYS)
-    name = tensor.get("name")
-    if not isinstance(name, str) or not name:
-        raise TensorError(f"{what}.name must be a non-empty string.")
-    what = f"input {_quote(name)}"
-    datatype = tensor.get("datatype")
-    if datatype not in INPUT_DATATYPES:
-        shown = _quote(datatype) if isinstance(datatype, str) else "not a string"
-        raise TensorError(f"{what}: datatype {shown} is not accepted; send FP64 or FP32.")
-    shape = _shape(tensor.get("shape"), what)
-    count = math.prod(shape)
-    parameters = _parameters(tensor.get("parameters"), what)
-    size = parameters.get("binary_data_size")
-    if size is not None:
-        if "data" in tensor:
-            raise TensorError(f"{what} has both data and parameters.binary_data_size.")
-        if type(size) is not int or size < 0:
-            raise TensorError(f"{what}.parameters.binary_data_size must be a non-negative integer.")
-        itemsize = np.dtype(INPUT_DATATYPES[datatype]).itemsize
-        if size != count * itemsize:
-            raise TensorError(
-                f"{what}: binary_data_size is {size} bytes; shape {list(shape)} of {datatype} needs {count * itemsize}."
-            )
-        if offset + size > len(binary):
-            raise TensorError(f"{what}: the binary data is shorter than the binary_data_size of the inputs.")
-        array = np.frombuffer(binary[offset : offset + size], dtype=INPUT_DATATYPES[datatype])
-        values: list[float | None] = [None if math.isnan(v) else v for v in array.astype(np.float64).tolist()]
-        return InputTensor(name, datatype, shape, values), offset + size
-    if "data" not in tensor:
-        raise TensorError(f"{what} has neither data nor parameters.binary_data_size.")
-    flat = _flatten(tensor["data"], len(shape), what)
+def _json_values(data: Any, shape: list[int], count: int, datatype: str, what: str) -> list[float | None]:
+    """A JSON tensor's elements as floats (``None``: not measured), checked against its shape."""
+    if type(data) is not list:
+        raise TensorError(f"{what}.data must be a JSON list.")
+    flat = data if all(type(v) is float for v in data) else _flatten(data, len(shape), what)
     if len(flat) != count:
-        raise TensorError(f"{what}: data holds {len(flat)} elements; shape {list(shape)} needs {count}.")
+        raise TensorError(f"{what}: data holds {len(flat)} elements; shape {shape} needs {count}.")
     try:
         values = [_number(v) for v in flat]
     except ValueError:
@@ -205,7 +168,48 @@ def _decode_input(raw: Any, index: int, binary: memoryview, offset: int) -> tupl
     if datatype == "FP32":
         # the value the client's float32 holds, as the binary path reads it
         values = [None if v is None else float(np.float32(v)) for v in values]
-    return InputTensor(name, datatype, shape, values), offset
+    return values
+
+
+def _decode_input(raw: Any, index: int, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+    # the checks come first and the words of a refusal only when there is one: this runs once per input of
+    # every request
+    tensor = _object(raw, f"inputs[{index}]", _INPUT_KEYS)
+    name = tensor.get("name")
+    if type(name) is not str or not name:
+        raise TensorError(f"inputs[{index}].name must be a non-empty string.")
+    datatype = tensor.get("datatype")
+    if datatype not in INPUT_DATATYPES:
+        shown = _quote(datatype) if isinstance(datatype, str) else "not a string"
+        raise TensorError(f"input {_quote(name)}: datatype {shown} is not accepted; send FP64 or FP32.")
+    shape = tensor.get("shape")
+    if type(shape) is not list or not 0 < len(shape) <= 8 or not all(type(d) is int and d >= 0 for d in shape):
+        raise TensorError(f"input {_quote(name)}.shape must be a list of 1 to 8 non-negative integers.")
+    count = math.prod(shape)
+    parameters = tensor.get("parameters")
+    size = None if parameters is None else _parameters(parameters, f"input {_quote(name)}").get("binary_data_size")
+    if size is None:
+        if "data" not in tensor:
+            raise TensorError(f"input {_quote(name)} has neither data nor parameters.binary_data_size.")
+        values = _json_values(tensor["data"], shape, count, datatype, f"input {_quote(name)}")
+        return InputTensor(name, datatype, tuple(shape), values), offset
+    what = f"input {_quote(name)}"
+    if "data" in tensor:
+        raise TensorError(f"{what} has both data and parameters.binary_data_size.")
+    if type(size) is not int or size < 0:
+        raise TensorError(f"{what}.parameters.binary_data_size must be a non-negative integer.")
+    code = _STRUCT_CODES[datatype]
+    itemsize = struct.calcsize(code)
+    if size != count * itemsize:
+        raise TensorError(
+            f"{what}: binary_data_size is {size} bytes; shape {shape} of {datatype} needs {count * itemsize}."
+        )
+    if offset + size > len(binary):
+        raise TensorError(f"{what}: the binary data is shorter than the binary_data_size of the inputs.")
+    # little-endian, row-major; a float32 becomes the double that holds it exactly
+    floats = struct.unpack_from(f"<{count}{code}", binary, offset)
+    read: list[float | None] = [None if math.isnan(v) else v for v in floats]
+    return InputTensor(name, datatype, tuple(shape), read), offset + size
 
 
 def decode_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -236,7 +240,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     parameters = _parameters(request.get("parameters"), "The request")
     binary_output = bool(_flag(parameters, "binary_data_output", "The request"))
     raw_inputs = request.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
+    if type(raw_inputs) is not list or not raw_inputs:
         raise TensorError("inputs must be a non-empty list of tensors.")
     inputs: list[InputTensor] = []
     offset = 0
@@ -289,16 +293,13 @@ def encode_response(
     blobs: list[bytes] = []
     for tensor, as_bytes in zip(outputs, binary, strict=True):
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
-        if isinstance(tensor.data, np.ndarray):
-            if as_bytes:
-                blob = np.ascontiguousarray(tensor.data, dtype="<f8").tobytes()
-            else:
-                entry["data"] = tensor.data.ravel().tolist()
-        elif as_bytes:
-            blob = _bytes_elements(tensor.data)
+        if not as_bytes:
+            entry["data"] = tensor.data
         else:
-            entry["data"] = list(tensor.data)
-        if as_bytes:
+            if tensor.datatype == "BYTES":
+                blob = _bytes_elements(tensor.data)  # type: ignore[arg-type]
+            else:
+                blob = struct.pack(f"<{len(tensor.data)}d", *tensor.data)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         tensors.append(entry)
