@@ -310,20 +310,15 @@ INFER_REQUEST_SCHEMA: dict[str, Any] = {
         },
     },
     "additionalProperties": False,
-    "examples": [
-        {
-            "inputs": [
-                {"name": name, "datatype": "FP64", "shape": [1], "data": [float(value)]}
-                for name, value in _EXAMPLE.items()
-            ]
-        },
-    ],
+}
+INFER_EXAMPLE: dict[str, Any] = {
+    "inputs": [{"name": name, "datatype": "FP64", "shape": [1], "data": [float(v)]} for name, v in _EXAMPLE.items()]
 }
 _INFER_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": INFER_REQUEST_SCHEMA},
+            "application/json": {"schema": INFER_REQUEST_SCHEMA, "example": INFER_EXAMPLE},
             BINARY_MEDIA_TYPE: {
                 "schema": {"type": "string", "format": "binary"},
                 "description": (
