@@ -203,6 +203,24 @@ def test_tritonclient_json_tensors_match_predict_batch(
     _assert_predictions_equal(_decoded(result), expected)
 
 
+def test_column_tensors_n_by_1_and_nested_json_read_as_flat(
+    http: httpx.Client, served: tuple[str, str], metadata: dict[str, Any]
+) -> None:
+    """Shape [N, 1] with nested JSON data ([[v], [v]]) and null for not measured give /predict/batch's answers."""
+    records = _records(metadata, n=4, seed=13)
+    expected = _batch(http, "/predict/batch", {"records": records})
+    inputs = [
+        {"name": f, "datatype": "FP64", "shape": [len(records), 1], "data": [[r.get(f)] for r in records]}
+        for f in _features(metadata)
+    ]
+    answer = http.post(f"/v2/models/{served[0]}/infer", json={"inputs": inputs, "id": "n-by-1"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["id"] == "n-by-1"
+    assert body["model_name"] == served[0]
+    _assert_predictions_equal({o["name"]: o["data"] for o in body["outputs"]}, expected)
+
+
 def test_one_input_matrix_in_fp32_matches_the_records_it_holds(
     triton_client: Any, http: httpx.Client, served: tuple[str, str], metadata: dict[str, Any]
 ) -> None:
