@@ -34,6 +34,7 @@ from service.api.errors import (
     FieldError,
     InvalidInput,
     MalformedBody,
+    ModelNotReady,
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -41,7 +42,7 @@ from service.api.errors import (
     invalid_input,
     is_v2_path,
 )
-from service.api.routes import get_runtime, get_state
+from service.api.routes import get_state
 from service.api.routes.explain import explain_options
 from service.api.v2_codec import (
     BINARY_MEDIA_TYPE,
@@ -113,7 +114,9 @@ def served_models(request: Request) -> list[ServedModel]:
     Today one bundle, the runtime's (name and version from its manifest); a model repository serving several
     points this function at its registry, and every V2 route follows.
     """
-    runtime = get_runtime(request)  # 503 while loading or shutting down
+    runtime = get_state(request).runtime
+    if runtime is None or not runtime.ready:
+        raise ModelNotReady("The model is loading or shutting down; retry shortly.", headers={"Retry-After": "1"})
     bundle = runtime.bundle
     return [ServedModel(bundle.name, bundle.version, runtime)]
 
