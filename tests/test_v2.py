@@ -113,6 +113,7 @@ def _assert_predictions_equal(outputs: dict[str, list[Any]], expected: list[dict
     assert outputs["logit"] == [r["logit"] for r in expected]
     assert outputs["label"] == [r["label_name"] for r in expected]
     assert outputs["imputed"] == [",".join(r["imputed"]) for r in expected]
+    assert outputs["warnings"] == [",".join(w["feature"] for w in r["warnings"]) for r in expected]
 
 
 def _assert_explanations_equal(outputs: dict[str, Any], expected: list[dict[str, Any]]) -> None:
@@ -161,7 +162,7 @@ def test_model_metadata_follows_the_bundle(triton_client: Any, http: httpx.Clien
     assert [(t["parameters"]["valid_min"], t["parameters"]["valid_max"]) for t in meta["inputs"]] == [
         (f["valid_min"], f["valid_max"]) for f in card["features"]
     ]
-    assert [t["name"] for t in meta["outputs"]] == ["probability", "logit", "label", "imputed"]
+    assert [t["name"] for t in meta["outputs"]] == ["probability", "logit", "label", "imputed", "warnings"]
     assert meta["parameters"]["explainer"] == name + "-explainer"
     explainer = triton_client.get_model_metadata(name + "-explainer")
     width = len(card["features"])
@@ -189,6 +190,7 @@ def test_tritonclient_defaults_send_binary_and_match_predict_batch(
         assert result.get_response()["model_version"] == served[1]
         _assert_predictions_equal(_decoded(result), expected)
     assert any(r["imputed"] for r in expected), "no record exercised a value left out"
+    assert any(r["warnings"] for r in expected), "no record exercised a value outside the training range"
 
 
 def test_tritonclient_json_tensors_match_predict_batch(
@@ -197,7 +199,8 @@ def test_tritonclient_json_tensors_match_predict_batch(
     """JSON tensors both ways (binary_data off on inputs and outputs) give the same numbers, bit for bit."""
     records = _records(metadata, seed=5)
     expected = _batch(http, "/predict/batch", {"records": records})
-    outputs = [triton.InferRequestedOutput(n, binary_data=False) for n in ("probability", "logit", "label", "imputed")]
+    names = ("probability", "logit", "label", "imputed", "warnings")
+    outputs = [triton.InferRequestedOutput(n, binary_data=False) for n in names]
     result = triton_client.infer(served[0], _triton_inputs(records, _features(metadata), binary=False), outputs=outputs)
     assert all("data" in o for o in result.get_response()["outputs"])
     _assert_predictions_equal(_decoded(result), expected)

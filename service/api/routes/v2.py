@@ -7,8 +7,8 @@
   optional feature may be left out: it is imputed and reported in the output ``imputed``), or one tensor
   ``input`` of shape ``[N, F]`` in the specification's feature order. Each record then passes the JSON API's own
   validation (:data:`service.schemas.PatientRecord`: ranges, whole numbers, the missing rules), record by record.
-- Outputs: ``probability``, ``logit`` (``FP64 [N]``), ``label`` (``BYTES [N]``, the label's name) and ``imputed``
-  (``BYTES [N]``, the imputed features' names joined by commas).
+- Outputs: ``probability``, ``logit`` (``FP64 [N]``), ``label`` (``BYTES [N]``, the label's name), ``imputed`` and
+  ``warnings`` (``BYTES [N]``: the features imputed, and those outside the training range, joined by commas).
 - Explanations: the model ``{name}-explainer`` (or ``parameters: {"explain": true}`` on the model itself)
   answers with ``attributions`` (``FP64 [N, F]``, the specification's order), ``standard_error`` (``[N, F]``),
   ``base_value``, ``output_value`` and ``completeness_gap`` (``[N]``) besides the prediction's outputs; its
@@ -76,7 +76,7 @@ PLATFORM = "gshap-pytorch"
 """The ``platform`` of every model's metadata: a PyTorch network served by this service."""
 INPUT_MATRIX = "input"
 """The name of the one-tensor form of the inputs, ``[N, F]``."""
-PREDICT_OUTPUTS = ("probability", "logit", "label", "imputed")
+PREDICT_OUTPUTS = ("probability", "logit", "label", "imputed", "warnings")
 EXPLAIN_OUTPUTS = ("attributions", "standard_error", "base_value", "output_value", "completeness_gap")
 EXPLAIN_PARAMETERS = ("method", "output", "n_samples", "seed")
 """The JSON API's explanation settings, taken from an inference request's ``parameters``."""
@@ -406,7 +406,7 @@ def _input_tensors(runtime: InferenceRuntime) -> list[MetadataTensor]:
 def _output_tensors(n_features: int) -> list[MetadataTensor]:
     shapes = {"attributions": [-1, n_features], "standard_error": [-1, n_features]}
     predicted = [
-        MetadataTensor(name=name, datatype="BYTES" if name in ("label", "imputed") else "FP64", shape=[-1])
+        MetadataTensor(name=name, datatype="FP64" if name in ("probability", "logit") else "BYTES", shape=[-1])
         for name in PREDICT_OUTPUTS
     ]
     explained = [MetadataTensor(name=n, datatype="FP64", shape=shapes.get(n, [-1])) for n in EXPLAIN_OUTPUTS]
@@ -578,6 +578,9 @@ def _prediction_outputs(predictions: list[Prediction]) -> dict[str, OutputTensor
         "logit": OutputTensor("logit", "FP64", n, [p.logit for p in predictions]),
         "label": OutputTensor("label", "BYTES", n, [p.label_name for p in predictions]),
         "imputed": OutputTensor("imputed", "BYTES", n, [",".join(p.imputed) for p in predictions]),
+        "warnings": OutputTensor(
+            "warnings", "BYTES", n, [",".join(w.feature for w in p.warnings) for p in predictions]
+        ),
     }
 
 
