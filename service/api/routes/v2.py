@@ -88,11 +88,13 @@ _JSON_TYPES = frozenset({"application/json"})
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One served model version: its store name and version and the runtime that answers for it."""
+    """One served model version: its store name and version, the runtime that answers for it and the JSON API's
+    record model for it (its validation: ranges, whole numbers, the missing rules)."""
 
     name: str
     version: str
     runtime: InferenceRuntime
+    record_model: type[BaseModel] = PatientRecord
 
 
 @dataclass(frozen=True)
@@ -521,11 +523,10 @@ def _columns(inputs: list[InputTensor], runtime: InferenceRuntime) -> tuple[int,
     return sizes.pop(), {tensor.name: tensor.values for tensor in inputs}
 
 
-def _records(
-    decoded: InferRequest, runtime: InferenceRuntime, limit: int
-) -> list[dict[str, Any]]:  # fmt: skip
+def _records(decoded: InferRequest, served: ServedModel, limit: int) -> list[dict[str, Any]]:
     """The request's records, each validated by the JSON API's record model (its ranges and missing rules)."""
-    n, columns = _columns(decoded.inputs, runtime)
+    record_model = served.record_model
+    n, columns = _columns(decoded.inputs, served.runtime)
     if n == 0:
         raise TensorError("the inputs hold no record (N = 0).")
     if n > limit:
@@ -540,7 +541,7 @@ def _records(
         # rule decides (imputed when optional, refused when required), as for a field omitted on the JSON API
         record = {name: column[i] for name, column in items if column[i] is not None}
         try:
-            records.append(PatientRecord.model_validate(record).model_dump())
+            records.append(record_model.model_validate(record).model_dump())
         except ValidationError as exc:
             errors = field_errors(exc.errors())
             raise InvalidInput(
@@ -607,7 +608,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     settings = get_state(request).settings
     try:
         decoded = decode_request(await request.body(), request.headers.get(HEADER_LENGTH))
-        records = _records(decoded, runtime, settings.max_batch_records)
+        records = _records(decoded, model.served, settings.max_batch_records)
         explain = _explain_settings(decoded, model.explainer)
     except TensorError as exc:
         raise MalformedBody(str(exc)) from None
