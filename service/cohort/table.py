@@ -47,9 +47,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from service.api.errors import field_errors, invalid_input, problem_body
 from service.model.features import FeatureSpec
 from service.model.store import load_bundle
+from service.problems import field_errors, invalid_input, problem_body
 from service.runtime.inference import (
     ExplainOptions,
     InferenceRuntime,
