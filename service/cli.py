@@ -319,7 +319,18 @@ EXTRAS: dict[str, str] = {
 }
 _EXTRA_PACKAGES: dict[str, frozenset[str]] = {
     "server": frozenset(
-        {"torch", "numpy", "fastapi", "starlette", "uvicorn", "pydantic_settings", "safetensors", "orjson", "yaml"}
+        {
+            "torch",
+            "numpy",
+            "fastapi",
+            "starlette",
+            "uvicorn",
+            "pydantic_settings",
+            "safetensors",
+            "orjson",
+            "yaml",
+            "jsonschema",
+        }
     ),
     "train": frozenset({"pandas", "sklearn", "matplotlib", "tqdm", "captum", "scipy"}),
     "cluster": frozenset({"pyarrow", "ray", "tqdm"}),
