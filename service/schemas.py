@@ -777,6 +777,18 @@ class ModelCardPublic(BaseModel):
     explanation_method: dict[str, Any] = Field(
         ..., description="How the explanations are computed and their measured error (completeness gap)."
     )
+    methods: list[str] = Field(
+        ...,
+        description=(
+            "The explanation methods this model offers: 'exact' only where the exact kernel covers the network; "
+            "asking for another is a 422."
+        ),
+    )
+    default_method: str = Field(..., description="The method used when a request names none.")
+    outcome: dict[str, Any] = Field(
+        ...,
+        description="What is predicted: the data's column, its positive value, the label and the definition.",
+    )
     update_schedule: str = Field(..., description="When and how the model changes.")
     training_date: str | None = Field(None, description="When the bundle was trained and written (ISO 8601, UTC).")
 

@@ -192,7 +192,7 @@ def risk_card(
     if age is not None and age.code == "birthDate":
         lines += ["", f"Age is counted from Patient.birthDate to the day of the call ({extraction.as_of[:10]})."]
     indicator = "warning" if prediction.label == 1 else "info"
-    card: dict[str, Any] = {
+    out: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
         "summary": risk_summary(prediction.probability, version, card),
         "detail": "\n".join(lines),
@@ -214,7 +214,7 @@ def risk_card(
             }
         },
     }
-    return card
+    return out
 
 
 def cannot_compute_card(

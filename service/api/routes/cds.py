@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import anyio
 import orjson
@@ -35,6 +35,7 @@ from service.api.observability import log_event
 from service.api.routes import RuntimeDep, SettingsDep, problem_responses, require_json
 from service.api.routes.fhir import fhir_input_problem
 from service.config import Settings
+from service.contract import ServedMethod
 from service.fhir.card import CardLinks, cannot_compute_card, risk_card
 from service.fhir.cdshooks import (
     PATIENT_KEY,
@@ -233,7 +234,7 @@ def build_router(bundle: Bundle) -> APIRouter:
         return cds_json(discovery_document(bundle.spec, bundle.card, service, runtime.model_version))
 
     templates = prefetch_templates(bundle.spec)
-    example = CdsRequest.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index]
+    example: dict[str, Any] = CdsRequest.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index,assignment]
     example = {**example, "prefetch": {k: v for k, v in example["prefetch"].items() if k in templates}}
     examples = {"prefetch": {"summary": "patient-view with prefetch", "value": example}}
 
@@ -276,7 +277,9 @@ def build_router(bundle: Bundle) -> APIRouter:
                 model_version=runtime.model_version,
             )
         else:
-            [explanation] = await runtime.aexplain([extraction.record], ExplainOptions(method=bundle.default_method))
+            [explanation] = await runtime.aexplain(
+                [extraction.record], ExplainOptions(method=cast(ServedMethod, bundle.default_method))
+            )
             card = risk_card(explanation, extraction, spec=bundle.spec, card=bundle.card, service=service, links=links)
         return cds_json({"cards": [card]})
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import orjson
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Depends, Query, Response
 
 from service.api.errors import FieldError, PayloadTooLarge, invalid_input
-from service.api.routes import POST_PROBLEMS, RuntimeDep, SettingsDep, problem_responses
+from service.api.routes import POST_PROBLEMS, RuntimeDep, SettingsDep, problem_responses, require_json
 from service.api.routes.explain import explain_options
 from service.contract import MAX_N_SAMPLES, Output, ServedMethod
 from service.fhir.extract import Extraction, extract
@@ -135,6 +135,7 @@ def _answer(result: Any, extraction: Extraction) -> Response:
 
 def build_router(served: Bundle) -> APIRouter:
     """The FHIR routes for the served model (its features' FHIR mappings, its example patient)."""
+    router = APIRouter(tags=["fhir"], dependencies=[Depends(require_json)])
     examples = {"example": {"summary": "The model's example patient as FHIR", "value": example_bundle(served)}}
 
     @router.post(
@@ -179,7 +180,10 @@ def build_router(served: Bundle) -> APIRouter:
         parameters (the body is the Bundle)."""
         try:
             explain_settings = ExplainSettings(
-                method=method or served.default_method, output=output, n_samples=n_samples, seed=seed
+                method=method or cast(ServedMethod, served.default_method),
+                output=output,
+                n_samples=n_samples,
+                seed=seed,
             )
         except ValueError as exc:  # pydantic's ValidationError
             raise invalid_input([FieldError("n_samples", "invalid", str(exc).split("\n")[-1][:200])]) from None
