@@ -23,7 +23,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, create_model
 
-from service.contract import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, MIN_N_SAMPLES, SERVED_METHODS, Output, ServedMethod
+from service.contract import (
+    DEFAULT_N_SAMPLES,
+    MAX_N_SAMPLES,
+    MIN_N_SAMPLES,
+    SERVED_METHODS,
+    Output,
+    ServedMethod,
+    format_value,
+)
 from service.model.features import Feature, FeatureSpec
 
 __all__ = [
@@ -98,8 +106,9 @@ def _unit_text(feat: Feature) -> str:
 def _field(feat: Feature) -> tuple[Any, Any]:
     lo, hi = _num(feat.valid_min, feat.integer), _num(feat.valid_max, feat.integer)
     kind = "A whole number (JSON integer; 6.0 is read as 6)" if feat.integer else "A number"
+    shown = f"{format_value(lo, feat.integer)} to {format_value(hi, feat.integer)}"
     text = (
-        f"{feat.description} Unit: {feat.unit or 'none'}. {kind} from {lo} to {hi}{_unit_text(feat)}; "
+        f"{feat.description} Unit: {feat.unit or 'none'}. {kind} from {shown}{_unit_text(feat)}; "
         "values outside are refused as implausible."
     )
     py_type: Any = whole_number(int(lo), int(hi)) if feat.integer else float

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import AppClient, app_client, record
+from helpers import AppClient, app_client, default_spec, record
 
 from service import __version__
 from service.api.app import create_app, openapi_yaml
 from service.config import Settings
 from service.model.store import Bundle
-from service.schemas import SCHEMA_SPEC
+
+SCHEMA_SPEC = default_spec()
 
 PROBLEM = "application/problem+json"
 
@@ -536,8 +537,8 @@ def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
         "metrics",
         "monitoring",
         "cds_discovery",
-        "cds_diabetes_risk",
-        "cds_diabetes_risk_feedback",
+        "cds_service",
+        "cds_service_feedback",
         "fhir_predict",
         "fhir_explain",
     }

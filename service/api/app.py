@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -62,17 +63,20 @@ def description(bundle: Bundle) -> str:
     """The OpenAPI document's description, for the model served (its task and its features' "missing" rules)."""
     optional = [f.label for f in bundle.spec if f.may_be_missing]
     missing = (
-        f"{_words(optional)} may be `null`, `0` (where zero means not measured) or omitted when not measured: "
-        "they are imputed and listed in `imputed`."
+        f"{_words(optional)} may be `null`, `0` or omitted when not measured: they are imputed and listed in `imputed`."
         if optional
         else "Every field is required."
     )
+    intro = (
+        f"Why did the model score this patient as it did? Predictions of the model {bundle.name}/{bundle.version} "
+        f"({bundle.manifest.get('task', 'binary classification')}), with per-feature **GradientSHAP** attributions "
+        "relative to the training population."
+    )
+    records = f"- Records are in the data set's units (see each field). {missing}"
     return f"""\
-Why did the model score this patient as it did? Predictions of the model {bundle.name}/{bundle.version}
-({bundle.manifest.get("task", "binary classification")}), with per-feature **GradientSHAP** attributions relative to
-the training population.
+{textwrap.fill(intro, 110)}
 
-- Records are in the data set's units (see each field). {missing}
+{textwrap.fill(records, 110, subsequent_indent="  ")}
 - Types are strict: numbers must be JSON numbers (not strings or booleans), counts JSON integers, values
   finite and within each field's range; unknown fields are refused. Refusals are RFC 9457
   `application/problem+json` documents (`type` = `{PROBLEM_BASE}<kind>`, a page on this service that says

@@ -32,7 +32,7 @@ from fastapi import APIRouter, Body, Depends, Request, Response
 from service.api.cds_auth import CdsJwtVerifier
 from service.api.errors import FieldError, PreconditionFailed, ServiceError, invalid_input
 from service.api.observability import log_event
-from service.api.routes import RuntimeDep, SettingsDep, problem_responses, require_json
+from service.api.routes import RuntimeDep, SettingsDep, body_as, problem_responses, require_json
 from service.api.routes.fhir import fhir_input_problem
 from service.config import Settings
 from service.contract import ServedMethod
@@ -246,8 +246,9 @@ def build_router(bundle: Bundle) -> APIRouter:
         responses=problem_responses(*CDS_PROBLEMS),
         dependencies=[Depends(require_json)],
     )
+    @body_as(body=Annotated[CdsRequest, Body(openapi_examples=examples)])
     async def call_service(
-        body: Annotated[CdsRequest, Body(openapi_examples=examples)],
+        body: CdsRequest,
         request: Request,
         runtime: RuntimeDep,
         settings: SettingsDep,

@@ -18,7 +18,7 @@ import orjson
 from fastapi import APIRouter, Body, Depends, Query, Response
 
 from service.api.errors import FieldError, PayloadTooLarge, invalid_input
-from service.api.routes import POST_PROBLEMS, RuntimeDep, SettingsDep, problem_responses, require_json
+from service.api.routes import POST_PROBLEMS, RuntimeDep, SettingsDep, body_as, problem_responses, require_json
 from service.api.routes.explain import explain_options
 from service.contract import MAX_N_SAMPLES, Output, ServedMethod
 from service.fhir.extract import Extraction, extract
@@ -35,9 +35,12 @@ _PATIENT = "p-1001"
 
 def _observation(feat: Feature, n: int) -> dict[str, Any] | None:
     """An Observation carrying ``feat``'s example value, coded with its first standard code in a unit of factor 1
-    (else with the service's own code, in the feature's own unit); None for a Patient element or a derived value."""
+    (else with the service's own code, in the feature's own unit); None for a Patient element, a derived value or
+    an example value that means "not measured"."""
     mapping = feat.fhir
     if mapping is None or mapping.patient_element or not (mapping.codes or mapping.own_units):
+        return None
+    if feat.zero_means_missing and feat.example == 0:  # the example's "not measured": no Observation
         return None
     system, code, units = FEATURE_CODE_SYSTEM, feat.name, mapping.own_units
     for c in mapping.codes:
@@ -146,9 +149,8 @@ def build_router(served: Bundle) -> APIRouter:
         response_model=FhirPredictionPublic,
         responses=problem_responses(*POST_PROBLEMS),
     )
-    async def fhir_predict(
-        bundle: Annotated[FhirBundleIn, Body(openapi_examples=examples)], runtime: RuntimeDep, settings: SettingsDep
-    ) -> Response:
+    @body_as(bundle=Annotated[FhirBundleIn, Body(openapi_examples=examples)])
+    async def fhir_predict(bundle: FhirBundleIn, runtime: RuntimeDep, settings: SettingsDep) -> Response:
         """The prediction of POST /predict for the patient of a FHIR R4 Bundle: LOINC-coded Observations (or coded
         urn:gshap-service:feature|<name>), units converted from UCUM, the latest final value per input, age from
         Patient.birthDate at the time of the call."""
@@ -164,8 +166,9 @@ def build_router(served: Bundle) -> APIRouter:
         response_model=FhirExplanationPublic,
         responses=problem_responses(*POST_PROBLEMS),
     )
+    @body_as(bundle=Annotated[FhirBundleIn, Body(openapi_examples=examples)])
     async def fhir_explain(
-        bundle: Annotated[FhirBundleIn, Body(openapi_examples=examples)],
+        bundle: FhirBundleIn,
         runtime: RuntimeDep,
         settings: SettingsDep,
         method: Annotated[

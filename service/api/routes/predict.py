@@ -57,7 +57,7 @@ def record_examples(models: RequestModels) -> dict[str, Any]:
         }
     first = next(iter(spec))
     out["largest_value"] = {
-        "summary": f"The largest valid {first.label.lower()} (beyond the training range, the answer warns)",
+        "summary": f"{first.label} at its largest valid value (beyond the training range, the answer warns)",
         "value": {**example, first.name: _largest(first)},
     }
     return out
