@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -434,6 +435,13 @@ def test_model_card(client: AppClient, bundle: Bundle) -> None:
     assert card["baselines"]["count"] == len(bundle.baselines)
     assert card["explanation_defaults"]["method"] == "exact"
     assert card["limits"]["max_batch_records"] == Settings().max_batch_records
+    # the card's words are the bundle's one model card, and the methods are the bundle's
+    words = bundle.card.to_dict()
+    for key in ("intended_use", "intended_users", "out_of_scope_uses", "population", "limitations", "outcome"):
+        assert card[key] == words[key], key
+    assert card["development_and_validation"] == bundle.card.development
+    assert (card["methods"], card["default_method"]) == (list(bundle.methods), bundle.default_method)
+    assert set(card["explanation_method"]["methods"]) == set(bundle.methods)
 
 
 def test_health_and_readiness(client: AppClient, bundle: Bundle) -> None:
@@ -650,3 +658,34 @@ def test_start_sets_the_gil_switch_interval(bundle: Bundle) -> None:
             assert sys.getswitchinterval() == pytest.approx(0.25e-3)
     finally:
         sys.setswitchinterval(before)
+
+
+def _without_exact(bundle: Bundle) -> Bundle:
+    """The default bundle whose spec declares a tanh network: the exact kernel does not cover it (the served weights
+    stay the ReLU network's; what is tested is the web layer's reading of ``bundle.methods``)."""
+    from service.model.spec import Layer
+
+    layers = tuple(Layer("tanh") if layer.kind == "relu" else layer for layer in bundle.model_spec.network)
+    return dataclasses.replace(bundle, model_spec=dataclasses.replace(bundle.model_spec, network=layers))
+
+
+def test_a_model_without_exact_refuses_it_and_defaults_to_quadrature(bundle: Bundle) -> None:
+    """For a model whose bundle does not offer 'exact', /explain defaults to 'quadrature', a request for 'exact' is a
+    422 naming the rule and the methods that apply, /model lists the methods, and the OpenAPI document says so."""
+    served = _without_exact(bundle)
+    assert served.methods == ("sampled", "quadrature")
+    with app_client(create_app(Settings(), served)) as c:
+        answer = c.post("/explain", json=record())
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["method"] == "quadrature"
+        refused = _problem(c.post("/explain", json=record(method="exact")), 422)
+        [error] = refused["errors"]
+        assert (error["field"], error["rule"]) == ("method", "method_not_offered")
+        assert "'sampled', 'quadrature'" in error["message"]
+        assert _problem(c.post("/explain/batch", json={"records": [record()], "method": "exact"}), 422)
+        card = c.get("/model").json()
+        assert (card["methods"], card["default_method"]) == (["sampled", "quadrature"], "quadrature")
+        assert "exact" not in card["explanation_method"]["methods"]
+        method = c.get("/openapi.json").json()["components"]["schemas"]["ExplainRequest"]["properties"]["method"]
+        assert method["default"] == "quadrature"
+        assert "does not offer 'exact'" in method["description"]

@@ -55,8 +55,10 @@ ANSWER_EXAMPLE_SCHEMAS = (
     "ExplanationPublic",
     "PredictionBatchItem",
     "ExplanationBatchItem",
+    "Problem",
 )
-"""The answer schemas whose examples are real answers of the shipped default model (:mod:`service.schemas`)."""
+"""The schemas whose examples are real answers of the shipped default model (:mod:`service.schemas`), or name its
+fields (the problem's)."""
 
 
 def description(bundle: Bundle) -> str:
