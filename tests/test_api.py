@@ -689,3 +689,27 @@ def test_a_model_without_exact_refuses_it_and_defaults_to_quadrature(bundle: Bun
         method = c.get("/openapi.json").json()["components"]["schemas"]["ExplainRequest"]["properties"]["method"]
         assert method["default"] == "quadrature"
         assert "does not offer 'exact'" in method["description"]
+
+
+def test_a_bundle_with_other_feature_names_is_served_with_its_own_schema(bundle: Bundle, tmp_path: Path) -> None:
+    """The request schema is built from the loaded bundle: a copy whose second feature is named `plasma_glucose`
+    takes `plasma_glucose` (and refuses `glucose` as unknown), and the served OpenAPI document says so."""
+    import shutil
+
+    from service.model.store import _write_checksums, load_bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["features"]["features"][1]["name"] = "plasma_glucose"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    _write_checksums(copy)
+    renamed = load_bundle(copy)
+    body = {("plasma_glucose" if k == "glucose" else k): v for k, v in record().items()}
+    with app_client(create_app(Settings(), renamed)) as c:
+        answer = c.post("/predict", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["probability"] == c.post("/predict", json=body).json()["probability"]
+        assert _fields(_problem(c.post("/predict", json=record()), 422)) == {"glucose": "extra_forbidden"}
+        properties = c.get("/openapi.json").json()["components"]["schemas"]["PatientRecord"]["properties"]
+        assert list(properties)[1] == "plasma_glucose"
