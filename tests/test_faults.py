@@ -357,8 +357,10 @@ def test_warm_up_refuses_a_model_with_non_finite_answers() -> None:
     from service.runtime.inference import InferenceRuntime
 
     bundle = load_bundle()
+    first = bundle.model[0]
+    assert isinstance(first, torch.nn.Linear)
     with torch.no_grad():
-        bundle.model[0].weight[0, 0] = float("nan")
+        first.weight[0, 0] = float("nan")
     runtime = InferenceRuntime(bundle)
     try:
         with pytest.raises(BundleError, match="non-finite"):
