@@ -705,6 +705,9 @@ def test_a_bundle_with_other_feature_names_is_served_with_its_own_schema(bundle:
     shutil.copytree(bundle.path, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["features"]["features"][1]["name"] = "plasma_glucose"
+    spec = manifest["spec"]  # the bundle's own spec (format 3): its features and their FHIR mappings
+    spec["features"][1]["name"] = "plasma_glucose"
+    spec["fhir"] = {("plasma_glucose" if k == "glucose" else k): v for k, v in spec["fhir"].items()}
     (copy / "manifest.json").write_text(json.dumps(manifest))
     _write_checksums(copy)
     renamed = load_bundle(copy)
