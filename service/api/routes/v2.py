@@ -6,7 +6,8 @@
 - Inputs: one tensor per feature, named by the feature, ``FP64`` or ``FP32``, shape ``[N]`` or ``[N, 1]`` (an
   optional feature may be left out: it is imputed and reported in the output ``imputed``), or one tensor
   ``input`` of shape ``[N, F]`` in the specification's feature order. Each record then passes the JSON API's own
-  validation (:data:`service.schemas.PatientRecord`: ranges, whole numbers, the missing rules), record by record.
+  validation (the served model's record model, :func:`service.schemas.request_models`: ranges, whole numbers, the
+  missing rules), record by record.
 - Outputs: ``probability``, ``logit`` (``FP64 [N]``), ``label`` (``BYTES [N]``, the label's name), ``imputed`` and
   ``warnings`` (``BYTES [N]``: the features imputed, and those outside the training range, joined by commas).
 - Explanations: the model ``{name}-explainer`` (or ``parameters: {"explain": true}`` on the model itself)
@@ -55,7 +56,7 @@ from service.api.v2_codec import (
     encode_response,
 )
 from service.runtime.inference import InferenceRuntime, Prediction, RecordExplanation
-from service.schemas import ExplainSettings, PatientRecord, example_record
+from service.schemas import ExplainSettings, RequestModels
 
 __all__ = [
     "EXPLAINER_SUFFIX",
@@ -63,13 +64,16 @@ __all__ = [
     "PREDICT_OUTPUTS",
     "ServedModel",
     "V2Model",
+    "build_router",
     "find_model",
+    "infer_example",
     "route_v2_first",
     "router",
     "served_models",
 ]
 
 router = APIRouter(prefix="/v2", tags=["v2"])
+"""The routes that do not depend on the served model's features; :func:`build_router` adds inference in front."""
 
 EXPLAINER_SUFFIX = "-explainer"
 PLATFORM = "gshap-pytorch"
@@ -94,7 +98,7 @@ class ServedModel:
     name: str
     version: str
     runtime: InferenceRuntime
-    record_model: type[BaseModel] = PatientRecord
+    record_model: type[BaseModel]
 
 
 @dataclass(frozen=True)
@@ -116,11 +120,12 @@ def served_models(request: Request) -> list[ServedModel]:
     Today one bundle, the runtime's (name and version from its manifest); a model repository serving several
     points this function at its registry, and every V2 route follows.
     """
-    runtime = get_state(request).runtime
-    if runtime is None or not runtime.ready:
+    state = get_state(request)
+    runtime, models = state.runtime, state.models
+    if runtime is None or not runtime.ready or models is None:
         raise ModelNotReady("The model is loading or shutting down; retry shortly.", headers={"Retry-After": "1"})
     bundle = runtime.bundle
-    return [ServedModel(bundle.name, bundle.version, runtime)]
+    return [ServedModel(bundle.name, bundle.version, runtime, models.record)]
 
 
 def find_model(request: Request, name: str, version: str | None) -> V2Model:
@@ -291,7 +296,6 @@ _PARAMETERS_SCHEMA: dict[str, Any] = {
         "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
     },
 }
-_EXAMPLE = example_record()
 INFER_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["inputs"],
@@ -316,14 +320,11 @@ INFER_REQUEST_SCHEMA: dict[str, Any] = {
     },
     "additionalProperties": False,
 }
-INFER_EXAMPLE: dict[str, Any] = {
-    "inputs": [{"name": name, "datatype": "FP64", "shape": [1], "data": [float(v)]} for name, v in _EXAMPLE.items()]
-}
 _INFER_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": INFER_REQUEST_SCHEMA, "example": INFER_EXAMPLE},
+            "application/json": {"schema": INFER_REQUEST_SCHEMA},
             BINARY_MEDIA_TYPE: {
                 "schema": {"type": "string", "format": "binary"},
                 "description": (
@@ -650,28 +651,12 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     return Response(content, media_type=BINARY_MEDIA_TYPE, headers={HEADER_LENGTH: str(header)})
 
 
-@router.post(
-    "/models/{name}/infer",
-    operation_id="v2_model_infer",
-    summary="V2: inference",
-    response_class=Response,
-    responses={**_INFER_200, **_INFER_ERRORS},
-    openapi_extra=_INFER_OPENAPI,
-)
 async def model_infer(request: Request, name: _NAME) -> Response:
     """Predict (or, on '{name}-explainer' or with parameters.explain, explain) the records of the input tensors
     with the model's default version. JSON tensors or the binary tensor data extension, for inputs and outputs."""
     return await _infer(request, name, None)
 
 
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    operation_id="v2_model_version_infer",
-    summary="V2: inference with a version",
-    response_class=Response,
-    responses={**_INFER_200, **_INFER_ERRORS},
-    openapi_extra=_INFER_OPENAPI,
-)
 async def model_version_infer(request: Request, name: _NAME, version: _VERSION) -> Response:
     """As POST /v2/models/{name}/infer, with this version of the model."""
     return await _infer(request, name, version)
@@ -679,8 +664,45 @@ async def model_version_infer(request: Request, name: _NAME, version: _VERSION) 
 
 # ---- routing ---------------------------------------------------------------------------------------------
 
-# inference first: the routes of a router are tried in order, and inference is what clients call all the time
-router.routes.sort(key=lambda route: not getattr(route, "path", "").endswith("/infer"))
+
+def infer_example(models: RequestModels) -> dict[str, Any]:
+    """The model's example patient as an inference request: one FP64 [1] tensor per feature."""
+    return {
+        "inputs": [
+            {"name": name, "datatype": "FP64", "shape": [1], "data": [float(value)]}
+            for name, value in models.example().items()
+        ]
+    }
+
+
+def build_router(models: RequestModels) -> APIRouter:
+    """The V2 routes for the served model: inference first (routes are tried in order, and inference is what
+    clients call all the time; its documented example is the model's example patient), then :data:`router`."""
+    openapi = {**_INFER_OPENAPI, "requestBody": {**_INFER_OPENAPI["requestBody"]}}
+    openapi["requestBody"]["content"] = {
+        **_INFER_OPENAPI["requestBody"]["content"],
+        "application/json": {"schema": INFER_REQUEST_SCHEMA, "example": infer_example(models)},
+    }
+    built = APIRouter()
+    common: dict[str, Any] = {
+        "methods": ["POST"],
+        "tags": ["v2"],
+        "response_class": Response,
+        "responses": {**_INFER_200, **_INFER_ERRORS},
+        "openapi_extra": openapi,
+    }
+    built.add_api_route(
+        "/v2/models/{name}/infer", model_infer, operation_id="v2_model_infer", summary="V2: inference", **common
+    )
+    built.add_api_route(
+        "/v2/models/{name}/versions/{version}/infer",
+        model_version_infer,
+        operation_id="v2_model_version_infer",
+        summary="V2: inference with a version",
+        **common,
+    )
+    built.include_router(router)
+    return built
 
 
 class _V2First(BaseRoute):
@@ -703,8 +725,8 @@ class _V2First(BaseRoute):
         await self.included.handle(scope, receive, send)
 
 
-def route_v2_first(app: FastAPI) -> None:
-    """Put a shortcut to the V2 routes (already included in ``app``) ahead of the app's other routes; the included
-    routes stay where they are, for the OpenAPI document and the metrics' route templates."""
-    included = next(r for r in app.router.routes if getattr(r, "original_router", None) is router)
+def route_v2_first(app: FastAPI, built: APIRouter) -> None:
+    """Put a shortcut to the V2 routes (``built``, already included in ``app``) ahead of the app's other routes; the
+    included routes stay where they are, for the OpenAPI document and the metrics' route templates."""
+    included = next(r for r in app.router.routes if getattr(r, "original_router", None) is built)
     app.router.routes.insert(0, _V2First(included))
