@@ -43,6 +43,7 @@ BINARY_MEDIA_TYPE = "application/octet-stream"
 INPUT_DATATYPES: dict[str, str] = {"FP64": "<f8", "FP32": "<f4"}
 """The input datatypes read, with their little-endian numpy types."""
 _STRUCT_CODES = {"FP64": "d", "FP32": "f"}
+_ITEMSIZES = {"FP64": 8, "FP32": 4}
 
 # KServe's client also sends the model's name in the body (the path names it already)
 _REQUEST_KEYS = frozenset({"id", "model_name", "model_version", "parameters", "inputs", "outputs"})
@@ -154,21 +155,37 @@ def _number(value: Any) -> float | None:
     raise ValueError
 
 
-def _json_values(data: Any, shape: list[int], count: int, datatype: str, what: str) -> list[float | None]:
+def _json_values(data: Any, shape: list[int], count: int, datatype: str, name: str) -> list[float | None]:
     """A JSON tensor's elements as floats (``None``: not measured), checked against its shape."""
     if type(data) is not list:
-        raise TensorError(f"{what}.data must be a JSON list.")
-    flat = data if all(type(v) is float for v in data) else _flatten(data, len(shape), what)
+        raise TensorError(f"input {_quote(name)}.data must be a JSON list.")
+    flat = data if all(type(v) is float for v in data) else _flatten(data, len(shape), f"input {_quote(name)}")
     if len(flat) != count:
-        raise TensorError(f"{what}: data holds {len(flat)} elements; shape {shape} needs {count}.")
+        raise TensorError(f"input {_quote(name)}: data holds {len(flat)} elements; shape {shape} needs {count}.")
     try:
         values = [_number(v) for v in flat]
     except ValueError:
-        raise TensorError(f"{what}: {datatype} data must hold numbers (or null for not measured).") from None
+        raise TensorError(
+            f"input {_quote(name)}: {datatype} data must hold numbers (or null for not measured)."
+        ) from None
     if datatype == "FP32":
         # the value the client's float32 holds, as the binary path reads it
         values = [None if v is None else float(np.float32(v)) for v in values]
     return values
+
+
+def _refuse_binary(
+    tensor: dict[str, Any], name: str, datatype: str, shape: list[int], size: Any, needs: int, left: int
+) -> None:
+    """Why a binary input does not fit (only called once one of its checks failed)."""
+    what = f"input {_quote(name)}"
+    if "data" in tensor:
+        raise TensorError(f"{what} has both data and parameters.binary_data_size.")
+    if type(size) is not int or size < 0:
+        raise TensorError(f"{what}.parameters.binary_data_size must be a non-negative integer.")
+    if size != needs:
+        raise TensorError(f"{what}: binary_data_size is {size} bytes; shape {shape} of {datatype} needs {needs}.")
+    raise TensorError(f"{what}: the binary data is shorter than the binary_data_size of the inputs ({left} left).")
 
 
 def _decode_input(raw: Any, index: int, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
@@ -187,27 +204,22 @@ def _decode_input(raw: Any, index: int, binary: memoryview, offset: int) -> tupl
         raise TensorError(f"input {_quote(name)}.shape must be a list of 1 to 8 non-negative integers.")
     count = math.prod(shape)
     parameters = tensor.get("parameters")
-    size = None if parameters is None else _parameters(parameters, f"input {_quote(name)}").get("binary_data_size")
+    if parameters is None:
+        size = None
+    elif type(parameters) is dict:
+        size = parameters.get("binary_data_size")
+    else:
+        raise TensorError(f"input {_quote(name)}.parameters must be a JSON object.")
     if size is None:
         if "data" not in tensor:
             raise TensorError(f"input {_quote(name)} has neither data nor parameters.binary_data_size.")
-        values = _json_values(tensor["data"], shape, count, datatype, f"input {_quote(name)}")
+        values = _json_values(tensor["data"], shape, count, datatype, name)
         return InputTensor(name, datatype, tuple(shape), values), offset
-    what = f"input {_quote(name)}"
-    if "data" in tensor:
-        raise TensorError(f"{what} has both data and parameters.binary_data_size.")
-    if type(size) is not int or size < 0:
-        raise TensorError(f"{what}.parameters.binary_data_size must be a non-negative integer.")
-    code = _STRUCT_CODES[datatype]
-    itemsize = struct.calcsize(code)
-    if size != count * itemsize:
-        raise TensorError(
-            f"{what}: binary_data_size is {size} bytes; shape {shape} of {datatype} needs {count * itemsize}."
-        )
-    if offset + size > len(binary):
-        raise TensorError(f"{what}: the binary data is shorter than the binary_data_size of the inputs.")
+    itemsize = _ITEMSIZES[datatype]
+    if "data" in tensor or type(size) is not int or size != count * itemsize or offset + size > len(binary):
+        _refuse_binary(tensor, name, datatype, shape, size, count * itemsize, len(binary) - offset)
     # little-endian, row-major; a float32 becomes the double that holds it exactly
-    floats = struct.unpack_from(f"<{count}{code}", binary, offset)
+    floats = struct.unpack_from(f"<{count}{_STRUCT_CODES[datatype]}", binary, offset)
     read: list[float | None] = [None if math.isnan(v) else v for v in floats]
     return InputTensor(name, datatype, tuple(shape), read), offset + size
 
@@ -267,11 +279,8 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
 
 def _bytes_elements(strings: Sequence[str]) -> bytes:
     """BYTES elements as the binary extension sends them: each one a 4-byte little-endian length, then its bytes."""
-    parts: list[bytes] = []
-    for s in strings:
-        raw = s.encode()
-        parts += (struct.pack("<I", len(raw)), raw)
-    return b"".join(parts)
+    encoded = [s.encode() for s in strings]
+    return b"".join(len(raw).to_bytes(4, "little") + raw for raw in encoded)
 
 
 def encode_response(
