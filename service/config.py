@@ -166,6 +166,21 @@ class Settings(BaseSettings):
             "gshap-service/cds-feedback.sqlite3."
         ),
     )
+    cds_jwt_max_lifetime_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description=(
+            "Longest lifetime (exp - iat) of a CDS client JWT, plus 30 s leeway; longer-lived tokens get 401 (the "
+            "CDS Hooks Sandbox signs exp = iat + 300)."
+        ),
+    )
+    cds_jwks_ca_file: Path | None = Field(
+        None,
+        description=(
+            "PEM file of CA certificates trusted for https JWKS URLs, besides the system's; None: the system's only."
+        ),
+    )
     fhir_max_entries: int = Field(
         1000, ge=1, description="Most entries of a FHIR Bundle (posted or fetched) or prefetch search (else 413)."
     )
@@ -207,7 +222,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("model_path", "metrics_dir", "cds_feedback_db", "cds_base_url", mode="before")
+    @field_validator("model_path", "metrics_dir", "cds_feedback_db", "cds_base_url", "cds_jwks_ca_file", mode="before")
     @classmethod
     def _blank_path_is_none(cls, value: Any) -> Any:
         return None if value == "" else value

@@ -69,7 +69,15 @@ class CdsState:
 
     @classmethod
     def build(cls, settings: Settings) -> CdsState:
-        verifier = CdsJwtVerifier(settings.cds_jwt_issuers) if settings.cds_jwt_issuers else None
+        verifier = (
+            CdsJwtVerifier(
+                settings.cds_jwt_issuers,
+                max_lifetime=settings.cds_jwt_max_lifetime_seconds,
+                ca_file=settings.cds_jwks_ca_file,
+            )
+            if settings.cds_jwt_issuers
+            else None
+        )
         return cls(
             settings=settings,
             verifier=verifier,
