@@ -248,7 +248,12 @@ class Card(BaseModel):
         None, min_length=1, description="Reasons the clinician may pick when dismissing the card."
     )
     extension: dict[str, Any] | None = Field(
-        None, min_length=1, description="dev.gshap.prediction: probability, threshold, label, model version."
+        None,
+        min_length=1,
+        description=(
+            "urn:gshap-service:prediction: probability, threshold, label, model version (also under the former "
+            "key dev.gshap.prediction, for one release)."
+        ),
     )
 
 
@@ -348,7 +353,7 @@ class FeedbackRequest(BaseModel):
                             "outcome": "overridden",
                             "overrideReason": {
                                 "reason": {
-                                    "system": "https://gshap.dev/cds/override-reasons",
+                                    "system": "urn:gshap-service:override-reason",
                                     "code": "not-relevant",
                                     "display": "Not relevant for this patient",
                                 }

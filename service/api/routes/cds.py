@@ -205,10 +205,14 @@ async def _gather(body: CdsRequest, state: CdsState) -> tuple[dict[str, Any], li
     return values, issues
 
 
-def _read(values: dict[str, Any], body: CdsRequest, max_entries: int) -> tuple[Any, list[tuple[str, Any]], str]:
+def _read(
+    values: dict[str, Any], body: CdsRequest, max_entries: int
+) -> tuple[Any, list[tuple[str, Any]], str, str | None]:
     patient = None
     observations: list[tuple[str, Any]] = []
-    seen: set[str] = set()  # the same Observation may answer two searches (a panel and its component code)
+    # the same Observation may answer two searches (a panel and its component code): read once if equal, else 422
+    seen: dict[str, tuple[str, Any]] = {}
+    full_urls: dict[str, str] = {}
     patient_path = f"prefetch.{PATIENT_KEY}"
     for key, value in values.items():
         if value is None:
@@ -223,13 +227,14 @@ def _read(values: dict[str, Any], body: CdsRequest, max_entries: int) -> tuple[A
                 raise invalid_input([FieldError(path, "one_patient", "prefetch.patient must be the Patient resource.")])
             patient_path, patient = parsed.patients[0]
         observations += parsed.observations
+        full_urls.update(parsed.full_urls)
     if patient is None:
         raise _unavailable([PATIENT_KEY], "the client has no Patient resource for context.patientId")
     if patient.id != body.context.patientId:
         raise invalid_input(
             [FieldError(f"{patient_path}.id", "patient_mismatch", "The prefetched Patient is not context.patientId.")]
         )
-    return patient, observations, patient_path
+    return patient, observations, patient_path, full_urls.get(patient_path)
 
 
 CALL_EXAMPLES = {
@@ -259,12 +264,20 @@ async def call_service(
     completeness. 412 when the data can be had neither from the prefetch nor from an allowed FHIR server."""
     state = cds_state(request)
     values, fetch_issues = await _gather(body, state)
-    patient, observations, patient_path = _read(values, body, settings.fhir_max_entries)
-    extraction = extract(patient, observations, spec=PIMA_SPEC, now=dt.datetime.now(dt.UTC), patient_path=patient_path)
+    patient, observations, patient_path, full_url = _read(values, body, settings.fhir_max_entries)
+    extraction = extract(
+        patient,
+        observations,
+        spec=PIMA_SPEC,
+        now=dt.datetime.now(dt.UTC),
+        patient_path=patient_path,
+        patient_full_url=full_url,
+    )
     if fetch_issues:
         extraction = type(extraction)(**{**extraction.__dict__, "issues": (*extraction.issues, *fetch_issues)})
     base = base_url(request, settings)
-    links = CardLinks(model_card=f"{base}/model", documentation=f"{base}/docs#/cds-hooks")
+    # the page's model-card view (a human page), not GET /model's JSON
+    links = CardLinks(model_card=f"{base}/#model", documentation=f"{base}/docs#/cds-hooks")
     if extraction.required_missing:
         card = cannot_compute_card(
             extraction, spec=PIMA_SPEC, population=PIMA_POPULATION, links=links, model_version=runtime.model_version

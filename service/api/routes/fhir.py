@@ -24,7 +24,7 @@ from service.contract import MAX_N_SAMPLES, Output, ServedMethod
 from service.fhir.extract import Extraction, extract
 from service.fhir.public import FhirBundleIn, FhirExplanationPublic, FhirPredictionPublic, provenance
 from service.fhir.resources import FhirInputError, TooManyEntriesError, parse_bundle
-from service.model.features import PIMA_SPEC
+from service.model.features import PIMA_POPULATION, PIMA_SPEC
 from service.schemas import SCHEMA_SPEC, SEED_MAX, ExplainSettings
 
 __all__ = ["fhir_input_problem", "router"]
@@ -94,7 +94,7 @@ def fhir_input_problem(exc: FhirInputError, prefix: str = "") -> Exception:
 def read_bundle(bundle: FhirBundleIn, max_entries: int) -> Extraction:
     """The strict reading of a posted Bundle (see the module's docstring)."""
     try:
-        parsed = parse_bundle(bundle.model_dump(exclude_unset=True), max_entries=max_entries)
+        parsed = parse_bundle(bundle.as_json(), max_entries=max_entries)
     except FhirInputError as exc:
         raise fhir_input_problem(exc) from None
     if len(parsed.patients) != 1:
@@ -112,18 +112,34 @@ def read_bundle(bundle: FhirBundleIn, max_entries: int) -> Extraction:
         raise invalid_input(
             [FieldError(f"{path}.id", "missing", "The Patient needs an id (Observations refer to it).")]
         )
-    extraction = extract(patient, parsed.observations, spec=PIMA_SPEC, now=dt.datetime.now(dt.UTC), patient_path=path)
-    refused = [FieldError(i.path or "entry", i.code, i.message) for i in extraction.issues if i.refused]
+    extraction = extract(
+        patient,
+        parsed.observations,
+        spec=PIMA_SPEC,
+        now=dt.datetime.now(dt.UTC),
+        patient_path=path,
+        patient_full_url=parsed.full_urls.get(path),
+    )
+    refused = [FieldError(i.path or "entry", i.code, i.said(strict=True)) for i in extraction.issues if i.refused]
     if refused:
         raise invalid_input(refused)
     if extraction.required_missing:
+        conflicts = {i.feature for i in extraction.issues if i.code == "conflicting_values"}
         raise invalid_input(
             [
                 FieldError(
                     name,
-                    "required_input_missing",
-                    f"No usable value of {SCHEMA_SPEC.by_name(name).label.lower()} in the Bundle; the model cannot do "
-                    "without it (see GET /model and docs/CDS_HOOKS.md for its codes).",
+                    "conflicting_values" if name in conflicts else "required_input_missing",
+                    (
+                        f"The latest values of {SCHEMA_SPEC.by_name(name).label.lower()} tie on effective and "
+                        "issued time and disagree; the model cannot do without it; the request is refused."
+                    )
+                    if name in conflicts
+                    else (
+                        f"No usable value of {SCHEMA_SPEC.by_name(name).label.lower()} in the Bundle; the model "
+                        "cannot do without it (see GET /model and docs/CDS_HOOKS.md for its codes); the request is "
+                        "refused."
+                    ),
                 )
                 for name in extraction.required_missing
             ]
@@ -133,7 +149,7 @@ def read_bundle(bundle: FhirBundleIn, max_entries: int) -> Extraction:
 
 def _answer(result: Any, extraction: Extraction) -> Response:
     content = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
-    content["fhir"] = provenance(extraction)
+    content["fhir"] = provenance(extraction, PIMA_POPULATION)
     return Response(orjson.dumps(content), media_type="application/json")
 
 
