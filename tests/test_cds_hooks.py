@@ -192,9 +192,9 @@ def test_invalid_hook_requests_are_422(client: Any, body: dict[str, Any]) -> Non
 
 
 def test_huge_prefetch_bundle_is_413(client: Any) -> None:
-    """A prefetch search with more entries than GSHAP_FHIR_MAX_ENTRIES (1000) is refused with 413."""
+    """A prefetch search with more entries than GSHAP_FHIR_MAX_ENTRIES (10,000) is refused with 413."""
     prefetch = prefetch_for(load("patient_bundle.json"))
-    prefetch["glucose"] = {"resourceType": "Bundle", "type": "searchset", "entry": [{}] * 1001}
+    prefetch["glucose"] = {"resourceType": "Bundle", "type": "searchset", "entry": [{}] * 10_001}
     r = client.post(SERVICE, json=cds_request(prefetch))
     assert r.status_code == 413
     assert r.json()["limit_name"] == "fhir_max_entries"

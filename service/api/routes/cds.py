@@ -48,7 +48,7 @@ from service.fhir.cdshooks import (
 from service.fhir.extract import Issue, extract
 from service.fhir.feedback import FeedbackStore
 from service.fhir.resources import FhirInputError, parse_search_result
-from service.fhir.server import FhirServerError, fetch_all, render, server_allowed
+from service.fhir.server import FhirServerError, fetch_all, has_control_characters, render, server_allowed
 from service.model.features import PIMA_POPULATION, PIMA_SPEC
 from service.runtime.inference import ExplainOptions
 
@@ -175,6 +175,8 @@ async def _gather(body: CdsRequest, state: CdsState) -> tuple[dict[str, Any], li
         reason = "the prefetch lacks them and the request names no fhirServer"
     elif not settings.cds_fhir_servers:
         reason = "this service calls no FHIR server (GSHAP_CDS_FHIR_SERVERS is empty)"
+    elif has_control_characters(body.fhirServer):
+        reason = "fhirServer holds a space or a control character"
     elif not server_allowed(body.fhirServer, settings.cds_fhir_servers):
         reason = "fhirServer is not in this service's allow-list (GSHAP_CDS_FHIR_SERVERS)"
     else:
@@ -187,6 +189,8 @@ async def _gather(body: CdsRequest, state: CdsState) -> tuple[dict[str, Any], li
                 token=token,
                 timeout_s=settings.cds_fhir_timeout_seconds,
                 max_bytes=settings.cds_fhir_max_bytes,
+                max_pages=settings.fhir_max_pages,
+                max_entries=settings.fhir_max_entries,
             )
         except FhirServerError as exc:
             reason = exc.reason
