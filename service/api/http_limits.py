@@ -23,6 +23,7 @@ from service.api.security import header_limit_problem
 __all__ = ["DEFAULT_MAX_HEADER_BYTES", "http_protocol_options", "limited_protocol"]
 
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
+REFUSED_DRAIN_SECONDS = 1.0
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -88,7 +89,11 @@ if HttpToolsProtocol is not None:
                 self._refused = True
                 self.logger.warning("request head over %d bytes: 431", self.max_header_bytes)
                 self.transport.write(_refusal(self.max_header_bytes))
-                self.transport.close()
+                # half-close: the answer goes out with a FIN; what the client still sends is read and dropped for
+                # a moment (closing with unread bytes would reset the connection and could lose the answer)
+                if self.transport.can_write_eof():
+                    self.transport.write_eof()
+                self.loop.call_later(REFUSED_DRAIN_SECONDS, self.transport.close)
                 return
             super().data_received(data[room:])
 else:  # pragma: no cover

@@ -388,7 +388,7 @@ def _observation(
     if status not in USABLE_STATUSES:
         work.issues.append(
             Issue(
-                "status_ignored", f"Status {status[:30]!r} is not final, amended or corrected; ignored", path, "", ref
+                "status_ignored", f"Status {status[:30]!r} is not final, amended or corrected; ignored.", path, "", ref
             )
         )
         return

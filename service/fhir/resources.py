@@ -8,7 +8,8 @@ Resources of other types are skipped (they are not errors: an EHR's Bundle may c
 Strict JSON typing, as FHIR's JSON format defines it: a decimal or an integer is a JSON number, never a string
 (``"value": "150"`` is refused, where the R4B models alone would read it as 150). The same resource (type and id)
 given twice is read once when both copies are equal, and refused (``conflicting_copies``) when they differ: which
-copy is right is not settled silently. Two Patients that disagree likewise.
+copy is right is not settled silently. Two Patients that disagree likewise. A string over 1 MiB anywhere in a
+resource is refused (``string_too_long``: FHIR R4 "strings SHALL NOT exceed 1MB in size").
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ __all__ = [
     "parse_patient",
     "parse_search_result",
 ]
+
+
+MAX_STRING_BYTES = 1024 * 1024  # FHIR R4 datatypes, string: "Strings SHALL NOT exceed 1MB in size"
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,23 @@ def parse_observation(data: Mapping[str, Any], path: str) -> Observation:
     return result
 
 
+def _long_string(value: Any, path: str) -> None:
+    """:class:`FhirInputError` naming the first string of ``value`` over :data:`MAX_STRING_BYTES` (UTF-8)."""
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            # a character is at most 4 bytes in UTF-8: only long strings need encoding to be measured
+            if len(item) * 4 > MAX_STRING_BYTES and len(item.encode("utf-8", "surrogatepass")) > MAX_STRING_BYTES:
+                raise FhirInputError(
+                    [FhirProblem(where, "string_too_long", f"A FHIR string must not exceed {MAX_STRING_BYTES} bytes.")]
+                )
+        elif isinstance(item, Mapping):
+            stack += [(f"{where}.{k}", v) for k, v in item.items() if not isinstance(v, int | float | bool)]
+        elif isinstance(item, list):
+            stack += [(f"{where}[{i}]", v) for i, v in enumerate(item) if not isinstance(v, int | float | bool)]
+
+
 def _resource_type(value: Any, path: str) -> str:
     if not isinstance(value, Mapping):
         raise FhirInputError([FhirProblem(path, "object_type", "A FHIR resource must be a JSON object.")])
@@ -210,6 +231,8 @@ def _collect(
     copies: dict[str, tuple[str, Any]] = {} if seen is None else seen
     for where, resource, full_url in items:
         kind = _resource_type(resource, where)
+        if kind != "Bundle":
+            _long_string(resource, where)
         rid = resource.get("id")
         repeated = kind in ("Patient", "Observation") and isinstance(rid, str) and rid
         if repeated and _same_copy(kind, str(rid), where, resource, copies):
