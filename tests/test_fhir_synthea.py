@@ -78,10 +78,10 @@ def careful_reader(bundle: dict[str, Any]) -> dict[str, Any]:
 def _added(bundle: dict[str, Any], me: str) -> dict[str, Any]:
     """``bundle`` with the two required inputs Synthea never writes (pregnancies, the pedigree score) added as a
     client would: transaction entries with urn:uuid fullUrls referring to the Patient's fullUrl."""
-    out = json.loads(json.dumps(bundle))
-    for code, value in (({"system": LOINC, "code": "11996-6"}, {"valueInteger": 2}),
-                        ({"system": "urn:gshap-service:feature", "code": "diabetes_pedigree_function"},
-                         {"valueQuantity": {"value": 0.4, "system": "http://unitsofmeasure.org", "code": "1"}})):  # fmt: skip
+    out: dict[str, Any] = json.loads(json.dumps(bundle))
+    dpf = {"system": "urn:gshap-service:feature", "code": "diabetes_pedigree_function"}
+    score = {"valueQuantity": {"value": 0.4, "system": "http://unitsofmeasure.org", "code": "1"}}
+    for code, value in (({"system": LOINC, "code": "11996-6"}, {"valueInteger": 2}), (dpf, score)):
         rid = str(uuid.uuid4())
         obs = {"resourceType": "Observation", "id": rid, "status": "final", "code": {"coding": [code]},
                "subject": {"reference": me}, "effectiveDateTime": "2019-01-01T00:00:00Z", **value}  # fmt: skip
