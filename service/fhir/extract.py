@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ __all__ = [
     "extract",
     "outside_population",
     "refers_to_patient",
+    "relevant_codes",
     "resource_ref",
 ]
 
@@ -261,12 +263,37 @@ def _unit_of(qty: Any, code: FhirCode, dimensionless: bool) -> tuple[FhirUnit | 
     return None, "", "the quantity has no unit"
 
 
-def _match(coding_system: str, coding_code: str, feat: Feature) -> FhirCode | None:
+@functools.cache
+def _code_table(feat: Feature) -> dict[tuple[str, str], FhirCode]:
+    """The feature's codes by (system, code): looked up for every coding of every Observation."""
     assert feat.fhir is not None
+    table: dict[tuple[str, str], FhirCode] = {}
     for code in feat.fhir.all_codes(feat.name):
-        if code.system == coding_system and code.code == coding_code:
-            return code
-    return None
+        table.setdefault((code.system, code.code), code)
+    return table
+
+
+def _match(coding_system: str, coding_code: str, feat: Feature) -> FhirCode | None:
+    return _code_table(feat).get((coding_system, coding_code))
+
+
+def relevant_codes(spec: FeatureSpec) -> frozenset[tuple[str, str]]:
+    """Every (system, code) the extraction reads or reports for ``spec``: the features' codes (and own codes),
+    their near misses and the codes a derived value is computed from. An Observation without any of them, in its
+    code or a component's, cannot change the record or its report, and is skipped unread."""
+    return _relevant(tuple(spec))
+
+
+@functools.cache
+def _relevant(features: tuple[Feature, ...]) -> frozenset[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    for feat in features:
+        if feat.fhir is None:
+            continue
+        out |= set(_code_table(feat))
+        out |= {(m.system, m.code) for m in feat.fhir.near_misses}
+        out |= {(c.system, c.code) for c in feat.fhir.derived_from}
+    return frozenset(out)
 
 
 def _codings(concept: Any) -> list[tuple[str, str, str]]:

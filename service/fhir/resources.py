@@ -14,7 +14,7 @@ resource is refused (``string_too_long``: FHIR R4 "strings SHALL NOT exceed 1MB 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,12 +216,37 @@ def _same_copy(kind: str, rid: str, where: str, resource: Any, copies: dict[str,
     )
 
 
+def _codings(concept: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(concept, Mapping) and isinstance(concept.get("coding"), list):
+        for c in concept["coding"]:
+            if isinstance(c, Mapping):
+                yield str(c.get("system") or ""), str(c.get("code") or "")
+
+
+def _is_relevant(resource: Mapping[str, Any], codes: frozenset[tuple[str, str]] | None) -> bool:
+    """Whether an Observation carries one of ``codes`` (None: every Observation counts), in its code or a
+    component's code. Read from the raw JSON, so that an irrelevant Observation costs no model validation; one
+    whose code cannot be read is relevant (its validation then says why)."""
+    if codes is None:
+        return True
+    code = resource.get("code")
+    if not isinstance(code, Mapping) or not isinstance(code.get("coding", []), list):
+        return True  # unreadable: parsed, so that the model's validation names what is wrong
+    if any(c in codes for c in _codings(code)):
+        return True
+    components = resource.get("component")
+    return isinstance(components, list) and any(
+        c in codes for comp in components if isinstance(comp, Mapping) for c in _codings(comp.get("code"))
+    )
+
+
 def _collect(
     items: Sequence[tuple[str, Any, str]],
     path: str,
     max_entries: int,
     depth: int = 0,
     seen: dict[str, tuple[str, Any]] | None = None,
+    codes: frozenset[tuple[str, str]] | None = None,
 ) -> ParsedResources:
     patients: list[tuple[str, Patient]] = []
     observations: list[tuple[str, Observation]] = []
@@ -242,9 +267,12 @@ def _collect(
         if kind == "Patient":
             patients.append((where, parse_patient(resource, where)))
         elif kind == "Observation":
-            observations.append((where, parse_observation(resource, where)))
+            if _is_relevant(resource, codes):
+                observations.append((where, parse_observation(resource, where)))
+            else:
+                skipped += 1
         elif kind == "Bundle" and depth == 0:
-            inner = _collect(_entries(resource, where, max_entries), where, max_entries, depth + 1, copies)
+            inner = _collect(_entries(resource, where, max_entries), where, max_entries, depth + 1, copies, codes)
             patients += inner.patients
             observations += inner.observations
             full_urls.update(inner.full_urls)
@@ -257,8 +285,11 @@ def _collect(
     return ParsedResources(tuple(patients), tuple(observations), skipped, outcome, full_urls)
 
 
-def parse_bundle(data: Any, *, max_entries: int, path: str = "") -> ParsedResources:
-    """A Bundle posted to ``/fhir/*``: its Patients and Observations (other resource types skipped).
+def parse_bundle(
+    data: Any, *, max_entries: int, path: str = "", codes: frozenset[tuple[str, str]] | None = None
+) -> ParsedResources:
+    """A Bundle posted to ``/fhir/*``: its Patients and Observations (other resource types skipped, and with
+    ``codes`` the Observations that carry none of them: see :func:`service.fhir.extract.relevant_codes`).
 
     Raises :class:`FhirInputError` for anything that is not a Bundle of resources, or whose Patient or Observation
     breaks the R4 model; :class:`TooManyEntriesError` over ``max_entries`` entries.
@@ -268,11 +299,16 @@ def parse_bundle(data: Any, *, max_entries: int, path: str = "") -> ParsedResour
         raise FhirInputError(
             [FhirProblem(_path(path, ["resourceType"]), "resource_type", f"Expected a Bundle, got {kind[:40]!r}.")]
         )
-    return _collect(_entries(data, path, max_entries), path, max_entries, depth=1)
+    return _collect(_entries(data, path, max_entries), path, max_entries, depth=1, codes=codes)
 
 
 def parse_search_result(
-    data: Any, *, max_entries: int, path: str, seen: dict[str, tuple[str, Any]] | None = None
+    data: Any,
+    *,
+    max_entries: int,
+    path: str,
+    seen: dict[str, tuple[str, Any]] | None = None,
+    codes: frozenset[tuple[str, str]] | None = None,
 ) -> ParsedResources:
     """A prefetch value or a FHIR search answer: a Bundle (searchset), a single resource or an OperationOutcome.
 
@@ -281,5 +317,5 @@ def parse_search_result(
     """
     kind = _resource_type(data, path)
     if kind == "Bundle":
-        return _collect(_entries(data, path, max_entries), path, max_entries, depth=1, seen=seen)
-    return _collect([(path, data, "")], path, max_entries, depth=1, seen=seen)
+        return _collect(_entries(data, path, max_entries), path, max_entries, depth=1, seen=seen, codes=codes)
+    return _collect([(path, data, "")], path, max_entries, depth=1, seen=seen, codes=codes)

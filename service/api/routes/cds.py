@@ -45,7 +45,7 @@ from service.fhir.cdshooks import (
     prefetch_templates,
     required_prefetch_keys,
 )
-from service.fhir.extract import Issue, extract
+from service.fhir.extract import Issue, extract, relevant_codes
 from service.fhir.feedback import FeedbackStore
 from service.fhir.resources import FhirInputError, parse_search_result
 from service.fhir.server import FhirServerError, fetch_all, has_control_characters, render, server_allowed
@@ -223,7 +223,9 @@ def _read(
             continue
         path = f"prefetch.{key}"
         try:
-            parsed = parse_search_result(value, max_entries=max_entries, path=path, seen=seen)
+            parsed = parse_search_result(
+                value, max_entries=max_entries, path=path, seen=seen, codes=relevant_codes(PIMA_SPEC)
+            )
         except FhirInputError as exc:
             raise fhir_input_problem(exc) from None
         if key == PATIENT_KEY:

@@ -21,7 +21,7 @@ from service.api.errors import FieldError, PayloadTooLarge, invalid_input
 from service.api.routes import POST_PROBLEMS, RuntimeDep, SettingsDep, problem_responses, require_json
 from service.api.routes.explain import explain_options
 from service.contract import MAX_N_SAMPLES, Output, ServedMethod
-from service.fhir.extract import Extraction, extract
+from service.fhir.extract import Extraction, extract, relevant_codes
 from service.fhir.public import FhirBundleIn, FhirExplanationPublic, FhirPredictionPublic, provenance
 from service.fhir.resources import FhirInputError, TooManyEntriesError, parse_bundle
 from service.model.features import PIMA_POPULATION, PIMA_SPEC
@@ -94,7 +94,7 @@ def fhir_input_problem(exc: FhirInputError, prefix: str = "") -> Exception:
 def read_bundle(bundle: FhirBundleIn, max_entries: int) -> Extraction:
     """The strict reading of a posted Bundle (see the module's docstring)."""
     try:
-        parsed = parse_bundle(bundle.as_json(), max_entries=max_entries)
+        parsed = parse_bundle(bundle.as_json(), max_entries=max_entries, codes=relevant_codes(PIMA_SPEC))
     except FhirInputError as exc:
         raise fhir_input_problem(exc) from None
     if len(parsed.patients) != 1:
