@@ -13,6 +13,8 @@
      │                                                        prefetch nor from an allowed FHIR server
      ├── PayloadTooLarge         413  payload-too-large       body over GSHAP_MAX_BODY_BYTES, or a batch over
      │                                                        GSHAP_MAX_BATCH_RECORDS; ``limit`` names the bound
+     ├── HeadersTooLarge         431  headers-too-large       request head over GSHAP_MAX_HEADER_BYTES, or an
+     │                                                        Authorization header over GSHAP_MAX_AUTHORIZATION_BYTES
      ├── UnsupportedMediaType    415  unsupported-media-type  a body that is not application/json
      ├── InvalidInput            422  validation              ``errors``: one {field, rule, message} per broken rule
      ├── RateLimited             429  rate-limited            with ``Retry-After`` (seconds)
