@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         vm_before = _vm(server.pid)
         bundle_times: dict[str, list[float]] = {"large": [], "fixture": []}
         for i in range(2 + args.bundle_calls):  # alternating, so that a noisy moment hits both
-            for key, body in (("large", big), ("fixture", small)):
+            for key, payload in (("large", big), ("fixture", small)):
                 t0 = time.perf_counter()
-                r = http.post("/fhir/predict", content=body, headers=headers)
+                r = http.post("/fhir/predict", content=payload, headers=headers)
                 elapsed = (time.perf_counter() - t0) * 1000
                 if r.status_code != 200:
                     raise SystemExit(f"/fhir/predict {key}: HTTP {r.status_code}: {r.text[:300]}")

@@ -2,10 +2,10 @@
 
 The rules (docs/CDS_HOOKS.md states them for users):
 
-- Codes and units come from the feature specification (``Feature.fhir``): an Observation counts for a feature when
-  one of its codings is one of the feature's codes (LOINC, or ``urn:gshap-service:feature|<name>``), and a component
-  of ANY Observation counts when its code is one (the diastolic 8462-4 inside the 85354-9 or 55284-4 blood pressure
-  panels, or any other panel that carries it).
+- Codes and units come from the feature specification (the served bundle's ``spec``, ``Feature.fhir``): an
+  Observation counts for a feature when one of its codings is one of the feature's codes (LOINC, or
+  ``urn:gshap-service:feature|<name>``), and a component of ANY Observation counts when its code is one (the
+  diastolic 8462-4 inside the 85354-9 or 55284-4 blood pressure panels, or any other panel that carries it).
 - The Observation must be about the Patient: ``subject.reference`` is ``Patient/{id}`` (relative, or an absolute URL
   ending so, with or without ``/_history``), or the Patient entry's ``fullUrl`` (``urn:uuid:``/``urn:oid:`` inside a
   transaction, batch, collection, searchset or document Bundle, as Synthea writes them). When the Patient's
@@ -44,7 +44,8 @@ from typing import Any
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 
-from service.model.features import UCUM, Feature, FeatureSpec, FhirCode, FhirUnit, Population
+from service.model.card import Population
+from service.model.features import UCUM, Feature, FeatureSpec, FhirCode, FhirUnit
 
 __all__ = [
     "USABLE_STATUSES",
@@ -717,9 +718,9 @@ def extract(
 def outside_population(extraction: Extraction, population: Population) -> list[str]:
     """Why the patient is outside the model's training population (recorded gender, age); empty when inside."""
     outside = []
-    if extraction.gender and extraction.gender != population.sex:
+    if population.sex and extraction.gender and extraction.gender != population.sex:
         outside.append(f"recorded gender is {extraction.gender[:20]}")
     age = extraction.record.get("age")
-    if age is not None and age < population.min_age:
+    if age is not None and population.min_age and age < population.min_age:
         outside.append(f"age {age:g} is under {population.min_age}")
     return outside
