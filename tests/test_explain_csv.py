@@ -144,8 +144,10 @@ def test_unreadable_rows_are_refused_in_their_place(server: LiveServer, tmp_path
     assert errors[0] == errors[6] == ""
     assert "3 cells, the header has 8" in errors[1]
     assert "9 cells, the header has 8" in errors[2]
-    assert errors[3].startswith("glucose:") and "not a finite number" in errors[3]
+    assert errors[3].startswith("glucose:")
+    assert "not a finite number" in errors[3]
     assert errors[4] == "bmi: the cell is not UTF-8 text"
-    assert errors[5].startswith("glucose:") and "not a number" in errors[5]
+    assert errors[5].startswith("glucose:")
+    assert "not a number" in errors[5]
     assert rows[0]["probability"] == rows[6]["probability"] != ""
     assert not out.with_name(out.name + ".partial").exists()
