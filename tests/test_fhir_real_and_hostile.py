@@ -382,3 +382,29 @@ def test_bundle_bombs_are_refused_fast_with_a_problem(client: Any, bomb: str) ->
         assert [e["rule"] for e in r.json()["errors"]] == ["string_too_long"]
     assert seconds < 10, f"{bomb}: {seconds:.1f} s"
     assert client.get("/healthz").status_code == 200
+
+
+def test_hostile_strings_never_reach_the_plots_or_the_page(client: Any) -> None:
+    """A Bundle whose displays and texts all carry Markdown/HTML/JavaScript: /fhir/explain answers (the text stays
+    JSON data, never a display of ours), and the record it read, drawn by /explain/plot as SVG, and the page hold
+    none of it: only numbers travel from FHIR to a plot."""
+    payload = "<script>alert(1)</script>![t](https://evil.example/t.png)"
+
+    def displays(value: Any) -> Any:  # every display and text (the units stay: /fhir/* refuses unknown ones)
+        if isinstance(value, dict):
+            return {k: payload if k in ("display", "text") and isinstance(v, str) else displays(v)
+                    for k, v in value.items()}  # fmt: skip
+        return [displays(v) for v in value] if isinstance(value, list) else value
+
+    bundle = displays(clean_bundle())
+    r = client.post("/fhir/explain", json=bundle)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert all("evil" not in s["display"] for s in body["fhir"]["sources"].values())
+    record = {k: v["value"] for k, v in body["fhir"]["sources"].items()}
+    record["pregnancies"] = int(record["pregnancies"])
+    svg = client.post("/explain/plot?format=svg", json=record)
+    assert svg.status_code == 200, svg.text[:300]
+    assert "evil" not in svg.text
+    assert "<script" not in svg.text
+    assert "evil" not in client.get("/").text
