@@ -211,14 +211,16 @@ def test_json_rule_check_finds_every_null_and_empty_value() -> None:
 
 
 def test_feedback_is_stored_durably_without_patient_values(client: Any) -> None:
-    """Overridden and accepted outcomes go to SQLite: card uuid, outcome, reason coding; no comment text."""
+    """Overridden and accepted outcomes on an issued card go to SQLite: card uuid, outcome, reason by code, the
+    count of accepted suggestions; neither the comment nor the reason's display text, nor any patient value."""
     card = card_of(client.post(SERVICE, json=cds_request(prefetch_for(load("patient_bundle.json")))))
+    reason = {**card["overrideReasons"][0], "display": "Ada Lovelace, glucose 8.2"}
     feedback = {
         "feedback": [
             {
                 "card": card["uuid"],
                 "outcome": "overridden",
-                "overrideReason": {"reason": card["overrideReasons"][0], "userComment": "Ada's glucose was 8.2"},
+                "overrideReason": {"reason": reason, "userComment": "Ada's glucose was 8.2"},
                 "outcomeTimestamp": "2026-11-29T10:05:31Z",
             },
             {
@@ -229,23 +231,33 @@ def test_feedback_is_stored_durably_without_patient_values(client: Any) -> None:
             },
         ]
     }
-    r = client.post(f"{SERVICE}/feedback", json=feedback)
-    assert r.status_code == 200
+    r = client.post(f"{SERVICE}/feedback", json=feedback, headers={"X-API-Key": "k-1"})
+    assert r.status_code == 200, r.text
     assert r.json() == {"stored": 2}
     with sqlite3.connect(client.db) as conn:  # a new connection: the rows are on disk
         rows = conn.execute(
-            "SELECT card_uuid, outcome, override_code, accepted_suggestions, has_user_comment FROM feedback "
-            "WHERE card_uuid = ? ORDER BY id",
+            "SELECT card_uuid, outcome, override_code, accepted_suggestions, has_user_comment, outcome_at "
+            "FROM cds_feedback WHERE card_uuid = ? ORDER BY id",
             (card["uuid"],),
         ).fetchall()
     assert rows == [
-        (card["uuid"], "overridden", "not-relevant", None, 1),
-        (card["uuid"], "accepted", None, '["s-1"]', 0),
+        (card["uuid"], "overridden", "not-relevant", 0, 1, "2026-11-29T10:05:31Z"),
+        (card["uuid"], "accepted", None, 1, 0, "2026-11-29T10:06:00Z"),
     ]
-    raw = Path(client.db).read_bytes()
+    raw = b"".join(p.read_bytes() for p in Path(client.db).parent.glob("feedback.sqlite3*"))
     assert b"8.2" not in raw
     assert b"Ada" not in raw
     assert b"p-1001" not in raw
+
+
+def test_feedback_needs_the_api_key_when_keys_are_set(client: Any) -> None:
+    """Without JWT issuers but with API keys, feedback without a key (or with a wrong one) is a 401, while the card
+    itself stays open to the EHR."""
+    card = card_of(client.post(SERVICE, json=cds_request(prefetch_for(load("patient_bundle.json")))))
+    item = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-29T10:05:31Z"}]}
+    assert client.post(f"{SERVICE}/feedback", json=item).status_code == 401
+    assert client.post(f"{SERVICE}/feedback", json=item, headers={"X-API-Key": "k-2"}).status_code == 401
+    assert client.post(f"{SERVICE}/feedback", json=item, headers={"Authorization": "Bearer k-1"}).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -260,7 +272,7 @@ def test_feedback_is_stored_durably_without_patient_values(client: Any) -> None:
 )
 def test_feedback_breaking_the_spec_is_422(client: Any, item: dict[str, Any]) -> None:
     """accepted without suggestions, an unknown outcome, a non-UTC or unreadable timestamp, no card: 422."""
-    r = client.post(f"{SERVICE}/feedback", json={"feedback": [item]})
+    r = client.post(f"{SERVICE}/feedback", json={"feedback": [item]}, headers={"X-API-Key": "k-1"})
     assert r.status_code == 422
 
 
@@ -430,6 +442,16 @@ def call(c: Any, tok: str | None, path: str = SERVICE) -> int:
     return int(c.post(path, json=body, headers=headers).status_code)
 
 
+def call_card(c: Any, keys: dict[str, Any]) -> str:
+    """The uuid of a card issued by a JWT-protected service."""
+    r = c.post(
+        SERVICE,
+        json=cds_request(prefetch_for(load("patient_bundle.json"))),
+        headers={"Authorization": f"Bearer {token(keys)}"},
+    )
+    return str(card_of(r)["uuid"])
+
+
 def test_valid_es384_and_rs384_tokens_are_accepted(jwt_client: Any, keys: dict[str, Any]) -> None:
     """ES384 and RS384 tokens with the endpoint's exact aud pass, for discovery and the service."""
     assert call(jwt_client, token(keys)) == 200
@@ -477,7 +499,8 @@ def test_replayed_jti_is_refused(jwt_client: Any, keys: dict[str, Any]) -> None:
 
 def test_feedback_needs_a_token_for_its_own_url(jwt_client: Any, keys: dict[str, Any]) -> None:
     """The feedback endpoint checks the JWT too, with aud = its own URL."""
-    item = {"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-29T10:05:31Z"}]}
+    card = call_card(jwt_client, keys)
+    item = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-29T10:05:31Z"}]}
     ok = token(keys, aud=f"{BASE}{SERVICE}/feedback")
     assert (
         jwt_client.post(f"{SERVICE}/feedback", json=item, headers={"Authorization": f"Bearer {ok}"}).status_code == 200

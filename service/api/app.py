@@ -134,7 +134,13 @@ async def _start(state: AppState) -> None:
         log_event(
             "cds_auth_off",
             30,
-            message="GSHAP_CDS_JWT_ISSUERS is empty: the CDS Hooks endpoints accept calls without a JWT",
+            message="GSHAP_CDS_JWT_ISSUERS is empty: the CDS Hooks endpoints accept calls without a JWT"
+            + (
+                "; POST /cds-services/diabetes-risk/feedback takes an API key (GSHAP_API_KEYS)"
+                if settings.api_keys
+                else "; POST /cds-services/diabetes-risk/feedback accepts feedback from anyone (no JWT issuer, no "
+                "API key): set GSHAP_CDS_JWT_ISSUERS or GSHAP_API_KEYS"
+            ),
             fhir_servers=len(settings.cds_fhir_servers),
         )
     log_event(
@@ -182,6 +188,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _start(state)
+        await cds_state.open()
         try:
             yield
         finally:
