@@ -18,14 +18,16 @@ The rows live in :mod:`service.fhir.state`'s database (PostgreSQL shared by repl
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.fhir.state import CARDS, FEEDBACK_ROWS, Database, StoreFullError, Tx, iso_week
+from service.fhir.state import CARDS, FEEDBACK_ROWS, LEGACY_SELECT, Database, StoreFullError, Tx, iso_week
 
 __all__ = [
     "FeedbackLimits",
@@ -34,6 +36,7 @@ __all__ = [
     "FeedbackSummary",
     "Refusal",
     "copy_legacy_rows",
+    "import_sqlite",
 ]
 
 FULL_RETRY_AFTER_S = 3600
@@ -353,3 +356,52 @@ def _insert_legacy(tx: Tx, batch: list[tuple[Any, ...]]) -> None:
         "outcome_week, accepted_suggestions, override_code, has_user_comment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         batch,
     )
+
+
+def import_sqlite(db: Database, path: Path, *, max_rows: int | None = None) -> dict[str, int]:
+    """Move an SQLite feedback store (the first store's ``feedback`` table, or this schema's ``cds_feedback`` and
+    ``cds_cards``) into ``db`` (``gshap db import``), in one transaction: all or nothing. The source is opened
+    read-only and left as it is. Counts: ``copied``, ``reasons_dropped``, ``skipped``, ``cards``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "feedback" in tables:
+            legacy = Tx(src, "sqlite")
+            rows = list(legacy.stream(LEGACY_SELECT))
+            with db.transaction() as tx:
+                out = copy_legacy_rows(tx, rows, max_rows=max_rows)
+                out["cards"] = 0
+            return out
+        if "cds_feedback" not in tables:
+            raise ValueError(f"{path} holds no feedback table (feedback or cds_feedback)")
+        feedback = src.execute(
+            "SELECT received_at, service_id, card_uuid, model_version, outcome, outcome_at, outcome_week, "
+            "accepted_suggestions, override_code, has_user_comment FROM cds_feedback ORDER BY id"
+        ).fetchall()
+        cards = src.execute(
+            "SELECT uuid, service_id, model_version, issued_at, reason_system, reason_codes, feedback_rows "
+            "FROM cds_cards"
+        ).fetchall()
+    finally:
+        src.close()
+    with db.transaction() as tx:
+        room = (
+            max_rows - int(tx.scalar("SELECT value FROM gshap_counters WHERE name = ?", (FEEDBACK_ROWS,)))
+            if (max_rows is not None)
+            else len(feedback)
+        )
+        taken = feedback[: max(0, room)]
+        for start in range(0, len(taken), 1000):
+            _insert_legacy(tx, [tuple(r) for r in taken[start : start + 1000]])
+        tx.run("UPDATE gshap_counters SET value = value + ? WHERE name = ?", (len(taken), FEEDBACK_ROWS))
+        new_cards = 0
+        for card in cards:
+            new_cards += tx.run(
+                "INSERT INTO cds_cards (uuid, service_id, model_version, issued_at, reason_system, reason_codes, "
+                "feedback_rows) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uuid) DO NOTHING",
+                card,
+            )
+        tx.run("UPDATE gshap_counters SET value = value + ? WHERE name = ?", (new_cards, CARDS))
+    return {"copied": len(taken), "reasons_dropped": 0, "skipped": len(feedback) - len(taken), "cards": new_cards}
