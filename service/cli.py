@@ -119,6 +119,7 @@ def _figures(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from service.api.app import serve
+    from service.api.cds_auth import JwksSourceError
     from service.config import Settings
 
     overrides = {
@@ -131,7 +132,11 @@ def _serve(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
-    return serve(Settings(**overrides))
+    try:
+        return serve(Settings(**overrides))
+    except JwksSourceError as exc:  # a CDS client's JWK Set that is not there: refused before anything starts
+        print(f"gshap serve: {exc}", file=sys.stderr)
+        return 2
 
 
 def _explain_cohort(args: argparse.Namespace) -> int:

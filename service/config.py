@@ -166,6 +166,21 @@ class Settings(BaseSettings):
             "feedback, jti replay cache) when GSHAP_DATABASE_URL is not set."
         ),
     )
+    cds_jwt_max_lifetime_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description=(
+            "Longest lifetime (exp - iat) of a CDS client JWT, plus 30 s leeway; longer-lived tokens get 401 (the "
+            "CDS Hooks Sandbox signs exp = iat + 300)."
+        ),
+    )
+    cds_jwks_ca_file: Path | None = Field(
+        None,
+        description=(
+            "PEM file of CA certificates trusted for https JWKS URLs, besides the system's; None: the system's only."
+        ),
+    )
     fhir_max_entries: int = Field(
         1000, ge=1, description="Most entries of a FHIR Bundle (posted or fetched) or prefetch search (else 413)."
     )
@@ -243,7 +258,14 @@ class Settings(BaseSettings):
         return self
 
     @field_validator(
-        "model_path", "metrics_dir", "cds_feedback_db", "cds_base_url", "state_db", "database_url", mode="before"
+        "model_path",
+        "metrics_dir",
+        "cds_feedback_db",
+        "cds_base_url",
+        "cds_jwks_ca_file",
+        "state_db",
+        "database_url",
+        mode="before",
     )
     @classmethod
     def _blank_path_is_none(cls, value: Any) -> Any:

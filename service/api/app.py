@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 
 from service import __version__
+from service.api.cds_auth import JwksSourceError, check_jwks_sources
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
 from service.api.metrics import HttpMetrics
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
@@ -129,6 +130,11 @@ async def _start(state: AppState) -> None:
     gc.collect()
     gc.freeze()
     if settings.cds_jwt_issuers:
+        try:  # a JWK Set that is not there at start is a refusal, not a 401 for every call later
+            await anyio.to_thread.run_sync(check_jwks_sources, settings.cds_jwt_issuers, settings.cds_jwks_ca_file)
+        except JwksSourceError as exc:
+            log_event("startup_failed", 40, reason=str(exc))
+            raise
         log_event("cds_auth", issuers=sorted(settings.cds_jwt_issuers), fhir_servers=len(settings.cds_fhir_servers))
     else:
         log_event(
@@ -329,6 +335,8 @@ def serve(settings: Settings) -> int:
     answers are not finite (the runtime is built and warmed up here, then handed to the app, which starts it).
     """
     configure_logging(settings.log_level)
+    if settings.cds_jwt_issuers:  # JwksSourceError: gshap serve says it in one line, exit 2
+        check_jwks_sources(settings.cds_jwt_issuers, settings.cds_jwks_ca_file)
     bundle = load_bundle(settings.model_path)
     ensure_compatible(bundle, SCHEMA_SPEC)
     configure_torch(settings.torch_threads)  # as the lifespan does, before this process's first explanation

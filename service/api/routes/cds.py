@@ -71,7 +71,14 @@ from service.fhir.extract import Issue, extract
 from service.fhir.feedback import FeedbackLimits, FeedbackRefusedError, FeedbackStore, FeedbackSummary
 from service.fhir.resources import FhirInputError, parse_search_result
 from service.fhir.server import FhirServerError, fetch_all, render, server_allowed
-from service.fhir.state import CleanupLimits, StateDatabase, StoreFullError, StoreUnavailableError, cleanup
+from service.fhir.state import (
+    CleanupLimits,
+    ReplayStore,
+    StateDatabase,
+    StoreFullError,
+    StoreUnavailableError,
+    cleanup,
+)
 from service.model.features import PIMA_POPULATION, PIMA_SPEC
 from service.runtime.inference import ExplainOptions
 
@@ -113,7 +120,16 @@ class CdsState:
             max_cards=settings.cds_max_cards,
             card_retention_s=settings.cds_card_retention_days * 86400.0,
         )
-        verifier = CdsJwtVerifier(settings.cds_jwt_issuers) if settings.cds_jwt_issuers else None
+        verifier = (
+            CdsJwtVerifier(
+                settings.cds_jwt_issuers,
+                max_lifetime=settings.cds_jwt_max_lifetime_seconds,
+                ca_file=settings.cds_jwks_ca_file,
+                replay=ReplayStore(database),
+            )
+            if settings.cds_jwt_issuers
+            else None
+        )
         return cls(
             settings=settings,
             database=database,
