@@ -69,7 +69,7 @@ def send_feedback(server: LiveServer, card: str, tok: str | None = None, n: int 
 
 def db_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, connect_timeout=5) as conn:
-        return [tuple(r) for r in conn.execute(sql).fetchall()]  # type: ignore[arg-type]
+        return [tuple(r) for r in conn.execute(sql).fetchall()]
 
 
 @pytest.fixture(scope="module")
