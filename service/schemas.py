@@ -339,7 +339,8 @@ class Problem(BaseModel):
         description=(
             "Stable URI reference of the problem kind, relative to the service: /problems/ + one of validation, "
             "malformed-body, unauthorized, cors-refused, not-found, method-not-allowed, payload-too-large, "
-            "unsupported-media-type, rate-limited, model-not-ready, internal, precondition-failed. GET "
+            "unsupported-media-type, rate-limited, model-not-ready, internal, precondition-failed, store-unavailable, "
+            "store-full. GET "
             "it for a page that says what the kind means (docs/PROBLEMS.md lists them)."
         ),
     )

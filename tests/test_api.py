@@ -538,6 +538,7 @@ def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
         "cds_discovery",
         "cds_diabetes_risk",
         "cds_diabetes_risk_feedback",
+        "cds_feedback_summary",
         "fhir_predict",
         "fhir_explain",
     }
