@@ -261,6 +261,51 @@ def test_feedback_needs_the_api_key_when_keys_are_set(client: Any) -> None:
     assert client.post(f"{SERVICE}/feedback", json=item, headers={"Authorization": "Bearer k-1"}).status_code == 200
 
 
+def test_feedback_is_refused_whole_for_unknown_cards_foreign_reasons_and_too_many_entries(client: Any) -> None:
+    """A card uuid the service never issued and a reason the card did not offer are 422 problems naming the entry's
+    field and rule; more entries than GSHAP_CDS_FEEDBACK_MAX_ENTRIES is a 413 with the limit; nothing is stored."""
+    card = card_of(client.post(SERVICE, json=cds_request(prefetch_for(load("patient_bundle.json")))))
+    key = {"X-API-Key": "k-1"}
+    entry = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-29T10:05:31Z"}
+    forged = {**entry, "card": str(uuid.uuid4())}
+    r = client.post(f"{SERVICE}/feedback", json={"feedback": [entry, forged]}, headers=key)
+    assert r.status_code == 422
+    assert [(e["field"], e["rule"]) for e in r.json()["errors"]] == [("feedback.1.card", "unknown_card")]
+    foreign = {**entry, "overrideReason": {"reason": {"system": "https://x.example", "code": "not-relevant"}}}
+    r = client.post(f"{SERVICE}/feedback", json={"feedback": [foreign]}, headers=key)
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["rule"] == "not_a_card_reason"
+    r = client.post(f"{SERVICE}/feedback", json={"feedback": [entry] * 21}, headers=key)
+    assert r.status_code == 413
+    assert r.headers["content-type"] == "application/problem+json"
+    assert (r.json()["limit"], r.json()["limit_name"]) == (20, "cds_feedback_max_entries")
+    with sqlite3.connect(client.db) as conn:
+        assert conn.execute("SELECT count(*) FROM cds_feedback WHERE card_uuid = ?", (card["uuid"],)).fetchone() == (0,)
+
+
+def test_feedback_summary_takes_an_api_key_and_counts(client: Any) -> None:
+    """GET /cds-services/diabetes-risk/feedback/summary: 401 without a key, counts with one, equal to the rows."""
+    assert client.get(f"{SERVICE}/feedback/summary").status_code == 401
+    r = client.get(f"{SERVICE}/feedback/summary", headers={"X-API-Key": "k-1"})
+    assert r.status_code == 200
+    body = r.json()
+    with sqlite3.connect(client.db) as conn:
+        rows = conn.execute("SELECT outcome, count(*) FROM cds_feedback GROUP BY outcome").fetchall()
+    assert body["outcomes"] == dict(rows)
+    assert body["total"] == sum(n for _, n in rows)
+    assert client.get("/cds-services/nope/feedback/summary", headers={"X-API-Key": "k-1"}).status_code == 404
+
+
+def test_open_mode_warning_names_the_feedback_endpoint(bundle: Any, tmp_path: Path, capfd: Any) -> None:
+    """Neither JWT issuers nor API keys: start-up's cds_auth_off warning says that feedback is open to anyone."""
+    with app_client(create_app(Settings(cds_feedback_db=tmp_path / "fb.sqlite3"), bundle)):
+        pass
+    err = capfd.readouterr().err
+    [line] = [json.loads(x) for x in err.splitlines() if '"cds_auth_off"' in x]
+    assert line["level"] == "warning"
+    assert "/cds-services/diabetes-risk/feedback accepts feedback from anyone" in line["message"]
+
+
 @pytest.mark.parametrize(
     "item",
     [

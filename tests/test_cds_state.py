@@ -290,3 +290,16 @@ def test_an_unreachable_database_is_unavailable_and_picked_up_later(tmp_path: Pa
         db()
     assert time.monotonic() - t0 < 10
     db.close()
+
+
+def test_the_sqlite_file_setting_and_its_alias(tmp_path: Path) -> None:
+    """GSHAP_STATE_DB names the SQLite file; GSHAP_CDS_FEEDBACK_DB, its older name, still works when it is unset."""
+    from service.config import Settings
+
+    a, b = tmp_path / "a.sqlite3", tmp_path / "b.sqlite3"
+    assert Settings(state_db=a, cds_feedback_db=b).feedback_db_path() == a
+    assert Settings(cds_feedback_db=b).feedback_db_path() == b
+    assert (
+        Settings(database_url="postgresql://u:secret@h/db").as_env()["GSHAP_DATABASE_URL"]
+        == "postgresql://u:secret@h/db"
+    )
