@@ -118,10 +118,15 @@ def test_acknowledged_feedback_survives_sigkill_of_the_replica(
     assert rows == [("overridden", card["overrideReasons"][1]["code"])]
 
 
-def test_the_summary_counts_without_patient_data(replicas: tuple[str, LiveServer, LiveServer]) -> None:
-    """GET /cds-services/{id}/feedback/summary: closed without a key configured (401); counts per outcome and
-    reason, per model version and week; no card uuid in it."""
+def test_the_summary_counts_without_patient_data(
+    replicas: tuple[str, LiveServer, LiveServer], signing: tuple[Any, Path]
+) -> None:
+    """GET /cds-services/{id}/feedback/summary: closed without a key configured (401); with an admin key, counts
+    per outcome and reason, per model version and week, equal to the rows; no card uuid in it."""
     url, a, _ = replicas
+    key = signing[0]
+    card = get_card(a, token(key)).json()["cards"][0]
+    assert send_feedback(a, card["uuid"], token(key, f"{SERVICE}/feedback")).status_code == 200
     assert httpx.get(f"{a.url}{SERVICE}/feedback/summary", timeout=10).status_code == 401
     with running_server({"GSHAP_DATABASE_URL": url, "GSHAP_ADMIN_KEYS": "adm-1"}) as s:
         assert httpx.get(f"{s.url}{SERVICE}/feedback/summary", timeout=10).status_code == 401
