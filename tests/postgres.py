@@ -71,7 +71,13 @@ class PostgresServer:
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         return subprocess.run(
-            [*prefix, *args], check=check, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+            [*prefix, *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            cwd=self.root,  # the postgres user may not enter the checkout's directory
         )
 
     def init(self) -> None:
