@@ -1,13 +1,10 @@
-"""CDS Hooks 2.0: ``GET /cds-services`` (discovery), ``POST /cds-services/diabetes-risk`` (the card),
-``POST /cds-services/diabetes-risk/feedback`` and, for the people who tune the model,
-``GET /cds-services/{id}/feedback/summary`` (behind an admin or API key).
-
-Authentication: with GSHAP_CDS_JWT_ISSUERS, every CDS Hooks call (discovery, card, feedback) needs the client's
-JWT (:mod:`service.api.cds_auth`). Without issuers, feedback needs an API key whenever GSHAP_API_KEYS is set (the
-card and discovery stay open); with neither, everything is open and start-up warns, naming the feedback endpoint.
-Each card sent is recorded (uuid, model version, time, its override codes: :mod:`service.fhir.feedback`) so that
-only feedback on this service's cards is taken; when the state database is down a card is still served, not
-recorded, and feedback on it is refused later.
+"""CDS Hooks 2.0: ``GET /cds-services`` (discovery), ``POST /cds-services/{id}`` (the card),
+``POST /cds-services/{id}/feedback`` and, for the people who tune the model, ``GET /cds-services/{id}/feedback/summary``
+(behind an admin or API key), where ``{id}`` is the CDS service the served bundle declares
+(``bundle.cds``: id, title, description; the Pima bundle's is ``diabetes-risk``). A bundle that declares none is
+served without CDS Hooks: none of these paths exists (a discovery document may not hold an empty ``services``
+array: the specification's JSON rules forbid empty arrays but ``cards``). The prefetch templates, the
+required keys, the extraction and the card follow the bundle's features, FHIR mappings and model card.
 
 Data for the call, per prefetch key of the discovery document (HL7/cds-hooks v2.0.1, "Prefetch Template"):
 
@@ -21,6 +18,13 @@ Data for the call, per prefetch key of the discovery document (HL7/cds-hooks v2.
 The card rules are in :mod:`service.fhir.card`; the answer is checked against the spec's JSON rules (no null, no
 empty string/array/object but ``"cards": []``) before it leaves. Other patients' resources in the prefetch are
 ignored and reported; unusable values are reported on the card, never guessed.
+
+Authentication: with GSHAP_CDS_JWT_ISSUERS, every CDS Hooks call (discovery, card, feedback) needs the client's
+JWT (:mod:`service.api.cds_auth`). Without issuers, feedback needs an API key whenever GSHAP_API_KEYS is set (the
+card and discovery stay open); with neither, everything is open and start-up warns, naming the feedback endpoint.
+Each card sent is recorded (uuid, model version, time, its override codes: :mod:`service.fhir.feedback`) so that
+only feedback on this service's cards is taken; when the state database is down a card is still served, not
+recorded, and feedback on it is refused later.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import datetime as dt
 import hashlib
 import hmac
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import anyio
 import orjson
@@ -50,13 +54,13 @@ from service.api.errors import (
     invalid_input,
 )
 from service.api.observability import log_event
-from service.api.routes import RuntimeDep, SettingsDep, problem_responses, require_json
+from service.api.routes import RuntimeDep, SettingsDep, body_as, problem_responses, require_json
 from service.api.routes.fhir import fhir_input_problem
 from service.config import Settings
+from service.contract import ServedMethod
 from service.fhir.card import CardLinks, cannot_compute_card, risk_card
 from service.fhir.cdshooks import (
     PATIENT_KEY,
-    SERVICE_ID,
     CdsRequest,
     CdsResponse,
     DiscoveryResponse,
@@ -79,12 +83,10 @@ from service.fhir.state import (
     StoreUnavailableError,
     cleanup,
 )
-from service.model.features import PIMA_POPULATION, PIMA_SPEC
+from service.model.store import Bundle
 from service.runtime.inference import ExplainOptions
 
-__all__ = ["CdsState", "cds_state", "router"]
-
-SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
+__all__ = ["CdsState", "build_router", "cds_state"]
 
 
 CLEANUP_INTERVAL_S = 60.0
@@ -105,7 +107,8 @@ class CdsState:
     cleanup_task: asyncio.Task[None] | None = None
 
     @classmethod
-    def build(cls, settings: Settings) -> CdsState:
+    def build(cls, settings: Settings, bundle: Bundle) -> CdsState:
+        """The state for ``bundle``'s features (their prefetch templates and the keys it cannot do without)."""
         url = settings.database_url.get_secret_value() if settings.database_url is not None else None
         database = StateDatabase(
             url,
@@ -135,8 +138,8 @@ class CdsState:
             database=database,
             store=FeedbackStore(database, limits),
             verifier=verifier,
-            templates=prefetch_templates(PIMA_SPEC),
-            required=required_prefetch_keys(PIMA_SPEC),
+            templates=prefetch_templates(bundle.spec),
+            required=required_prefetch_keys(bundle.spec),
         )
 
     async def open(self) -> None:
@@ -247,7 +250,6 @@ def store_unavailable(exc: StoreUnavailableError) -> StoreUnavailable:
 
 
 CdsAuth = Depends(cds_auth)
-router = APIRouter(tags=["cds-hooks"])
 CDS_PROBLEMS = (400, 401, 412, 413, 415, 422, 429, 500, 503)
 
 
@@ -258,20 +260,6 @@ def cds_json(content: dict[str, Any]) -> Response:
         log_event("cds_json_rule_broken", 40, paths=bad[:10])
         raise ServiceError()
     return Response(orjson.dumps(content), media_type="application/json")
-
-
-@router.get(
-    "/cds-services",
-    operation_id="cds_discovery",
-    summary="CDS Hooks discovery",
-    response_model=DiscoveryResponse,
-    responses=problem_responses(401, 429, 500, 503),
-    dependencies=[CdsAuth],
-)
-async def discovery(runtime: RuntimeDep) -> Response:
-    """The CDS services offered: `diabetes-risk` on the `patient-view` hook, with its prefetch templates
-    (LOINC-coded Observation searches, latest first) and its usage requirements (the population)."""
-    return cds_json(discovery_document(PIMA_SPEC, PIMA_POPULATION, runtime.model_version))
 
 
 def _unavailable(keys: list[str], reason: str) -> PreconditionFailed:
@@ -362,92 +350,144 @@ def _read(values: dict[str, Any], body: CdsRequest, max_entries: int) -> tuple[A
     return patient, observations, patient_path
 
 
-CALL_EXAMPLES = {
-    "prefetch": {
-        "summary": "patient-view with prefetch (mmol/L glucose, BP panel, pregnancies, pedigree score)",
-        "value": CdsRequest.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
-    }
-}
+def build_router(bundle: Bundle) -> APIRouter:
+    """Discovery, and the call and feedback paths of the CDS service ``bundle`` declares (none: no path at all)."""
+    router = APIRouter(tags=["cds-hooks"])
+    service = bundle.cds
+    if service is None:
+        return router
+    path = f"/cds-services/{service.id}"
 
+    @router.get(
+        "/cds-services",
+        operation_id="cds_discovery",
+        summary="CDS Hooks discovery",
+        response_model=DiscoveryResponse,
+        responses=problem_responses(401, 429, 500, 503),
+        dependencies=[CdsAuth],
+    )
+    async def discovery(runtime: RuntimeDep) -> Response:
+        """The CDS service the served model declares, on the `patient-view` hook, with its prefetch templates
+        (LOINC-coded Observation searches, latest first) and its usage requirements (the population)."""
+        return cds_json(discovery_document(bundle.spec, bundle.card, service, runtime.model_version))
 
-@router.post(
-    SERVICE_PATH,
-    operation_id="cds_diabetes_risk",
-    summary="CDS Hooks service call (patient-view)",
-    response_model=CdsResponse,
-    responses=problem_responses(*CDS_PROBLEMS),
-    dependencies=[CdsAuth, Depends(require_json)],
-)
-async def call_service(
-    body: Annotated[CdsRequest, Body(openapi_examples=CALL_EXAMPLES)],
-    request: Request,
-    runtime: RuntimeDep,
-    settings: SettingsDep,
-) -> Response:
-    """One card: the diabetes risk as a percentage, its top drivers with the patient's values, units and dates,
-    the inputs not found, imputed or refused, out-of-range warnings, the training population and the explanation's
-    completeness. 412 when the data can be had neither from the prefetch nor from an allowed FHIR server."""
-    state = cds_state(request)
-    values, fetch_issues = await _gather(body, state)
-    patient, observations, patient_path = _read(values, body, settings.fhir_max_entries)
-    extraction = extract(patient, observations, spec=PIMA_SPEC, now=dt.datetime.now(dt.UTC), patient_path=patient_path)
-    if fetch_issues:
-        extraction = type(extraction)(**{**extraction.__dict__, "issues": (*extraction.issues, *fetch_issues)})
-    base = base_url(request, settings)
-    links = CardLinks(model_card=f"{base}/model", documentation=f"{base}/docs#/cds-hooks")
-    if extraction.required_missing:
-        card = cannot_compute_card(
-            extraction, spec=PIMA_SPEC, population=PIMA_POPULATION, links=links, model_version=runtime.model_version
+    templates = prefetch_templates(bundle.spec)
+    example: dict[str, Any] = CdsRequest.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index,assignment]
+    example = {**example, "prefetch": {k: v for k, v in example["prefetch"].items() if k in templates}}
+    examples: dict[str, Any] = {"prefetch": {"summary": "patient-view with prefetch", "value": example}}
+
+    @router.post(
+        path,
+        operation_id="cds_service",
+        summary="CDS Hooks service call (patient-view)",
+        response_model=CdsResponse,
+        responses=problem_responses(*CDS_PROBLEMS),
+        dependencies=[CdsAuth, Depends(require_json)],
+    )
+    @body_as(body=Annotated[CdsRequest, Body(openapi_examples=examples)])
+    async def call_service(
+        body: CdsRequest,
+        request: Request,
+        runtime: RuntimeDep,
+        settings: SettingsDep,
+    ) -> Response:
+        """One card: the risk of the model's outcome as a percentage, its top drivers with the patient's values,
+        units and dates, the inputs not found, imputed or refused, out-of-range warnings, the training population
+        and the explanation's completeness. 412 when the data can be had neither from the prefetch nor from an
+        allowed FHIR server."""
+        state = cds_state(request)
+        values, fetch_issues = await _gather(body, state)
+        patient, observations, patient_path = _read(values, body, settings.fhir_max_entries)
+        bundle = runtime.bundle
+        extraction = extract(
+            patient, observations, spec=bundle.spec, now=dt.datetime.now(dt.UTC), patient_path=patient_path
         )
-    else:
-        [explanation] = await runtime.aexplain([extraction.record], ExplainOptions())
-        card = risk_card(explanation, extraction, spec=PIMA_SPEC, population=PIMA_POPULATION, links=links)
-    response = cds_json({"cards": [card]})
-    await _record_card(state, card, runtime.model_version)
-    return response
+        if fetch_issues:
+            extraction = type(extraction)(**{**extraction.__dict__, "issues": (*extraction.issues, *fetch_issues)})
+        base = base_url(request, settings)
+        links = CardLinks(model_card=f"{base}/model", documentation=f"{base}/docs#/cds-hooks")
+        if extraction.required_missing:
+            card = cannot_compute_card(
+                extraction,
+                spec=bundle.spec,
+                card=bundle.card,
+                service=service,
+                links=links,
+                model_version=runtime.model_version,
+            )
+        else:
+            [explanation] = await runtime.aexplain(
+                [extraction.record], ExplainOptions(method=cast(ServedMethod, bundle.default_method))
+            )
+            card = risk_card(explanation, extraction, spec=bundle.spec, card=bundle.card, service=service, links=links)
+        response = cds_json({"cards": [card]})
+        await _record_card(state, service.id, card, runtime.model_version)
+        return response
+
+    @router.post(
+        f"{path}/feedback",
+        operation_id="cds_service_feedback",
+        summary="CDS Hooks feedback",
+        response_model=FeedbackStored,
+        responses=problem_responses(400, 401, 413, 415, 422, 429, 500, 503),
+        dependencies=[Depends(feedback_auth), Depends(require_json)],
+    )
+    async def feedback(body: FeedbackRequest, request: Request) -> Response:
+        """Stores each card's outcome (`accepted`, or `overridden` with an optional reason), only for cards this
+        service issued, the reason by code and only one of the card's own; no patient value, no free text. The
+        request is stored whole or refused whole: 413 past GSHAP_CDS_FEEDBACK_MAX_ENTRIES entries, 422 for an
+        unknown card, a reason the card did not offer or a card past GSHAP_CDS_FEEDBACK_MAX_PER_CARD rows, 503 with
+        `Retry-After` when the store holds GSHAP_CDS_FEEDBACK_MAX_ROWS rows or the database is unavailable. `stored`
+        is sent only after the rows are committed."""
+        store = cds_state(request).store
+        try:
+            store.check_size(body.feedback)
+            stored = await anyio.to_thread.run_sync(store.add, service.id, body.feedback)
+        except FeedbackRefusedError as exc:
+            raise _refused(exc) from None
+        except StoreFullError as exc:
+            log_event("cds_feedback_store_full", 30, limit=store.limits.max_rows)
+            raise StoreFull(
+                str(exc), headers={"Retry-After": str(exc.retry_after)}, extra={"retry_after": exc.retry_after}
+            ) from None
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from None
+        return Response(orjson.dumps({"stored": stored}), media_type="application/json")
+
+    @router.get(
+        "/cds-services/{service_id}/feedback/summary",
+        operation_id="cds_feedback_summary",
+        summary="Feedback counts (admin)",
+        response_model=FeedbackSummary,
+        responses=problem_responses(401, 404, 429, 500, 503),
+        dependencies=[Depends(admin_auth)],
+    )
+    async def feedback_summary(service_id: str, request: Request) -> Response:
+        """Counts of the stored feedback per outcome and per override reason, per model version and per ISO week
+        of the outcome; no patient data, no card uuid. Needs an admin key (GSHAP_ADMIN_KEYS) or an API key
+        (GSHAP_API_KEYS)."""
+        if service_id != service.id:
+            raise NotFound(f"No CDS service {service_id[:64]!r}; this service offers {service.id!r}.")
+        store = cds_state(request).store
+        try:
+            summary = await anyio.to_thread.run_sync(store.summary, service.id)
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from None
+        return Response(orjson.dumps(summary.model_dump()), media_type="application/json")
+
+    return router
 
 
-async def _record_card(state: CdsState, card: dict[str, Any], model_version: str) -> None:
+async def _record_card(state: CdsState, service_id: str, card: dict[str, Any], model_version: str) -> None:
     """Record the card for its feedback; when the database is down or the card table full, the card is served
     anyway, not recorded (feedback on it will be refused), and that is logged."""
     try:
-        recorded = await anyio.to_thread.run_sync(state.store.issue, SERVICE_ID, card, model_version)
+        recorded = await anyio.to_thread.run_sync(state.store.issue, service_id, card, model_version)
     except StoreUnavailableError as exc:
         log_event("cds_card_not_recorded", 30, reason="database unavailable", detail=str(exc)[:300])
         return
     if not recorded:
         log_event("cds_card_not_recorded", 30, reason="card table full (GSHAP_CDS_MAX_CARDS)")
-
-
-@router.post(
-    f"{SERVICE_PATH}/feedback",
-    operation_id="cds_diabetes_risk_feedback",
-    summary="CDS Hooks feedback",
-    response_model=FeedbackStored,
-    responses=problem_responses(400, 401, 413, 415, 422, 429, 500, 503),
-    dependencies=[Depends(feedback_auth), Depends(require_json)],
-)
-async def feedback(body: FeedbackRequest, request: Request) -> Response:
-    """Stores each card's outcome (`accepted`, or `overridden` with an optional reason), only for cards this
-    service issued, the reason by code and only one of the card's own; no patient value, no free text. The
-    request is stored whole or refused whole: 413 past GSHAP_CDS_FEEDBACK_MAX_ENTRIES entries, 422 for an unknown
-    card, a reason the card did not offer or a card past GSHAP_CDS_FEEDBACK_MAX_PER_CARD rows, 503 with
-    `Retry-After` when the store holds GSHAP_CDS_FEEDBACK_MAX_ROWS rows or the database is unavailable. `stored`
-    is sent only after the rows are committed."""
-    store = cds_state(request).store
-    try:
-        store.check_size(body.feedback)
-        stored = await anyio.to_thread.run_sync(store.add, SERVICE_ID, body.feedback)
-    except FeedbackRefusedError as exc:
-        raise _refused(exc) from None
-    except StoreFullError as exc:
-        log_event("cds_feedback_store_full", 30, limit=store.limits.max_rows)
-        raise StoreFull(
-            str(exc), headers={"Retry-After": str(exc.retry_after)}, extra={"retry_after": exc.retry_after}
-        ) from None
-    except StoreUnavailableError as exc:
-        raise store_unavailable(exc) from None
-    return Response(orjson.dumps({"stored": stored}), media_type="application/json")
 
 
 def _refused(exc: FeedbackRefusedError) -> ServiceError:
@@ -460,24 +500,3 @@ def _refused(exc: FeedbackRefusedError) -> ServiceError:
             extra={"limit": first.limit, "limit_name": "cds_feedback_max_entries"},
         )
     return InvalidInput(f"The feedback was refused, nothing stored: {exc}.", errors=errors)
-
-
-@router.get(
-    "/cds-services/{service_id}/feedback/summary",
-    operation_id="cds_feedback_summary",
-    summary="Feedback counts (admin)",
-    response_model=FeedbackSummary,
-    responses=problem_responses(401, 404, 429, 500, 503),
-    dependencies=[Depends(admin_auth)],
-)
-async def feedback_summary(service_id: str, request: Request) -> Response:
-    """Counts of the stored feedback per outcome and per override reason, per model version and per ISO week of the
-    outcome; no patient data, no card uuid. Needs an admin key (GSHAP_ADMIN_KEYS) or an API key (GSHAP_API_KEYS)."""
-    if service_id != SERVICE_ID:
-        raise NotFound(f"No CDS service {service_id[:64]!r}; this service offers {SERVICE_ID!r}.")
-    store = cds_state(request).store
-    try:
-        summary = await anyio.to_thread.run_sync(store.summary, SERVICE_ID)
-    except StoreUnavailableError as exc:
-        raise store_unavailable(exc) from None
-    return Response(orjson.dumps(summary.model_dump()), media_type="application/json")
