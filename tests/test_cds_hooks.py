@@ -76,20 +76,24 @@ def test_card_states_risk_drivers_inputs_population_and_completeness(client: Any
     card = card_of(client.post(SERVICE, json=cds_request(prefetch)))
     assert re.fullmatch(r"Diabetes risk \d{1,3}% \(pima-diabetes/\d+\.\d+\.\d+\)", card["summary"])
     assert len(card["summary"]) < 140
-    probability = card["extension"]["dev.gshap.prediction"]["probability"]
-    threshold = card["extension"]["dev.gshap.prediction"]["threshold"]
+    probability = card["extension"]["urn:gshap-service:prediction"]["probability"]
+    threshold = card["extension"]["urn:gshap-service:prediction"]["threshold"]
+    assert card["extension"]["dev.gshap.prediction"] == card["extension"]["urn:gshap-service:prediction"]
     assert card["indicator"] == ("warning" if probability >= threshold else "info")
     assert re.search(r"\(pima-diabetes/\d+\.\d+\.\d+\)$", card["source"]["label"])
     uuid.UUID(card["uuid"])
     detail = card["detail"]
     assert "| Glucose | 147.7 mg/dL (reported 8.2 mmol/L) | 2025-06-01 | raises risk ↑ |" in detail
     assert "Observation/glu-2025" in detail
-    assert "Observation/glu-eie: Status 'entered-in-error'" in detail
+    assert "Observation/glu-eie: Status &#39;entered-in-error&#39;" in detail  # request text: escaped
     assert "another patient" in detail
     assert "women at least 21 years old" in detail
     assert "Completeness" in detail
     assert {link["type"] for link in card["links"]} == {"absolute"}
-    assert any(link["url"].endswith("/model") for link in card["links"])
+    assert any(link["url"].endswith("/#model") for link in card["links"])  # the page's model-card view
+    assert card["source"]["url"].endswith("/#model")
+    assert card["source"]["topic"]["system"] == "urn:gshap-service:cds-topic"
+    assert {r["system"] for r in card["overrideReasons"]} == {"urn:gshap-service:override-reason"}
     assert all(r["display"] for r in card["overrideReasons"])
 
 
@@ -188,9 +192,9 @@ def test_invalid_hook_requests_are_422(client: Any, body: dict[str, Any]) -> Non
 
 
 def test_huge_prefetch_bundle_is_413(client: Any) -> None:
-    """A prefetch search with more entries than GSHAP_FHIR_MAX_ENTRIES (1000) is refused with 413."""
+    """A prefetch search with more entries than GSHAP_FHIR_MAX_ENTRIES (10,000) is refused with 413."""
     prefetch = prefetch_for(load("patient_bundle.json"))
-    prefetch["glucose"] = {"resourceType": "Bundle", "type": "searchset", "entry": [{}] * 1001}
+    prefetch["glucose"] = {"resourceType": "Bundle", "type": "searchset", "entry": [{}] * 10_001}
     r = client.post(SERVICE, json=cds_request(prefetch))
     assert r.status_code == 413
     assert r.json()["limit_name"] == "fhir_max_entries"

@@ -32,6 +32,7 @@ from service.fhir.state import (
 )
 
 SERVICE = "diabetes-risk"
+LEGACY_SYSTEM = "https://gshap.dev/cds/override-reasons"  # the first store's cards' code system
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -191,7 +192,7 @@ def legacy_file(path: Path) -> None:
                 "overridden",
                 "2026-11-01T09:59:00Z",
                 None,
-                OVERRIDE_SYSTEM,
+                LEGACY_SYSTEM,
                 "not-relevant",
                 "Ada Lovelace's glucose 8.2",
                 1,

@@ -31,6 +31,7 @@ from starlette.middleware import Middleware
 from service import __version__
 from service.api.cds_auth import JwksSourceError, check_jwks_sources
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
+from service.api.http_limits import http_protocol_options
 from service.api.metrics import HttpMetrics
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
 from service.api.page import PageCompressionMiddleware, install_pages
@@ -39,6 +40,7 @@ from service.api.security import (
     OPEN_PATHS,
     ApiKeyMiddleware,
     BodySizeLimitMiddleware,
+    HeaderSizeLimitMiddleware,
     ProblemCORSMiddleware,
     SecurityHeadersMiddleware,
 )
@@ -286,13 +288,24 @@ def create_app(
         open_paths |= {"/metrics", "/monitoring"}
     middleware += [
         Middleware(
+            HeaderSizeLimitMiddleware,
+            max_bytes=settings.max_header_bytes,
+            max_authorization_bytes=settings.max_authorization_bytes,
+        ),
+        Middleware(
             ApiKeyMiddleware,
             open_paths=open_paths,
             api_keys=settings.api_key_values(),
             rate_limit_per_minute=settings.rate_limit_per_minute,
             rate_limit_burst=settings.rate_limit_burst,
         ),
-        Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(
+            BodySizeLimitMiddleware,
+            max_bytes=settings.max_body_bytes,
+            routes=[
+                (prefix, settings.fhir_max_body_bytes, "fhir_max_body_bytes") for prefix in ("/fhir/", "/cds-services/")
+            ],
+        ),
         Middleware(PageCompressionMiddleware),
     ]
     app = FastAPI(
@@ -387,6 +400,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "lifespan": "on",
         "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
         "server_header": False,
+        **http_protocol_options(settings.max_header_bytes, settings.workers),
     }
 
 

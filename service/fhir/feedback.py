@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 FULL_RETRY_AFTER_S = 3600
+# the override reasons' code system of the cards before 0.2.0 (the rows of the first store carry it)
+LEGACY_OVERRIDE_SYSTEM = "https://gshap.dev/cds/override-reasons"
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,7 @@ def copy_legacy_rows(tx: Tx, rows: Sequence[Sequence[Any]], *, max_rows: int | N
     from service.fhir.card import OVERRIDE_REASONS, OVERRIDE_SYSTEM
 
     known = {code for code, _ in OVERRIDE_REASONS}
+    systems = {OVERRIDE_SYSTEM, LEGACY_OVERRIDE_SYSTEM}
     out = {"copied": 0, "reasons_dropped": 0, "skipped": 0}
     batch: list[tuple[Any, ...]] = []
     for received, service_id, card, outcome, timestamp, accepted, system, old_code, comment in rows:
@@ -333,7 +336,7 @@ def copy_legacy_rows(tx: Tx, rows: Sequence[Sequence[Any]], *, max_rows: int | N
             out["skipped"] += 1
             continue
         code = old_code
-        if code is not None and (system != OVERRIDE_SYSTEM or code not in known):
+        if code is not None and (system not in systems or code not in known):
             out["reasons_dropped"] += 1
             code = None
         batch.append(
