@@ -62,6 +62,7 @@ __all__ = [
     "InvalidInput",
     "MalformedBody",
     "MethodNotAllowed",
+    "MethodNotOffered",
     "ModelNotReady",
     "NotFound",
     "OtherHTTPError",
@@ -228,6 +229,18 @@ class InvalidInput(ServiceError):  # noqa: N818 (the names kserve and the issue 
         "must be JSON numbers, counts integers), a value outside its field's range, a non-finite number, or an "
         "explanation setting out of bounds. `errors` lists every broken rule as `{field, rule, message, limit}`, "
         "without the value sent; in a batch, each refused record gets this problem in its own `error`."
+    )
+
+
+class MethodNotOffered(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 422
+    slug = "method-not-offered"
+    title = "Explanation method not offered by this model"
+    when = (
+        "The request asks for an explanation method the served model does not offer: `exact` for a network the "
+        "exact kernel does not cover (any layer but Linear, ReLU, BatchNorm1d, Dropout and Identity, or other than "
+        "two hidden ReLU layers). The detail says why; `methods` lists the methods that apply (`GET /model` lists "
+        "them too). Never answered with a silent approximation."
     )
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Request, Response
 
-from service.api.errors import FieldError, invalid_input
+from service.api.errors import FieldError, MethodNotOffered, invalid_input
 from service.api.plots import FormatQuery, WidthQuery, plot_answer, plot_responses
 from service.api.routes import (
     POST_PROBLEMS,
@@ -20,6 +20,7 @@ from service.api.routes import (
     split_batch,
 )
 from service.api.routes.predict import RECORD_EXAMPLES
+from service.contract import ServedMethod
 from service.render import waterfall_chart
 from service.runtime.inference import MIN_N_SAMPLES, ExplainOptions, InferenceRuntime
 from service.schemas import (
@@ -74,20 +75,30 @@ def explain_options(settings: ExplainSettings, runtime: InferenceRuntime) -> Exp
                 )
             ]
         )
-    low = MIN_N_SAMPLES[settings.method]
+    bundle = runtime.bundle
+    method = settings.method if "method" in settings.model_fields_set else bundle.default_method
+    if method not in bundle.methods:
+        offered = ", ".join(bundle.methods)
+        raise MethodNotOffered(
+            f"Method '{method}' is not offered by the model {bundle.name} {bundle.version}: "
+            f"{bundle.exact_unavailable or 'not offered'}. Methods that apply: {offered}.",
+            errors=[FieldError("method", "offered_methods", f"Input should be one of {offered} for this model")],
+            extra={"methods": list(bundle.methods)},
+        )
+    low = MIN_N_SAMPLES[method]
     if n is not None and n < low:
         raise invalid_input(
             [
                 FieldError(
                     "n_samples",
                     "greater_than_equal",
-                    f"Input should be greater than or equal to {low} for method '{settings.method}'",
+                    f"Input should be greater than or equal to {low} for method '{method}'",
                     low,
                 )
             ]
         )
     return ExplainOptions(
-        method=settings.method, n_samples=settings.n_samples, seed=settings.seed, output=settings.output
+        method=cast("ServedMethod", method), n_samples=settings.n_samples, seed=settings.seed, output=settings.output
     )
 
 

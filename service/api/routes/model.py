@@ -89,23 +89,34 @@ def _card(runtime: InferenceRuntime) -> dict[str, Any]:
     bundle = runtime.bundle
     manifest: dict[str, Any] = bundle.manifest
     card: dict[str, Any] = manifest.get("card", {})
+    exact = "exact" in bundle.methods
     explanation: dict[str, Any] = {
         "method": "GradientSHAP, computed exactly: the network is piecewise linear (ReLU), so each path integral "
-        "from a baseline to the record is a sum over its linear pieces, in closed form (no sampling)",
+        "from a baseline to the record is a sum over its linear pieces, in closed form (no sampling)"
+        if exact
+        else "GradientSHAP, estimated: Gauss-Legendre quadrature along each path (default) or Monte-Carlo sampling; "
+        "every answer reports its completeness gap (and, sampled, standard errors). Exact explanations are not "
+        f"offered: {bundle.exact_unavailable}",
+        "methods": list(bundle.methods),
+        "default_method": bundle.default_method,
         "output": "attributions of the calibrated logit (log-odds) by default; output='probability' explains the "
         "calibrated probability",
         "baselines": "a weighted summary of the training split (see baselines)",
         "completeness": "base_value + sum(attributions) = output_value; completeness_gap in every answer reports "
         "the difference",
         "calibration": "the calibrated logit is a*logit + b, so its attributions are a times the raw network's "
-        "and its base value is a*base + b: the explanation stays exact",
+        "and its base value is a*base + b" + (": the explanation stays exact" if exact else ""),
     }
     if bundle.groups is not None and isinstance(bundle.groups.get("explanation"), dict):
         gap = bundle.groups["explanation"].get("completeness_gap_max_abs")
         explanation["measured_error"] = {
             "completeness_gap_max_abs": gap,
-            "measured_on": f"the evaluation set ({bundle.groups.get('evaluation_set_size')} records), exact "
-            "method, logit output: floating-point rounding only",
+            "measured_on": f"the evaluation set ({bundle.groups.get('evaluation_set_size')} records), "
+            + (
+                "exact method, logit output: floating-point rounding only"
+                if exact
+                else f"{bundle.groups['explanation'].get('method')} method, logit output: the estimator's error"
+            ),
         }
     calibration: dict[str, Any] = {"served": bundle.calibration.to_dict(), **bundle.metrics.get("calibration", {})}
     return {
