@@ -577,7 +577,7 @@ static double net_logit(const NetObject *m, const double *x, double *buf0, doubl
 }
 
 /* the units' ranks by (time, unit): a stable sort without branches */
-static inline void rank_sort(const double *restrict cand, const Py_ssize_t *restrict cidx, Py_ssize_t ne,
+static inline __attribute__((always_inline)) void rank_sort(const double *restrict cand, const Py_ssize_t *restrict cidx, Py_ssize_t ne,
                              double *restrict key, Py_ssize_t *restrict tidx) {
     for (Py_ssize_t a = 0; a < ne; a++) {
         const double ta = cand[a];
@@ -588,57 +588,64 @@ static inline void rank_sort(const double *restrict cand, const Py_ssize_t *rest
     }
 }
 
-/* the slope of h_m[i] changed by dh (0 <= m <= L-2): the slopes of layers m+1..L-1 follow */
-static void fwd_prop(const NetObject *M, work_t *W, Py_ssize_t m, Py_ssize_t i, double dh) {
-    const Py_ssize_t nl = M->nl;
-    Py_ssize_t l = m + 1;
-    const Py_ssize_t hl = M->h[l];
-    const double *restrict col = M->wt[l] + i * hl;
-    double *restrict s = W->s[l];
-    if (l == nl - 1) {
-        for (Py_ssize_t j = 0; j < hl; j++) s[j] += dh * col[j];
-        return;
-    }
-    double *cur = W->t[0], *nxt = W->t[1];
-    for (Py_ssize_t j = 0; j < hl; j++) {
-        const double dj = dh * col[j];
-        cur[j] = dj;
-        s[j] += dj;
-    }
-    for (l = m + 2; l <= nl - 1; l++) {
-        const Py_ssize_t hp = M->h[l - 1], hn = M->h[l];
-        const double *restrict mk = W->mk[l - 1];
-        const double *restrict wt = M->wt[l];
-        for (Py_ssize_t j = 0; j < hn; j++) nxt[j] = 0.0;
-        for (Py_ssize_t q = 0; q < hp; q++) {
-            const double cq = mk[q] * cur[q];
-            if (cq == 0.0) continue; /* an inactive ReLU passes nothing on */
-            const double *restrict row = wt + q * hn;
-            for (Py_ssize_t j = 0; j < hn; j++) nxt[j] += cq * row[j];
+/* Unit i of layer m (0 <= m <= L-2) changed the slope of its output by dh. The slopes of layers m+1..L-1 follow:
+ * s_l += dh c_l with c_{m+1} = W_{m+1}[:, i] and c_{l+1} = W_{l+1} (mk_l ⊙ c_l), the column of the Jacobian of
+ * layer l's pre-activations with respect to h_m[i]. When qp is given (m < T = L-2), also the row i of the map
+ * from layer T down to layer m applied to the pending sums: *qp = (mk_T ⊙ c_T)·pa, *qb = (mk_T ⊙ c_T)·pb. */
+static void fwd_chain(const NetObject *M, work_t *W, Py_ssize_t m, Py_ssize_t i, double dh, double *qp,
+                      double *qb) {
+    const Py_ssize_t nl = M->nl, top = nl - 2;
+    const double *cur = M->wt[m + 1] + i * M->h[m + 1];
+    double *bufs[2] = {W->t[0], W->t[1]};
+    int side = 0;
+    for (Py_ssize_t l = m + 1; l <= nl - 1; l++) {
+        const Py_ssize_t hn = M->h[l];
+        if (l > m + 1) { /* c_l = W_l (mk_{l-1} ⊙ c_{l-1}), by the columns of W_l */
+            const Py_ssize_t hp = M->h[l - 1];
+            const double *restrict mk = W->mk[l - 1];
+            const double *restrict wt = M->wt[l];
+            double *restrict nxt = bufs[side];
+            side ^= 1;
+            for (Py_ssize_t j = 0; j < hn; j++) nxt[j] = 0.0;
+            for (Py_ssize_t q = 0; q < hp; q++) {
+                const double cq = mk[q] * cur[q];
+                if (cq == 0.0) continue; /* an inactive ReLU passes nothing on */
+                const double *restrict row = wt + q * hn;
+                for (Py_ssize_t j = 0; j < hn; j++) nxt[j] += cq * row[j];
+            }
+            cur = nxt;
         }
-        double *restrict sl = W->s[l];
-        for (Py_ssize_t j = 0; j < hn; j++) sl[j] += nxt[j];
-        double *tmp = cur;
-        cur = nxt;
-        nxt = tmp;
+        double *restrict s = W->s[l];
+        for (Py_ssize_t j = 0; j < hn; j++) s[j] += dh * cur[j];
+        if (l == top && qp) {
+            const double *restrict mk = W->mk[top];
+            double a = 0.0, b = 0.0;
+            for (Py_ssize_t j = 0; j < hn; j++) {
+                const double cj = mk[j] * cur[j];
+                a += cj * W->pa[j];
+                b += cj * W->pb[j];
+            }
+            *qp = a;
+            *qb = b;
+        }
     }
 }
 
-/* the pending changes of ∂f/∂h_{L-2} (sum pa and time-weighted sum pb) pushed down to u = ∂f/∂h_0 (L >= 3) */
+/* The pending sums of the last hidden layer's crossings (pa: Σ δγ_T, pb: Σ τ δγ_T) pushed down to layer 0 through
+ * the current masks: aa += M pa, bb += M pb with M = W_1ᵀ D_1 ⋯ W_Tᵀ D_T (L >= 3; once per path, at its end). */
 static void flush(const NetObject *M, work_t *W) {
     if (!W->dirty) return;
     W->dirty = 0;
     const Py_ssize_t top = M->nl - 2;
-    double *gt = W->gm[top];
-    for (Py_ssize_t q = 0; q < M->h[top]; q++) gt[q] += W->pa[q];
-    double *ca = W->pa, *cb = W->pb;
+    const double *ca = W->pa, *cb = W->pb;
     double *bufa[2] = {W->t[0], W->t[2]}, *bufb[2] = {W->t[1], W->t[3]};
     int side = 0;
     for (Py_ssize_t l = top; l >= 1; l--) {
         const Py_ssize_t hl = M->h[l], hp = M->h[l - 1];
-        double *restrict na = bufa[side], *restrict nb = bufb[side];
+        double *restrict na = l >= 2 ? bufa[side] : W->aa, *restrict nb = l >= 2 ? bufb[side] : W->bb;
         const double *restrict mk = W->mk[l];
-        for (Py_ssize_t q = 0; q < hp; q++) na[q] = nb[q] = 0.0;
+        if (l >= 2)
+            for (Py_ssize_t q = 0; q < hp; q++) na[q] = nb[q] = 0.0;
         for (Py_ssize_t j = 0; j < hl; j++) {
             const double xa = mk[j] * ca[j], xb = mk[j] * cb[j];
             if (xa == 0.0 && xb == 0.0) continue;
@@ -648,76 +655,55 @@ static void flush(const NetObject *M, work_t *W) {
                 nb[q] += xb * row[q];
             }
         }
-        if (l >= 2) {
-            double *restrict g = W->gm[l - 1];
-            for (Py_ssize_t q = 0; q < hp; q++) g[q] += na[q];
-        } else {
-            for (Py_ssize_t q = 0; q < hp; q++) {
-                W->aa[q] += na[q];
-                W->bb[q] += nb[q];
-            }
-        }
         ca = na;
         cb = nb;
         side ^= 1;
     }
-    for (Py_ssize_t q = 0; q < M->h[top]; q++) W->pa[q] = W->pb[q] = 0.0;
 }
 
-/* unit i of layer m (1 <= m <= L-2) changed its mask at tau: ∂f/∂h_l for l < m follow, and U = A t − B */
-static void bwd_event(const NetObject *M, work_t *W, Py_ssize_t m, Py_ssize_t i, double coef, double tau) {
-    const Py_ssize_t hp0 = M->h[m - 1];
-    const double *restrict row0 = M->w[m] + i * hp0;
-    if (m == 1) {
-        for (Py_ssize_t q = 0; q < hp0; q++) {
-            const double dq = coef * row0[q];
-            W->aa[q] += dq;
-            W->bb[q] += tau * dq;
-        }
-        return;
-    }
-    double *cur = W->t[0], *nxt = W->t[1];
-    double *restrict g = W->gm[m - 1];
-    for (Py_ssize_t q = 0; q < hp0; q++) {
-        cur[q] = coef * row0[q];
-        g[q] += cur[q];
-    }
-    for (Py_ssize_t l = m - 1; l >= 1; l--) {
-        const Py_ssize_t hl = M->h[l], hp = M->h[l - 1];
-        const double *restrict mk = W->mk[l];
-        for (Py_ssize_t q = 0; q < hp; q++) nxt[q] = 0.0;
-        for (Py_ssize_t j = 0; j < hl; j++) {
-            const double cj = mk[j] * cur[j];
-            if (cj == 0.0) continue;
-            const double *restrict row = M->w[l] + j * hp;
-            for (Py_ssize_t q = 0; q < hp; q++) nxt[q] += cj * row[q];
-        }
-        if (l >= 2) {
-            double *restrict gl = W->gm[l - 1];
-            for (Py_ssize_t q = 0; q < hp; q++) gl[q] += nxt[q];
-        } else {
-            for (Py_ssize_t q = 0; q < hp; q++) {
-                W->aa[q] += nxt[q];
-                W->bb[q] += tau * nxt[q];
+/* Unit j of layer m (1 <= m <= T) changed its mask at tau. Along r_{m-1} = W_m[j, :], r_{l-1} = W_lᵀ (mk_l ⊙ r_l):
+ * γb_l += ca r_l for 1 <= l < m, then aa += ca r_0 and bb += cb r_0. */
+static void bwd_chain(const NetObject *M, work_t *W, Py_ssize_t m, Py_ssize_t j, double ca, double cb) {
+    const double *cur = M->w[m] + j * M->h[m - 1];
+    double *bufs[2] = {W->t[0], W->t[1]};
+    int side = 0;
+    for (Py_ssize_t l = m - 1;; l--) { /* cur = r_l, of width h[l] */
+        const Py_ssize_t hn = M->h[l];
+        if (l == 0) {
+            double *restrict aa = W->aa, *restrict bb = W->bb;
+            for (Py_ssize_t q = 0; q < hn; q++) {
+                aa[q] += ca * cur[q];
+                bb[q] += cb * cur[q];
             }
+            return;
         }
-        double *tmp = cur;
+        double *restrict g = W->gm[l];
+        for (Py_ssize_t q = 0; q < hn; q++) g[q] += ca * cur[q];
+        const Py_ssize_t hp = M->h[l - 1];
+        const double *restrict mk = W->mk[l];
+        double *restrict nxt = bufs[side];
+        side ^= 1;
+        for (Py_ssize_t q = 0; q < hp; q++) nxt[q] = 0.0;
+        for (Py_ssize_t i = 0; i < hn; i++) {
+            const double ci = mk[i] * cur[i];
+            if (ci == 0.0) continue;
+            const double *restrict row = M->w[l] + i * hp;
+            for (Py_ssize_t q = 0; q < hp; q++) nxt[q] += ci * row[q];
+        }
         cur = nxt;
-        nxt = tmp;
     }
 }
 
-/* the last hidden layer over [t0, t0 + seg]: advance its values, integrate its sign changes (any order) */
-static inline __attribute__((always_inline)) void last_pass(const NetObject *restrict M, work_t *restrict W,
-                                                            double tprev, double seg) {
-    const Py_ssize_t l = M->nl - 1, hn = M->h[l], hp = M->h[l - 1];
+/* the last hidden layer over [tprev, tprev + seg]: advance its values h (previous ones into vp), integrate its sign
+ * changes, in any order, into pa and pb (the rows of vt times ±(1 − slope), and times their time); returns
+ * whether any unit changed sign */
+static inline __attribute__((always_inline)) int last_pass(Py_ssize_t hn, Py_ssize_t hp, double *restrict h,
+                                                           double *restrict vp, const double *restrict slope,
+                                                           unsigned char *restrict fl, double *restrict pa,
+                                                           double *restrict pb, const double *restrict vt,
+                                                           double keep, double tprev, double seg) {
     const Py_ssize_t nwords = (hn + 7) / 8;
-    double *restrict h = W->v[l], *restrict vp = W->vp[l];
-    const double *restrict slope = W->s[l];
-    unsigned char *restrict fl = W->fl[l];
-    double *restrict pa = W->pa, *restrict pb = W->pb;
-    const double *restrict vt = M->vt;
-    const double keep = 1.0 - M->slope[l];
+    int any = 0;
     for (Py_ssize_t j = 0; j < hn; j++) {
         const double v0 = h[j];
         const double v1 = v0 + slope[j] * seg;
@@ -729,6 +715,7 @@ static inline __attribute__((always_inline)) void last_pass(const NetObject *res
         uint64_t word;
         memcpy(&word, fl + 8 * w, 8);
         if (!word) continue; /* eight units without a sign change */
+        any = 1;
         const Py_ssize_t end = 8 * w + 8 < hn ? 8 * w + 8 : hn;
         for (Py_ssize_t j = 8 * w; j < end; j++) {
             if (!fl[j]) continue;
@@ -741,9 +728,18 @@ static inline __attribute__((always_inline)) void last_pass(const NetObject *res
                 pa[i] += sg * vrow[i];
                 pb[i] += st * vrow[i];
             }
-            W->dirty = 1;
         }
     }
+    return any;
+}
+
+/* last_pass on the network's last hidden layer, its crossings pending at layer L-2 (L >= 3) */
+static inline __attribute__((always_inline)) void last_pass_net(const NetObject *M, work_t *W, double tprev,
+                                                                double seg) {
+    const Py_ssize_t l = M->nl - 1;
+    if (last_pass(M->h[l], M->h[l - 1], W->v[l], W->vp[l], W->s[l], W->fl[l], W->pa, W->pb, M->vt,
+                  1.0 - M->slope[l], tprev, seg))
+        W->dirty = 1;
 }
 
 /* a hidden layer m below the last (1 <= m <= L-2) over [t0, t1]: its sign changes, in order, cut the interval
@@ -775,29 +771,169 @@ static void mid_pass(const NetObject *M, work_t *W, Py_ssize_t m, double t0, dou
     for (Py_ssize_t q = 0; q <= ne; q++) {
         const double tq = q < ne ? key[q] : t1;
         if (m + 1 == M->nl - 1)
-            last_pass(M, W, tprev, tq - tprev);
+            last_pass_net(M, W, tprev, tq - tprev);
         else
             mid_pass(M, W, m + 1, tprev, tq);
         tprev = tq;
         if (q < ne) {
             const Py_ssize_t j = tidx[q];
-            flush(M, W);
             const double now = h[j] > 0.0 ? 1.0 : a, before = h[j] > 0.0 ? a : 1.0;
             const double dm = now - before;
+            /* γ_m[j] = γb_m[j] + qp: its base part and the pending crossings' (see exact_kernel.py) */
+            double qp = 0.0, qb = 0.0;
+            if (m == M->nl - 2) {
+                qp = W->pa[j];
+                qb = W->pb[j];
+                fwd_chain(M, W, m, j, dm * slope[j], NULL, NULL);
+            } else {
+                fwd_chain(M, W, m, j, dm * slope[j], &qp, &qb);
+            }
+            const double gb = W->gm[m][j];
+            bwd_chain(M, W, m, j, dm * gb, dm * (tq * (gb + qp) - qb));
             W->mk[m][j] = now;
-            fwd_prop(M, W, m, j, dm * slope[j]);
-            bwd_event(M, W, m, j, dm * W->gm[m][j], tq);
         }
     }
 }
 
+/* Two hidden layers: the two-layer kernel (record_attr above) with the layers' negative slopes a0 and a1; with
+ * a0 = a1 = 0 every operation is the same, so the answers are the same bits. */
+GSHAP_CLONES
+static void net_record2(const double *restrict x, const double *restrict w1, const double *restrict db,
+                        const double *restrict ab, const unsigned char *restrict m0, const double *restrict w2t,
+                        const double *restrict vt, const double *restrict h0, const double *restrict u0,
+                        const double *restrict p, const double *restrict c, const double *restrict bw,
+                        const double *restrict bl, double a0, double a1, const scratch_t *s, const dims_t *dm,
+                        double *restrict out) {
+    const Py_ssize_t nf = dm->f, h1n = dm->h1, h2n = dm->h2, kn = dm->k;
+    const Py_ssize_t nwords = (h2n + 7) / 8;
+    double *restrict wx = s->wx, *restrict d = s->d, *restrict tt = s->tt, *restrict aa = s->a;
+    double *restrict bb = s->b, *restrict g1 = s->g1, *restrict key = s->key;
+    double *restrict slope = s->slope, *restrict h = s->h, *restrict hp = s->hp;
+    Py_ssize_t *restrict tidx = s->tidx, *restrict cidx = s->cidx;
+    double *restrict cand = s->cand, *restrict integ = s->integ;
+    unsigned char *restrict fl = s->fl;
+    const double keep = 1.0 - a1, keep0 = 1.0 - a0; /* 1 for a ReLU: the products below are then exact */
+
+    for (Py_ssize_t i = 0; i < h1n; i++) {
+        double acc = 0.0;
+        for (Py_ssize_t f = 0; f < nf; f++) acc += w1[i * nf + f] * x[f];
+        wx[i] = acc;
+    }
+    for (Py_ssize_t f = 0; f < nf; f++) out[f] = 0.0;
+
+    for (Py_ssize_t k = 0; k < kn; k++) {
+        const double *dbk = db + k * h1n, *abk = ab + k * h1n, *u0k = u0 + k * h1n;
+        const unsigned char *m0k = m0 + k * h1n;
+        /* layer-1 slopes and toggle times; the toggling units sorted by time (insertion sort, stable) */
+        for (Py_ssize_t i = 0; i < h1n; i++) {
+            d[i] = wx[i] - dbk[i];
+            tt[i] = -abk[i] / d[i];
+        }
+        Py_ssize_t ne = 0;
+        for (Py_ssize_t i = 0; i < h1n; i++) { /* branch-free compaction of the toggling units */
+            const int toggles = (m0k[i] ? (d[i] < 0.0) : (d[i] > 0.0)) & (tt[i] < 1.0);
+            cand[ne] = tt[i];
+            cidx[ne] = i;
+            ne += toggles;
+        }
+        for (Py_ssize_t a = 0; a < ne; a++) { /* rank of each by (time, unit): a stable sort without branches */
+            const double ta = cand[a];
+            Py_ssize_t r = 0;
+            for (Py_ssize_t b2 = 0; b2 < ne; b2++) r += (cand[b2] < ta) | ((cand[b2] == ta) & (b2 < a));
+            key[r] = ta;
+            tidx[r] = cidx[a];
+        }
+        /* layer-2 slope on the first segment (P_k x - c_k) and values at alpha = 0 */
+        const double *pk = p + k * h2n * nf, *ck = c + k * h2n, *h0k = h0 + k * h2n;
+        for (Py_ssize_t j = 0; j < h2n; j++) { /* p is (K, F, H2): the f sums run side by side over j */
+            slope[j] = -ck[j];
+            h[j] = h0k[j];
+        }
+        for (Py_ssize_t f = 0; f < nf; f++) {
+            const double xf = x[f];
+            const double *prow = pk + f * h2n;
+            for (Py_ssize_t j = 0; j < h2n; j++) slope[j] += prow[j] * xf;
+        }
+        for (Py_ssize_t i = 0; i < h1n; i++) {
+            aa[i] = u0k[i];
+            bb[i] = 0.0;
+            g1[i] = 0.0;
+        }
+        double tprev = 0.0;
+        for (Py_ssize_t q = 0; q <= ne; q++) {
+            const double tq = q < ne ? key[q] : 1.0;
+            const double seg = tq - tprev;
+            for (Py_ssize_t j = 0; j < h2n; j++) {
+                const double v0 = h[j];
+                const double v1 = v0 + slope[j] * seg;
+                hp[j] = v0;
+                h[j] = v1;
+                fl[j] = (unsigned char)((v0 > 0.0) != (v1 > 0.0));
+            }
+            for (Py_ssize_t w = 0; w < nwords; w++) {
+                uint64_t word;
+                memcpy(&word, fl + 8 * w, 8);
+                if (!word) continue; /* eight units without a sign change */
+                const Py_ssize_t end = 8 * w + 8 < h2n ? 8 * w + 8 : h2n;
+                for (Py_ssize_t j = 8 * w; j < end; j++) {
+                    if (!fl[j]) continue;
+                    const double v0 = hp[j], v1 = h[j];
+                    const double tau = tprev + seg * (v0 / (v0 - v1));
+                    const double sg = (v1 > 0.0 ? 1.0 : -1.0) * keep; /* ±1 for a ReLU */
+                    const double st = sg * tau;
+                    const double *vrow = vt + j * h1n;
+                    for (Py_ssize_t i = 0; i < h1n; i++) {
+                        aa[i] += sg * vrow[i];
+                        bb[i] += st * vrow[i];
+                    }
+                }
+            }
+            tprev = tq;
+            if (q < ne) {
+                const Py_ssize_t i = tidx[q];
+                g1[i] = aa[i] * tq - bb[i]; /* U_i(t_i) */
+                const double coef = (m0k[i] ? -d[i] : d[i]) * keep0;
+                const double *wrow = w2t + i * h2n;
+                for (Py_ssize_t j = 0; j < h2n; j++) slope[j] += coef * wrow[j];
+            }
+        }
+        if (a0 == 0.0) {
+            for (Py_ssize_t i = 0; i < h1n; i++) {
+                const double u1 = aa[i] - bb[i]; /* U_i(1) */
+                if (m0k[i])
+                    g1[i] = (d[i] < 0.0 && tt[i] < 1.0) ? g1[i] : u1;
+                else
+                    g1[i] = (d[i] > 0.0 && tt[i] < 1.0) ? (u1 - g1[i]) : 0.0;
+            }
+        } else { /* a leaky unit passes a0 of the gradient where it is off */
+            for (Py_ssize_t i = 0; i < h1n; i++) {
+                const double u1 = aa[i] - bb[i], ut = g1[i];
+                if (m0k[i])
+                    g1[i] = (d[i] < 0.0 && tt[i] < 1.0) ? ut + a0 * (u1 - ut) : u1;
+                else
+                    g1[i] = (d[i] > 0.0 && tt[i] < 1.0) ? a0 * ut + (u1 - ut) : a0 * u1;
+            }
+        }
+        const double *bk = bl + k * nf;
+        for (Py_ssize_t f = 0; f < nf; f++) integ[f] = 0.0;
+        for (Py_ssize_t i = 0; i < h1n; i++) { /* the F sums over i run side by side, each in order of i */
+            const double gi = g1[i];
+            const double *wrow = w1 + i * nf;
+            for (Py_ssize_t f = 0; f < nf; f++) integ[f] += gi * wrow[f];
+        }
+        for (Py_ssize_t f = 0; f < nf; f++) out[f] += bw[k] * (x[f] - bk[f]) * integ[f];
+    }
+}
+
+/* a record's attributions, any depth but two hidden layers (which net_record2 computes) */
 GSHAP_CLONES
 static void net_record(const NetObject *M, const double *restrict x, work_t *W, double *restrict out) {
     const Py_ssize_t nf = M->f, h1n = M->h[0], kn = M->k, nl = M->nl;
     const Py_ssize_t h2n = nl >= 2 ? M->h[1] : 0;
     const double *restrict w1 = M->w[0];
-    double *restrict wx = W->wx, *restrict d = W->d, *restrict tt = W->tt, *restrict aa = W->aa;
-    double *restrict bb = W->bb, *restrict g1 = W->g1, *restrict key = W->key0, *restrict cand = W->cand0;
+    double *restrict wx = W->wx, *restrict d = W->d, *restrict tt = W->tt;
+    double *aa = W->aa, *bb = W->bb; /* not restrict: the walk's helpers reach them through W */
+    double *restrict g1 = W->g1, *restrict key = W->key0, *restrict cand = W->cand0;
     Py_ssize_t *restrict tidx = W->tidx0, *restrict cidx = W->cidx0;
     double *restrict integ = W->integ;
     const double a0 = M->slope[0];
@@ -827,7 +963,7 @@ static void net_record(const NetObject *M, const double *restrict x, work_t *W, 
         rank_sort(cand, cidx, ne, key, tidx);
         if (nl >= 2) { /* layer-1 slope on the first segment (P_k x − c_k) and the state of every layer at α = 0 */
             const double *pk = M->p + k * h2n * nf, *ck = M->c + k * h2n, *h0k = M->h0[1] + k * h2n;
-            double *restrict slope = W->s[1], *restrict h = W->v[1];
+            double *slope = W->s[1], *h = W->v[1]; /* not restrict: the walk's helpers reach them through W */
             for (Py_ssize_t j = 0; j < h2n; j++) {
                 slope[j] = -ck[j];
                 h[j] = h0k[j];
@@ -869,17 +1005,20 @@ static void net_record(const NetObject *M, const double *restrict x, work_t *W, 
         for (Py_ssize_t q = 0; q <= ne; q++) {
             const double tq = q < ne ? key[q] : 1.0;
             const double seg = tq - tprev;
-            if (nl == 2)
-                last_pass(M, W, tprev, seg);
-            else if (nl >= 3)
+            (void)seg;
+            if (nl >= 3)
                 mid_pass(M, W, 1, tprev, tq);
             tprev = tq;
             if (q < ne) {
                 const Py_ssize_t i = tidx[q];
-                if (nl >= 3) flush(M, W);
-                g1[i] = aa[i] * tq - bb[i]; /* U_i(t_i) */
                 const double coef = (m0k[i] ? -d[i] : d[i]) * (1.0 - a0);
-                if (nl >= 2) fwd_prop(M, W, 0, i, coef);
+                if (nl >= 3) { /* U_i(t_i) with the pending crossings: (M pa)_i, (M pb)_i */
+                    double qp = 0.0, qb = 0.0;
+                    fwd_chain(M, W, 0, i, coef, &qp, &qb);
+                    g1[i] = (aa[i] + qp) * tq - (bb[i] + qb);
+                } else {
+                    g1[i] = aa[i] * tq - bb[i];
+                }
             }
         }
         if (nl >= 3) flush(M, W);
@@ -1272,13 +1411,29 @@ static PyObject *net_explain(NetObject *self, PyObject *const *args, Py_ssize_t 
         return PyErr_NoMemory();
     }
     double *b1 = buf + self->hmax + 1;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < n; r++) {
-        const double *x = xs + r * f;
-        logit[r] = net_logit(self, x, buf, b1);
-        net_record(self, x, &W, attr + r * f);
+    const NetObject *M = self;
+    if (M->nl == 2) { /* the two-layer loop, on the same scratch (its arrays are at least as long as it needs) */
+        const dims_t dm = {.n = n, .f = f, .h1 = M->h[0], .h2 = M->h[1], .k = M->k};
+        const scratch_t s = {.wx = W.wx, .d = W.d, .tt = W.tt, .a = W.aa, .b = W.bb, .g1 = W.g1, .key = W.key0,
+                             .slope = W.s[1], .h = W.v[1], .hp = W.vp[1], .tidx = W.tidx0, .cidx = W.cidx0,
+                             .cand = W.cand0, .integ = W.integ, .fl = W.fl[1]};
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t r = 0; r < n; r++) {
+            const double *x = xs + r * f;
+            logit[r] = net_logit(M, x, buf, b1);
+            net_record2(x, M->w[0], M->db, M->ab, M->m0, M->wt[1], M->vt, M->h0[1], M->u0, M->p, M->c, M->bw,
+                        M->bl, M->slope[0], M->slope[1], &s, &dm, attr + r * f);
+        }
+        Py_END_ALLOW_THREADS
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t r = 0; r < n; r++) {
+            const double *x = xs + r * f;
+            logit[r] = net_logit(M, x, buf, b1);
+            net_record(M, x, &W, attr + r * f);
+        }
+        Py_END_ALLOW_THREADS
     }
-    Py_END_ALLOW_THREADS
     PyMem_RawFree(block);
     PyMem_RawFree(buf);
     release_all(&bs);
