@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,16 +45,40 @@ from service.config import Settings
 from service.model.store import Bundle, BundleError, load_bundle
 from service.observe.metrics import Telemetry, enable_multiprocess, prepare_multiprocess_dir
 from service.runtime.inference import InferenceRuntime, configure_torch, ensure_compatible
-from service.schemas import SCHEMA_SPEC
+from service.schemas import EXAMPLE_PREDICTION, request_models
 
-__all__ = ["create_app", "openapi_yaml", "serve", "uvicorn_options"]
+__all__ = ["create_app", "description", "openapi_yaml", "serve", "tags", "uvicorn_options"]
 
-DESCRIPTION = f"""\
-Why did the model score this patient as it did? Predictions of a PyTorch MLP trained on the Pima Indians
-diabetes data, with per-feature **GradientSHAP** attributions relative to the training population.
+ANSWER_EXAMPLE_SCHEMAS = (
+    "PredictionPublic",
+    "FeatureWarningPublic",
+    "ExplanationPublic",
+    "PredictionBatchItem",
+    "ExplanationBatchItem",
+    "Problem",
+)
+"""The schemas whose examples are real answers of the shipped default model (:mod:`service.schemas`), or name its
+fields (the problem's)."""
 
-- Records are in the data set's units (see each field). Glucose, blood pressure, skin thickness, insulin and
-  BMI may be `null`, `0` or omitted when not measured: they are imputed and listed in `imputed`.
+
+def description(bundle: Bundle) -> str:
+    """The OpenAPI document's description, for the model served (its task and its features' "missing" rules)."""
+    optional = [f.label for f in bundle.spec if f.may_be_missing]
+    missing = (
+        f"{_words(optional)} may be `null`, `0` or omitted when not measured: they are imputed and listed in `imputed`."
+        if optional
+        else "Every field is required."
+    )
+    intro = (
+        f"Why did the model score this patient as it did? Predictions of the model {bundle.name}/{bundle.version} "
+        f"({bundle.manifest.get('task', 'binary classification')}), with per-feature **GradientSHAP** attributions "
+        "relative to the training population."
+    )
+    records = f"- Records are in the data set's units (see each field). {missing}"
+    return f"""\
+{textwrap.fill(intro, 110)}
+
+{textwrap.fill(records, 110, subsequent_indent="  ")}
 - Types are strict: numbers must be JSON numbers (not strings or booleans), counts JSON integers, values
   finite and within each field's range; unknown fields are refused. Refusals are RFC 9457
   `application/problem+json` documents (`type` = `{PROBLEM_BASE}<kind>`, a page on this service that says
@@ -66,22 +91,39 @@ diabetes data, with per-feature **GradientSHAP** attributions relative to the tr
   `X-Model-Version`.
 """
 
-TAGS = [
-    {"name": "predict", "description": "The model's probability and label."},
-    {"name": "explain", "description": "GradientSHAP attributions of a prediction."},
-    {"name": "groups", "description": "Mean explanations by outcome group of the evaluation set."},
-    {"name": "model", "description": "The model card."},
-    {"name": "health", "description": "Liveness and readiness for orchestrators."},
-    {"name": "operations", "description": "Prometheus metrics and drift monitoring for operators."},
-    {
-        "name": "cds-hooks",
-        "description": (
-            "CDS Hooks 2.0: discovery, the diabetes-risk card for the patient-view hook, feedback. Authenticated by "
-            "the CDS client's JWT when GSHAP_CDS_JWT_ISSUERS is set (API keys do not apply). See docs/CDS_HOOKS.md."
-        ),
-    },
-    {"name": "fhir", "description": "Predictions and explanations from a FHIR R4 Bundle (LOINC codes, UCUM units)."},
-]
+
+def _words(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``: a list in a sentence (the first item capitalised as written)."""
+    lowered = [items[0], *(i if i[:2].isupper() else i[:1].lower() + i[1:] for i in items[1:])]
+    return lowered[0] if len(lowered) == 1 else ", ".join(lowered[:-1]) + " and " + lowered[-1]
+
+
+def tags(bundle: Bundle) -> list[dict[str, str]]:
+    """The OpenAPI tags; the CDS Hooks one names the model's CDS service, when its bundle declares one."""
+    cds_service = bundle.cds
+    cds_words = (
+        f"CDS Hooks 2.0: discovery, the {cds_service.id} card for the patient-view hook, feedback. "
+        if cds_service is not None
+        else "CDS Hooks 2.0: discovery (this model declares no CDS service, so it lists none). "
+    )
+    return [
+        {"name": "predict", "description": "The model's probability and label."},
+        {"name": "explain", "description": "GradientSHAP attributions of a prediction."},
+        {"name": "groups", "description": "Mean explanations by outcome group of the evaluation set."},
+        {"name": "model", "description": "The model card."},
+        {"name": "health", "description": "Liveness and readiness for orchestrators."},
+        {"name": "operations", "description": "Prometheus metrics and drift monitoring for operators."},
+        {
+            "name": "cds-hooks",
+            "description": cds_words + "Authenticated by the CDS client's JWT when GSHAP_CDS_JWT_ISSUERS is set (API "
+            "keys do not apply). See docs/CDS_HOOKS.md.",
+        },
+        {
+            "name": "fhir",
+            "description": "Predictions and explanations from a FHIR R4 Bundle (codes and units from the model spec).",
+        },
+    ]
+
 
 SECURITY_SCHEMES = {
     "BearerAuth": {
@@ -106,7 +148,7 @@ async def _start(state: AppState) -> None:
         bundle = state.preloaded
         if bundle is None:
             bundle = await anyio.to_thread.run_sync(load_bundle, settings.model_path)
-        ensure_compatible(bundle, SCHEMA_SPEC)
+        ensure_compatible(bundle, state.models.spec if state.models is not None else bundle.spec)
     except BundleError as exc:
         log_event("startup_failed", 40, reason=str(exc))
         raise
@@ -163,12 +205,21 @@ def build_runtime(settings: Settings, bundle: Bundle) -> InferenceRuntime:
 def create_app(
     settings: Settings | None = None, bundle: Bundle | None = None, runtime: InferenceRuntime | None = None
 ) -> FastAPI:
-    """The service's app. ``settings`` default to the environment; ``bundle`` (already loaded) skips loading;
-    ``runtime`` (built from that bundle and these settings, warmed up once, not started) skips building one."""
+    """The service's app, for the model it serves. ``settings`` default to the environment; ``bundle`` (already
+    loaded) skips loading; ``runtime`` (built from that bundle and these settings, warmed up once, not started)
+    skips building one.
+
+    Without ``bundle``, the bundle is loaded and verified here (a few milliseconds; a ``BundleError`` otherwise):
+    everything model-specific of the app (the request models, hence the OpenAPI document, the page's form, CDS
+    discovery) is derived from it now, never from a module constant. The lifespan then builds and warms up the
+    engine before ``/readyz`` turns ready."""
     settings = settings or Settings()
     if runtime is not None and runtime.bundle is not bundle:
         raise ValueError("a prebuilt runtime must come with the bundle it was built from")
-    state = AppState(settings=settings, preloaded=bundle, prebuilt=runtime)
+    if bundle is None:
+        bundle = load_bundle(settings.model_path)
+    models = request_models(bundle.spec, bundle.methods, bundle.default_method)
+    state = AppState(settings=settings, preloaded=bundle, prebuilt=runtime, models=models)
     if settings.metrics_enabled:
         if settings.metrics_dir is not None:
             enable_multiprocess(settings.metrics_dir)
@@ -177,7 +228,7 @@ def create_app(
             monitoring_window_seconds=settings.monitoring_window_seconds,
             monitoring_min_records=settings.monitoring_min_records,
         )
-    cds_state = cds.CdsState.build(settings)
+    cds_state = cds.CdsState.build(settings, bundle)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -231,10 +282,10 @@ def create_app(
     ]
     app = FastAPI(
         title="gshap-service",
-        summary="Predictions and GradientSHAP explanations of a diabetes-risk model.",
-        description=DESCRIPTION,
+        summary=f"Predictions and GradientSHAP explanations of {bundle.name}/{bundle.version}.",
+        description=description(bundle),
         version=__version__,
-        openapi_tags=TAGS,
+        openapi_tags=tags(bundle),
         lifespan=lifespan,
         middleware=middleware,
         # /docs and /redoc are served offline by service.api.page (install_pages)
@@ -244,17 +295,24 @@ def create_app(
     app.state.gshap = state
     app.state.gshap_cds = cds_state
     install_exception_handlers(app)
-    for area in (predict, explain, groups, model, health, problems, cds, fhir):
+    app.include_router(predict.build_router(models))
+    app.include_router(explain.build_router(models))
+    for area in (groups, model, health, problems):
         app.include_router(area.router)
+    app.include_router(cds.build_router(bundle))
+    app.include_router(fhir.build_router(bundle))
     if state.telemetry is not None:
         app.include_router(operations.router)
     install_pages(app, app.title)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, bundle)  # type: ignore[method-assign]
     return app
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, plus: problem answers as application/problem+json, and the optional API keys."""
+def _openapi(app: FastAPI, bundle: Bundle) -> dict[str, Any]:
+    """FastAPI's document, plus: problem answers as application/problem+json, and the optional API keys.
+
+    The answers' examples (:data:`service.schemas.EXAMPLE_PREDICTION`, ...) are real answers of one model; for any
+    other model served they are left out rather than shown with another model's fields."""
     if app.openapi_schema is not None:
         return app.openapi_schema
     doc = FastAPI.openapi(app)
@@ -272,6 +330,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     components = doc.setdefault("components", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.get("schemas", {}).pop(unused, None)
+    if f"{bundle.name}/{bundle.version}" != EXAMPLE_PREDICTION["model_version"]:
+        for name in ANSWER_EXAMPLE_SCHEMAS:
+            components.get("schemas", {}).get(name, {}).pop("examples", None)
     components["securitySchemes"] = SECURITY_SCHEMES
     # either scheme, or none: keys are optional, decided by the server's configuration
     doc["security"] = [{"BearerAuth": []}, {"ApiKeyHeader": []}, {}]
@@ -323,7 +384,7 @@ def serve(settings: Settings) -> int:
     """
     configure_logging(settings.log_level)
     bundle = load_bundle(settings.model_path)
-    ensure_compatible(bundle, SCHEMA_SPEC)
+    ensure_compatible(bundle, bundle.spec)
     configure_torch(settings.torch_threads)  # as the lifespan does, before this process's first explanation
     runtime = build_runtime(settings, bundle)
     try:

@@ -1,7 +1,9 @@
 """What the route modules share: the app state, the dependencies (``RuntimeDep``, ...) and the batch splitter.
 
 One module an area (``predict``, ``explain``, ``groups``, ``model``, ``health``), each an ``APIRouter`` named
-``router``; :func:`service.api.app.create_app` includes them. Routes translate HTTP to
+``router``, or, where the request body is the served model's record (``predict``, ``explain``), a function
+``build_router(models)`` that :func:`service.api.app.create_app` calls with the bundle's request models
+(:func:`service.schemas.request_models`); ``create_app`` includes them. Routes translate HTTP to
 :class:`~service.runtime.inference.InferenceRuntime` calls and back, and raise :mod:`service.api.errors` problems; they
 hold no maths.
 """
@@ -9,11 +11,12 @@ hold no maths.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import Message
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import Depends, Request, Response
@@ -33,7 +36,7 @@ from service.config import Settings
 from service.model.store import Bundle
 from service.observe.metrics import Telemetry
 from service.runtime.inference import InferenceRuntime
-from service.schemas import BatchItemError, PatientRecord, Problem
+from service.schemas import BatchItemError, PatientRecord, Problem, RequestModels
 
 __all__ = [
     "GET_PROBLEMS",
@@ -43,6 +46,7 @@ __all__ = [
     "RuntimeDep",
     "SettingsDep",
     "batch_answer",
+    "body_as",
     "get_runtime",
     "get_state",
     "json_answer",
@@ -52,16 +56,21 @@ __all__ = [
 ]
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
 @dataclass
 class AppState:
-    """Per-app state: the settings, a bundle and a built runtime handed in by the caller (tests, ``serve``), the
-    runtime in use and the metrics (None when GSHAP_METRICS_ENABLED is false)."""
+    """Per-app state: the settings, the bundle (loaded by ``create_app`` or handed in) and a runtime built by the
+    caller (tests, ``serve``), the runtime in use, the metrics (None when GSHAP_METRICS_ENABLED is false) and the
+    request models built from the bundle's specification."""
 
     settings: Settings
     preloaded: Bundle | None = None
     prebuilt: InferenceRuntime | None = None
     runtime: InferenceRuntime | None = None
     telemetry: Telemetry | None = None
+    models: RequestModels | None = None
 
 
 def get_state(request: Request) -> AppState:
@@ -170,9 +179,15 @@ def batch_answer(answered: Sequence[tuple[int, Any]], refused: Sequence[BatchIte
 
 
 def split_batch(
-    records: Sequence[Any], *, limit: int, instance: str, request_id: str | None
+    records: Sequence[Any],
+    *,
+    record_model: type[PatientRecord],
+    limit: int,
+    instance: str,
+    request_id: str | None,
 ) -> tuple[list[tuple[int, dict[str, Any]]], list[BatchItemError]]:
-    """Validate a batch record by record: ``(index, record)`` pairs to answer and the refusals by index.
+    """Validate a batch record by record with the served model's ``record_model``: ``(index, record)`` pairs to
+    answer and the refusals by index.
 
     Raises :class:`PayloadTooLarge` (413) when the batch has more than ``limit`` records.
     """
@@ -185,7 +200,7 @@ def split_batch(
     refused: list[BatchItemError] = []
     for i, item in enumerate(records):
         try:
-            valid.append((i, PatientRecord.model_validate(item).model_dump()))
+            valid.append((i, record_model.model_validate(item).model_dump()))
         except ValidationError as exc:
             problem = problem_body(
                 invalid_input(field_errors(exc.errors())), instance=f"{instance}#/records/{i}", request_id=request_id
@@ -215,3 +230,23 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 GET_PROBLEMS = (401, 429, 500, 503)
 POST_PROBLEMS = (400, 401, 413, 415, 422, 429, 500, 503)
+
+
+def body_as(**bodies: Any) -> Callable[[F], F]:
+    """A decorator replacing the annotations of the endpoint's parameters named in ``bodies``, for FastAPI only.
+
+    The routes whose body is the served model's record are written against the bases in :mod:`service.schemas`
+    (``PatientRecord``, ``ExplainRequest``, ...: what the code may rely on, checked by mypy); FastAPI reads the
+    endpoint's signature, so setting it here to the models built from the bundle makes FastAPI validate and
+    document the served model's fields.
+    """
+
+    def bind(endpoint: F) -> F:
+        signature = inspect.signature(endpoint, eval_str=True)
+        params = [
+            p.replace(annotation=bodies[p.name]) if p.name in bodies else p for p in signature.parameters.values()
+        ]
+        endpoint.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        return endpoint
+
+    return bind
