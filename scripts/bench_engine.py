@@ -602,14 +602,14 @@ def report_kernels(res: dict[str, Any]) -> None:
     for target in QUAD_TARGETS:
         key = f"{target:g}"
         print(f"\n== quadrature at {key} relative error: nodes needed, and its speed / exact's speed ==")
-        print(f"{'depth':>6}" + "".join(f"{w:>16}" for w in SWEEP_WIDTHS))
+        print(f"{'depth':>6}" + "".join(f"{w:>19}" for w in SWEEP_WIDTHS))
         for depth in SWEEP_DEPTHS:
             rows = [r for r in res["sweep"] if r["depth"] == depth]
             cells = []
             for r in rows:
                 t = r["quadrature"]["targets"][key]
-                cells.append(f"{t['nodes']:>8.3g} {t['records_per_s'] / r['records_per_s']:>6.2g}x")
-            print(f"{depth:>6}" + "".join(f"{c:>16}" for c in cells))
+                cells.append(f"{t['nodes']:>9.3g} {t['records_per_s'] / r['records_per_s']:>8.2g}x")
+            print(f"{depth:>6}" + "".join(f"{c:>19}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -291,6 +291,9 @@ def exact_gradient_shap(net: nn.Sequential, x: np.ndarray, baselines: np.ndarray
     """
     model = copy.deepcopy(net).double().eval()
     mods = _modules(model)
+    known = nn.Linear | nn.ReLU | nn.LeakyReLU | nn.BatchNorm1d | nn.Dropout | nn.Identity
+    if not all(isinstance(m, known) for m in mods):
+        raise TypeError(f"the reference walks plain Sequentials of {known}, not {[type(m).__name__ for m in mods]}")
     acts = [i for i, m in enumerate(mods) if isinstance(m, nn.ReLU | nn.LeakyReLU)]
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()

@@ -1,10 +1,11 @@
 """A network trained outside the project's pipeline, in a few lines of plain torch, becomes a served model:
 saved with safetensors, packaged by the real ``gshap bundle`` command and served by a real ``gshap serve``.
 
-- A ReLU network with two hidden layers gets exact explanations; its answers are checked against an independent
-  exact computation in float64 numpy (the breakpoints along each straight path from a baseline to the record, the
-  constant gradient between them), averaged over the bundle's weighted baselines. Tolerance 1e-9 on each
-  attribution and on the base value: both computations are exact, so only float64 rounding separates them.
+- ReLU networks with two and with three hidden layers get exact explanations; their answers are checked against an
+  independent exact computation in float64 numpy (the breakpoints along each straight path from a baseline to the
+  record, found layer by layer, and the constant gradient between them), averaged over the bundle's weighted
+  baselines. Tolerance 1e-9 on each attribution and on the base value: both computations are exact, so only
+  float64 rounding separates them.
 - A tanh network is not piecewise linear: it is served with ``quadrature`` (the default) and ``sampled``; ``exact``
   is a 422 problem naming the methods that apply. Its quadrature answers are checked against a fine reference
   (512 Gauss-Legendre nodes, analytic gradients, numpy): to 1e-6 with the default 64 nodes (the measured error of
@@ -95,6 +96,8 @@ class Made:
     tanh: Path
     relu_net: nn.Sequential
     tanh_net: nn.Sequential
+    relu3: Path
+    relu3_net: nn.Sequential
     mean: np.ndarray
     scale: np.ndarray
     records: list[dict[str, float]]
@@ -120,6 +123,14 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Made:
         y_ref,
     )
     tanh_net = _train(nn.Sequential(nn.Linear(F, 12), nn.Tanh(), nn.Linear(12, 1)), x_ref, y_ref)
+    relu3_net = _train(
+        nn.Sequential(
+            nn.Linear(F, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 1)
+        ),
+        (x_ref - mean) / scale,
+        y_ref,
+    )
+    save_file(relu3_net.state_dict(), str(tmp / "relu3.safetensors"))
     save_file(relu_net.state_dict(), str(tmp / "relu.safetensors"))
     save_file(tanh_net.state_dict(), str(tmp / "tanh.safetensors"))
 
@@ -128,6 +139,11 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Made:
     tanh_layers = "  - {linear: [4, 12]}\n  - tanh\n  - {linear: [12, 1]}\n"
     relu_spec = _spec(tmp / "relu.yaml", "toy-relu", relu_layers, pre)
     tanh_spec = _spec(tmp / "tanh.yaml", "toy-tanh", tanh_layers)
+    relu3_layers = (
+        "  - {linear: [4, 16]}\n  - relu\n  - {linear: [16, 12]}\n  - relu\n  - {linear: [12, 8]}\n  - relu\n"
+        "  - {linear: [8, 1]}\n"
+    )
+    relu3_spec = _spec(tmp / "relu3.yaml", "toy-relu3", relu3_layers, pre)
     store = tmp / "store"
     common = ["--reference", str(reference), "--evaluation", str(evaluation), "--out", str(store)]
     done = _bundle("--spec", str(relu_spec), "--weights", str(tmp / "relu.safetensors"), "--validation",
@@ -135,9 +151,12 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Made:
     assert done.returncode == 0, done.stderr
     done = _bundle("--spec", str(tanh_spec), "--weights", str(tmp / "tanh.safetensors"), *common)
     assert done.returncode == 0, done.stderr
+    done = _bundle("--spec", str(relu3_spec), "--weights", str(tmp / "relu3.safetensors"), "--validation",
+                   str(validation), *common)  # fmt: skip
+    assert done.returncode == 0, done.stderr
     records = [dict(zip(NAMES, (float(v) for v in row), strict=True)) for row in x_ev[:6]]
-    return Made(store / "toy-relu" / "1.0.0", store / "toy-tanh" / "1.0.0", relu_net, tanh_net, mean, scale,
-                records, tmp)  # fmt: skip
+    return Made(store / "toy-relu" / "1.0.0", store / "toy-tanh" / "1.0.0", relu_net, tanh_net,
+                store / "toy-relu3" / "1.0.0", relu3_net, mean, scale, records, tmp)  # fmt: skip
 
 
 # ---- independent computations (numpy, float64) --------------------------------------------------------------------
@@ -159,25 +178,32 @@ def _relu_logit(layers: list[tuple[np.ndarray, np.ndarray]], z: np.ndarray) -> f
 
 
 def _relu_path_integral(layers: list[tuple[np.ndarray, np.ndarray]], b: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """∫₀¹ ∇f(b + α(x − b)) dα for a two-hidden-layer ReLU net: breakpoints, then the constant gradient between."""
-    (w1, c1), (w2, c2), (w3, _) = layers
+    """∫₀¹ ∇f(b + α(x − b)) dα for a ReLU net of any depth: the breakpoints layer by layer (between the knots found
+    so far the next layer's pre-activations are linear, so their sign changes are found by interpolation), then
+    the constant gradient between consecutive knots."""
     d = x - b
-    p0, p1 = w1 @ b + c1, w1 @ d  # first layer's pre-activations: p0 + α p1
-    knots = {0.0, 1.0}
-    knots |= {float(a) for a in -p0[p1 != 0] / p1[p1 != 0] if 0.0 < a < 1.0}
-    first = sorted(knots)
-    for lo, hi in itertools.pairwise(first):  # second layer: linear on each first-layer piece
-        q_lo = w2 @ np.maximum(p0 + lo * p1, 0) + c2
-        q_hi = w2 @ np.maximum(p0 + hi * p1, 0) + c2
-        change = (q_lo > 0) != (q_hi > 0)
-        knots |= {float(lo + (hi - lo) * q_lo[j] / (q_lo[j] - q_hi[j])) for j in np.flatnonzero(change)}
-    alphas = sorted(knots)
+
+    def pre_activations(z: np.ndarray) -> list[np.ndarray]:
+        out, h = [], z
+        for w, c in layers[:-1]:
+            out.append(w @ h + c)
+            h = np.maximum(out[-1], 0.0)
+        return out
+
+    knots = [0.0, 1.0]
+    for layer in range(len(layers) - 1):
+        values = [pre_activations(b + a * d)[layer] for a in knots]
+        new = set(knots)
+        for (lo, hi), (u, v) in zip(itertools.pairwise(knots), itertools.pairwise(values), strict=True):
+            change = (u > 0) != (v > 0)
+            new |= {float(lo + (hi - lo) * u[j] / (u[j] - v[j])) for j in np.flatnonzero(change)}
+        knots = sorted(new)
     total = np.zeros_like(x)
-    for lo, hi in itertools.pairwise(alphas):
-        mid = b + 0.5 * (lo + hi) * d
-        m1 = (w1 @ mid + c1 > 0).astype(float)
-        m2 = (w2 @ (m1 * (w1 @ mid + c1)) + c2 > 0).astype(float)
-        grad = ((w3[0] * m2) @ w2 * m1) @ w1
+    for lo, hi in itertools.pairwise(knots):
+        masks = [(p > 0).astype(float) for p in pre_activations(b + 0.5 * (lo + hi) * d)]
+        grad = layers[-1][0][0]
+        for (w, _), m in zip(reversed(layers[:-1]), reversed(masks), strict=True):
+            grad = (grad * m) @ w
         total += (hi - lo) * grad
     return total
 
@@ -204,6 +230,12 @@ def relu_server(made: Made) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def relu3_server(made: Made) -> Iterator[str]:
+    with running_server({"GSHAP_MODEL_PATH": str(made.relu3)}) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
 def tanh_server(made: Made) -> Iterator[str]:
     with running_server({"GSHAP_MODEL_PATH": str(made.tanh)}) as server:
         yield server.url
@@ -226,17 +258,17 @@ def test_packaged_bundles_carry_what_was_given(made: Made) -> None:
     assert tanh.default_method == "quadrature"
 
 
-def test_relu_answers_equal_an_independent_exact_computation(made: Made, relu_server: str) -> None:
+def _check_exact_answers(folder: Path, net: nn.Sequential, made: Made, server: str) -> None:
     """/explain (exact, logit) equals Σ_k w_k (x − b_k) ⊙ ∫∇f along each path, computed independently by
     breakpoints, times the calibration's a; the base value is Σ_k w_k (a f(b_k) + b). Tolerance 1e-9."""
-    bundle = load_bundle(made.relu)
-    layers = _layers(made.relu_net)
+    bundle = load_bundle(folder)
+    layers = _layers(net)
     a, b = bundle.calibration.a, bundle.calibration.b
     baselines, weights = bundle.baselines.numpy(), bundle.baseline_weights.numpy()
     weights = weights / weights.sum()
     base = sum(w * (a * _relu_logit(layers, bk) + b) for bk, w in zip(baselines, weights, strict=True))
     for record in made.records:
-        answer = httpx.post(relu_server + "/explain", json={**record, "method": "exact"}, timeout=60).json()
+        answer = httpx.post(server + "/explain", json={**record, "method": "exact"}, timeout=60).json()
         assert answer["method"] == "exact"
         x = _model_space(made, record, bundle)
         expected = sum(
@@ -247,6 +279,21 @@ def test_relu_answers_equal_an_independent_exact_computation(made: Made, relu_se
         assert abs(answer["base_value"] - base) <= EXACT_TOLERANCE
         assert abs(answer["output_value"] - (a * _relu_logit(layers, x) + b)) <= EXACT_TOLERANCE
         assert abs(answer["completeness_gap"]) <= 1e-12
+
+
+def test_relu_answers_equal_an_independent_exact_computation(made: Made, relu_server: str) -> None:
+    """Two hidden ReLU layers: the served exact answers equal the independent breakpoint integral (1e-9)."""
+    _check_exact_answers(made.relu, made.relu_net, made, relu_server)
+
+
+def test_three_hidden_layer_relu_net_is_served_exactly(made: Made, relu3_server: str) -> None:
+    """Three hidden ReLU layers, trained in plain torch and packaged by gshap bundle: /model offers exact as the
+    default, and the served exact answers equal the independent breakpoint integral (1e-9)."""
+    assert load_bundle(made.relu3).methods == ("exact", "sampled", "quadrature")
+    card = httpx.get(relu3_server + "/model", timeout=60).json()
+    assert card["explanation_method"]["methods"] == ["exact", "sampled", "quadrature"]
+    assert card["explanation_method"]["default_method"] == "exact"
+    _check_exact_answers(made.relu3, made.relu3_net, made, relu3_server)
 
 
 def test_tanh_quadrature_equals_a_fine_gauss_legendre_reference(made: Made, tanh_server: str) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,8 @@ from torch import nn
 from service.engine.exact_kernel import MAX_HIDDEN_LAYERS, ExactKernel, net_constants
 from service.engine.gradient_shap import GradientShapEngine, fold_piecewise_linear
 from service.engine.piecewise import AffineStage, NotPiecewiseLinear, fold_sequential
+from service.model.store import load_bundle
+from service.schemas import example_record
 
 F = 6
 REL = 1e-9  # agreement with the independent computation, relative to the record's largest |attribution|
@@ -441,3 +445,48 @@ def test_net_leaks_nothing_on_refusals_builds_and_records() -> None:
     for _ in range(3):
         work()
     assert _rss_kib() - before < 2048
+
+
+# --- the deeper breast-cancer bundle, served ------------------------------------------------------------------
+
+
+DEEP_BUNDLE = Path(__file__).resolve().parent.parent / "model_store" / "breast-cancer-wisconsin" / "1.1.0"
+
+
+def test_deeper_breast_cancer_bundle_is_explained_exactly() -> None:
+    """breast-cancer-wisconsin 1.1.0 (30→64→32→16→1, batch norm, leaky ReLUs of slopes 0.1 and 0.01, a ReLU)
+    offers exact as its default; its compiled kernel has the three hidden layers and their slopes, agrees with the
+    independent integral of the bundle's network to 1e-9 relative and closes the completeness gap, and the served
+    (calibrated) attributions are the calibration's slope times those."""
+    bundle = load_bundle(DEEP_BUNDLE)
+    assert (bundle.name, bundle.version) == ("breast-cancer-wisconsin", "1.1.0")
+    assert bundle.methods == ("exact", "sampled", "quadrature")
+    assert bundle.default_method == "exact"
+    engine = GradientShapEngine(bundle.model, bundle.baselines, bundle.baseline_weights)
+    assert engine.compiled is not None
+    assert engine.compiled._model.dims == {"features": 30, "hidden": [64, 32, 16], "baselines": 64}
+    assert engine.compiled._model.slopes == [0.1, 0.01, 0.0]
+    x = np.asarray(bundle.eval_x[:4], dtype=np.float64)
+    b = np.asarray(bundle.baselines, dtype=np.float64)
+    w = np.asarray(bundle.baseline_weights, dtype=np.float64)
+    raw = nn.Sequential(*bundle.model).eval()  # the spec's layers, without the calibration of the logit
+    check_against_reference(raw, x, b, w)
+    calibrated = engine.explain(x).attributions
+    uncalibrated = GradientShapEngine(raw, b, w).explain(x).attributions
+    assert np.allclose(calibrated, bundle.calibration.a * uncalibrated, rtol=1e-12, atol=1e-15)
+
+
+def test_deeper_breast_cancer_bundle_served_over_http() -> None:
+    """A real `gshap serve` of the 1.1.0 bundle answers /explain with method exact by default, the engine's numbers
+    for the record, and a completeness gap of at most 1e-12."""
+    from live_server import running_server
+
+    bundle = load_bundle(DEEP_BUNDLE)
+    record = example_record(bundle.spec)
+    with running_server({"GSHAP_MODEL_PATH": str(DEEP_BUNDLE)}) as server:
+        answer = httpx.post(server.url + "/explain", json=record, timeout=60).json()
+    assert answer["method"] == "exact"
+    assert abs(answer["completeness_gap"]) <= 1e-12
+    attributions = [item["attribution"] for item in answer["attributions"]]
+    assert len(attributions) == 30
+    assert max(abs(a) for a in attributions) > 1e-3
