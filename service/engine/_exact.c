@@ -1,5 +1,7 @@
 /*
- * service.engine._exact: the exact GradientSHAP kernel of a two-hidden-layer ReLU net, in C, without the GIL.
+ * service.engine._exact: the exact GradientSHAP kernels, in C, without the GIL. Net (at the end of this file) takes
+ * any stack of affine maps and (leaky) ReLUs and is what the service runs; Model, first, is the earlier kernel of
+ * two hidden ReLU layers, kept as the benchmark's reference (tests/reference_kernels.py, scripts/bench_engine.py).
  *
  * The algorithm and its notation are documented in service/engine/exact_kernel.py, which computes the constants
  * of a model and its baselines once. This file owns them from then on and does the arithmetic:
@@ -509,9 +511,12 @@ static PyTypeObject ModelType = {
  * (forward) and u = ∂f/∂h_0 with its integral U(t) = A t − B (backward, through the masks below m), and
  * records, for each layer-0 unit, U at its toggle time: g_i = ∫ m_i(α) u_i(α) dα is then a combination of U(t_i)
  * and U(1) (a unit of layer 0 is on a prefix or a suffix of the path). The last hidden layer's sign changes are
- * gathered at layer L−2 and pushed down to layer 0 only before the next event below them (the map between is
- * fixed until then): on a network of two hidden layers this is, operation for operation, the two-layer kernel
- * above (Model), so its answers are the same bits. Notation and constants: service/engine/exact_kernel.py. */
+ * summed at layer L−2 (pa, pb) and never pushed down one by one: when a mask between changes, a rank-1 term keeps
+ * the sums right (see fwd_chain, bwd_chain), and a layer-0 toggle reads its one component through the column the
+ * slope update computes anyway; the sums go down to layer 0 once per path. On two hidden layers Net runs
+ * net_record2, the two-layer kernel's loop (Model's record_attr) with the slopes multiplied in where a mask
+ * changes: for ReLUs a multiplication by 1, so the answers are Model's bits. Notation and constants:
+ * service/engine/exact_kernel.py. */
 
 #define NET_MAX_LAYERS 64 /* hidden layers; the walk recurses once per layer */
 

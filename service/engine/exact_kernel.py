@@ -20,9 +20,16 @@ layer 1 (sorted by time, ties by unit), those by layer 2's, and so on up to the 
 changes need no order (they only change ``u``). At a sign change of a unit of layer ``m`` the kernel updates, by
 rank-1 steps, the pre-activation slopes of the layers above ``m`` and ``γ_l = ∂f/∂h_l`` of the layers below it
 down to ``u``. The last hidden layer's changes ``δγ_{L−2} = ±(1 − a_{L−1}) V[j]`` (``V[j] = w_L[j] W_{L−1}[j, :]``)
-are summed at layer ``L−2`` and pushed down to ``u`` only before the next event below them, since the map between
-is fixed until then. With two hidden layers this is the two-layer kernel's arithmetic operation for operation
-(about 29 toggles and 38 crossings per path on the Pima model): its answers are the same bits.
+are summed at layer ``L−2`` (``P = Σ δγ``, ``P_b = Σ τ δγ``) and never pushed down one by one: the true ``A`` is
+``A_low + M P`` with ``M`` the map from layer ``L−2`` down to ``u`` through the current masks. When a mask of unit
+``j`` at layer ``m`` changes, ``M`` changes by a rank-1 term, which the kernel folds into ``A_low`` (and ``B_low``)
+along the same backward chain as the event's own change: it keeps ``γb_l = γ_l − (P pushed down to l)`` and uses
+``δm γb_m[j]`` for ``A`` and ``δm (τ (γb_m[j] + q) − q_b)`` for ``B``, where ``q, q_b`` are ``P, P_b`` read through
+the row ``j`` of the map above ``m`` (the column the slope update computes anyway). A layer-0 toggle reads its one
+component of ``M P`` the same way; ``P`` goes down to layer 0 once per path, at its end. With two hidden layers the
+kernel runs the two-layer kernel's loop with the slopes multiplied in where a mask changes (an exact
+multiplication by 1 for ReLUs; about 29 toggles and 38 crossings per path on the Pima model): its answers are the
+two-layer kernel's bits.
 
 The arithmetic is C (``service/engine/_exact.c``, type ``Net``, built by ``pip install``), called without the GIL:
 engine threads run it in parallel with the event loop and with each other. It is built without fast-math and
