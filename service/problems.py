@@ -249,10 +249,10 @@ class MethodNotOffered(ServiceError):  # noqa: N818 (the names kserve and the is
     slug = "method-not-offered"
     title = "Explanation method not offered by this model"
     when = (
-        "The request asks for an explanation method the served model does not offer: `exact` for a network the "
-        "exact kernel does not cover (any layer but Linear, ReLU, BatchNorm1d, Dropout and Identity, or other than "
-        "two hidden ReLU layers). The detail says why; `methods` lists the methods that apply (`GET /model` lists "
-        "them too). Never answered with a silent approximation."
+        "The request asks for an explanation method the served model does not offer: `exact` for a network that is "
+        "not piecewise linear (any layer but Linear, ReLU, LeakyReLU, BatchNorm1d, Dropout and Identity). The "
+        "detail says why; `methods` lists the methods that apply (`GET /model` lists them too). Never answered "
+        "with a silent approximation."
     )
 
 
