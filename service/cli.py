@@ -1,4 +1,4 @@
-"""The ``gshap`` command: train, groups, figures, serve, openapi, problems, explain-cohort.
+"""The ``gshap`` command: train, groups, figures, serve, sign, keygen, openapi, problems, explain-cohort.
 
 Each sub-command is a thin shell around a library function, so that tests and integrators can call the
 same code without a subprocess.
@@ -121,17 +121,56 @@ def _serve(args: argparse.Namespace) -> int:
     from service.api.app import serve
     from service.config import Settings
 
+    # --model X (repeatable): NAME[@VERSION] from the store, or a bundle folder when X contains a "/"
+    paths = [m for m in args.model or () if "/" in m or m in (".", "..")]
+    choices = [m for m in args.model or () if m not in paths]
+    if len(paths) > 1 or (paths and choices):
+        print(
+            "gshap serve: give one bundle folder, or NAME[@VERSION] choices from the store, not both", file=sys.stderr
+        )
+        return 2
     overrides = {
         k: v
         for k, v in {
             "host": args.host,
             "port": args.port,
             "workers": args.workers,
-            "model_path": args.model,
+            "model_path": paths[0] if paths else None,
+            "models": choices or None,
         }.items()
         if v is not None
     }
     return serve(Settings(**overrides))
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from service.model.signing import SigningKeyError, load_private_key, sign_bundle
+    from service.model.store import load_bundle
+
+    try:
+        key = load_private_key(args.key)
+    except SigningKeyError as exc:
+        print(f"gshap sign: {exc}", file=sys.stderr)
+        return 2
+    for folder in args.bundle:
+        load_bundle(folder)  # only a bundle that verifies is signed (BundleError: exit 2)
+        signature = sign_bundle(folder, key)
+        print(f"signed {folder} with {signature.key}")
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from service.model.signing import SigningKeyError, generate_key
+
+    try:
+        key = generate_key(Path(args.out))
+    except SigningKeyError as exc:
+        print(f"gshap keygen: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {args.out} (private: keep it off the servers) and {args.out}.pub (trust it: GSHAP_TRUSTED_KEYS); {key}"
+    )
+    return 0
 
 
 def _explain_cohort(args: argparse.Namespace) -> int:
@@ -260,8 +299,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--model", default=None, help="bundle folder or store (default: the served default)")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="NAME[@VERSION]",
+        help="serve this model (every version) or version from the store (GSHAP_MODEL_STORE), repeatable; or one "
+        "bundle folder (a path with a /) served alone. Default: every version of every model in the store",
+    )
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("sign", help="sign bundles' SHA256SUMS with an Ed25519 key (writes SIGNATURE)")
+    p.add_argument("bundle", nargs="+", metavar="BUNDLE", help="bundle folder(s), verified before signing")
+    p.add_argument("--key", required=True, help="Ed25519 private key file (PEM or OpenSSH, no passphrase)")
+    p.set_defaults(func=_sign)
+
+    p = sub.add_parser("keygen", help="make an Ed25519 key pair for gshap sign (OUT and OUT.pub)")
+    p.add_argument("--out", required=True, help="private key file to write (mode 0600); the public key is OUT.pub")
+    p.set_defaults(func=_keygen)
 
     p = sub.add_parser(
         "explain-cohort",
@@ -316,6 +371,8 @@ EXTRAS: dict[str, str] = {
     "openapi": "server",
     "problems": "server",
     "explain-cohort": "cluster",
+    "sign": "server",
+    "keygen": "server",
 }
 _EXTRA_PACKAGES: dict[str, frozenset[str]] = {
     "server": frozenset(

@@ -178,6 +178,38 @@ class Settings(BaseSettings):
             "SVG plots are written without matplotlib and need none."
         ),
     )
+    model_store: Path | None = Field(
+        None,
+        description=(
+            "Root of the model store (model folders, each with version folders and a DEFAULT file; the store's "
+            "DEFAULT names the default model); None: the repository's model_store. GSHAP_MODEL_PATH wins."
+        ),
+    )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "What to serve from the store, comma-separated: NAME (every version of it) or NAME@VERSION; "
+            "empty: every version of every model in the store."
+        ),
+    )
+    trusted_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Ed25519 public keys trusted to sign bundles (paths of PEM or OpenSSH files, or the keys inline, "
+            "comma-separated); set: an unsigned bundle or one signed by another key is refused. Empty: no check."
+        ),
+    )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=("Keys of POST /admin/reload (separate from GSHAP_API_KEYS); empty: there is no admin route."),
+    )
+    reload_file: Path | None = Field(
+        None,
+        description=(
+            "File whose change makes every worker reload the store (gshap serve sets it with several workers: "
+            "SIGHUP to the server, or POST /admin/reload to any worker, touches it); None: one process."
+        ),
+    )
 
     @field_validator("cds_jwt_issuers", mode="before")
     @classmethod
@@ -194,7 +226,9 @@ class Settings(BaseSettings):
             pairs[issuer.strip()] = jwks.strip()
         return pairs
 
-    @field_validator("api_keys", "cors_origins", "cds_fhir_servers", mode="before")
+    @field_validator(
+        "api_keys", "cors_origins", "cds_fhir_servers", "models", "trusted_keys", "admin_keys", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)
@@ -207,7 +241,9 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("model_path", "metrics_dir", "cds_feedback_db", "cds_base_url", mode="before")
+    @field_validator(
+        "model_path", "metrics_dir", "cds_feedback_db", "cds_base_url", "model_store", "reload_file", mode="before"
+    )
     @classmethod
     def _blank_path_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -229,6 +265,10 @@ class Settings(BaseSettings):
             return self.cds_feedback_db
         state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         return Path(state) / "gshap-service" / "cds-feedback.sqlite3"
+
+    def admin_key_values(self) -> list[str]:
+        """The admin keys in clear, for the one place that compares them."""
+        return [k.get_secret_value() for k in self.admin_keys]
 
     def api_key_values(self) -> list[str]:
         """The accepted keys in clear, for the one place that compares them."""

@@ -521,7 +521,7 @@ def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
             for code, response in op["responses"].items():
                 if code.startswith(("4", "5")):
                     assert list(response["content"]) == [PROBLEM], f"{method} {path} {code}"
-    assert ids == {
+    per_model = {
         "predict",
         "predict_batch",
         "explain",
@@ -531,15 +531,21 @@ def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
         "get_group",
         "get_group_plot",
         "get_model_card",
+        "monitoring",
+        "fhir_predict",
+        "fhir_explain",
+    }
+    assert ids == {
+        *per_model,
+        *(f"{op}_{where}" for op in per_model for where in ("of_model", "of_version")),
         "liveness",
         "readiness",
         "metrics",
-        "monitoring",
         "cds_discovery",
         "cds_diabetes_risk",
         "cds_diabetes_risk_feedback",
-        "fhir_predict",
-        "fhir_explain",
+        "list_models",
+        "get_served_model",
     }
     glucose = doc["components"]["schemas"]["PatientRecord"]["properties"]["glucose"]
     assert "mg/dL" in glucose["description"]

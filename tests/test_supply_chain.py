@@ -26,7 +26,7 @@ UNPICKLING_MODULES = {"pickle", "_pickle", "dill", "cloudpickle", "joblib", "she
 UNPICKLING_CALLS = {"load", "loads", "read_pickle", "Unpickler"}
 LOADERS_OF_MODULE = {"torch": {"load"}, "pd": {"read_pickle"}, "pandas": {"read_pickle"}}
 BUNDLE_FILES = {".safetensors", ".json"}
-BUNDLE_EXTRAS = {"SHA256SUMS", "DEFAULT"}
+BUNDLE_EXTRAS = {"SHA256SUMS", "DEFAULT", "SIGNATURE"}
 # the installer itself is not pinned (pip-tools' convention); everything it installs is
 NOT_PINNED = {"pip", "gshap-service"}  # the project itself, which the extras name
 

@@ -10,21 +10,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import anyio
 import yaml
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.routing import APIRoute
 from starlette.middleware import Middleware
 
 from service import __version__
@@ -32,7 +34,19 @@ from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_excepti
 from service.api.metrics import HttpMetrics
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
 from service.api.page import PageCompressionMiddleware, install_pages
-from service.api.routes import AppState, cds, explain, fhir, groups, health, model, operations, predict, problems
+from service.api.routes import (
+    AppState,
+    cds,
+    explain,
+    fhir,
+    groups,
+    health,
+    model,
+    models,
+    operations,
+    predict,
+    problems,
+)
 from service.api.security import (
     OPEN_PATHS,
     ApiKeyMiddleware,
@@ -41,9 +55,12 @@ from service.api.security import (
     SecurityHeadersMiddleware,
 )
 from service.config import Settings
-from service.model.store import Bundle, BundleError, load_bundle
+from service.model.repository import StorePlan, plan_single, plan_store
+from service.model.signing import SigningKeyError, TrustedKeys
+from service.model.store import Bundle, BundleError
 from service.observe.metrics import Telemetry, enable_multiprocess, prepare_multiprocess_dir
 from service.runtime.inference import InferenceRuntime, configure_torch, ensure_compatible
+from service.runtime.registry import ModelRegistry
 from service.schemas import SCHEMA_SPEC
 
 __all__ = ["create_app", "openapi_yaml", "serve", "uvicorn_options"]
@@ -83,6 +100,16 @@ TAGS = [
     {"name": "fhir", "description": "Predictions and explanations from a FHIR R4 Bundle (LOINC codes, UCUM units)."},
 ]
 
+ADMIN_SCHEME = {
+    "AdminKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An admin key (GSHAP_ADMIN_KEYS) as a bearer token, or in X-Admin-Key: POST /admin/reload only.",
+    }
+}
+RELOAD_POLL_SECONDS = 0.5
+"""How often a worker looks at GSHAP_RELOAD_FILE (one stat call)."""
+
 SECURITY_SCHEMES = {
     "BearerAuth": {
         "type": "http",
@@ -102,26 +129,32 @@ async def _start(state: AppState) -> None:
     settings = state.settings
     configure_logging(settings.log_level)
     t0 = time.perf_counter()
+    registry = state.registry
+    assert registry is not None
     try:
-        bundle = state.preloaded
-        if bundle is None:
-            bundle = await anyio.to_thread.run_sync(load_bundle, settings.model_path)
-        ensure_compatible(bundle, SCHEMA_SPEC)
+        if state.preloaded is not None:
+            ensure_compatible(state.preloaded, SCHEMA_SPEC)
+            runtime = state.prebuilt if state.prebuilt is not None else build_runtime(settings, state.preloaded)
+            registry.adopt(runtime)
     except BundleError as exc:
         log_event("startup_failed", 40, reason=str(exc))
         raise
     threads = configure_torch(settings.torch_threads)
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     engine_threads = settings.engine_threads
-    runtime = state.prebuilt if state.prebuilt is not None else build_runtime(settings, bundle)
-    if state.telemetry is not None:
-        runtime.attach_telemetry(state.telemetry)
-    state.runtime = runtime
     try:
-        await runtime.start()
-    except BundleError as exc:  # the warm-up refused the model (serve() has refused it before uvicorn started)
+        # loads and warms up every served version (the warm-up refuses a model whose answers are not finite;
+        # serve() has refused such a bundle before uvicorn started)
+        await registry.start()
+    except BundleError as exc:
         log_event("startup_failed", 40, reason=str(exc))
         raise
+    served = registry.default_runtime()
+    assert served is not None
+    state.runtime = runtime = served
+    registry.on_change.append(lambda r: setattr(state, "runtime", r.default_runtime()))
+    if state.telemetry is not None:
+        state.telemetry.set_ready(True)
     # Everything alive now (modules, torch, the schemas, the bundle: a few hundred thousand objects) lives as long as
     # the process.
     # Frozen, it is no longer scanned by the cyclic GC, whose full collections otherwise stop the event loop
@@ -140,6 +173,7 @@ async def _start(state: AppState) -> None:
     log_event(
         "ready",
         model_version=runtime.model_version,
+        models=[f"{name}@{version}" for name, version, _, _ in registry.entries()],
         torch_threads=threads,
         engine_threads=engine_threads,
         engine_processes=settings.engine_processes,
@@ -160,11 +194,83 @@ def build_runtime(settings: Settings, bundle: Bundle) -> InferenceRuntime:
     )
 
 
+def plan_source(settings: Settings) -> Callable[[], StorePlan]:
+    """What the settings say to serve, read again at each reload: GSHAP_MODEL_PATH alone, else the store's
+    choice (GSHAP_MODEL_STORE, GSHAP_MODELS)."""
+    path = settings.model_path
+    if path is not None:
+        return lambda: plan_single(path)
+    return lambda: plan_store(settings.model_store, settings.models)
+
+
+def build_registry(settings: Settings, telemetry: Telemetry | None = None) -> ModelRegistry:
+    """The registry the settings describe (nothing loaded yet); a GSHAP_TRUSTED_KEYS entry that is not an Ed25519
+    public key raises :class:`BundleError` (one line)."""
+    try:
+        trusted = TrustedKeys.parse(settings.trusted_keys) if settings.trusted_keys else None
+    except SigningKeyError as exc:
+        raise BundleError(str(exc)) from None
+    return ModelRegistry(
+        plan_source(settings),
+        lambda bundle: build_runtime(settings, bundle),
+        trusted=trusted,
+        check=lambda bundle: ensure_compatible(bundle, SCHEMA_SPEC),
+        telemetry=telemetry,
+    )
+
+
+def _install_reload_triggers(state: AppState) -> Callable[[], None]:
+    """SIGHUP (in the main thread's loop) and, with several workers, GSHAP_RELOAD_FILE's changes reload the store.
+    Returns the function that removes them."""
+    registry = state.registry
+    assert registry is not None
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def trigger(reason: str) -> None:
+        task = loop.create_task(registry.reload(reason))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    hup = False
+    with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests)
+        loop.add_signal_handler(signal.SIGHUP, trigger, "SIGHUP")
+        hup = True
+    watcher: asyncio.Task[None] | None = None
+    reload_file = state.settings.reload_file
+    if reload_file is not None:
+        state.reload_seen = models.mtime_ns(reload_file)
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(RELOAD_POLL_SECONDS)
+                seen = models.mtime_ns(reload_file)
+                if seen != state.reload_seen:
+                    state.reload_seen = seen
+                    await registry.reload("reload file")
+
+        watcher = loop.create_task(watch())
+
+    def remove() -> None:
+        if hup:
+            loop.remove_signal_handler(signal.SIGHUP)
+        if watcher is not None:
+            watcher.cancel()
+        for task in tasks:
+            task.cancel()
+
+    return remove
+
+
 def create_app(
-    settings: Settings | None = None, bundle: Bundle | None = None, runtime: InferenceRuntime | None = None
+    settings: Settings | None = None,
+    bundle: Bundle | None = None,
+    runtime: InferenceRuntime | None = None,
+    registry: ModelRegistry | None = None,
 ) -> FastAPI:
-    """The service's app. ``settings`` default to the environment; ``bundle`` (already loaded) skips loading;
-    ``runtime`` (built from that bundle and these settings, warmed up once, not started) skips building one."""
+    """The service's app. ``settings`` default to the environment; ``bundle`` (already loaded) is served alone and
+    skips loading; ``runtime`` (built from that bundle and these settings, warmed up once, not started) skips
+    building one; ``registry`` (preloaded by ``serve``) serves its models."""
     settings = settings or Settings()
     if runtime is not None and runtime.bundle is not bundle:
         raise ValueError("a prebuilt runtime must come with the bundle it was built from")
@@ -177,16 +283,23 @@ def create_app(
             monitoring_window_seconds=settings.monitoring_window_seconds,
             monitoring_min_records=settings.monitoring_min_records,
         )
+    if registry is None:
+        registry = build_registry(settings)
+    registry.telemetry = state.telemetry
+    state.registry = registry
     cds_state = cds.CdsState.build(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _start(state)
+        remove_triggers = _install_reload_triggers(state)
         try:
             yield
         finally:
-            if state.runtime is not None:
-                state.runtime.close()
+            remove_triggers()
+            if state.telemetry is not None:
+                state.telemetry.set_ready(False)
+            registry.close()
             if state.telemetry is not None:
                 state.telemetry.close()
             cds_state.close()
@@ -248,9 +361,67 @@ def create_app(
         app.include_router(area.router)
     if state.telemetry is not None:
         app.include_router(operations.router)
+    # every served model under its name (its default version) and under each version
+    app.include_router(models.router)
+    per_model = (predict, explain, groups, model, fhir)
+    for prefix, params in (
+        ("/models/{name}", _name_params),
+        ("/models/{name}/versions/{version}", _version_params),
+    ):
+        suffix = "of_version" if "{version}" in prefix else "of_model"
+        routers = [area.router for area in per_model]
+        if state.telemetry is not None:
+            routers.append(operations.monitoring_router)
+        for router in routers:
+            app.include_router(_copy_routes(router, suffix), prefix=prefix, dependencies=[Depends(params)])
+    if settings.admin_keys:
+        app.include_router(models.admin_router)
     install_pages(app, app.title)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _copy_routes(source: APIRouter, suffix: str) -> APIRouter:
+    """``source``'s routes again, each with its operation id + ``_<suffix>`` (an operation id is unique)."""
+    out = APIRouter()
+    for route in source.routes:
+        if not isinstance(route, APIRoute):
+            raise TypeError(f"only plain routes are served per model, not {route!r}")
+        out.add_api_route(
+            route.path,
+            route.endpoint,
+            response_model=route.response_model,
+            status_code=route.status_code,
+            tags=list(route.tags),
+            dependencies=list(route.dependencies),
+            summary=route.summary,
+            description=route.description,
+            response_description=route.response_description,
+            responses=dict(route.responses),
+            deprecated=route.deprecated,
+            methods=sorted(route.methods or ()),
+            operation_id=f"{route.operation_id}_{suffix}" if route.operation_id else None,
+            response_model_include=route.response_model_include,
+            response_model_exclude=route.response_model_exclude,
+            response_model_by_alias=route.response_model_by_alias,
+            response_model_exclude_unset=route.response_model_exclude_unset,
+            response_model_exclude_defaults=route.response_model_exclude_defaults,
+            response_model_exclude_none=route.response_model_exclude_none,
+            include_in_schema=route.include_in_schema,
+            response_class=route.response_class,
+            name=route.name,
+            openapi_extra=route.openapi_extra,
+        )
+    return out
+
+
+async def _name_params(name: models.NameParam) -> None:
+    """Declares ``{name}`` (validated and documented) on the per-model routes; the runtime is looked up by
+    :func:`service.api.routes.get_runtime`."""
+
+
+async def _version_params(name: models.NameParam, version: models.VersionParam) -> None:
+    """Declares ``{name}`` and ``{version}`` on the per-version routes."""
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -272,7 +443,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     components = doc.setdefault("components", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.get("schemas", {}).pop(unused, None)
-    components["securitySchemes"] = SECURITY_SCHEMES
+    components["securitySchemes"] = {
+        **SECURITY_SCHEMES,
+        **(ADMIN_SCHEME if app.state.gshap.settings.admin_keys else {}),
+    }
     # either scheme, or none: keys are optional, decided by the server's configuration
     doc["security"] = [{"BearerAuth": []}, {"ApiKeyHeader": []}, {}]
     app.openapi_schema = doc
@@ -318,43 +492,72 @@ def serve(settings: Settings) -> int:
     """Run uvicorn until SIGTERM/SIGINT (exit 0); a bundle that cannot be served raises ``BundleError`` first.
 
     Every refusal happens before uvicorn starts, so that ``gshap serve`` reports it in one line with exit code 2:
-    a bundle that does not load or verify, one that does not fit the request schema, and a model whose warm-up
-    answers are not finite (the runtime is built and warmed up here, then handed to the app, which starts it).
+    a bundle that does not load or verify, one that is unsigned or signed by an untrusted key (when
+    GSHAP_TRUSTED_KEYS is set), one that does not fit the request schema, and a model whose warm-up answers are
+    not finite (every served version's runtime is built and warmed up here, then handed to the app, which starts
+    them). SIGHUP re-reads the store without a restart; with several workers every worker does.
     """
     configure_logging(settings.log_level)
-    bundle = load_bundle(settings.model_path)
-    ensure_compatible(bundle, SCHEMA_SPEC)
     configure_torch(settings.torch_threads)  # as the lifespan does, before this process's first explanation
-    runtime = build_runtime(settings, bundle)
-    try:
-        runtime.warm_up()
-    except BundleError:
-        runtime.close()
-        raise
+    registry = build_registry(settings)
+    registry.preload()  # BundleError: refused before uvicorn starts
     import uvicorn
 
     # uvicorn re-raises the signal it handled once it has shut down: make that a clean exit
     signal.signal(signal.SIGTERM, _exit_cleanly)
     settings, made = _metrics_folder(settings)
     common = uvicorn_options(settings)
+    reload_dir: Path | None = None
     try:
         if settings.workers == 1:
-            uvicorn.run(create_app(settings, bundle, runtime), **common)
+            # a SIGHUP before the app's loop handles it must not end the process: it reloads once started
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            uvicorn.run(create_app(settings, registry=registry), **common)
         else:
             import os
 
-            # each worker builds its own app from the environment (and loads the bundle in its lifespan); the
-            # warm-up above has checked the model they load
-            runtime.close()
+            # each worker builds its own app from the environment (and loads the store in its lifespan); the
+            # warm-up above has checked the models they load. SIGHUP to this process touches the reload file,
+            # which every worker watches (uvicorn's own SIGHUP would restart the workers).
+            registry.close()
+            del registry
+            reload_dir = Path(tempfile.mkdtemp(prefix="gshap-reload-"))
+            settings = settings.model_copy(update={"reload_file": reload_dir / "reload"})
+            assert settings.reload_file is not None
+            models.touch_reload_file(settings.reload_file)
             os.environ.update(settings.as_env())
-            del bundle, runtime
-            uvicorn.run("service.api.app:create_app", factory=True, workers=settings.workers, **common)
+            config = uvicorn.Config("service.api.app:create_app", factory=True, workers=settings.workers, **common)
+            _ReloadingSupervisor(config, sockets=[config.bind_socket()], reload_file=settings.reload_file).run()
     except KeyboardInterrupt:
         return 130
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
+        if reload_dir is not None:
+            shutil.rmtree(reload_dir, ignore_errors=True)
     return 0
+
+
+def _supervisor_class() -> type:
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    class ReloadingSupervisor(Multiprocess):
+        """uvicorn's worker supervisor, but SIGHUP reloads the store in every worker (through the reload file)
+        instead of restarting them: no connection is dropped and no request fails."""
+
+        def __init__(self, *args: Any, reload_file: Path, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.reload_file = reload_file
+
+        def handle_hup(self) -> None:
+            log_event("reload_requested", signal="SIGHUP", workers=self.processes_num)
+            models.touch_reload_file(self.reload_file)
+
+    return ReloadingSupervisor
+
+
+def _ReloadingSupervisor(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 (a class made on first use)
+    return _supervisor_class()(*args, **kwargs)
 
 
 def _metrics_folder(settings: Settings) -> tuple[Settings, Path | None]:
