@@ -710,6 +710,10 @@ class ModelCardPublic(BaseModel):
     )
     update_schedule: str = Field(..., description="When and how the model changes.")
     training_date: str | None = Field(None, description="When the bundle was trained and written (ISO 8601, UTC).")
+    signed_by: str | None = Field(
+        None, description="Id of the Ed25519 key that signed the bundle (gshap sign); null: the bundle is unsigned."
+    )
+    signing_key: str | None = Field(None, description="That public key, base64 of its 32 bytes; null: unsigned.")
 
 
 # ---- health -----------------------------------------------------------------------------------------------

@@ -331,6 +331,8 @@ def create_app(
     open_paths = set(OPEN_PATHS)
     if settings.metrics_enabled and not settings.metrics_require_key:
         open_paths |= {"/metrics", "/monitoring"}
+    if settings.admin_keys:
+        open_paths |= {"/admin/reload"}  # its own keys (GSHAP_ADMIN_KEYS), checked by the route, not API keys
     middleware += [
         Middleware(
             ApiKeyMiddleware,

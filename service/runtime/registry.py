@@ -156,9 +156,15 @@ class ModelRegistry:
 
     # ---- loading ----------------------------------------------------------------------------------------
 
-    def load(self, folder: Path) -> Bundle:
-        """Load, verify, check the signature and the schema of one bundle (blocking)."""
+    def load(self, folder: Path, name: str | None = None, version: str | None = None) -> Bundle:
+        """Load, verify, check the signature and the schema of one bundle (blocking); ``name`` and ``version``
+        (its folders in the store) must be the ones its manifest gives."""
         bundle = load_trusted(folder, self.trusted)
+        if (name, version) != (None, None) and (bundle.name, bundle.version) != (name, version):
+            raise BundleError(
+                f"model bundle {folder}: its manifest names {bundle.name}/{bundle.version}, its folders "
+                f"{name}/{version}"
+            )
         if self.check is not None:
             self.check(bundle)
         return bundle
@@ -171,7 +177,7 @@ class ModelRegistry:
         try:
             for name, version, folder in plan.bundles():
                 identity = store_identity(folder)
-                runtime = self.build(self.load(folder))
+                runtime = self.build(self.load(folder, name, version))
                 built[(name, version)] = ServedVersion(runtime, identity, folder)
                 runtime.warm_up()
         except BaseException:
@@ -190,7 +196,7 @@ class ModelRegistry:
             try:
                 for name, version, folder in plan.bundles():
                     identity = store_identity(folder)
-                    bundle = await anyio.to_thread.run_sync(self.load, folder)
+                    bundle = await anyio.to_thread.run_sync(self.load, folder, name, version)
                     built[(name, version)] = ServedVersion(self.build(bundle), identity, folder)
             except BaseException:
                 for served in built.values():
@@ -335,7 +341,7 @@ class ModelRegistry:
                     report.kept.append(f"{name}@{version}")
                     continue
                 try:
-                    bundle = await anyio.to_thread.run_sync(self.load, folder)
+                    bundle = await anyio.to_thread.run_sync(self.load, folder, name, version)
                     runtime = self.build(bundle)
                     self._attach_new(runtime, replacing=before is not None)
                     await runtime.start()

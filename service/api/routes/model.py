@@ -121,6 +121,8 @@ def _card(runtime: InferenceRuntime) -> dict[str, Any]:
         "explanation_method": explanation,
         "update_schedule": str(card.get("update_schedule", _NOT_RECORDED)),
         "training_date": manifest.get("created_at"),
+        "signed_by": bundle.signed_by,
+        "signing_key": bundle.signing_key,
     }
 
 
