@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from live_server import running_server  # noqa: E402
 
+from service.model.store import load_bundle  # noqa: E402
 from service.schemas import example_record  # noqa: E402
 
 
@@ -57,14 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     rows = []
+    example = example_record(load_bundle().spec)  # the served default model's example patient
     for n in args.workers:
         with running_server(command=("serve", "--host", "127.0.0.1", "--workers", str(n))) as server:
             row: dict[str, Any] = {"workers": n, "load_before": round(os.getloadavg()[0], 1)}
             for path in ("/explain", "/predict"):
-                wrk(server.url, path, 2, args.connections, example_record())  # warm-up
-                row[f"{path.strip('/')}_rps"] = round(
-                    wrk(server.url, path, args.seconds, args.connections, example_record())
-                )
+                wrk(server.url, path, 2, args.connections, example)  # warm-up
+                row[f"{path.strip('/')}_rps"] = round(wrk(server.url, path, args.seconds, args.connections, example))
             parent = psutil.Process(server.pid)
             # uvicorn's workers, not multiprocessing's resource tracker
             kids = [p for p in parent.children() if "resource_tracker" not in " ".join(p.cmdline())]

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 from fastapi import APIRouter, Depends, FastAPI  # noqa: E402
 
 from service.api.app import create_app, uvicorn_options  # noqa: E402
-from service.api.routes import require_json  # noqa: E402
+from service.api.routes import body_as, require_json  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.model.store import Bundle  # noqa: E402
 from service.schemas import PatientRecord  # noqa: E402
@@ -35,25 +35,31 @@ __all__ = ["CEILING_DEF_PATH", "CEILING_PATH", "create_ceiling_app"]
 CEILING_PATH = "/ceiling"
 CEILING_DEF_PATH = "/ceiling/def"
 
-_router = APIRouter(dependencies=[Depends(require_json)], include_in_schema=False)
 
+def ceiling_router(record_model: type[PatientRecord]) -> APIRouter:
+    """The two ceiling routes, whose body is the served model's record (``record_model``, strict, as the app's)."""
+    router = APIRouter(dependencies=[Depends(require_json)], include_in_schema=False)
 
-@_router.post(CEILING_PATH)
-async def ceiling(record: PatientRecord) -> dict[str, Any]:
-    """The validated record's feature count: proof that the body was parsed and checked, and nothing else."""
-    return {"ok": True, "features": len(record.model_dump())}
+    @router.post(CEILING_PATH)
+    @body_as(record=record_model)
+    async def ceiling(record: PatientRecord) -> dict[str, Any]:
+        """The validated record's feature count: proof that the body was parsed and checked, and nothing else."""
+        return {"ok": True, "features": len(record.model_dump())}
 
+    @router.post(CEILING_DEF_PATH)
+    @body_as(record=record_model)
+    def ceiling_def(record: PatientRecord) -> dict[str, Any]:
+        """The same as a ``def`` route, which FastAPI runs on its threadpool: what a naive app's stack costs."""
+        return {"ok": True, "features": len(record.model_dump())}
 
-@_router.post(CEILING_DEF_PATH)
-def ceiling_def(record: PatientRecord) -> dict[str, Any]:
-    """The same as a ``def`` route, which FastAPI runs on its threadpool: what a naive app's stack costs."""
-    return {"ok": True, "features": len(record.model_dump())}
+    return router
 
 
 def create_ceiling_app(settings: Settings | None = None, bundle: Bundle | None = None) -> FastAPI:
     """The service's app (``settings`` default to the environment; ``bundle`` skips loading) plus the ceiling."""
     app = create_app(settings, bundle)
-    app.include_router(_router)
+    models = app.state.gshap.models
+    app.include_router(ceiling_router(models.record))
     return app
 
 

@@ -10,8 +10,8 @@ feature's standard deviation in the training split, rounded like the data (whole
 the data's decimals otherwise) and clipped to the feature's valid range. A value that is "not measured" in the
 training row (a 0 that means missing) stays not measured (an empty cell / null), so the cohort has the
 training data's share of missing values. Columns: ``id`` (``P0000000`` …) and the API's feature names.
-``--bad F`` makes a share F of rows invalid (glucose 10_000 mg/dL, above the API's range) to exercise the
-per-row refusals. Seeded: the same arguments write the same rows. Memory: one chunk of rows at a time.
+``--bad F`` makes a share F of rows invalid (the first real-valued feature, glucose for Pima, far above its range)
+to exercise the per-row refusals. Seeded: the same arguments write the same rows. Memory: one chunk of rows at a time.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.model.features import PIMA_SPEC  # noqa: E402
 from service.model.store import load_bundle  # noqa: E402
 from service.training.data import DEFAULT_DATA, load_dataset  # noqa: E402
 
@@ -42,7 +41,7 @@ def training_rows(model: str | None = None) -> np.ndarray:
     """The bundle's training rows, raw units, NaN = not measured."""
     bundle = load_bundle(model)
     manifest = json.loads((bundle.path / "manifest.json").read_text())
-    data = load_dataset(DEFAULT_DATA, PIMA_SPEC)
+    data = load_dataset(DEFAULT_DATA, bundle.spec)
     train = np.asarray(manifest["data"]["split_rows"]["train"], dtype=np.int64)
     rows: np.ndarray = data.x[train]
     return rows
@@ -51,16 +50,17 @@ def training_rows(model: str | None = None) -> np.ndarray:
 def iter_chunks(n: int, seed: int, jitter: float, bad: float, model: str | None = None) -> Iterator[pa.Table]:
     """The cohort's rows as tables of at most CHUNK rows."""
     base = training_rows(model)
+    spec = load_bundle(model).spec
     sd = np.nanstd(base, axis=0)
     rng = np.random.default_rng(seed)
-    lo = np.array([f.valid_min for f in PIMA_SPEC])
-    hi = np.array([f.valid_max for f in PIMA_SPEC])
+    lo = np.array([f.valid_min for f in spec])
+    hi = np.array([f.valid_max for f in spec])
     for start in range(0, n, CHUNK):
         m = min(CHUNK, n - start)
-        x = base[rng.integers(0, len(base), m)] + rng.normal(0.0, 1.0, (m, len(PIMA_SPEC))) * sd * jitter
+        x = base[rng.integers(0, len(base), m)] + rng.normal(0.0, 1.0, (m, len(spec))) * sd * jitter
         x = np.clip(x, lo, hi)
         columns: dict[str, pa.Array] = {"id": pa.array([f"P{i:07d}" for i in range(start, start + m)])}
-        for j, feat in enumerate(PIMA_SPEC):
+        for j, feat in enumerate(spec):
             col = np.round(x[:, j]) if feat.integer else np.round(x[:, j], DECIMALS.get(feat.name, 0))
             if feat.zero_means_missing:
                 col[col == 0] = 1  # a measured value jittered to 0 would read "not measured": keep it measured
@@ -69,9 +69,10 @@ def iter_chunks(n: int, seed: int, jitter: float, bad: float, model: str | None 
             columns[feat.name] = arr
         if bad > 0:
             refuse = rng.random(m) < bad
-            glucose = columns["glucose"].to_numpy(zero_copy_only=False).copy()
-            glucose[refuse] = 10_000.0
-            columns["glucose"] = pa.array(glucose, mask=np.isnan(glucose))
+            target = next(f for f in spec if not f.integer)  # a refused row: this feature far above its valid range
+            values = columns[target.name].to_numpy(zero_copy_only=False).copy()
+            values[refuse] = 10 * target.valid_max + 1
+            columns[target.name] = pa.array(values, mask=np.isnan(values))
         yield pa.table(columns)
 
 

@@ -27,8 +27,9 @@ import torch  # noqa: E402
 from captum.attr import GradientShap  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
+from service.api.routes import body_as  # noqa: E402
 from service.model.store import Bundle, load_bundle  # noqa: E402
-from service.schemas import PatientRecord  # noqa: E402
+from service.schemas import PatientRecord, patient_record_model  # noqa: E402
 
 __all__ = ["N_SAMPLES", "create_peer_app"]
 
@@ -45,6 +46,7 @@ def create_peer_app(bundle: Bundle | None = None) -> FastAPI:
     app = FastAPI(title="naive GradientSHAP peer")
 
     @app.post("/explain")
+    @body_as(record=patient_record_model(bundle.spec))
     def explain(record: PatientRecord) -> dict[str, Any]:
         x = bundle.to_model_space([record.model_dump()])
         attributions = explainer.attribute(x, baselines=baselines, n_samples=N_SAMPLES)

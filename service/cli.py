@@ -179,11 +179,25 @@ def _explain_cohort(args: argparse.Namespace) -> int:
     from service.cohort import CohortInputError, inspect_input
     from service.cohort.engines import run_cohort
     from service.contract import MIN_N_SAMPLES
+    from service.model.store import BundleError, load_bundle
     from service.runtime.inference import ExplainOptions
     from service.schemas import ExplainSettings
 
+    try:  # the columns, the default method and the methods offered are the served model's
+        served = load_bundle(args.model)
+    except BundleError as exc:
+        print(f"gshap explain-cohort: {exc}", file=sys.stderr)
+        return 2
+    method = args.method or served.default_method
+    if method not in served.methods:
+        offered = ", ".join(served.methods)
+        print(
+            f"gshap explain-cohort: --method {method} does not apply to this model (it offers {offered})",
+            file=sys.stderr,
+        )
+        return 2
     try:  # the settings follow the API's rules (ExplainSettings, and the method's least n_samples)
-        chosen = {"method": args.method, "n_samples": args.n_samples, "seed": args.seed, "output": args.output}
+        chosen = {"method": method, "n_samples": args.n_samples, "seed": args.seed, "output": args.output}
         settings = ExplainSettings.model_validate(chosen)
     except ValidationError as exc:
         bad = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
@@ -191,13 +205,13 @@ def _explain_cohort(args: argparse.Namespace) -> int:
         return 2
     low = MIN_N_SAMPLES[settings.method]
     if settings.n_samples is not None and settings.n_samples < low:
-        print(f"gshap explain-cohort: --n-samples must be at least {low} for --method {args.method}", file=sys.stderr)
+        print(f"gshap explain-cohort: --n-samples must be at least {low} for --method {method}", file=sys.stderr)
         return 2
     if args.engine == "local" and (args.ray_address or args.num_cpus or args.ray_workers):
         print("gshap explain-cohort: --ray-address, --num-cpus and --ray-workers need --engine ray", file=sys.stderr)
         return 2
     try:
-        inp = inspect_input(args.input, drop=args.drop or ())
+        inp = inspect_input(args.input, served.spec, drop=args.drop or ())
     except CohortInputError as exc:
         print(f"gshap explain-cohort: {exc}", file=sys.stderr)
         return 2
@@ -341,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=_positive_int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--ray-workers", type=_positive_int, default=None, help="Ray actors (default: the cluster's CPUs)")
     p.add_argument("--batch-size", type=_positive_int, default=1024, metavar="N", help="rows per engine call")
-    p.add_argument("--method", choices=["exact", "sampled", "quadrature"], default="exact")
+    p.add_argument(
+        "--method", choices=["exact", "sampled", "quadrature"], default=None, help="default: the model's default method"
+    )
     p.add_argument("--n-samples", type=int, default=None, help="samples per record (sampled, quadrature)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws (method sampled)")
     p.add_argument("--output", choices=["logit", "probability"], default="logit", help="what attributions add up to")
@@ -376,7 +392,18 @@ EXTRAS: dict[str, str] = {
 }
 _EXTRA_PACKAGES: dict[str, frozenset[str]] = {
     "server": frozenset(
-        {"torch", "numpy", "fastapi", "starlette", "uvicorn", "pydantic_settings", "safetensors", "orjson", "yaml"}
+        {
+            "torch",
+            "numpy",
+            "fastapi",
+            "starlette",
+            "uvicorn",
+            "pydantic_settings",
+            "safetensors",
+            "orjson",
+            "yaml",
+            "jsonschema",
+        }
     ),
     "train": frozenset({"pandas", "sklearn", "matplotlib", "tqdm", "captum", "scipy"}),
     "cluster": frozenset({"pyarrow", "ray", "tqdm"}),

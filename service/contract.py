@@ -27,6 +27,7 @@ __all__ = [
     "Method",
     "Output",
     "ServedMethod",
+    "format_value",
     "label_of",
     "sigmoid",
 ]
@@ -94,3 +95,24 @@ def label_of(probability: float | npt.NDArray[np.float64], threshold: float) -> 
     import numpy as np
 
     return (probability >= threshold).astype(np.int64)
+
+
+SIGNIFICANT_DIGITS = 4
+"""How many significant digits a number shown to a person has (sentences, cards, charts, messages)."""
+
+
+def format_value(value: float, integer: bool = False) -> str:
+    """A number as people write it, the one way the service shows numbers in words: ``148``, ``33.6``, ``0.627``,
+    ``147.7`` (four significant digits, trailing zeros dropped, no exponent from 0.0001 on); ``integer`` rounds to a
+    whole number."""
+    v = float(value)
+    if not math.isfinite(v):
+        return str(v)
+    if integer or v.is_integer():
+        return str(round(v))
+    magnitude = abs(v)
+    if magnitude < 1e-4:
+        return f"{v:.{SIGNIFICANT_DIGITS}g}"
+    decimals = max(0, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(magnitude)))
+    text = f"{v:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text

@@ -1,9 +1,11 @@
 """Request and response models, named by role, with units, ranges and examples in every description.
 
-The patient record is not written out here: :func:`patient_record_model` builds it from the feature
-specification (:data:`service.model.features.PIMA_SPEC`), one field a feature, with the spec's description, unit,
-valid range, integer rule and "missing" rule, and the spec's example values. Start-up refuses a bundle whose
-features differ from the specification the schema was built from (:func:`service.runtime.inference.ensure_compatible`).
+The patient record is not written out here, and it is not built at import: :func:`request_models` builds the
+request models of one served model from its feature specification (the loaded bundle's ``spec``), one field a
+feature, with the spec's description, unit, valid range, integer rule and "missing" rule, and the spec's example
+values. The app calls it at creation with ``runtime.bundle.spec`` (:func:`service.api.app.create_app`), so the
+OpenAPI document follows the bundle served. :class:`PatientRecord` and :class:`ExplainRequest` here are the bases
+of those models (no feature fields), for typing and for the client, which takes any model's records.
 
 Types are strict on purpose: a record is clinical data, so ``"148"`` (a string), ``true`` (a boolean),
 ``6.5`` for a count, ``NaN`` or ``Infinity`` are refused with a 422 naming the field rather than coerced; an
@@ -15,15 +17,24 @@ already calls it an integer; refusing it would refuse requests the contract allo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, create_model
 
-from service.contract import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, MIN_N_SAMPLES, SERVED_METHODS, Output, ServedMethod
-from service.model.features import PIMA_SPEC, Feature, FeatureSpec
+from service.contract import (
+    DEFAULT_N_SAMPLES,
+    MAX_N_SAMPLES,
+    MIN_N_SAMPLES,
+    SERVED_METHODS,
+    Output,
+    ServedMethod,
+    format_value,
+)
+from service.model.features import Feature, FeatureSpec
 
 __all__ = [
-    "SCHEMA_SPEC",
     "AttributionPublic",
     "BatchItemError",
     "DriftThresholdsPublic",
@@ -50,13 +61,12 @@ __all__ = [
     "Problem",
     "ProblemFieldError",
     "ReadinessPublic",
+    "RequestModels",
     "example_record",
     "patient_record_model",
+    "request_models",
     "whole_number",
 ]
-
-SCHEMA_SPEC: FeatureSpec = PIMA_SPEC
-"""The feature specification the request schema is built from."""
 
 SEED_MAX = 2**31 - 1
 
@@ -84,7 +94,7 @@ def _num(value: float, integer: bool = False) -> int | float:
     return int(value) if integer or float(value).is_integer() else float(value)
 
 
-def example_record(spec: FeatureSpec = SCHEMA_SPEC) -> dict[str, Any]:
+def example_record(spec: FeatureSpec) -> dict[str, Any]:
     """The specification's example patient, as a client would post it."""
     return {f.name: _num(f.example, f.integer) for f in spec}
 
@@ -96,8 +106,9 @@ def _unit_text(feat: Feature) -> str:
 def _field(feat: Feature) -> tuple[Any, Any]:
     lo, hi = _num(feat.valid_min, feat.integer), _num(feat.valid_max, feat.integer)
     kind = "A whole number (JSON integer; 6.0 is read as 6)" if feat.integer else "A number"
+    shown = f"{format_value(lo, feat.integer)} to {format_value(hi, feat.integer)}"
     text = (
-        f"{feat.description} Unit: {feat.unit or 'none'}. {kind} from {lo} to {hi}{_unit_text(feat)}; "
+        f"{feat.description} Unit: {feat.unit or 'none'}. {kind} from {shown}{_unit_text(feat)}; "
         "values outside are refused as implausible."
     )
     py_type: Any = whole_number(int(lo), int(hi)) if feat.integer else float
@@ -129,27 +140,37 @@ def _field(feat: Feature) -> tuple[Any, Any]:
     )
 
 
-def record_fields(spec: FeatureSpec = SCHEMA_SPEC) -> dict[str, Any]:
+def record_fields(spec: FeatureSpec) -> dict[str, Any]:
     """``create_model`` field definitions of a patient record, in the specification's order."""
     return {f.name: _field(f) for f in spec}
 
 
-def patient_record_model(spec: FeatureSpec = SCHEMA_SPEC, name: str = "PatientRecord") -> type[BaseModel]:
+class PatientRecord(BaseModel):
+    """One patient's measurements: the base of every served model's record, whose fields are its features
+    (:func:`patient_record_model`); on its own it has no field."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def patient_record_model(spec: FeatureSpec, name: str = "PatientRecord") -> type[PatientRecord]:
     """The request model of one patient record, built from ``spec``."""
     return create_model(
         name,
-        __config__=ConfigDict(
-            extra="forbid",
-            strict=True,
-            title=name,
-            json_schema_extra={"examples": [example_record(spec)]},
-        ),
+        __base__=PatientRecord,
+        __cls_kwargs__={"title": name, "json_schema_extra": {"examples": [example_record(spec)]}},
         __doc__=(
             f"One patient's measurements, in the data set's units. Every field is one model input; "
-            f"{', '.join(f.name for f in spec if f.may_be_missing)} may be null, 0 or omitted when not measured."
+            f"{_missing_clause(spec)}"
         ),
         **record_fields(spec),
     )
+
+
+def _missing_clause(spec: FeatureSpec) -> str:
+    optional = [f.name for f in spec if f.may_be_missing]
+    if not optional:
+        return "all are required."
+    return f"{', '.join(optional)} may be null, 0 or omitted when not measured."
 
 
 NSamples = Annotated[int, Field(ge=1, le=MAX_N_SAMPLES), BeforeValidator(_whole_float_to_int)]
@@ -206,54 +227,17 @@ class ExplainSettings(BaseModel):
     )
 
 
-if TYPE_CHECKING:
-
-    class PatientRecord(BaseModel):
-        """Static stand-in: the real fields are built from the feature specification at import."""
-
-    class ExplainRequest(PatientRecord, ExplainSettings):
-        """Static stand-in of the record plus the explanation settings."""
-
-else:
-    PatientRecord = patient_record_model()
-    _options = {k: (f.annotation, f) for k, f in ExplainSettings.model_fields.items()}
-    ExplainRequest = create_model(
-        "ExplainRequest",
-        __config__=ConfigDict(
-            extra="forbid",
-            strict=True,
-            title="ExplainRequest",
-            json_schema_extra={
-                "examples": [{**example_record(), "method": "exact", "output": "logit"}],
-                **N_SAMPLES_BY_METHOD,
-            },
-        ),
-        __doc__="One patient record plus the optional explanation settings, all at the top level.",
-        **record_fields(),
-        **_options,
-    )
-    del _options
-
-
-def _accept_any(value: Any) -> Any:
-    return value
-
-
-# A batch item is validated record by record in the route, so that one bad record is reported by its index
-# without failing the others; the schema still documents each item as a PatientRecord.
-RecordSlot = Annotated[Any, PlainValidator(_accept_any, json_schema_input_type=PatientRecord)]
+class ExplainRequest(ExplainSettings):
+    """The base of every served model's explain request: its record fields plus these settings, at the top
+    level (:func:`request_models`); on its own it has only the settings."""
 
 
 class PredictBatchRequest(BaseModel):
     """Several patient records; each is answered (or refused) on its own, in order."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        json_schema_extra={"examples": [{"records": [example_record(), {**example_record(), "glucose": None}]}]},
-    )
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    records: list[RecordSlot] = Field(
+    records: list[Any] = Field(
         ...,
         min_length=1,
         description=(
@@ -265,24 +249,116 @@ class PredictBatchRequest(BaseModel):
 class ExplainBatchRequest(ExplainSettings):
     """Several patient records explained with the same settings; each is answered (or refused) on its own."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        json_schema_extra={
-            "examples": [
-                {"records": [example_record(), {**example_record(), "glucose": None}], "method": "exact"},
-            ],
-            **N_SAMPLES_BY_METHOD,
-        },
-    )
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=N_SAMPLES_BY_METHOD)
 
-    records: list[RecordSlot] = Field(
+    records: list[Any] = Field(
         ...,
         min_length=1,
         description=(
             "Patient records (PatientRecord). At most GSHAP_MAX_BATCH_RECORDS (default 100) per request, else 413."
         ),
     )
+
+
+def _accept_any(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The request models of one served model, built from its feature specification by :func:`request_models`."""
+
+    spec: FeatureSpec
+    record: type[PatientRecord]
+    explain: type[ExplainRequest]
+    predict_batch: type[PredictBatchRequest]
+    explain_batch: type[ExplainBatchRequest]
+
+    def example(self) -> dict[str, Any]:
+        """The specification's example patient, as a client would post it."""
+        return example_record(self.spec)
+
+
+_METHOD_WORDS = {
+    "exact": "'exact' (the expectation over all baselines, computed exactly for this piecewise-linear network; "
+    "standard errors 0)",
+    "sampled": "'sampled' (Monte-Carlo, like Captum; standard errors estimated)",
+    "quadrature": "'quadrature' (Gauss-Legendre integration along each path; its completeness gap measured)",
+}
+
+
+def method_field(methods: Sequence[str], default: str) -> tuple[Any, Any]:
+    """The ``method`` setting of a model that offers ``methods`` (default ``default``): the schema still takes
+    every served method's name, so that asking for one the model does not offer gets a 422 that says why."""
+    offered = [m for m in SERVED_METHODS if m in methods]
+    words = ", ".join(_METHOD_WORDS[m] for m in offered)
+    missing = [m for m in SERVED_METHODS if m not in methods]
+    refused = (
+        f" This model does not offer {' or '.join(repr(m) for m in missing)} (a 422 says why; GET /model lists the "
+        "methods)."
+        if missing
+        else ""
+    )
+    return (
+        ServedMethod,
+        Field(default, description=f"GradientSHAP estimator: {words}. Default: '{default}'.{refused}"),
+    )
+
+
+def request_models(
+    spec: FeatureSpec, methods: Sequence[str] = SERVED_METHODS, default_method: str = "exact"
+) -> RequestModels:
+    """``PatientRecord``, ``ExplainRequest``, ``PredictBatchRequest`` and ``ExplainBatchRequest`` for ``spec``,
+    the ``method`` setting naming the ``methods`` the model offers and defaulting to ``default_method``."""
+    record = patient_record_model(spec)
+    example = example_record(spec)
+    options: dict[str, Any] = {k: (f.annotation, f) for k, f in ExplainSettings.model_fields.items()}
+    options["method"] = method_field(methods, default_method)
+    explain = create_model(
+        "ExplainRequest",
+        __base__=ExplainRequest,
+        __cls_kwargs__={
+            "title": "ExplainRequest",
+            "json_schema_extra": {
+                "examples": [{**example, "method": default_method, "output": "logit"}],
+                **N_SAMPLES_BY_METHOD,
+            },
+        },
+        __doc__="One patient record plus the optional explanation settings, all at the top level.",
+        **record_fields(spec),
+        **options,
+    )
+    # A batch item is validated record by record in the route, so that one bad record is reported by its index
+    # without failing the others; the schema still documents each item as a PatientRecord.
+    slot = Annotated[Any, PlainValidator(_accept_any, json_schema_input_type=record)]
+    records_field = PredictBatchRequest.model_fields["records"]
+    second = {**example, _first_optional(spec): None} if any(f.may_be_missing for f in spec) else example
+    predict_batch = create_model(
+        "PredictBatchRequest",
+        __base__=PredictBatchRequest,
+        __cls_kwargs__={"json_schema_extra": {"examples": [{"records": [example, second]}]}},
+        __doc__=PredictBatchRequest.__doc__,
+        records=(list[slot], records_field),
+    )
+    explain_batch = create_model(
+        "ExplainBatchRequest",
+        __base__=ExplainBatchRequest,
+        __cls_kwargs__={
+            "json_schema_extra": {
+                "examples": [{"records": [example, second], "method": default_method}],
+                **N_SAMPLES_BY_METHOD,
+            }
+        },
+        __doc__=ExplainBatchRequest.__doc__,
+        records=(list[slot], records_field),
+        method=options["method"],
+    )
+    return RequestModels(spec, record, explain, predict_batch, explain_batch)
+
+
+def _first_optional(spec: FeatureSpec) -> str:
+    """The first feature that may be left unmeasured (the examples show one record with it missing)."""
+    return next(f.name for f in spec if f.may_be_missing)
 
 
 # ---- problems ---------------------------------------------------------------------------------------------
@@ -435,13 +511,15 @@ class PredictionPublic(_Public):
     model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_PREDICTION]})
 
     probability: float = Field(
-        ..., ge=0, le=1, description="Predicted probability (0-1) that the patient tests positive for diabetes."
+        ..., ge=0, le=1, description="Predicted probability (0-1) of the positive outcome (GET /model: target)."
     )
     logit: float = Field(..., description="The model's raw output: log-odds of the probability (unitless).")
     label: Literal[0, 1] = Field(
-        ..., description="1 = predicted diabetes (probability >= threshold), 0 = predicted no diabetes."
+        ..., description="1 = the positive outcome predicted (probability >= threshold), 0 = the negative one."
     )
-    label_name: str = Field(..., description="The label in words: 'diabetes' or 'no diabetes'.")
+    label_name: str = Field(
+        ..., description="The label in words: the model's positive or negative label (GET /model: target)."
+    )
     threshold: float = Field(
         ..., description="Probability threshold of the label (0-1), chosen on the validation split (Youden's J)."
     )
@@ -478,7 +556,7 @@ class AttributionPublic(_Public):
         ...,
         description=(
             "This feature's share of output_value - base_value, in the unit of `output` (log-odds or "
-            "probability); positive pushes towards diabetes."
+            "probability); positive pushes towards the positive outcome."
         ),
     )
     standard_error: float = Field(
@@ -700,13 +778,25 @@ class ModelCardPublic(BaseModel):
     subgroups: dict[str, Any] = Field(
         ...,
         description=(
-            "Performance of the served model on the test split by age band and BMI band: n, positives, ROC AUC, "
-            "sensitivity, specificity, mean predicted risk against observed rate, ECE, with 95% intervals."
+            "Performance of the served model on the test split by the subgroups its bundle defines: n, positives, "
+            "ROC AUC, sensitivity, specificity, mean predicted risk against observed rate, ECE, with 95% intervals."
         ),
     )
     limitations: list[str] = Field(..., description="Known limitations: where not to trust the numbers.")
     explanation_method: dict[str, Any] = Field(
         ..., description="How the explanations are computed and their measured error (completeness gap)."
+    )
+    methods: list[str] = Field(
+        ...,
+        description=(
+            "The explanation methods this model offers: 'exact' only where the exact kernel covers the network; "
+            "asking for another is a 422."
+        ),
+    )
+    default_method: str = Field(..., description="The method used when a request names none.")
+    outcome: dict[str, Any] = Field(
+        ...,
+        description="What is predicted: the data's column, its positive value, the label and the definition.",
     )
     update_schedule: str = Field(..., description="When and how the model changes.")
     training_date: str | None = Field(None, description="When the bundle was trained and written (ISO 8601, UTC).")

@@ -8,6 +8,7 @@ semantics (routing, middlewares, serialisation); nothing is mocked.
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -17,16 +18,26 @@ import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from fastapi import FastAPI
 
-__all__ = ["AppClient", "app_client", "free_port", "record"]
+from service.model.features import FeatureSpec
+
+__all__ = ["AppClient", "app_client", "default_spec", "free_port", "record"]
 
 BASE_URL = "http://testserver"
 
 
+@functools.cache
+def default_spec() -> FeatureSpec:
+    """The feature specification of the shipped default bundle (the model the tests serve unless told otherwise)."""
+    from service.model.store import load_bundle
+
+    return load_bundle().spec
+
+
 def record(**changes: Any) -> dict[str, Any]:
-    """The feature specification's example patient, with ``changes`` applied (``None`` values kept)."""
+    """The default bundle's example patient, with ``changes`` applied (``None`` values kept)."""
     from service.schemas import example_record
 
-    return {**example_record(), **changes}
+    return {**example_record(default_spec()), **changes}
 
 
 class AppClient:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -12,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import AppClient, app_client, record
+from helpers import AppClient, app_client, default_spec, record
 
 from service import __version__
 from service.api.app import create_app, openapi_yaml
 from service.config import Settings
 from service.model.store import Bundle
-from service.schemas import SCHEMA_SPEC
+
+SCHEMA_SPEC = default_spec()
 
 PROBLEM = "application/problem+json"
 
@@ -433,6 +435,13 @@ def test_model_card(client: AppClient, bundle: Bundle) -> None:
     assert card["baselines"]["count"] == len(bundle.baselines)
     assert card["explanation_defaults"]["method"] == "exact"
     assert card["limits"]["max_batch_records"] == Settings().max_batch_records
+    # the card's words are the bundle's one model card, and the methods are the bundle's
+    words = bundle.card.to_dict()
+    for key in ("intended_use", "intended_users", "out_of_scope_uses", "population", "limitations", "outcome"):
+        assert card[key] == words[key], key
+    assert card["development_and_validation"] == bundle.card.development
+    assert (card["methods"], card["default_method"]) == (list(bundle.methods), bundle.default_method)
+    assert set(card["explanation_method"]["methods"]) == set(bundle.methods)
 
 
 def test_health_and_readiness(client: AppClient, bundle: Bundle) -> None:
@@ -499,7 +508,9 @@ def test_openapi_yaml_is_what_the_app_serves(client: AppClient, root: Path) -> N
     import yaml
 
     assert (root / "openapi.yaml").read_text() == openapi_yaml()
-    assert yaml.safe_load((root / "openapi.yaml").read_text()) == client.get("/openapi.json").json()
+    # served by an app of the shipped store (every version of every model), started and asked over HTTP
+    with app_client(create_app(Settings())) as store_client:
+        assert yaml.safe_load((root / "openapi.yaml").read_text()) == store_client.get("/openapi.json").json()
 
 
 def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
@@ -535,15 +546,20 @@ def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
         "fhir_predict",
         "fhir_explain",
     }
+    # each served model again under /models/{name} and each version under /models/{name}/versions/{version}
+    suffixes = []
+    for m in client.get("/models").json()["models"]:
+        slug = re.sub(r"\W", "_", m["name"])
+        suffixes += [slug, *(slug + "__" + re.sub(r"\W", "_", v["version"]) for v in m["versions"])]
     assert ids == {
         *per_model,
-        *(f"{op}_{where}" for op in per_model for where in ("of_model", "of_version")),
+        *(f"{op}__{suffix}" for op in per_model for suffix in suffixes),
         "liveness",
         "readiness",
         "metrics",
         "cds_discovery",
-        "cds_diabetes_risk",
-        "cds_diabetes_risk_feedback",
+        "cds_service",
+        "cds_service_feedback",
         "list_models",
         "get_served_model",
     }
@@ -655,3 +671,58 @@ def test_start_sets_the_gil_switch_interval(bundle: Bundle) -> None:
             assert sys.getswitchinterval() == pytest.approx(0.25e-3)
     finally:
         sys.setswitchinterval(before)
+
+
+def _without_exact(bundle: Bundle) -> Bundle:
+    """The default bundle whose spec declares a tanh network: the exact kernel does not cover it (the served weights
+    stay the ReLU network's; what is tested is the web layer's reading of ``bundle.methods``)."""
+    from service.model.spec import Layer
+
+    layers = tuple(Layer("tanh") if layer.kind == "relu" else layer for layer in bundle.model_spec.network)
+    return dataclasses.replace(bundle, model_spec=dataclasses.replace(bundle.model_spec, network=layers))
+
+
+def test_a_model_without_exact_refuses_it_and_defaults_to_quadrature(bundle: Bundle) -> None:
+    """For a model whose bundle does not offer 'exact', /explain defaults to 'quadrature', a request for 'exact' is a
+    422 naming the rule and the methods that apply, /model lists the methods, and the OpenAPI document says so."""
+    served = _without_exact(bundle)
+    assert served.methods == ("sampled", "quadrature")
+    with app_client(create_app(Settings(), served)) as c:
+        answer = c.post("/explain", json=record())
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["method"] == "quadrature"
+        refused = _problem(c.post("/explain", json=record(method="exact")), 422)
+        [error] = refused["errors"]
+        assert (error["field"], error["rule"]) == ("method", "method_not_offered")
+        assert "'sampled', 'quadrature'" in error["message"]
+        assert _problem(c.post("/explain/batch", json={"records": [record()], "method": "exact"}), 422)
+        card = c.get("/model").json()
+        assert (card["methods"], card["default_method"]) == (["sampled", "quadrature"], "quadrature")
+        assert "exact" not in card["explanation_method"]["methods"]
+        method = c.get("/openapi.json").json()["components"]["schemas"]["ExplainRequest"]["properties"]["method"]
+        assert method["default"] == "quadrature"
+        assert "does not offer 'exact'" in method["description"]
+
+
+def test_a_bundle_with_other_feature_names_is_served_with_its_own_schema(bundle: Bundle, tmp_path: Path) -> None:
+    """The request schema is built from the loaded bundle: a copy whose second feature is named `plasma_glucose`
+    takes `plasma_glucose` (and refuses `glucose` as unknown), and the served OpenAPI document says so."""
+    import shutil
+
+    from service.model.store import _write_checksums, load_bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["features"]["features"][1]["name"] = "plasma_glucose"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    _write_checksums(copy)
+    renamed = load_bundle(copy)
+    body = {("plasma_glucose" if k == "glucose" else k): v for k, v in record().items()}
+    with app_client(create_app(Settings(), renamed)) as c:
+        answer = c.post("/predict", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["probability"] == c.post("/predict", json=body).json()["probability"]
+        assert _fields(_problem(c.post("/predict", json=record()), 422)) == {"glucose": "extra_forbidden"}
+        properties = c.get("/openapi.json").json()["components"]["schemas"]["PatientRecord"]["properties"]
+        assert list(properties)[1] == "plasma_glucose"

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import app_client
+from helpers import app_client, default_spec
 
 from service.config import Settings
 from service.schemas import example_record
@@ -104,7 +104,7 @@ def test_trivial_responder_answers_split_and_pipelined_requests(bench: ModuleTyp
 
 def test_targets_use_the_records_and_batch_size(bench: ModuleType) -> None:
     """Every target sends valid JSON; the batch target carries 100 records and counts them."""
-    records = [dict(example_record(), age=20 + i) for i in range(150)]
+    records = [dict(example_record(default_spec()), age=20 + i) for i in range(150)]
     by_key = {t.key: t for t in bench.targets(records)}
     assert {"ceiling", "peer", "predict", "explain", "explain_sampled", "explain_batch", "explain_plot"} <= set(by_key)
     assert by_key["explain_plot"].path == "/explain/plot"
@@ -197,12 +197,12 @@ def test_naive_peer_explains_one_record(bundle: Any) -> None:
     """The peer answers the service's record schema with Captum attributions that roughly add up."""
     peer = _load("naive_peer")
     with app_client(peer.create_peer_app(bundle)) as client:
-        resp = client.post("/explain", json=example_record())
+        resp = client.post("/explain", json=example_record(default_spec()))
         assert resp.status_code == 200
         answer = resp.json()
-        assert client.post("/explain", json={**example_record(), "glucose": "high"}).status_code == 422
+        assert client.post("/explain", json={**example_record(default_spec()), "glucose": "high"}).status_code == 422
     assert list(answer["attributions"]) == list(bundle.spec.names)
-    logit = float(bundle.model(bundle.to_model_space([example_record()])).detach()[0, 0])
+    logit = float(bundle.model(bundle.to_model_space([example_record(default_spec())])).detach()[0, 0])
     assert answer["logit"] == pytest.approx(logit, abs=1e-5)
     assert all(math.isfinite(v) for v in answer["attributions"].values())
 
@@ -213,10 +213,10 @@ def test_ceiling_app_validates_without_the_model(bundle: Any) -> None:
     app = ceiling.create_ceiling_app(Settings(log_level="warning"), bundle)
     with app_client(app) as client:
         for path in (ceiling.CEILING_PATH, ceiling.CEILING_DEF_PATH):
-            ok = client.post(path, json=example_record())
+            ok = client.post(path, json=example_record(default_spec()))
             assert ok.status_code == 200
             assert ok.json() == {"ok": True, "features": len(bundle.spec.names)}
-            bad = client.post(path, json={**example_record(), "unknown": 1})
+            bad = client.post(path, json={**example_record(default_spec()), "unknown": 1})
             assert bad.status_code == 422
             assert bad.headers["content-type"].startswith("application/problem+json")
         assert client.get("/readyz").status_code == 200

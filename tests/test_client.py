@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from helpers import default_spec
 from live_server import ROOT, LiveServer, free_port, running_server
 
 from service.client import (
@@ -47,12 +48,12 @@ from service.schemas import (
     GroupsPublic,
     HealthPublic,
     ModelCardPublic,
-    PatientRecord,
     PredictionBatchItem,
     PredictionBatchPublic,
     PredictionPublic,
     ReadinessPublic,
     example_record,
+    patient_record_model,
 )
 
 KEYS = ("key-test-a", "key-test-b", "key-test-rate")
@@ -104,7 +105,7 @@ class Pauses:
 
 def test_predict_returns_the_service_model(client: GshapClient) -> None:
     """predict() answers a PredictionPublic whose label agrees with its probability and threshold."""
-    p = client.predict(example_record())
+    p = client.predict(example_record(default_spec()))
     assert isinstance(p, PredictionPublic)
     assert 0.0 <= p.probability <= 1.0
     assert p.label == int(p.probability >= p.threshold)
@@ -113,26 +114,27 @@ def test_predict_returns_the_service_model(client: GshapClient) -> None:
 
 def test_explain_adds_up_to_the_output(client: GshapClient) -> None:
     """explain() answers an ExplanationPublic: base_value + Σ attributions + gap = output_value = the logit."""
-    e = client.explain(PatientRecord.model_validate(example_record()))
+    record_model = patient_record_model(default_spec())  # the served model's record (a PatientRecord)
+    e = client.explain(record_model.model_validate(example_record(default_spec())))
     assert isinstance(e, ExplanationPublic)
     total = e.base_value + sum(a.attribution for a in e.attributions) + e.completeness_gap
     assert math.isclose(total, e.output_value, abs_tol=1e-9)
     assert math.isclose(e.output_value, e.prediction.logit, abs_tol=1e-6)
     assert abs(e.completeness_gap) < 1e-6
-    assert [a.feature for a in e.attributions] == list(example_record())
+    assert [a.feature for a in e.attributions] == list(example_record(default_spec()))
 
 
 def test_explain_options_reach_the_server(client: GshapClient) -> None:
     """Keyword options are sent: a probability-scale sampled explanation reports its method, seed and count."""
-    e = client.explain(example_record(), method="sampled", output="probability", n_samples=16, seed=7)
+    e = client.explain(example_record(default_spec()), method="sampled", output="probability", n_samples=16, seed=7)
     assert (e.method, e.output, e.n_samples, e.seed) == ("sampled", "probability", 16, 7)
     assert math.isclose(e.output_value, e.prediction.probability, abs_tol=1e-6)
 
 
 def test_batches_answer_in_order_and_report_refusals_by_index(client: GshapClient) -> None:
     """A batch with one bad record answers the others; the refusal is a BatchItemError naming the field."""
-    bad = {**example_record(), "glucose": 10_000}
-    records = [example_record(), bad, {**example_record(), "insulin": None}]
+    bad = {**example_record(default_spec()), "glucose": 10_000}
+    records = [example_record(default_spec()), bad, {**example_record(default_spec()), "insulin": None}]
     pb = client.predict_batch(records)
     assert isinstance(pb, PredictionBatchPublic)
     assert (pb.succeeded, pb.failed) == (2, 1)
@@ -152,7 +154,7 @@ def test_model_card_health_and_readiness(client: GshapClient) -> None:
     """model(), health() and ready() answer the service's models, naming the same model version."""
     card = client.model()
     assert isinstance(card, ModelCardPublic)
-    assert [f.name for f in card.features] == list(example_record())
+    assert [f.name for f in card.features] == list(example_record(default_spec()))
     assert isinstance(client.health(), HealthPublic)
     ready = client.ready()
     assert isinstance(ready, ReadinessPublic)
@@ -176,15 +178,15 @@ def test_async_client_gives_the_same_answers(client: GshapClient, server: LiveSe
     async def run() -> tuple[PredictionPublic, ExplanationPublic, PredictionBatchPublic, ReadinessPublic]:
         async with AsyncGshapClient(server.url, timeout=30) as ac:
             return await asyncio.gather(
-                ac.predict(example_record()),
-                ac.explain(example_record()),
-                ac.predict_batch([example_record()] * 3),
+                ac.predict(example_record(default_spec())),
+                ac.explain(example_record(default_spec())),
+                ac.predict_batch([example_record(default_spec())] * 3),
                 ac.ready(),
             )
 
     prediction, explanation, batch, ready = asyncio.run(run())
-    assert prediction == client.predict(example_record())
-    assert explanation.attributions == client.explain(example_record()).attributions
+    assert prediction == client.predict(example_record(default_spec()))
+    assert explanation.attributions == client.explain(example_record(default_spec())).attributions
     assert batch.succeeded == 3
     assert ready.status == "ready"
 
@@ -195,7 +197,7 @@ def test_async_client_gives_the_same_answers(client: GshapClient, server: LiveSe
 def test_invalid_record_raises_invalid_input_with_the_problem(client: GshapClient) -> None:
     """A record the server refuses raises InvalidInput (422) carrying the problem and naming the field."""
     with pytest.raises(InvalidInput) as info:
-        client.predict({**example_record(), "glucose": 10_000})
+        client.predict({**example_record(default_spec()), "glucose": 10_000})
     err = info.value
     assert err.status == 422
     assert err.fields == ["glucose"]
@@ -210,7 +212,7 @@ def test_async_invalid_record_raises_the_same_error(server: LiveServer) -> None:
 
     async def run() -> None:
         async with AsyncGshapClient(server.url) as ac:
-            await ac.explain({**example_record(), "glucos": 100})
+            await ac.explain({**example_record(default_spec()), "glucos": 100})
 
     with pytest.raises(InvalidInput) as info:
         asyncio.run(run())
@@ -228,7 +230,7 @@ def test_unknown_group_raises_not_found(client: GshapClient) -> None:
 def test_nan_is_refused_before_sending(client: GshapClient) -> None:
     """NaN is not JSON: the client refuses it locally and says to use None for "not measured"."""
     with pytest.raises(ValueError, match="use None"):
-        client.predict({**example_record(), "glucose": float("nan")})
+        client.predict({**example_record(default_spec()), "glucose": float("nan")})
 
 
 # ---- API keys ----------------------------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ def test_nan_is_refused_before_sending(client: GshapClient) -> None:
 def test_api_key_is_sent_as_bearer(keyed_server: LiveServer) -> None:
     """With GSHAP_API_KEYS set, a client with a listed key is answered and one without is Unauthorized (401)."""
     with GshapClient(keyed_server.url, api_key=KEYS[1]) as c:
-        assert isinstance(c.predict(example_record()), PredictionPublic)
+        assert isinstance(c.predict(example_record(default_spec())), PredictionPublic)
     for key in (None, "not-a-key"):
         with GshapClient(keyed_server.url, api_key=key) as c, pytest.raises(Unauthorized) as info:
             c.model()
@@ -334,7 +336,7 @@ def test_503_is_retried_with_jittered_exponential_backoff() -> None:
     pauses = Pauses()
     policy = Retry(max_attempts=5, backoff=0.5, max_backoff=1.5)
     with GshapClient("http://gshap.test", transport=transport, retry=policy, sleep=pauses, rng=random.Random(3)) as c:
-        answer = c.predict(example_record())
+        answer = c.predict(example_record(default_spec()))
     assert isinstance(answer, PredictionPublic)
     assert len(seen) == 4
     rng = random.Random(3)
@@ -346,7 +348,7 @@ def test_503_retry_waits_for_retry_after_in_real_time() -> None:
     transport, seen = _mock([(503, "1"), (200, None)])
     policy = Retry(max_attempts=3, backoff=0.2)
     with GshapClient("http://gshap.test", transport=transport, retry=policy) as c:
-        assert c.predict(example_record()).label == 1
+        assert c.predict(example_record(default_spec())).label == 1
     assert len(seen) == 2
     assert 1.0 <= seen[1] - seen[0] <= 1.0 + policy.backoff + 0.5
 
@@ -359,7 +361,7 @@ def test_503_retries_are_bounded_and_end_in_unavailable() -> None:
         GshapClient("http://gshap.test", transport=transport, retry=Retry(max_attempts=3), sleep=pauses) as c,
         pytest.raises(Unavailable) as info,
     ):
-        c.predict(example_record())
+        c.predict(example_record(default_spec()))
     assert len(seen) == 3
     assert len(pauses.seconds) == 2
     err = info.value
@@ -378,7 +380,7 @@ def test_retry_after_beyond_the_bound_is_raised_at_once() -> None:
         GshapClient("http://gshap.test", transport=transport, retry=policy, sleep=pauses) as c,
         pytest.raises(Unavailable) as info,
     ):
-        c.predict(example_record())
+        c.predict(example_record(default_spec()))
     assert (len(seen), pauses.seconds, info.value.retry_after) == (1, [], 120.0)
 
 
@@ -392,7 +394,7 @@ def test_async_client_retries_503_too() -> None:
         async with AsyncGshapClient(
             "http://gshap.test", transport=transport, retry=policy, sleep=pauses.asleep, rng=random.Random(1)
         ) as ac:
-            return await ac.predict(example_record())
+            return await ac.predict(example_record(default_spec()))
 
     assert asyncio.run(run()).probability == 0.8
     assert len(seen) == 3

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import default_spec
 from live_server import ROOT, LiveServer, running_server
 
 pytestmark = pytest.mark.slow
@@ -89,6 +90,8 @@ def test_base_install_has_no_numerics_and_no_server(base_venv: Path) -> None:
     """Neither torch, numpy nor any server or training package is installed; importing the client loads none."""
     script = f"""
 import importlib.util, importlib.metadata, json, sys
+from helpers import default_spec
+
 import service.client, service.schemas, service.contract
 print(json.dumps({{
     "installed": [m for m in {list(NOT_IN_BASE)!r} if importlib.util.find_spec(m) is not None],
@@ -110,23 +113,28 @@ print(json.dumps({{
 
 
 def test_base_client_gets_typed_answers_from_a_real_server(base_venv: Path, live: LiveServer) -> None:
-    """The base install's GshapClient predicts and explains against a real server: typed, and the server's JSON."""
+    """The base install's GshapClient predicts and explains against a real server: typed, and the server's JSON.
+
+    The record is the served model's example, which the base install reads from the server's model card (GET
+    /model): the client needs no model-specific code."""
     script = """
 import json, sys
 from service.client import GshapClient, InvalidInput
-from service.schemas import ExplanationPublic, PredictionPublic, example_record
+from service.schemas import ExplanationPublic, PredictionPublic
 
 with GshapClient(sys.argv[1]) as client:
-    prediction = client.predict(example_record())
-    explanation = client.explain(example_record())
-    sampled = client.explain(example_record(), method="sampled", n_samples=64, seed=3, output="probability")
+    record = {f.name: int(f.example) if f.example.is_integer() else f.example for f in client.model().features}
+    prediction = client.predict(record)
+    explanation = client.explain(record)
+    sampled = client.explain(record, method="sampled", n_samples=64, seed=3, output="probability")
     try:
-        client.predict({**example_record(), "glucos": 148})
+        client.predict({**record, "glucos": 148})
         refused = []
     except InvalidInput as exc:
         refused = exc.fields
 assert type(prediction) is PredictionPublic and type(explanation) is ExplanationPublic
 print(json.dumps({
+    "record": record,
     "predict": prediction.model_dump(mode="json"),
     "explain": explanation.model_dump(mode="json"),
     "sampled": sampled.model_dump(mode="json"),
@@ -138,7 +146,8 @@ print(json.dumps({
     got = json.loads(done.stdout)
     from service.schemas import example_record
 
-    record = example_record()
+    record = example_record(default_spec())
+    assert got["record"] == record, "the model card's examples are not the specification's example record"
     with httpx.Client(base_url=live.url, timeout=30) as http:
         want_predict = http.post("/predict", json=record).json()
         want_explain = http.post("/explain", json=record).json()
@@ -151,7 +160,7 @@ print(json.dumps({
     assert got["explain"] == want_explain
     assert got["sampled"] == want_sampled
     assert got["explain"]["method"] == "exact"
-    assert len(got["explain"]["attributions"]) == 8
+    assert len(got["explain"]["attributions"]) == len(default_spec())
     assert got["refused"] == ["glucos"]
 
 

@@ -15,16 +15,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import default_spec
 from live_server import ROOT, LiveServer, running_server
 
 from service.cli import main
 from service.cohort import CohortInputError, CohortWriter, inspect_input, output_schema
 from service.cohort.engines import _rebatch, run_cohort
 from service.cohort.table import attribution_column, parse_csv_cell
-from service.model.features import PIMA_SPEC
 from service.runtime.inference import ExplainOptions
 
-NAMES = PIMA_SPEC.names
+SPEC = default_spec()  # the columns are the served bundle's features: here the default bundle's
+NAMES = SPEC.names
 
 
 def cohort_rows(n: int = 36, seed: int = 0) -> list[dict[str, Any]]:
@@ -146,7 +147,7 @@ def test_output_has_the_contract_columns() -> None:
     warnings and error, in that order."""
     expected = ["id", *NAMES, "probability", "logit", "label", "base_value", "completeness_gap"]
     expected += [f"attribution_{n}" for n in NAMES] + ["imputed", "warnings", "error"]
-    assert output_schema().names == expected
+    assert output_schema(SPEC).names == expected
 
 
 def test_parquet_cohort_matches_a_real_explain_batch(server: LiveServer, tmp_path: Path) -> None:
@@ -284,7 +285,7 @@ def test_cli_exit_codes_and_summary(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_a_failed_job_leaves_no_output(tmp_path: Path) -> None:
     """The writer writes OUTPUT.partial and renames it only when complete; an aborted job leaves neither."""
     out = tmp_path / "out.parquet"
-    writer = CohortWriter(out, output_schema())
+    writer = CohortWriter(out, output_schema(SPEC))
     assert writer.partial.exists()
     assert not out.exists()
     writer.abort()

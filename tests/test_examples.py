@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from helpers import AppClient, app_client
+from helpers import AppClient, app_client, default_spec
 
 from service.schemas import EXAMPLE_EXPLANATION, EXAMPLE_PREDICTION, EXAMPLE_WARNING, example_record
 
@@ -62,20 +62,20 @@ def _same(example: Any, real: Any, where: str, *, skip: frozenset[str] = frozens
 
 def test_example_prediction_is_the_shipped_models_answer(client: AppClient) -> None:
     """EXAMPLE_PREDICTION is /predict's answer to the example record, its numbers rounded."""
-    real = client.post("/predict", json=example_record()).json()
+    real = client.post("/predict", json=example_record(default_spec())).json()
     _same(EXAMPLE_PREDICTION, real, "prediction")
 
 
 def test_example_warning_is_the_shipped_models_warning(client: AppClient) -> None:
     """EXAMPLE_WARNING is the warning /predict gives for the example record with insulin 900 µU/mL."""
-    real = client.post("/predict", json={**example_record(), "insulin": 900}).json()
+    real = client.post("/predict", json={**example_record(default_spec()), "insulin": 900}).json()
     assert [w["feature"] for w in real["warnings"]] == ["insulin"]
     _same(EXAMPLE_WARNING, real["warnings"][0], "warning")
 
 
 def test_example_explanation_is_the_shipped_models_answer(client: AppClient) -> None:
     """EXAMPLE_EXPLANATION is /explain's answer (defaults: exact, logit) to the example record, numbers rounded."""
-    real = client.post("/explain", json=example_record()).json()
+    real = client.post("/explain", json=example_record(default_spec())).json()
     _same(EXAMPLE_EXPLANATION, real, "explanation", skip=frozenset({"completeness_gap"}))
     assert abs(EXAMPLE_EXPLANATION["completeness_gap"]) < GAP_BOUND
     assert abs(real["completeness_gap"]) < GAP_BOUND, json.dumps(real)

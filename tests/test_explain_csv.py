@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import default_spec
 from live_server import ROOT, LiveServer, running_server
 
 from service.client import GshapClient
@@ -18,7 +19,7 @@ from service.schemas import example_record
 
 SCRIPT = ROOT / "scripts" / "explain_csv.py"
 PIMA = ROOT / "data" / "pima-indians-diabetes.csv"
-FEATURES = list(example_record())
+FEATURES = list(example_record(default_spec()))
 COLUMNS = ["row", "probability", "logit", "label", "base_value", *FEATURES, "completeness_gap", "error"]
 
 
@@ -63,7 +64,7 @@ def test_pima_rows_are_explained_in_chunks_and_add_up(server: LiveServer, tmp_pa
     assert [int(r["row"]) for r in rows] == list(range(12))
     with GshapClient(server.url) as client:
         threshold = client.model().threshold
-        direct = client.explain(example_record())  # the data set's first record is the spec's example
+        direct = client.explain(example_record(default_spec()))  # the data set's first record is the spec's example
     for r in rows:
         attributions = [float(r[f]) for f in FEATURES]
         logit = float(r["logit"])
@@ -77,7 +78,7 @@ def test_pima_rows_are_explained_in_chunks_and_add_up(server: LiveServer, tmp_pa
 
 def test_api_names_missing_cells_and_refused_rows(server: LiveServer, tmp_path: Path) -> None:
     """API column names work; an empty cell is "not measured"; a refused row keeps its place and names the field."""
-    good = example_record()
+    good = example_record(default_spec())
     rows_in = [
         {**good, "insulin": ""},  # not measured
         {**good, "glucose": 10_000},  # outside the valid range: refused by the server

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import matplotlib.image as mpimg
 import pytest
-from helpers import AppClient, app_client, record
+from helpers import AppClient, app_client, default_spec, record
 
 from service.api.app import create_app
 from service.config import Settings
@@ -18,7 +18,8 @@ from service.model.store import Bundle
 from service.render import group_chart, waterfall_chart
 from service.render.mpl import render_png
 from service.render.svg import chart_svg, nice_ticks
-from service.schemas import SCHEMA_SPEC
+
+SCHEMA_SPEC = default_spec()
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROBLEM = "application/problem+json"
@@ -55,7 +56,8 @@ def test_explain_plot_is_the_waterfall_of_the_explanation(client: AppClient) -> 
         ex["base_value"],
         ex["output_value"],
         output=ex["output"],
-        title=f"{ex['prediction']['probability']:.0%} predicted risk of diabetes",
+        title=f"{ex['prediction']['probability']:.0%} predicted risk of {SCHEMA_SPEC.positive_label}",
+        positive=SCHEMA_SPEC.positive_label,
     )
     assert client.post("/explain/plot", json=body).content == chart_svg(chart)
     # largest attribution first

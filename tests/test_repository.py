@@ -243,7 +243,8 @@ def test_store_plan_follows_defaults_and_choices(tmp_path: Path) -> None:
 def test_one_server_serves_both_pima_versions(store: Path) -> None:
     """GET /models lists both versions, the default marked; /models/{name}/versions/{v}/... answers with that
     version and says so (answer and X-Model-Version); /models/{name}/... and the root routes answer with the
-    default; an unknown model or version is a 404 problem naming what is served, and adds no metric series."""
+    default; an unknown model or version is a 404 problem (GET /models/{name}: naming what is served), and adds no
+    metric series."""
     with running_server({"GSHAP_MODEL_STORE": str(store)}) as server, httpx.Client(base_url=server.url) as c:
         listing = c.get("/models").json()
         assert listing["default_model"] == "pima-diabetes"
@@ -274,8 +275,9 @@ def test_one_server_serves_both_pima_versions(store: Path) -> None:
             r = c.post(path, json=rec)
             assert r.status_code == 404
             assert r.headers["content-type"] == "application/problem+json"
-            assert r.json()["served"]
-        assert c.get("/models/nope").status_code == 404
+        nope = c.get("/models/nope")
+        assert nope.status_code == 404
+        assert nope.json()["served"] == ["pima-diabetes"]
         metrics = c.get("/metrics").text
         assert 'model="nope"' not in metrics
         assert 'version="9.9.9"' not in metrics

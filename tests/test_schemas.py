@@ -1,22 +1,27 @@
-"""The request schema is derived from the feature specification, strict, and documented with units."""
+"""The request schema is derived from the served bundle's feature specification, strict, and documented with units.
+
+The models checked here are the ones the app builds for the shipped default bundle (``request_models``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from helpers import default_spec
 from pydantic import ValidationError
 
+from service.contract import format_value
 from service.model.features import Feature, FeatureSpec
-from service.runtime.inference import FeatureAttribution, format_value, summary_sentence
-from service.schemas import (
-    SCHEMA_SPEC,
-    ExplainBatchRequest,
-    ExplainRequest,
-    PatientRecord,
-    example_record,
-    patient_record_model,
-)
+from service.render.text import summary_sentence
+from service.runtime.inference import FeatureAttribution
+from service.schemas import example_record, patient_record_model, request_models
+
+SCHEMA_SPEC = default_spec()
+MODELS = request_models(SCHEMA_SPEC)
+PatientRecord = MODELS.record
+ExplainRequest = MODELS.explain
+ExplainBatchRequest = MODELS.explain_batch
 
 
 def _rules(exc: ValidationError) -> dict[str, str]:
@@ -42,7 +47,7 @@ def test_descriptions_carry_unit_range_and_missing_rule() -> None:
         assert f.unit in text
         assert f"from {format_value(f.valid_min)} to {format_value(f.valid_max)}" in text
         assert ("not measured" in text) == f.zero_means_missing
-        assert props[f.name]["examples"] == [example_record()[f.name]]
+        assert props[f.name]["examples"] == [example_record(SCHEMA_SPEC)[f.name]]
 
 
 def test_bounds_are_the_valid_range() -> None:
@@ -59,8 +64,8 @@ def test_bounds_are_the_valid_range() -> None:
 
 def test_example_record_is_valid() -> None:
     """The documented example validates as a record and as an explain request."""
-    PatientRecord.model_validate(example_record())
-    ExplainRequest.model_validate({**example_record(), "method": "sampled", "n_samples": 10, "seed": 1})
+    PatientRecord.model_validate(example_record(SCHEMA_SPEC))
+    ExplainRequest.model_validate({**example_record(SCHEMA_SPEC), "method": "sampled", "n_samples": 10, "seed": 1})
 
 
 @pytest.mark.parametrize(
@@ -80,21 +85,21 @@ def test_example_record_is_valid() -> None:
 def test_strict_types(changes: dict[str, Any], rule: str) -> None:
     """Strings, booleans, floats for counts, NaN/Infinity, out-of-range and unknown fields are refused."""
     with pytest.raises(ValidationError) as info:
-        PatientRecord.model_validate({**example_record(), **changes})
+        PatientRecord.model_validate({**example_record(SCHEMA_SPEC), **changes})
     assert set(_rules(info.value).values()) == {rule}
 
 
 def test_integers_are_accepted_for_real_valued_fields() -> None:
     """A JSON integer is a valid number: bmi 33 is fine."""
-    assert PatientRecord.model_validate({**example_record(), "bmi": 33}).model_dump()["bmi"] == 33
+    assert PatientRecord.model_validate({**example_record(SCHEMA_SPEC), "bmi": 33}).model_dump()["bmi"] == 33
 
 
 def test_missing_may_be_null_or_omitted_but_required_may_not() -> None:
     """Optional features may be null or omitted (None); a required one may not."""
-    rec = example_record()
+    rec = example_record(SCHEMA_SPEC)
     del rec["glucose"]
     assert PatientRecord.model_validate({**rec, "insulin": None}).model_dump()["glucose"] is None
-    no_age = example_record()
+    no_age = example_record(SCHEMA_SPEC)
     del no_age["age"]
     with pytest.raises(ValidationError) as info:
         PatientRecord.model_validate(no_age)
@@ -103,12 +108,12 @@ def test_missing_may_be_null_or_omitted_but_required_may_not() -> None:
 
 def test_explain_settings_are_at_the_top_level_and_strict() -> None:
     """The explain request takes record fields and settings side by side, with defaults and strict bounds."""
-    req = ExplainRequest.model_validate(example_record())
+    req = ExplainRequest.model_validate(example_record(SCHEMA_SPEC))
     assert (req.method, req.output, req.seed, req.n_samples) == ("exact", "logit", 0, None)
     with pytest.raises(ValidationError):
-        ExplainRequest.model_validate({**example_record(), "seed": 1.5})
+        ExplainRequest.model_validate({**example_record(SCHEMA_SPEC), "seed": 1.5})
     # 6.0 and 6 are the same JSON number, and a JSON Schema integer: read as the integer
-    assert ExplainRequest.model_validate({**example_record(), "seed": 1.0, "pregnancies": 6.0}).seed == 1
+    assert ExplainRequest.model_validate({**example_record(SCHEMA_SPEC), "seed": 1.0, "pregnancies": 6.0}).seed == 1
     batch = ExplainBatchRequest.model_validate({"records": [1, "x"], "output": "probability"})
     assert batch.records == [1, "x"]  # records are validated one by one by the route, by index
 
@@ -169,14 +174,26 @@ def test_documented_examples_validate_against_their_models() -> None:
     from service import schemas
 
     checked = 0
-    for name in schemas.__all__:
-        model = getattr(schemas, name)
+    served = [MODELS.record, MODELS.explain, MODELS.predict_batch, MODELS.explain_batch]
+    for model in [getattr(schemas, name) for name in schemas.__all__] + served:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             continue
         extra = model.model_config.get("json_schema_extra")
         examples = extra.get("examples", []) if isinstance(extra, dict) else []
-        assert isinstance(examples, list), name
+        assert isinstance(examples, list), model.__name__
         for example in examples:
             model.model_validate(example)
             checked += 1
     assert checked >= 8
+
+
+def test_method_default_and_words_follow_the_models_methods() -> None:
+    """A model without the exact method gets 'quadrature' as the request's default, and the schema says that
+    'exact' does not apply to it; 'exact' is still a name the schema takes (the route refuses it with a 422)."""
+    models = request_models(SCHEMA_SPEC, ("sampled", "quadrature"), "quadrature")
+    request = models.explain.model_validate(example_record(SCHEMA_SPEC))
+    assert request.method == "quadrature"
+    text = models.explain.model_json_schema()["properties"]["method"]["description"]
+    assert "does not offer 'exact'" in text
+    assert models.explain.model_validate({**example_record(SCHEMA_SPEC), "method": "exact"}).method == "exact"
+    assert MODELS.explain.model_validate(example_record(SCHEMA_SPEC)).method == "exact"

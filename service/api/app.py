@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import shutil
 import signal
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +30,7 @@ import yaml
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
 
 from service import __version__
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
@@ -42,11 +45,12 @@ from service.api.routes import (
     groups,
     health,
     model,
-    models,
     operations,
+    pin_model,
     predict,
     problems,
 )
+from service.api.routes import models as models_routes
 from service.api.security import (
     OPEN_PATHS,
     ApiKeyMiddleware,
@@ -61,16 +65,40 @@ from service.model.store import Bundle, BundleError
 from service.observe.metrics import Telemetry, enable_multiprocess, prepare_multiprocess_dir
 from service.runtime.inference import InferenceRuntime, configure_torch, ensure_compatible
 from service.runtime.registry import ModelRegistry
-from service.schemas import SCHEMA_SPEC
+from service.schemas import EXAMPLE_PREDICTION, RequestModels, request_models
 
-__all__ = ["create_app", "openapi_yaml", "serve", "uvicorn_options"]
+__all__ = ["create_app", "description", "openapi_yaml", "serve", "tags", "uvicorn_options"]
 
-DESCRIPTION = f"""\
-Why did the model score this patient as it did? Predictions of a PyTorch MLP trained on the Pima Indians
-diabetes data, with per-feature **GradientSHAP** attributions relative to the training population.
+ANSWER_EXAMPLE_SCHEMAS = (
+    "PredictionPublic",
+    "FeatureWarningPublic",
+    "ExplanationPublic",
+    "PredictionBatchItem",
+    "ExplanationBatchItem",
+    "Problem",
+)
+"""The schemas whose examples are real answers of the shipped default model (:mod:`service.schemas`), or name its
+fields (the problem's)."""
 
-- Records are in the data set's units (see each field). Glucose, blood pressure, skin thickness, insulin and
-  BMI may be `null`, `0` or omitted when not measured: they are imputed and listed in `imputed`.
+
+def description(bundle: Bundle) -> str:
+    """The OpenAPI document's description, for the model served (its task and its features' "missing" rules)."""
+    optional = [f.label for f in bundle.spec if f.may_be_missing]
+    missing = (
+        f"{_words(optional)} may be `null`, `0` or omitted when not measured: they are imputed and listed in `imputed`."
+        if optional
+        else "Every field is required."
+    )
+    intro = (
+        f"Why did the model score this patient as it did? Predictions of the model {bundle.name}/{bundle.version} "
+        f"({bundle.manifest.get('task', 'binary classification')}), with per-feature **GradientSHAP** attributions "
+        "relative to the training population."
+    )
+    records = f"- Records are in the data set's units (see each field). {missing}"
+    return f"""\
+{textwrap.fill(intro, 110)}
+
+{textwrap.fill(records, 110, subsequent_indent="  ")}
 - Types are strict: numbers must be JSON numbers (not strings or booleans), counts JSON integers, values
   finite and within each field's range; unknown fields are refused. Refusals are RFC 9457
   `application/problem+json` documents (`type` = `{PROBLEM_BASE}<kind>`, a page on this service that says
@@ -83,22 +111,39 @@ diabetes data, with per-feature **GradientSHAP** attributions relative to the tr
   `X-Model-Version`.
 """
 
-TAGS = [
-    {"name": "predict", "description": "The model's probability and label."},
-    {"name": "explain", "description": "GradientSHAP attributions of a prediction."},
-    {"name": "groups", "description": "Mean explanations by outcome group of the evaluation set."},
-    {"name": "model", "description": "The model card."},
-    {"name": "health", "description": "Liveness and readiness for orchestrators."},
-    {"name": "operations", "description": "Prometheus metrics and drift monitoring for operators."},
-    {
-        "name": "cds-hooks",
-        "description": (
-            "CDS Hooks 2.0: discovery, the diabetes-risk card for the patient-view hook, feedback. Authenticated by "
-            "the CDS client's JWT when GSHAP_CDS_JWT_ISSUERS is set (API keys do not apply). See docs/CDS_HOOKS.md."
-        ),
-    },
-    {"name": "fhir", "description": "Predictions and explanations from a FHIR R4 Bundle (LOINC codes, UCUM units)."},
-]
+
+def _words(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``: a list in a sentence (the first item capitalised as written)."""
+    lowered = [items[0], *(i if i[:2].isupper() else i[:1].lower() + i[1:] for i in items[1:])]
+    return lowered[0] if len(lowered) == 1 else ", ".join(lowered[:-1]) + " and " + lowered[-1]
+
+
+def tags(bundle: Bundle) -> list[dict[str, str]]:
+    """The OpenAPI tags; the CDS Hooks one names the model's CDS service, when its bundle declares one."""
+    cds_service = bundle.cds
+    cds_words = (
+        f"CDS Hooks 2.0: discovery, the {cds_service.id} card for the patient-view hook, feedback. "
+        if cds_service is not None
+        else "CDS Hooks 2.0: discovery (this model declares no CDS service, so it lists none). "
+    )
+    return [
+        {"name": "predict", "description": "The model's probability and label."},
+        {"name": "explain", "description": "GradientSHAP attributions of a prediction."},
+        {"name": "groups", "description": "Mean explanations by outcome group of the evaluation set."},
+        {"name": "model", "description": "The model card."},
+        {"name": "health", "description": "Liveness and readiness for orchestrators."},
+        {"name": "operations", "description": "Prometheus metrics and drift monitoring for operators."},
+        {
+            "name": "cds-hooks",
+            "description": cds_words + "Authenticated by the CDS client's JWT when GSHAP_CDS_JWT_ISSUERS is set (API "
+            "keys do not apply). See docs/CDS_HOOKS.md.",
+        },
+        {
+            "name": "fhir",
+            "description": "Predictions and explanations from a FHIR R4 Bundle (codes and units from the model spec).",
+        },
+    ]
+
 
 ADMIN_SCHEME = {
     "AdminKey": {
@@ -131,14 +176,6 @@ async def _start(state: AppState) -> None:
     t0 = time.perf_counter()
     registry = state.registry
     assert registry is not None
-    try:
-        if state.preloaded is not None:
-            ensure_compatible(state.preloaded, SCHEMA_SPEC)
-            runtime = state.prebuilt if state.prebuilt is not None else build_runtime(settings, state.preloaded)
-            registry.adopt(runtime)
-    except BundleError as exc:
-        log_event("startup_failed", 40, reason=str(exc))
-        raise
     threads = configure_torch(settings.torch_threads)
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     engine_threads = settings.engine_threads
@@ -214,7 +251,7 @@ def build_registry(settings: Settings, telemetry: Telemetry | None = None) -> Mo
         plan_source(settings),
         lambda bundle: build_runtime(settings, bundle),
         trusted=trusted,
-        check=lambda bundle: ensure_compatible(bundle, SCHEMA_SPEC),
+        check=lambda bundle: ensure_compatible(bundle, bundle.spec),
         telemetry=telemetry,
     )
 
@@ -239,12 +276,12 @@ def _install_reload_triggers(state: AppState) -> Callable[[], None]:
     watcher: asyncio.Task[None] | None = None
     reload_file = state.settings.reload_file
     if reload_file is not None:
-        state.reload_seen = models.mtime_ns(reload_file)
+        state.reload_seen = models_routes.mtime_ns(reload_file)
 
         async def watch() -> None:
             while True:
                 await asyncio.sleep(RELOAD_POLL_SECONDS)
-                seen = models.mtime_ns(reload_file)
+                seen = models_routes.mtime_ns(reload_file)
                 if seen != state.reload_seen:
                     state.reload_seen = seen
                     await registry.reload("reload file")
@@ -268,13 +305,27 @@ def create_app(
     runtime: InferenceRuntime | None = None,
     registry: ModelRegistry | None = None,
 ) -> FastAPI:
-    """The service's app. ``settings`` default to the environment; ``bundle`` (already loaded) is served alone and
-    skips loading; ``runtime`` (built from that bundle and these settings, warmed up once, not started) skips
-    building one; ``registry`` (preloaded by ``serve``) serves its models."""
+    """The service's app, for the models it serves. ``settings`` default to the environment; ``bundle`` (already
+    loaded) is served alone and skips loading; ``runtime`` (built from that bundle and these settings, warmed up
+    once, not started) skips building one; ``registry`` (preloaded by ``serve``) serves its models.
+
+    Otherwise the store is read and every served bundle loaded and verified here (a ``BundleError`` otherwise):
+    everything model-specific of the app (the request models, hence the OpenAPI document with one path per served
+    model, the page's form, CDS discovery) is derived from the bundles now, never from a module constant; the
+    per-model routes are built again at each reload. The lifespan then builds and warms up the engines before
+    ``/readyz`` turns ready."""
     settings = settings or Settings()
     if runtime is not None and runtime.bundle is not bundle:
         raise ValueError("a prebuilt runtime must come with the bundle it was built from")
-    state = AppState(settings=settings, preloaded=bundle, prebuilt=runtime)
+    if registry is None:
+        registry = build_registry(settings)
+        if bundle is not None:
+            registry.adopt(runtime if runtime is not None else build_runtime(settings, bundle))
+        else:
+            registry.prepare()  # loads and verifies every served bundle (BundleError: refused)
+    bundle = registry.pending_default().runtime.bundle
+    models = request_models(bundle.spec, bundle.methods, bundle.default_method)
+    state = AppState(settings=settings, preloaded=bundle, prebuilt=runtime, models=models, registry=registry)
     if settings.metrics_enabled:
         if settings.metrics_dir is not None:
             enable_multiprocess(settings.metrics_dir)
@@ -283,11 +334,8 @@ def create_app(
             monitoring_window_seconds=settings.monitoring_window_seconds,
             monitoring_min_records=settings.monitoring_min_records,
         )
-    if registry is None:
-        registry = build_registry(settings)
     registry.telemetry = state.telemetry
-    state.registry = registry
-    cds_state = cds.CdsState.build(settings)
+    cds_state = cds.CdsState.build(settings, bundle)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -346,10 +394,10 @@ def create_app(
     ]
     app = FastAPI(
         title="gshap-service",
-        summary="Predictions and GradientSHAP explanations of a diabetes-risk model.",
-        description=DESCRIPTION,
+        summary=f"Predictions and GradientSHAP explanations of {bundle.name}/{bundle.version}.",
+        description=description(bundle),
         version=__version__,
-        openapi_tags=TAGS,
+        openapi_tags=tags(bundle),
         lifespan=lifespan,
         middleware=middleware,
         # /docs and /redoc are served offline by service.api.page (install_pages)
@@ -359,75 +407,103 @@ def create_app(
     app.state.gshap = state
     app.state.gshap_cds = cds_state
     install_exception_handlers(app)
-    for area in (predict, explain, groups, model, health, problems, cds, fhir):
+    app.include_router(predict.build_router(models))
+    app.include_router(explain.build_router(models))
+    for area in (groups, model, health, problems):
         app.include_router(area.router)
+    app.include_router(cds.build_router(bundle))
+    app.include_router(fhir.build_router(bundle))
     if state.telemetry is not None:
         app.include_router(operations.router)
-    # every served model under its name (its default version) and under each version
-    app.include_router(models.router)
-    per_model = (predict, explain, groups, model, fhir)
-    for prefix, params in (
-        ("/models/{name}", _name_params),
-        ("/models/{name}/versions/{version}", _version_params),
-    ):
-        suffix = "of_version" if "{version}" in prefix else "of_model"
-        routers = [area.router for area in per_model]
-        if state.telemetry is not None:
-            routers.append(operations.monitoring_router)
-        for router in routers:
-            app.include_router(_copy_routes(router, suffix), prefix=prefix, dependencies=[Depends(params)])
+    # every served model under its name (its default version) and under each version, with its own request
+    # models: built now for the served set, and again after each reload
+    app.include_router(models_routes.router)
+    per_model = APIRouter()
+    app.include_router(per_model)
+
+    def rebuild(changed: ModelRegistry) -> None:
+        per_model.routes = _per_model_routes(changed, with_monitoring=state.telemetry is not None)
+        per_model._mark_routes_changed()
+        app.openapi_schema = None
+
+    rebuild(registry)
+    registry.on_change.append(rebuild)
     if settings.admin_keys:
-        app.include_router(models.admin_router)
+        app.include_router(models_routes.admin_router)
     install_pages(app, app.title)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, bundle)  # type: ignore[method-assign]
     return app
 
 
-def _copy_routes(source: APIRouter, suffix: str) -> APIRouter:
-    """``source``'s routes again, each with its operation id + ``_<suffix>`` (an operation id is unique)."""
-    out = APIRouter()
-    for route in source.routes:
-        if not isinstance(route, APIRoute):
-            raise TypeError(f"only plain routes are served per model, not {route!r}")
-        out.add_api_route(
-            route.path,
-            route.endpoint,
-            response_model=route.response_model,
-            status_code=route.status_code,
-            tags=list(route.tags),
-            dependencies=list(route.dependencies),
-            summary=route.summary,
-            description=route.description,
-            response_description=route.response_description,
-            responses=dict(route.responses),
-            deprecated=route.deprecated,
-            methods=sorted(route.methods or ()),
-            operation_id=f"{route.operation_id}_{suffix}" if route.operation_id else None,
-            response_model_include=route.response_model_include,
-            response_model_exclude=route.response_model_exclude,
-            response_model_by_alias=route.response_model_by_alias,
-            response_model_exclude_unset=route.response_model_exclude_unset,
-            response_model_exclude_defaults=route.response_model_exclude_defaults,
-            response_model_exclude_none=route.response_model_exclude_none,
-            include_in_schema=route.include_in_schema,
-            response_class=route.response_class,
-            name=route.name,
-            openapi_extra=route.openapi_extra,
-        )
-    return out
+def _per_model_routes(registry: ModelRegistry, *, with_monitoring: bool) -> list[BaseRoute]:
+    """The routes of every served model version under ``/models/{name}/versions/{version}`` and of every model's
+    default version under ``/models/{name}``: the root routes' modules built again for that bundle (its own request
+    models, CDS and FHIR facts), pinned to it, each operation id suffixed with the model (and version)."""
+    holder = APIRouter()
+    cache: dict[str, RequestModels] = {}
+    for name, version, entry, is_default in registry.served_or_pending():
+        bundle = entry.runtime.bundle
+        key = json.dumps([bundle.spec.to_dict(), list(bundle.methods), bundle.default_method], default=str)
+        if key not in cache:  # versions with the same features share their request models (and their schemas)
+            cache[key] = request_models(bundle.spec, bundle.methods, bundle.default_method)
+        req = cache[key]
+        routers = [predict.build_router(req), explain.build_router(req), groups.router, model.router]
+        routers.append(fhir.build_router(bundle))
+        if with_monitoring:
+            routers.append(operations.monitoring_router)
+        slug = _slug(name)
+        targets: list[tuple[str, str | None, str]] = [
+            (f"/models/{name}/versions/{version}", version, f"{slug}__{_slug(version)}")
+        ]
+        if is_default:
+            targets.append((f"/models/{name}", None, slug))
+        for prefix, pinned, suffix in targets:
+            pin = Depends(pin_model(name, pinned))
+            for router in routers:
+                for route in router.routes:
+                    if not isinstance(route, APIRoute):
+                        raise TypeError(f"only plain routes are served per model, not {route!r}")
+                    _add_copy(holder, route, prefix, suffix, pin)
+    return holder.routes
 
 
-async def _name_params(name: models.NameParam) -> None:
-    """Declares ``{name}`` (validated and documented) on the per-model routes; the runtime is looked up by
-    :func:`service.api.routes.get_runtime`."""
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
 
 
-async def _version_params(name: models.NameParam, version: models.VersionParam) -> None:
-    """Declares ``{name}`` and ``{version}`` on the per-version routes."""
+def _add_copy(holder: APIRouter, route: APIRoute, prefix: str, suffix: str, pin: Any) -> None:
+    holder.add_api_route(
+        prefix + route.path,
+        route.endpoint,
+        response_model=route.response_model,
+        status_code=route.status_code,
+        tags=["models"],
+        dependencies=[pin, *route.dependencies],
+        summary=route.summary,
+        description=route.description,
+        response_description=route.response_description,
+        responses=dict(route.responses),
+        deprecated=route.deprecated,
+        methods=sorted(route.methods or ()),
+        operation_id=f"{route.operation_id}__{suffix}" if route.operation_id else None,
+        response_model_include=route.response_model_include,
+        response_model_exclude=route.response_model_exclude,
+        response_model_by_alias=route.response_model_by_alias,
+        response_model_exclude_unset=route.response_model_exclude_unset,
+        response_model_exclude_defaults=route.response_model_exclude_defaults,
+        response_model_exclude_none=route.response_model_exclude_none,
+        include_in_schema=route.include_in_schema,
+        response_class=route.response_class,
+        name=route.name,
+        openapi_extra=route.openapi_extra,
+    )
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, plus: problem answers as application/problem+json, and the optional API keys."""
+def _openapi(app: FastAPI, bundle: Bundle) -> dict[str, Any]:
+    """FastAPI's document, plus: problem answers as application/problem+json, and the optional API keys.
+
+    The answers' examples (:data:`service.schemas.EXAMPLE_PREDICTION`, ...) are real answers of one model; for any
+    other model served they are left out rather than shown with another model's fields."""
     if app.openapi_schema is not None:
         return app.openapi_schema
     doc = FastAPI.openapi(app)
@@ -445,6 +521,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     components = doc.setdefault("components", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.get("schemas", {}).pop(unused, None)
+    if f"{bundle.name}/{bundle.version}" != EXAMPLE_PREDICTION["model_version"]:
+        for name in ANSWER_EXAMPLE_SCHEMAS:
+            components.get("schemas", {}).get(name, {}).pop("examples", None)
     components["securitySchemes"] = {
         **SECURITY_SCHEMES,
         **(ADMIN_SCHEME if app.state.gshap.settings.admin_keys else {}),
@@ -526,7 +605,7 @@ def serve(settings: Settings) -> int:
             reload_dir = Path(tempfile.mkdtemp(prefix="gshap-reload-"))
             settings = settings.model_copy(update={"reload_file": reload_dir / "reload"})
             assert settings.reload_file is not None
-            models.touch_reload_file(settings.reload_file)
+            models_routes.touch_reload_file(settings.reload_file)
             os.environ.update(settings.as_env())
             config = uvicorn.Config("service.api.app:create_app", factory=True, workers=settings.workers, **common)
             _ReloadingSupervisor(config, sockets=[config.bind_socket()], reload_file=settings.reload_file).run()
@@ -553,7 +632,7 @@ def _supervisor_class() -> type:
 
         def handle_hup(self) -> None:
             log_event("reload_requested", signal="SIGHUP", workers=self.processes_num)
-            models.touch_reload_file(self.reload_file)
+            models_routes.touch_reload_file(self.reload_file)
 
     return ReloadingSupervisor
 

@@ -13,8 +13,9 @@
   that it starts or on a cluster (``--ray-address``). Both write one Parquet file, in input order, through
   :class:`CohortWriter` (to ``OUTPUT.partial``, renamed when complete).
 
-The package sits between the command and the web layer: it renders a refused row's problem with the web layer's
-one problem renderer (:mod:`service.api.errors`) and imports nothing else from it (a contract in pyproject.toml).
+A refused row's problem is the same document the API answers (:func:`service.problems.problem_body`); the package
+imports nothing of the web layer and no web framework (a contract in pyproject.toml), so Ray workers load neither.
+The columns, the record rule and the feature order follow the bundle explained (its ``spec``), never a constant.
 """
 
 from service.cohort.table import (

@@ -24,21 +24,22 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pyarrow as pa
 
 from service.cohort.table import (
     CohortExplainer,
     CohortInput,
+    CohortInputError,
     CohortWriter,
     cohort_metadata,
     output_schema,
     with_row_numbers,
 )
+from service.contract import ServedMethod
 from service.model.store import load_bundle
 from service.runtime.inference import ExplainOptions, ensure_compatible
-from service.schemas import SCHEMA_SPEC
 
 __all__ = ["DEFAULT_BATCH_SIZE", "CohortResult", "Engine", "run_cohort"]
 
@@ -145,13 +146,16 @@ def run_cohort(
     ``num_cpus``: CPUs of the local Ray this starts (default: this machine's); ``workers``: Ray actors (default:
     the cluster's CPUs). Raises :class:`~service.model.store.BundleError` for a bundle that cannot be served.
     """
-    options = options or ExplainOptions()
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     # the bundle is checked here once, before any worker starts, and its resolved path is what the workers load
     bundle = load_bundle(model_path)
-    ensure_compatible(bundle, SCHEMA_SPEC)
-    schema = output_schema(SCHEMA_SPEC, inp.id_type).with_metadata(
+    ensure_compatible(bundle, bundle.spec)
+    options = options or ExplainOptions(method=cast(ServedMethod, bundle.default_method))
+    unknown = [name for name in inp.features if name not in bundle.spec.names]
+    if unknown:
+        raise CohortInputError(f"columns {', '.join(unknown)} are not features of {bundle.name}/{bundle.version}")
+    schema = output_schema(bundle.spec, inp.id_type).with_metadata(
         cohort_metadata(f"{bundle.name}/{bundle.version}", float(bundle.threshold), options)
     )
     explainer_kwargs: dict[str, Any] = {

@@ -6,7 +6,8 @@ refuses an unknown field: a misspelled ``glucos`` would otherwise turn a measure
 ``--drop COLUMN`` ignores a column on purpose). A feature that may be missing may be absent from the input: every
 row then has it "not measured", as an omitted JSON field.
 
-Cell values follow the API's rules (:class:`service.schemas.PatientRecord`, strict):
+Cell values follow the API's rules (the record model :func:`service.schemas.patient_record_model` builds from the
+bundle's feature specification, strict):
 
 - CSV cells are text. An empty cell is "not measured" (JSON ``null``); a cell written as a JSON number
   (``148``, ``33.6``, ``1e2``) is that number, as the API's JSON parser reads it; anything else (``abc``, ``NA``,
@@ -47,9 +48,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from service.api.errors import field_errors, invalid_input, problem_body
 from service.model.features import FeatureSpec
 from service.model.store import load_bundle
+from service.problems import field_errors, invalid_input, problem_body
 from service.runtime.inference import (
     ExplainOptions,
     InferenceRuntime,
@@ -57,7 +58,7 @@ from service.runtime.inference import (
     configure_torch,
     ensure_compatible,
 )
-from service.schemas import SCHEMA_SPEC, PatientRecord
+from service.schemas import patient_record_model
 
 __all__ = [
     "ID_COLUMN",
@@ -112,7 +113,7 @@ def parse_csv_cell(text: str | None) -> Any:
     return text
 
 
-def output_schema(spec: FeatureSpec = SCHEMA_SPEC, id_type: pa.DataType | None = None) -> pa.Schema:
+def output_schema(spec: FeatureSpec, id_type: pa.DataType | None = None) -> pa.Schema:
     """The output's columns and types (``id_type``: the input's id type; None: row numbers, int64)."""
     fields: list[pa.Field] = [pa.field(ID_COLUMN, id_type if id_type is not None else pa.int64())]
     fields += [pa.field(f.name, pa.float64()) for f in spec]
@@ -177,9 +178,10 @@ def _count_lines(path: Path) -> int:
 
 
 def inspect_input(
-    path: str | os.PathLike[str], spec: FeatureSpec = SCHEMA_SPEC, drop: Iterable[str] = ()
+    path: str | os.PathLike[str], spec: FeatureSpec | None = None, drop: Iterable[str] = ()
 ) -> CohortInput:
-    """The layout of INPUT (a ``.csv`` file, a Parquet file or a folder of ``*.parquet`` files), checked.
+    """The layout of INPUT (a ``.csv`` file, a Parquet file or a folder of ``*.parquet`` files), checked against
+    the feature specification ``spec`` of the model that will explain it (None: the default bundle's).
 
     Raises :class:`CohortInputError` for a missing or unreadable input, an unknown column (not a feature, not
     ``id``, not dropped), a duplicated column or a required feature that is absent.
@@ -218,6 +220,8 @@ def inspect_input(
     duplicates = sorted({c for c in columns if columns.count(c) > 1})
     if duplicates:
         raise CohortInputError(f"{p}: columns given more than once: {', '.join(duplicates)}")
+    if spec is None:
+        spec = load_bundle().spec
     names = spec.names
     dropped = set(drop)
     unknown = [c for c in columns if c not in names and c != ID_COLUMN and c not in dropped]
@@ -267,9 +271,9 @@ def _as_number(value: Any) -> float | None:
 class CohortExplainer:
     """The per-batch function of both engines: an Arrow table of input rows → an Arrow table of output rows.
 
-    Built once per process (a Ray worker builds it once): it loads the bundle, checks it against the request
-    schema, builds the :class:`InferenceRuntime` and warms it up. Calling it validates each row with
-    :class:`PatientRecord` (a refused row gets its problem in ``error``) and explains the valid rows with
+    Built once per process (a Ray worker builds it once): it loads the bundle, builds the API's record model from
+    its specification and the :class:`InferenceRuntime`, and warms it up. Calling it validates each row with that
+    record model (a refused row gets its problem in ``error``) and explains the valid rows with
     :meth:`InferenceRuntime.explain` in one call. A row's numbers never depend on its batch neighbours, so any
     batching gives the same file.
     """
@@ -286,7 +290,8 @@ class CohortExplainer:
     ) -> None:
         configure_torch(1)
         bundle = load_bundle(model_path)
-        ensure_compatible(bundle, SCHEMA_SPEC)
+        ensure_compatible(bundle, bundle.spec)
+        self.record_model = patient_record_model(bundle.spec)
         self.runtime = InferenceRuntime(bundle)
         self.runtime.warm_up()
         self.spec = bundle.spec
@@ -314,7 +319,7 @@ class CohortExplainer:
         errors: list[str | None] = [None] * len(records)
         for i, item in enumerate(records):
             try:
-                valid.append((i, PatientRecord.model_validate(item).model_dump()))
+                valid.append((i, self.record_model.model_validate(item).model_dump()))
             except ValidationError as exc:
                 problem = problem_body(invalid_input(field_errors(exc.errors())), instance=None, request_id=None)
                 problem.pop("request_id", None)  # no request: a row is named by its id

@@ -4,10 +4,13 @@ Indicator rule: ``warning`` when the predicted label is positive (the probabilit
 threshold, chosen on the validation split; see ``GET /model``), otherwise ``info``. Never ``critical``: the
 card is not time-critical and must not push the clinician to act on the model alone.
 
-The summary is ``Diabetes risk 41% (pima-diabetes/1.0.0)``; when no risk can be computed, it says so and why.
-The detail (GitHub-flavoured Markdown) lists: the top drivers with the patient's value, unit, date and direction;
-the inputs not found or imputed, derived (BMI) or refused (unit, date, status); out-of-range warnings; the
-population the model was trained on and whether this patient is outside it; the explanation's completeness.
+The words come from the served bundle: its model card (``bundle.card``: the outcome's positive label, the
+population) and its CDS service (``bundle.cds``: id and title). For the Pima bundle the summary is
+``Diabetes risk 41% (pima-diabetes/1.1.0)``; when no risk can be computed, it says so and why. The detail
+(GitHub-flavoured Markdown) lists: the top drivers with the patient's value, unit, date and direction; the inputs
+not found or imputed, derived or refused (unit, date, status); out-of-range warnings; the population the model was
+trained on and whether this patient is outside it; the explanation's completeness. Numbers are shown one way
+(:func:`service.contract.format_value`).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from service.contract import format_value
 from service.fhir.extract import Extraction, Issue, SourceValue
-from service.model.features import FeatureSpec, Population
-from service.runtime.inference import RecordExplanation, format_value
+from service.model.card import CdsService, ModelCard, Population
+from service.model.features import FeatureSpec
+from service.runtime.inference import RecordExplanation
 
-__all__ = ["CardLinks", "cannot_compute_card", "risk_card", "risk_summary"]
+__all__ = ["CardLinks", "cannot_compute_card", "risk_card", "risk_summary", "risk_words"]
 
 TOP_DRIVERS = 4
 OVERRIDE_SYSTEM = "https://gshap.dev/cds/override-reasons"
@@ -63,11 +68,17 @@ class CardLinks:
         ]
 
 
-def risk_summary(probability: float, model_version: str) -> str:
-    """``Diabetes risk 41% (pima-diabetes/1.0.0)`` (under 140 characters)."""
+def risk_words(card: ModelCard) -> str:
+    """``Diabetes risk``: the model's positive label, capitalised, and "risk"."""
+    label = card.outcome.positive_label
+    return f"{label[:1].upper()}{label[1:]} risk"
+
+
+def risk_summary(probability: float, model_version: str, card: ModelCard) -> str:
+    """``Diabetes risk 41% (pima-diabetes/1.1.0)`` (under 140 characters)."""
     percent = round(probability * 100)
     shown = "<1" if probability < 0.005 else (">99" if probability > 0.995 else str(percent))
-    return f"Diabetes risk {shown}% ({model_version})"[:139]
+    return f"{risk_words(card)} {shown}% ({model_version})"[:139]
 
 
 def _esc(text: str) -> str:
@@ -75,13 +86,13 @@ def _esc(text: str) -> str:
 
 
 def _value_text(source: SourceValue, integer: bool) -> str:
-    shown = format_value(source.value, True) if integer else f"{source.value:.4g}"
+    shown = format_value(source.value, integer)
     unit = "" if source.unit in ("count", "score") else f" {source.unit}"
     text = f"{shown}{unit}"
     if source.code == "birthDate":
         text += f" (born {source.original_unit})"
     elif abs(source.original_value - source.value) > 1e-9 and not source.derived_from:
-        text += f" (reported {source.original_value:.4g} {source.original_unit})".replace(" )", ")")
+        text += f" (reported {format_value(source.original_value)} {source.original_unit})".replace(" )", ")")
     return text
 
 
@@ -104,9 +115,9 @@ def _issues_md(issues: Sequence[Issue]) -> list[str]:
 def _population_md(extraction: Extraction, population: Population, age: float | None) -> list[str]:
     lines = [f"**Population.** {population.description}"]
     outside = []
-    if extraction.gender and extraction.gender != population.sex:
+    if population.sex and extraction.gender and extraction.gender != population.sex:
         outside.append(f"recorded gender is {extraction.gender}")
-    if age is not None and age < population.min_age:
+    if age is not None and population.min_age and age < population.min_age:
         outside.append(f"age {format_value(age, True)} is under {population.min_age}")
     if outside:
         lines.append(f"**Outside the training population:** {'; '.join(outside)}. Interpret with great caution.")
@@ -118,17 +129,17 @@ def risk_card(
     extraction: Extraction,
     *,
     spec: FeatureSpec,
-    population: Population,
+    card: ModelCard,
+    service: CdsService,
     links: CardLinks,
-    service_label: str = "gshap-service diabetes-risk",
 ) -> dict[str, Any]:
-    """The card for a computed risk."""
+    """The card for a computed risk, in the words of the model's card and CDS service."""
     prediction = explanation.prediction
     version = prediction.model_version
     ranked = sorted(explanation.attributions, key=lambda a: -abs(a.attribution))
     lines = [
-        f"**Estimated diabetes risk: {prediction.probability:.0%}** (predicted {prediction.label_name} at the "
-        f"model's threshold of {prediction.threshold:.0%}; outcome: {spec.target_label}). Model {version}; "
+        f"**Estimated {risk_words(card).lower()}: {prediction.probability:.0%}** (predicted {prediction.label_name} "
+        f"at the model's threshold of {prediction.threshold:.0%}; outcome: {card.outcome.label}). Model {version}; "
         "decision support only, not a diagnosis.",
         "",
         "**Top drivers** (GradientSHAP, relative to the training population):",
@@ -160,7 +171,7 @@ def risk_card(
         lines += [f"- {u}" for u in used]
     notes = [src for src in extraction.sources.values() if src.note and src.feature != "age"]
     if extraction.derived:
-        lines += ["", f"**Derived:** {', '.join(extraction.derived)} computed from body weight and height."]
+        lines += ["", f"**Derived:** {', '.join(extraction.derived)} computed from other observations (see above)."]
     if notes:
         lines += ["", "**Notes on inputs:**", ""]
         lines += [f"- {spec.by_name(s.feature).label}: {_esc(s.note)}" for s in notes]
@@ -169,7 +180,7 @@ def risk_card(
     if prediction.warnings:
         lines += ["", "**Outside the training range (the model extrapolates):**", ""]
         lines += [f"- {_esc(w.message)}" for w in prediction.warnings]
-    lines += ["", *_population_md(extraction, population, extraction.record.get("age"))]
+    lines += ["", *_population_md(extraction, card.population, extraction.record.get("age"))]
     lines += [
         "",
         f"**Explanation.** {explanation.method} GradientSHAP of the {explanation.output}, relative to "
@@ -181,15 +192,15 @@ def risk_card(
     if age is not None and age.code == "birthDate":
         lines += ["", f"Age is counted from Patient.birthDate to the day of the call ({extraction.as_of[:10]})."]
     indicator = "warning" if prediction.label == 1 else "info"
-    card: dict[str, Any] = {
+    out: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
-        "summary": risk_summary(prediction.probability, version),
+        "summary": risk_summary(prediction.probability, version, card),
         "detail": "\n".join(lines),
         "indicator": indicator,
         "source": {
-            "label": f"{service_label} ({version})",
+            "label": f"gshap-service {service.id} ({version})",
             "url": links.model_card,
-            "topic": {"system": "https://gshap.dev/cds/topics", "code": "diabetes-risk", "display": "Diabetes risk"},
+            "topic": {"system": "https://gshap.dev/cds/topics", "code": service.id, "display": service.title},
         },
         "links": links.links(),
         "overrideReasons": [{"system": OVERRIDE_SYSTEM, "code": c, "display": d} for c, d in OVERRIDE_REASONS],
@@ -203,24 +214,24 @@ def risk_card(
             }
         },
     }
-    return card
+    return out
 
 
 def cannot_compute_card(
     extraction: Extraction,
     *,
     spec: FeatureSpec,
-    population: Population,
+    card: ModelCard,
+    service: CdsService,
     links: CardLinks,
     model_version: str,
-    service_label: str = "gshap-service diabetes-risk",
 ) -> dict[str, Any]:
     """The card when a required input is missing: no risk, and why."""
     missing = [spec.by_name(n) for n in extraction.required_missing]
     names = ", ".join(f.label.lower() for f in missing)
-    summary = f"Diabetes risk cannot be computed: {names} not found ({model_version})"
+    summary = f"{risk_words(card)} cannot be computed: {names} not found ({model_version})"
     if len(summary) > 139:
-        summary = f"Diabetes risk cannot be computed: required inputs missing ({model_version})"[:139]
+        summary = f"{risk_words(card)} cannot be computed: required inputs missing ({model_version})"[:139]
     lines = [
         f"**No risk was computed.** The model ({model_version}) cannot do without: {names}. It never replaces a "
         "missing required input by a guess or a 0.",
@@ -237,12 +248,12 @@ def cannot_compute_card(
         lines.append(f"- {feat.label}: {', '.join(codes)}")
     if extraction.issues:
         lines += ["", "**Not used or used with a caveat:**", "", *_issues_md(extraction.issues)]
-    lines += ["", *_population_md(extraction, population, extraction.record.get("age"))]
+    lines += ["", *_population_md(extraction, card.population, extraction.record.get("age"))]
     return {
         "uuid": str(uuid.uuid4()),
         "summary": summary,
         "detail": "\n".join(lines),
         "indicator": "info",
-        "source": {"label": f"{service_label} ({model_version})", "url": links.model_card},
+        "source": {"label": f"gshap-service {service.id} ({model_version})", "url": links.model_card},
         "links": links.links(),
     }

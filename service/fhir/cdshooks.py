@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.model.features import FEATURE_CODE_SYSTEM, FeatureSpec, Population
+from service.model.card import CdsService, ModelCard
+from service.model.features import FEATURE_CODE_SYSTEM, FeatureSpec
 
 __all__ = [
     "FHIR_ID_PATTERN",
     "HOOK",
-    "SERVICE_ID",
     "Card",
     "CdsRequest",
     "CdsResponse",
@@ -37,7 +37,6 @@ __all__ = [
     "required_prefetch_keys",
 ]
 
-SERVICE_ID = "diabetes-risk"
 HOOK = "patient-view"
 FHIR_ID_PATTERN = r"^[A-Za-z0-9\-\.]{1,64}$"
 PATIENT_KEY = "patient"
@@ -83,26 +82,32 @@ def required_prefetch_keys(spec: FeatureSpec) -> tuple[str, ...]:
     )
 
 
-def discovery_document(spec: FeatureSpec, population: Population, model_version: str) -> dict[str, Any]:
-    """``GET /cds-services``: one service, ``diabetes-risk``, on ``patient-view``."""
-    required = [f.label.lower() for f in spec if not f.may_be_missing]
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def discovery_document(spec: FeatureSpec, card: ModelCard, service: CdsService, model_version: str) -> dict[str, Any]:
+    """``GET /cds-services``: the one service the model declares (``service``: id, title, description), on
+    ``patient-view``. The usage requirements name the model's population and its inputs, from the model card and
+    the feature specification."""
+    required = [f.label.lower() for f in spec if not f.may_be_missing and f.fhir is not None]
+    optional = []
+    for f in spec:
+        if not f.may_be_missing or f.fhir is None:
+            continue
+        inputs = [c.display for c in f.fhir.derived_from]
+        optional.append(f.label + (f" (or {_listed(inputs)})" if inputs else ""))
+    needs = f"Needs the Patient (birthDate) and, as FHIR R4 Observations coded with LOINC or {FEATURE_CODE_SYSTEM}: "
+    needs += f"{', '.join(required)} (required)" if required else "no required input"
+    needs += f"; {', '.join(optional)} when measured (imputed otherwise)." if optional else "."
     return {
         "services": [
             {
                 "hook": HOOK,
-                "title": "Diabetes risk, with its reasons",
-                "description": (
-                    f"Estimated probability that the patient tests positive for diabetes ({model_version}, an MLP "
-                    "trained on the Pima Indians Diabetes Database), with the measurements that drive it (GradientSHAP "
-                    "attributions), their values, units and dates, and the inputs that were missing or imputed."
-                ),
-                "id": SERVICE_ID,
-                "usageRequirements": (
-                    f"Population: {population.description} Needs the Patient (birthDate) and, as FHIR R4 "
-                    f"Observations coded with LOINC or {FEATURE_CODE_SYSTEM}: {', '.join(required)} (required); "
-                    "2-hour OGTT glucose, diastolic blood pressure, BMI (or weight and height), insulin and triceps "
-                    "skinfold when measured (imputed otherwise)."
-                ),
+                "title": service.title,
+                "description": f"{service.description} (model {model_version})",
+                "id": service.id,
+                "usageRequirements": f"Population: {card.population.description} {needs}",
                 "prefetch": prefetch_templates(spec),
             }
         ]

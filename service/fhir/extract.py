@@ -2,7 +2,7 @@
 
 The rules (docs/CDS_HOOKS.md states them for users):
 
-- Codes and units come from the feature specification (:data:`service.model.features.PIMA_SPEC`, ``Feature.fhir``):
+- Codes and units come from the feature specification (the served bundle's ``spec``, ``Feature.fhir``):
   an Observation counts for a feature when one of its codings is one of the feature's codes (LOINC, or
   ``urn:gshap-service:feature|<name>``), or, for a code with ``panels``, when it is a component of such a panel.
 - The unit is read from ``valueQuantity.system`` = ``http://unitsofmeasure.org`` and ``valueQuantity.code``; only

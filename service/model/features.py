@@ -14,12 +14,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from service.model.card import Population
+
 __all__ = [
+    "BODY_HEIGHT",
+    "BODY_WEIGHT",
+    "DERIVATIONS",
     "FEATURE_CODE_SYSTEM",
     "LOINC",
+    "MISSING_RULES",
     "PIMA_POPULATION",
     "PIMA_SPEC",
     "UCUM",
+    "Derivation",
     "Feature",
     "FeatureSpec",
     "FhirCode",
@@ -37,6 +44,9 @@ FEATURE_CODE_SYSTEM = "urn:gshap-service:feature"
 """This service's own code system: an Observation coded ``urn:gshap-service:feature|<feature name>`` carries that
 feature's value in the feature's own unit (``FhirMapping.ucum``). Every feature accepts it, so that inputs without
 a standard code (triceps skinfold, the diabetes pedigree function) can be sent at all."""
+MISSING_RULES = ("forbidden", "impute", "zero_means_missing")
+"""A feature's ``missing`` rule: ``forbidden`` (a value is required), ``impute`` (null or omitted means "not
+measured" and is imputed; 0 is a value), ``zero_means_missing`` (null, omitted or 0 mean "not measured")."""
 
 
 # ---- FHIR mapping: how each feature is found in FHIR R4 resources --------------------------------------------
@@ -90,20 +100,12 @@ class FhirMapping:
     integer_values: bool = False
     dimensionless: bool = False
     note: str = ""
+    derivation: str = ""
 
     def all_codes(self, feature: str) -> tuple[FhirCode, ...]:
         """The standard codes, then ``urn:gshap-service:feature|<feature>`` in the feature's own unit."""
         own = FhirCode(FEATURE_CODE_SYSTEM, feature, f"{feature} (gshap-service feature)", self.own_units)
         return (*self.codes, own)
-
-
-@dataclass(frozen=True)
-class Population:
-    """Who the model was trained on, as a sentence and as the two checks the card makes."""
-
-    description: str
-    sex: str
-    min_age: int
 
 
 @dataclass(frozen=True)
@@ -121,11 +123,20 @@ class Feature:
     integer: bool = False
     example: float = 0.0
     fhir: FhirMapping | None = field(default=None, compare=False, repr=False)
+    missing: str = ""
+
+    def __post_init__(self) -> None:
+        # ``missing`` is the spec's rule; ``zero_means_missing`` its older spelling: one decides the other
+        if not self.missing:
+            object.__setattr__(self, "missing", "zero_means_missing" if self.zero_means_missing else "forbidden")
+        if self.missing not in MISSING_RULES:
+            raise ValueError(f"feature {self.name!r}: missing must be one of {', '.join(MISSING_RULES)}")
+        object.__setattr__(self, "zero_means_missing", self.missing == "zero_means_missing")
 
     @property
     def may_be_missing(self) -> bool:
-        """Whether a client may omit this value (or send null / 0 for "not measured")."""
-        return self.zero_means_missing
+        """Whether a client may omit this value (or send null, or 0 where zero means "not measured")."""
+        return self.missing != "forbidden"
 
     def label_with_unit(self) -> str:
         """``"Glucose (mg/dL)"``; the unit is left out where there is none."""
@@ -142,6 +153,7 @@ class FeatureSpec:
     positive_label: str = "positive"
     negative_label: str = "negative"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    target_positive: Any = 1
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.features]
@@ -180,6 +192,7 @@ class FeatureSpec:
             "positive_label": self.positive_label,
             "negative_label": self.negative_label,
             "extra": dict(self.extra),
+            "target_positive": self.target_positive,
         }
 
     @classmethod
@@ -192,6 +205,7 @@ class FeatureSpec:
             positive_label=str(data.get("positive_label", "positive")),
             negative_label=str(data.get("negative_label", "negative")),
             extra=dict(data.get("extra", {})),
+            target_positive=data.get("target_positive", 1),
         )
 
     @classmethod
@@ -211,6 +225,60 @@ class FeatureSpec:
             for c in columns
         )
         return cls(features=feats, target_column=target_column)
+
+
+# ---- derivations: the fixed list of values a FHIR mapping may compute from other data -------------------------
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """A value computed when the feature itself is not recorded: from other Observations (``derived_from``) or
+    from an element of the Patient resource (``patient_element``). The list is fixed (:data:`DERIVATIONS`):
+    the extraction code implements each one."""
+
+    name: str
+    description: str
+    derived_from: tuple[FhirCode, ...] = ()
+    patient_element: str = ""
+
+
+BODY_WEIGHT = FhirCode(
+    LOINC,
+    "29463-7",
+    "Body weight",
+    (
+        FhirUnit("kg", 1.0, ("kg", "KG", "kgs")),
+        FhirUnit("g", 0.001, ("g",), "1000 g per kg"),
+        FhirUnit("[lb_av]", 0.45359237, ("lb", "lbs", "[lb_av]"), "0.45359237 kg per avoirdupois pound"),
+    ),
+)
+BODY_HEIGHT = FhirCode(
+    LOINC,
+    "8302-2",
+    "Body height",
+    (
+        FhirUnit("cm", 1.0, ("cm", "CM")),
+        FhirUnit("m", 100.0, ("m",), "100 cm per m"),
+        FhirUnit("[in_i]", 2.54, ("in", "[in_i]"), "2.54 cm per international inch"),
+    ),
+)
+DERIVATIONS: dict[str, Derivation] = {
+    d.name: d
+    for d in (
+        Derivation(
+            "bmi_from_weight_and_height",
+            "body mass index in kg/m2 = body weight 29463-7 (kg) / (body height 8302-2 (m))², from the latest of "
+            "each, used when no BMI is recorded (flagged as derived)",
+            derived_from=(BODY_WEIGHT, BODY_HEIGHT),
+        ),
+        Derivation(
+            "age_from_birthdate",
+            "age in whole years from Patient.birthDate to the day of the call (UTC)",
+            patient_element="birthDate",
+        ),
+    )
+}
+"""The derivations a model spec may name (``fhir.<feature>.derivation``)."""
 
 
 def _snake(name: str) -> str:
@@ -246,26 +314,6 @@ _MM = FhirUnit("mm", 1.0, ("mm",))
 _YEARS = FhirUnit("a", 1.0, ("a", "yr", "years"))
 _COUNT = FhirUnit("1", 1.0, ())
 _COUNT_BRACES = FhirUnit("{#}", 1.0, ())
-_WEIGHT = FhirCode(
-    LOINC,
-    "29463-7",
-    "Body weight",
-    (
-        FhirUnit("kg", 1.0, ("kg", "KG", "kgs")),
-        FhirUnit("g", 0.001, ("g",), "1000 g per kg"),
-        FhirUnit("[lb_av]", 0.45359237, ("lb", "lbs", "[lb_av]"), "0.45359237 kg per avoirdupois pound"),
-    ),
-)
-_HEIGHT = FhirCode(
-    LOINC,
-    "8302-2",
-    "Body height",
-    (
-        FhirUnit("cm", 1.0, ("cm", "CM")),
-        FhirUnit("m", 100.0, ("m",), "100 cm per m"),
-        FhirUnit("[in_i]", 2.54, ("in", "[in_i]"), "2.54 cm per international inch"),
-    ),
-)
 _NOT_OGTT = "not a 2-hour post-load (OGTT) glucose, which is what the model was trained on"
 
 PIMA_POPULATION = Population(
@@ -420,7 +468,8 @@ PIMA_SPEC = FeatureSpec(
                 ucum="kg/m2",
                 own_units=(_KG_M2,),
                 codes=(FhirCode(LOINC, "39156-5", "Body mass index (BMI) [Ratio]", (_KG_M2,)),),
-                derived_from=(_WEIGHT, _HEIGHT),
+                derived_from=(BODY_WEIGHT, BODY_HEIGHT),
+                derivation="bmi_from_weight_and_height",
                 note="When no BMI is recorded, it is computed from body weight 29463-7 and height 8302-2 (flagged).",
             ),
         ),
@@ -458,6 +507,7 @@ PIMA_SPEC = FeatureSpec(
                 own_units=(_YEARS,),
                 codes=(),
                 patient_element="birthDate",
+                derivation="age_from_birthdate",
                 note="Whole years from Patient.birthDate to the day of the call (UTC).",
             ),
         ),

@@ -38,10 +38,12 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
-from service.contract import GROUPS
+from service.contract import GROUPS, SERVED_METHODS
+from service.model.card import CdsService, ModelCard
 from service.model.features import FeatureSpec
 from service.model.nn import IDENTITY, CalibratedClassification, Calibration
 from service.model.preprocess import Preprocessor
+from service.model.spec import SPECS, ModelSpec, SpecError, load_spec, spec_from_dict, spec_from_legacy_manifest
 
 __all__ = [
     "DEFAULT_STORE",
@@ -89,6 +91,30 @@ class Bundle:
     eval_rows: np.ndarray
     groups: dict[str, Any] | None = field(default=None)
     calibration: Calibration = field(default=IDENTITY)
+    model_spec: ModelSpec = field(default=None)  # type: ignore[assignment]  # always set by load_bundle
+
+    @property
+    def card(self) -> ModelCard:
+        """The model card: outcome, population and the card's texts (from the bundle's spec)."""
+        return self.model_spec.card
+
+    @property
+    def cds(self) -> CdsService | None:
+        """The CDS Hooks service the model offers, or None."""
+        return self.model_spec.cds
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The explanation methods this network offers: ``exact`` only where the exact kernel covers it."""
+        if self.model_spec.exact:
+            return SERVED_METHODS
+        return tuple(m for m in SERVED_METHODS if m != "exact")
+
+    @property
+    def default_method(self) -> str:
+        """``"exact"`` when offered, else ``"quadrature"``."""
+        return "exact" if "exact" in self.methods else "quadrature"
+
     # the key that signed the bundle (service.model.signing: its id and base64 public key); None: unsigned
     signed_by: str | None = field(default=None)
     signing_key: str | None = field(default=None)
@@ -304,8 +330,9 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
     missing = [key for key in (*MANIFEST_KEYS, *(("calibration",) if fmt >= 2 else ())) if key not in manifest]
     if missing:
         raise BundleError(f"model bundle {folder}: manifest.json has no {', '.join(missing)}")
+    model_spec = _model_spec(folder, manifest)
     with _reading(folder, "manifest.json"):
-        spec = FeatureSpec.from_dict(manifest["features"])
+        spec = model_spec.features
         pre = Preprocessor.from_dict(manifest["preprocessing"])
         threshold = float(manifest["threshold"])
         calibration = Calibration.from_dict(manifest["calibration"]) if fmt >= 2 else IDENTITY
@@ -349,4 +376,23 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
         eval_rows=eval_rows,
         groups=groups,
         calibration=calibration,
+        model_spec=model_spec,
     )
+
+
+def _model_spec(folder: Path, manifest: dict[str, Any]) -> ModelSpec:
+    """The bundle's validated spec (``manifest["spec"]``); for a bundle written before bundles carried their
+    spec, one built from its manifest (the shipped Pima bundle takes its FHIR mappings, population and CDS
+    service from its spec file, when that file describes the same features: a transitional fallback)."""
+    try:
+        if "spec" in manifest:
+            return spec_from_dict(manifest["spec"])
+        legacy = spec_from_dict(spec_from_legacy_manifest(manifest))
+        recipe = SPECS / f"{legacy.name}.yaml"
+        if recipe.is_file():
+            known = load_spec(recipe)
+            if known.features.to_dict()["features"] == legacy.features.to_dict()["features"]:
+                return known
+        return legacy
+    except (SpecError, KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"model bundle {folder}: manifest.json has no valid model spec ({_one_line(exc)})") from exc

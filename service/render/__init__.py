@@ -23,7 +23,9 @@ from service.render.charts import (
     Contribution,
     Marker,
     group_chart,
+    group_titles,
     influence_chart,
+    sign_legend,
     waterfall_chart,
 )
 
@@ -36,6 +38,8 @@ __all__ = [
     "Contribution",
     "Marker",
     "group_chart",
+    "group_titles",
     "influence_chart",
+    "sign_legend",
     "waterfall_chart",
 ]

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from service.contract import sigmoid
+from service.contract import format_value, sigmoid
 
 __all__ = [
     "DOWN",
@@ -24,20 +24,35 @@ __all__ = [
     "Contribution",
     "Marker",
     "group_chart",
+    "group_titles",
     "influence_chart",
+    "sign_legend",
     "waterfall_chart",
 ]
 
 UP, DOWN, NEUTRAL = "#c0392b", "#2471a3", "#7d3c98"  # toward the positive class / away from it / unsigned
 
-GROUP_TITLES = {
-    "TP": "True positives (diabetes, predicted diabetes)",
-    "TN": "True negatives (no diabetes, predicted none)",
-    "FP": "False positives (no diabetes, predicted diabetes)",
-    "FN": "False negatives (diabetes, predicted none)",
-    "ALL": "All evaluation records",
-}
-SIGN_LEGEND = "red: pushes toward diabetes · blue: pushes away · relative to the base value"
+POSITIVE, NEGATIVE = "positive", "negative"
+"""The words for the two classes when a chart is not told the model's (``positive=``, ``negative=``)."""
+
+
+def group_titles(positive: str = POSITIVE, negative: str = NEGATIVE) -> dict[str, str]:
+    """The outcome groups' titles in the model's words (its positive and negative labels)."""
+    return {
+        "TP": f"True positives ({positive}, predicted {positive})",
+        "TN": f"True negatives ({negative}, predicted {negative})",
+        "FP": f"False positives ({negative}, predicted {positive})",
+        "FN": f"False negatives ({positive}, predicted {negative})",
+        "ALL": "All evaluation records",
+    }
+
+
+GROUP_TITLES = group_titles()
+
+
+def sign_legend(positive: str = POSITIVE) -> str:
+    """What the colours mean, in the model's words."""
+    return f"red: pushes toward {positive} · blue: pushes away · relative to the base value"
 
 
 @dataclass(frozen=True)
@@ -112,7 +127,7 @@ class Contribution(Protocol):
 
 
 def _value_text(c: Contribution) -> str:
-    value = f"{c.value:g} {c.unit}".strip()
+    value = f"{format_value(c.value)} {c.unit}".strip()
     return f"{c.label} = {value}" + (" (imputed)" if c.imputed else "")
 
 
@@ -124,6 +139,7 @@ def waterfall_chart(
     output: str = "logit",
     title: str = "How each feature moved this prediction",
     footnote: str = "",
+    positive: str = POSITIVE,
 ) -> BarChart:
     """One explanation as a waterfall: from the base value, the largest attribution first, to the output."""
     order = sorted(range(len(contributions)), key=lambda j: -abs(contributions[j].attribution))
@@ -147,10 +163,10 @@ def waterfall_chart(
     if output == "logit":
         prob = sigmoid(output_value)
         line = f"base value {base_value:.2f} → logit {output_value:.2f} (probability {prob:.2f})"
-        xlabel = "logit (log-odds of diabetes)"
+        xlabel = f"logit (log-odds of {positive})"
     else:
         line = f"base probability {base_value:.3f} → probability {output_value:.3f}"
-        xlabel = "probability of diabetes"
+        xlabel = f"probability of {positive}"
     return BarChart(
         title=(title, line),
         xlabel=xlabel,
@@ -159,7 +175,7 @@ def waterfall_chart(
             Marker(base_value, f"base value E[f(b)] = {base_value:.2f}", dashed=True),
             Marker(output_value, f"f(x) = {output_value:.2f}"),
         ),
-        footnote=footnote or SIGN_LEGEND,
+        footnote=footnote or sign_legend(positive),
         description=f"Waterfall of {len(bars)} feature attributions: {line}.",
         zero_line=False,
         pad=0.18,
@@ -177,6 +193,8 @@ def group_chart(
     *,
     interval: str = "95% interval",
     title: str | None = None,
+    positive: str = POSITIVE,
+    negative: str = NEGATIVE,
 ) -> BarChart:
     """One outcome group's mean attribution of each feature (largest first), with its interval where it has one.
 
@@ -203,12 +221,12 @@ def group_chart(
                 note=f"{label}: mean attribution {mean:+.3f}{span}",
             )
         )
-    heading = title or f"{GROUP_TITLES.get(name, name)}: n={group['count']}"
+    heading = title or f"{group_titles(positive, negative).get(name, name)}: n={group['count']}"
     return BarChart(
         title=(heading,),
         xlabel=f"mean GradientSHAP attribution (logit) with {interval}",
         bars=tuple(bars),
-        footnote=SIGN_LEGEND,
+        footnote=sign_legend(positive),
         description=f"Mean attribution of each feature in outcome group {name} ({group['count']} records).",
     )
 

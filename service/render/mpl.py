@@ -146,7 +146,9 @@ def confusion_figure(matrix: Mapping[str, int], names: tuple[str, str], title: s
     return fig
 
 
-def reliability_figure(metrics: Mapping[str, Any], served: str) -> Figure | None:
+def reliability_figure(
+    metrics: Mapping[str, Any], served: str, positive: str = "the positive outcome"
+) -> Figure | None:
     """Reliability diagram of the test split, before and after calibration, for the MLP and the logistic
     reference: observed rate against mean predicted risk per bin, the record count written at each point, and the
     counts as bars below. From a bundle's stored bins (``metrics["calibration"]``); ``None`` if it has none.
@@ -194,7 +196,7 @@ def reliability_figure(metrics: Mapping[str, Any], served: str) -> Figure | None
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{title}: test split, {cal[key]['after']['n']} records", fontsize=10)
         ax.set_xlabel("mean predicted risk in the bin")
-        ax.set_ylabel("observed rate of diabetes in the bin")
+        ax.set_ylabel(f"observed rate of {positive} in the bin")
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
         bars.set_xlim(0, 1)

@@ -2,7 +2,8 @@
 
 `InferenceRuntime` wraps one loaded bundle and its :class:`~service.engine.gradient_shap.GradientShapEngine`.
 It turns records (mappings keyed by feature name, in the data set's units, ``None`` = not measured) into the model's
-input, predicts, explains, flags imputed and out-of-training-range values and writes the one-sentence summary.
+input, predicts, explains and flags imputed and out-of-training-range values; the words of its answers (the
+one-sentence summary, the caveats) come from :mod:`service.render.text`.
 Its answers are plain frozen dataclasses; the routes only translate them to JSON.
 
 Concurrency: the engine's arithmetic is CPU-bound and must not block the event loop, so
@@ -33,9 +34,10 @@ from service import __version__
 from service.contract import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, MIN_N_SAMPLES, Output, label_of, sigmoid
 from service.contract import ServedMethod as Method
 from service.engine.gradient_shap import Explanation, GradientShapEngine
-from service.model.features import Feature, FeatureSpec
+from service.model.features import FeatureSpec
 from service.model.store import FORMAT_VERSION, Bundle, BundleError
 from service.observe.metrics import ModelTelemetry, Telemetry
+from service.render.text import range_warning, summary_sentence
 from service.runtime.batching import Coalescer
 from service.runtime.engine_pool import EngineProcessPool
 
@@ -52,18 +54,11 @@ __all__ = [
     "RecordExplanation",
     "configure_torch",
     "ensure_compatible",
-    "format_value",
-    "summary_sentence",
 ]
 
 Record = Mapping[str, float | int | None]
 
 # the engine's lower bounds of n_samples: a Monte-Carlo standard error needs two draws, quadrature one node
-
-# units that read badly after a number in a sentence ("6 count", "0.627 score")
-_SILENT_UNITS = frozenset({"", "count", "score"})
-# a driver is named in the summary only if it moves the output by at least this share of the strongest one
-_SUMMARY_SHARE = 0.1
 _PREDICT_KEY = ("predict",)
 
 
@@ -198,63 +193,6 @@ def configure_torch(threads: int | None) -> int:
     with contextlib.suppress(RuntimeError):  # settable once per process, before any parallel work
         torch.set_num_interop_threads(1)
     return n
-
-
-def format_value(value: float, integer: bool = False) -> str:
-    """A value as people write it: ``148``, ``33.6``, ``0.627``."""
-    if integer or float(value).is_integer():
-        return str(round(value))
-    return f"{value:.6g}"
-
-
-def _lower_label(label: str) -> str:
-    # "Blood pressure" → "blood pressure" inside a sentence, but "BMI" stays "BMI"
-    return label if label[:2].isupper() else label[:1].lower() + label[1:]
-
-
-def _phrase(feat: Feature, value: float, imputed: bool, first: bool) -> str:
-    label = feat.label if first else _lower_label(feat.label)
-    shown = format_value(value, feat.integer)
-    unit = "" if feat.unit in _SILENT_UNITS else f" {feat.unit}"
-    if imputed:
-        return f"{label} (not measured; imputed as {shown}{unit})"
-    if feat.unit == "count":  # "the number of pregnancies (6)": singular, whatever the count
-        return f"{'The' if first else 'the'} number of {_lower_label(feat.label)} ({shown})"
-    return f"{label} of {shown}{unit}"
-
-
-def summary_sentence(spec: FeatureSpec, attributions: Sequence[FeatureAttribution], target: str = "risk") -> str:
-    """One plain sentence naming the strongest drivers up and down.
-
-    e.g. "Glucose of 148 mg/dL and BMI of 33.6 kg/m² push the predicted risk up most; age of 50 years pushes
-    it down." At most two features a direction, each moving the output by at least a tenth of the strongest.
-    """
-    if not attributions:
-        return "The model has no features to explain."
-    strongest = max(abs(a.attribution) for a in attributions)
-    if not math.isfinite(strongest) or strongest <= 1e-12:
-        return f"No feature moves the predicted {target} away from the baseline average."
-    ranked = sorted(
-        (a for a in attributions if abs(a.attribution) >= _SUMMARY_SHARE * strongest),
-        key=lambda a: -abs(a.attribution),
-    )
-    up = [a for a in ranked if a.attribution > 0][:2]
-    down = [a for a in ranked if a.attribution < 0][:2]
-    sides: list[tuple[list[FeatureAttribution], str]] = [(up, "up"), (down, "down")]
-    if ranked[0].attribution < 0:
-        sides.reverse()
-    clauses: list[str] = []
-    for items, direction in sides:
-        if not items:
-            continue
-        first_clause = not clauses
-        names = " and ".join(
-            _phrase(spec.by_name(a.feature), a.value, a.imputed, first_clause and i == 0) for i, a in enumerate(items)
-        )
-        verb = "pushes" if len(items) == 1 else "push"
-        what = f"the predicted {target} {direction} most" if first_clause else f"it {direction}"
-        clauses.append(f"{names} {verb} {what}")
-    return "; ".join(clauses) + "."
 
 
 class InferenceRuntime:
@@ -413,16 +351,11 @@ class InferenceRuntime:
         for feat, v, lo, hi in zip(self.spec, raw_row, self._lo, self._hi, strict=True):
             if math.isnan(v) or lo <= v <= hi:
                 continue
-            unit = "" if feat.unit in _SILENT_UNITS else f" {feat.unit}"
-            side, bound, word = ("below", lo, "lowest") if v < lo else ("above", hi, "highest")
             out.append(
                 FeatureWarning(
                     feature=feat.name,
                     code="outside_training_range",
-                    message=(
-                        f"{feat.label} of {format_value(v, feat.integer)}{unit} is {side} the {word} value seen in "
-                        f"training ({format_value(bound, feat.integer)}{unit}); the model extrapolates here."
-                    ),
+                    message=range_warning(feat, v, lo, hi),
                     value=v,
                     train_min=lo,
                     train_max=hi,

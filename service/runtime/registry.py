@@ -187,6 +187,40 @@ class ModelRegistry:
         self._pending = (plan, built)
         return built
 
+    def prepare(self, plan: StorePlan | None = None) -> None:
+        """Load and verify every bundle of the plan and build its runtime, without warming up (the app's creation:
+        its routes and request models come from the bundles); :meth:`start` warms them up and serves them."""
+        plan = plan or self.plan()
+        built: dict[tuple[str, str], ServedVersion] = {}
+        try:
+            for name, version, folder in plan.bundles():
+                identity = store_identity(folder)
+                built[(name, version)] = ServedVersion(self.build(self.load(folder, name, version)), identity, folder)
+        except BaseException:
+            for served in built.values():
+                served.runtime.close()
+            raise
+        self._pending = (plan, built)
+
+    def pending_default(self) -> ServedVersion:
+        """The default model's default version: of the served set, or of what :meth:`start` will serve."""
+        if self.served is not None:
+            return self._entry(None, None)
+        assert self._pending is not None, "nothing prepared"
+        plan, built = self._pending
+        model = plan.models[plan.default_model]
+        return built[(model.name, model.default_version)]
+
+    def served_or_pending(self) -> list[tuple[str, str, ServedVersion, bool]]:
+        """:meth:`entries`, or before :meth:`start` the entries it will serve."""
+        if self.served is not None or self._pending is None:
+            return self.entries()
+        plan, built = self._pending
+        return [
+            (name, version, entry, plan.models[name].default_version == version)
+            for (name, version), entry in sorted(built.items())
+        ]
+
     async def start(self) -> None:
         """Load (unless :meth:`preload` did) and start every planned version; the first refusal raises."""
         pending = self._pending

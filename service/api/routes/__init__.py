@@ -1,7 +1,9 @@
 """What the route modules share: the app state, the dependencies (``RuntimeDep``, ...) and the batch splitter.
 
 One module an area (``predict``, ``explain``, ``groups``, ``model``, ``health``), each an ``APIRouter`` named
-``router``; :func:`service.api.app.create_app` includes them. Routes translate HTTP to
+``router``, or, where the request body is the served model's record (``predict``, ``explain``), a function
+``build_router(models)`` that :func:`service.api.app.create_app` calls with the bundle's request models
+(:func:`service.schemas.request_models`); ``create_app`` includes them. Routes translate HTTP to
 :class:`~service.runtime.inference.InferenceRuntime` calls and back, and raise :mod:`service.api.errors` problems; they
 hold no maths.
 """
@@ -9,11 +11,12 @@ hold no maths.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.message import Message
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import Depends, Request, Response
@@ -35,7 +38,7 @@ from service.model.store import Bundle
 from service.observe.metrics import Telemetry
 from service.runtime.inference import InferenceRuntime
 from service.runtime.registry import ModelRegistry, UnknownModel
-from service.schemas import BatchItemError, PatientRecord, Problem
+from service.schemas import BatchItemError, PatientRecord, Problem, RequestModels
 
 __all__ = [
     "GET_PROBLEMS",
@@ -45,25 +48,32 @@ __all__ = [
     "RuntimeDep",
     "SettingsDep",
     "batch_answer",
+    "body_as",
     "get_runtime",
     "get_state",
     "json_answer",
+    "pin_model",
     "problem_responses",
     "require_json",
     "split_batch",
 ]
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
 @dataclass
 class AppState:
-    """Per-app state: the settings, a bundle and a built runtime handed in by the caller (tests, ``serve``), the
-    runtime in use and the metrics (None when GSHAP_METRICS_ENABLED is false)."""
+    """Per-app state: the settings, the bundle (loaded by ``create_app`` or handed in) and a runtime built by the
+    caller (tests, ``serve``), the runtime in use, the metrics (None when GSHAP_METRICS_ENABLED is false) and the
+    request models built from the bundle's specification."""
 
     settings: Settings
     preloaded: Bundle | None = None
     prebuilt: InferenceRuntime | None = None
     runtime: InferenceRuntime | None = None
     telemetry: Telemetry | None = None
+    models: RequestModels | None = None
     # the served model versions (several at once, reloaded without a restart); ``runtime`` is its default one
     registry: ModelRegistry | None = None
     reload_seen: int = 0  # modification time (ns) of GSHAP_RELOAD_FILE at this process's last reload
@@ -91,14 +101,13 @@ def get_runtime(request: Request) -> InferenceRuntime:
     is not served). Under ``/models/{name}`` it is that model's default version, under
     ``/models/{name}/versions/{version}`` that version, elsewhere the store's default model's default version."""
     state = get_state(request)
-    params = request.path_params
-    name = params.get("name")
-    if name is None or state.registry is None or state.registry.served is None:
+    pinned = request.scope.get("state", {}).get("gshap_model")
+    if pinned is None or state.registry is None or state.registry.served is None:
         runtime = state.runtime
     else:
         try:
-            runtime = state.registry.lookup(name, params.get("version"))
-        except UnknownModel as exc:
+            runtime = state.registry.lookup(*pinned)
+        except UnknownModel as exc:  # unloaded by a reload an instant ago (its routes go with it)
             raise NotFound(str(exc), extra={"served": exc.known}) from None
     if runtime is None or not runtime.ready:
         raise _not_ready()
@@ -108,6 +117,16 @@ def get_runtime(request: Request) -> InferenceRuntime:
 
 async def get_request_id(request: Request) -> str | None:
     return request_id_of(request.scope)
+
+
+def pin_model(name: str, version: str | None) -> Callable[[Request], Awaitable[None]]:
+    """The dependency of a per-model route: its requests are answered by ``name`` at ``version`` (None: the
+    model's default version at the time of the request)."""
+
+    async def pinned(request: Request) -> None:
+        request.scope.setdefault("state", {})["gshap_model"] = (name, version)
+
+    return pinned
 
 
 async def runtime_dependency(request: Request) -> AsyncIterator[InferenceRuntime]:
@@ -205,9 +224,15 @@ def batch_answer(answered: Sequence[tuple[int, Any]], refused: Sequence[BatchIte
 
 
 def split_batch(
-    records: Sequence[Any], *, limit: int, instance: str, request_id: str | None
+    records: Sequence[Any],
+    *,
+    record_model: type[PatientRecord],
+    limit: int,
+    instance: str,
+    request_id: str | None,
 ) -> tuple[list[tuple[int, dict[str, Any]]], list[BatchItemError]]:
-    """Validate a batch record by record: ``(index, record)`` pairs to answer and the refusals by index.
+    """Validate a batch record by record with the served model's ``record_model``: ``(index, record)`` pairs to
+    answer and the refusals by index.
 
     Raises :class:`PayloadTooLarge` (413) when the batch has more than ``limit`` records.
     """
@@ -220,7 +245,7 @@ def split_batch(
     refused: list[BatchItemError] = []
     for i, item in enumerate(records):
         try:
-            valid.append((i, PatientRecord.model_validate(item).model_dump()))
+            valid.append((i, record_model.model_validate(item).model_dump()))
         except ValidationError as exc:
             problem = problem_body(
                 invalid_input(field_errors(exc.errors())), instance=f"{instance}#/records/{i}", request_id=request_id
@@ -250,3 +275,23 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 GET_PROBLEMS = (401, 429, 500, 503)
 POST_PROBLEMS = (400, 401, 413, 415, 422, 429, 500, 503)
+
+
+def body_as(**bodies: Any) -> Callable[[F], F]:
+    """A decorator replacing the annotations of the endpoint's parameters named in ``bodies``, for FastAPI only.
+
+    The routes whose body is the served model's record are written against the bases in :mod:`service.schemas`
+    (``PatientRecord``, ``ExplainRequest``, ...: what the code may rely on, checked by mypy); FastAPI reads the
+    endpoint's signature, so setting it here to the models built from the bundle makes FastAPI validate and
+    document the served model's fields.
+    """
+
+    def bind(endpoint: F) -> F:
+        signature = inspect.signature(endpoint, eval_str=True)
+        params = [
+            p.replace(annotation=bodies[p.name]) if p.name in bodies else p for p in signature.parameters.values()
+        ]
+        endpoint.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        return endpoint
+
+    return bind

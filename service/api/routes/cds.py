@@ -1,5 +1,9 @@
-"""CDS Hooks 2.0: ``GET /cds-services`` (discovery), ``POST /cds-services/diabetes-risk`` (the card) and
-``POST /cds-services/diabetes-risk/feedback``.
+"""CDS Hooks 2.0: ``GET /cds-services`` (discovery), ``POST /cds-services/{id}`` (the card) and
+``POST /cds-services/{id}/feedback``, where ``{id}`` is the CDS service the served bundle declares
+(``bundle.cds``: id, title, description; the Pima bundle's is ``diabetes-risk``). A bundle that declares none is
+served without CDS Hooks: none of these paths exists (a discovery document may not hold an empty ``services``
+array: the specification's JSON rules forbid empty arrays but ``cards``). The prefetch templates, the
+required keys, the extraction and the card follow the bundle's features, FHIR mappings and model card.
 
 Data for the call, per prefetch key of the discovery document (HL7/cds-hooks v2.0.1, "Prefetch Template"):
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import anyio
 import orjson
@@ -28,13 +32,13 @@ from fastapi import APIRouter, Body, Depends, Request, Response
 from service.api.cds_auth import CdsJwtVerifier
 from service.api.errors import FieldError, PreconditionFailed, ServiceError, invalid_input
 from service.api.observability import log_event
-from service.api.routes import RuntimeDep, SettingsDep, problem_responses, require_json
+from service.api.routes import RuntimeDep, SettingsDep, body_as, problem_responses, require_json
 from service.api.routes.fhir import fhir_input_problem
 from service.config import Settings
+from service.contract import ServedMethod
 from service.fhir.card import CardLinks, cannot_compute_card, risk_card
 from service.fhir.cdshooks import (
     PATIENT_KEY,
-    SERVICE_ID,
     CdsRequest,
     CdsResponse,
     DiscoveryResponse,
@@ -49,12 +53,10 @@ from service.fhir.extract import Issue, extract
 from service.fhir.feedback import FeedbackStore
 from service.fhir.resources import FhirInputError, parse_search_result
 from service.fhir.server import FhirServerError, fetch_all, render, server_allowed
-from service.model.features import PIMA_POPULATION, PIMA_SPEC
+from service.model.store import Bundle
 from service.runtime.inference import ExplainOptions
 
-__all__ = ["CdsState", "cds_state", "router"]
-
-SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
+__all__ = ["CdsState", "build_router", "cds_state"]
 
 
 @dataclass
@@ -68,13 +70,14 @@ class CdsState:
     required: tuple[str, ...] = ()
 
     @classmethod
-    def build(cls, settings: Settings) -> CdsState:
+    def build(cls, settings: Settings, bundle: Bundle) -> CdsState:
+        """The state for ``bundle``'s features (their prefetch templates and the keys it cannot do without)."""
         verifier = CdsJwtVerifier(settings.cds_jwt_issuers) if settings.cds_jwt_issuers else None
         return cls(
             settings=settings,
             verifier=verifier,
-            templates=prefetch_templates(PIMA_SPEC),
-            required=required_prefetch_keys(PIMA_SPEC),
+            templates=prefetch_templates(bundle.spec),
+            required=required_prefetch_keys(bundle.spec),
         )
 
     def feedback_store(self) -> FeedbackStore:
@@ -110,7 +113,6 @@ async def cds_auth(request: Request) -> None:
 
 
 CdsAuth = Depends(cds_auth)
-router = APIRouter(tags=["cds-hooks"], dependencies=[CdsAuth])
 CDS_PROBLEMS = (400, 401, 412, 413, 415, 422, 429, 500, 503)
 
 
@@ -121,19 +123,6 @@ def cds_json(content: dict[str, Any]) -> Response:
         log_event("cds_json_rule_broken", 40, paths=bad[:10])
         raise ServiceError()
     return Response(orjson.dumps(content), media_type="application/json")
-
-
-@router.get(
-    "/cds-services",
-    operation_id="cds_discovery",
-    summary="CDS Hooks discovery",
-    response_model=DiscoveryResponse,
-    responses=problem_responses(401, 429, 500, 503),
-)
-async def discovery(runtime: RuntimeDep) -> Response:
-    """The CDS services offered: `diabetes-risk` on the `patient-view` hook, with its prefetch templates
-    (LOINC-coded Observation searches, latest first) and its usage requirements (the population)."""
-    return cds_json(discovery_document(PIMA_SPEC, PIMA_POPULATION, runtime.model_version))
 
 
 def _unavailable(keys: list[str], reason: str) -> PreconditionFailed:
@@ -224,60 +213,91 @@ def _read(values: dict[str, Any], body: CdsRequest, max_entries: int) -> tuple[A
     return patient, observations, patient_path
 
 
-CALL_EXAMPLES = {
-    "prefetch": {
-        "summary": "patient-view with prefetch (mmol/L glucose, BP panel, pregnancies, pedigree score)",
-        "value": CdsRequest.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
-    }
-}
+def build_router(bundle: Bundle) -> APIRouter:
+    """Discovery, and the call and feedback paths of the CDS service ``bundle`` declares (none: no path at all)."""
+    router = APIRouter(tags=["cds-hooks"], dependencies=[CdsAuth])
+    service = bundle.cds
+    if service is None:
+        return router
+    path = f"/cds-services/{service.id}"
 
+    @router.get(
+        "/cds-services",
+        operation_id="cds_discovery",
+        summary="CDS Hooks discovery",
+        response_model=DiscoveryResponse,
+        responses=problem_responses(401, 429, 500, 503),
+    )
+    async def discovery(runtime: RuntimeDep) -> Response:
+        """The CDS service the served model declares, on the `patient-view` hook, with its prefetch templates
+        (LOINC-coded Observation searches, latest first) and its usage requirements (the population)."""
+        return cds_json(discovery_document(bundle.spec, bundle.card, service, runtime.model_version))
 
-@router.post(
-    SERVICE_PATH,
-    operation_id="cds_diabetes_risk",
-    summary="CDS Hooks service call (patient-view)",
-    response_model=CdsResponse,
-    responses=problem_responses(*CDS_PROBLEMS),
-    dependencies=[Depends(require_json)],
-)
-async def call_service(
-    body: Annotated[CdsRequest, Body(openapi_examples=CALL_EXAMPLES)],
-    request: Request,
-    runtime: RuntimeDep,
-    settings: SettingsDep,
-) -> Response:
-    """One card: the diabetes risk as a percentage, its top drivers with the patient's values, units and dates,
-    the inputs not found, imputed or refused, out-of-range warnings, the training population and the explanation's
-    completeness. 412 when the data can be had neither from the prefetch nor from an allowed FHIR server."""
-    state = cds_state(request)
-    values, fetch_issues = await _gather(body, state)
-    patient, observations, patient_path = _read(values, body, settings.fhir_max_entries)
-    extraction = extract(patient, observations, spec=PIMA_SPEC, now=dt.datetime.now(dt.UTC), patient_path=patient_path)
-    if fetch_issues:
-        extraction = type(extraction)(**{**extraction.__dict__, "issues": (*extraction.issues, *fetch_issues)})
-    base = base_url(request, settings)
-    links = CardLinks(model_card=f"{base}/model", documentation=f"{base}/docs#/cds-hooks")
-    if extraction.required_missing:
-        card = cannot_compute_card(
-            extraction, spec=PIMA_SPEC, population=PIMA_POPULATION, links=links, model_version=runtime.model_version
+    templates = prefetch_templates(bundle.spec)
+    example: dict[str, Any] = CdsRequest.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index,assignment]
+    example = {**example, "prefetch": {k: v for k, v in example["prefetch"].items() if k in templates}}
+    examples = {"prefetch": {"summary": "patient-view with prefetch", "value": example}}
+
+    @router.post(
+        path,
+        operation_id="cds_service",
+        summary="CDS Hooks service call (patient-view)",
+        response_model=CdsResponse,
+        responses=problem_responses(*CDS_PROBLEMS),
+        dependencies=[Depends(require_json)],
+    )
+    @body_as(body=Annotated[CdsRequest, Body(openapi_examples=examples)])
+    async def call_service(
+        body: CdsRequest,
+        request: Request,
+        runtime: RuntimeDep,
+        settings: SettingsDep,
+    ) -> Response:
+        """One card: the risk of the model's outcome as a percentage, its top drivers with the patient's values,
+        units and dates, the inputs not found, imputed or refused, out-of-range warnings, the training population
+        and the explanation's completeness. 412 when the data can be had neither from the prefetch nor from an
+        allowed FHIR server."""
+        state = cds_state(request)
+        values, fetch_issues = await _gather(body, state)
+        patient, observations, patient_path = _read(values, body, settings.fhir_max_entries)
+        bundle = runtime.bundle
+        extraction = extract(
+            patient, observations, spec=bundle.spec, now=dt.datetime.now(dt.UTC), patient_path=patient_path
         )
-    else:
-        [explanation] = await runtime.aexplain([extraction.record], ExplainOptions())
-        card = risk_card(explanation, extraction, spec=PIMA_SPEC, population=PIMA_POPULATION, links=links)
-    return cds_json({"cards": [card]})
+        if fetch_issues:
+            extraction = type(extraction)(**{**extraction.__dict__, "issues": (*extraction.issues, *fetch_issues)})
+        base = base_url(request, settings)
+        links = CardLinks(model_card=f"{base}/model", documentation=f"{base}/docs#/cds-hooks")
+        if extraction.required_missing:
+            card = cannot_compute_card(
+                extraction,
+                spec=bundle.spec,
+                card=bundle.card,
+                service=service,
+                links=links,
+                model_version=runtime.model_version,
+            )
+        else:
+            [explanation] = await runtime.aexplain(
+                [extraction.record], ExplainOptions(method=cast(ServedMethod, bundle.default_method))
+            )
+            card = risk_card(explanation, extraction, spec=bundle.spec, card=bundle.card, service=service, links=links)
+        return cds_json({"cards": [card]})
 
+    @router.post(
+        f"{path}/feedback",
+        operation_id="cds_service_feedback",
+        summary="CDS Hooks feedback",
+        response_model=FeedbackStored,
+        responses=problem_responses(400, 401, 413, 415, 422, 429, 500),
+        dependencies=[Depends(require_json)],
+    )
+    async def feedback(body: FeedbackRequest, request: Request) -> Response:
+        """Stores each card's outcome (`accepted` with its suggestions, or `overridden` with an optional reason)
+        durably in SQLite (GSHAP_CDS_FEEDBACK_DB, one file per replica). No patient value and no free-text comment
+        is stored."""
+        store = cds_state(request).feedback_store()
+        stored = await anyio.to_thread.run_sync(store.add, service.id, body.feedback)
+        return Response(orjson.dumps({"stored": stored}), media_type="application/json")
 
-@router.post(
-    f"{SERVICE_PATH}/feedback",
-    operation_id="cds_diabetes_risk_feedback",
-    summary="CDS Hooks feedback",
-    response_model=FeedbackStored,
-    responses=problem_responses(400, 401, 413, 415, 422, 429, 500),
-    dependencies=[Depends(require_json)],
-)
-async def feedback(body: FeedbackRequest, request: Request) -> Response:
-    """Stores each card's outcome (`accepted` with its suggestions, or `overridden` with an optional reason) durably
-    in SQLite (GSHAP_CDS_FEEDBACK_DB, one file per replica). No patient value and no free-text comment is stored."""
-    store = cds_state(request).feedback_store()
-    stored = await anyio.to_thread.run_sync(store.add, SERVICE_ID, body.feedback)
-    return Response(orjson.dumps({"stored": stored}), media_type="application/json")
+    return router

@@ -12,73 +12,71 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import orjson
 from fastapi import APIRouter, Body, Depends, Query, Response
 
 from service.api.errors import FieldError, PayloadTooLarge, invalid_input
-from service.api.routes import POST_PROBLEMS, RuntimeDep, SettingsDep, problem_responses, require_json
+from service.api.routes import POST_PROBLEMS, RuntimeDep, SettingsDep, body_as, problem_responses, require_json
 from service.api.routes.explain import explain_options
 from service.contract import MAX_N_SAMPLES, Output, ServedMethod
 from service.fhir.extract import Extraction, extract
 from service.fhir.public import FhirBundleIn, FhirExplanationPublic, FhirPredictionPublic, provenance
 from service.fhir.resources import FhirInputError, TooManyEntriesError, parse_bundle
-from service.model.features import PIMA_SPEC
-from service.schemas import SCHEMA_SPEC, SEED_MAX, ExplainSettings
+from service.model.features import FEATURE_CODE_SYSTEM, Feature, FeatureSpec
+from service.model.store import Bundle
+from service.schemas import SEED_MAX, ExplainSettings
 
-__all__ = ["fhir_input_problem", "router"]
+__all__ = ["build_router", "example_bundle", "fhir_input_problem"]
 
-router = APIRouter(tags=["fhir"], dependencies=[Depends(require_json)])
+_PATIENT = "p-1001"
 
 
-def _example() -> dict[str, Any]:
-    p = "p-1001"
+def _observation(feat: Feature, n: int) -> dict[str, Any] | None:
+    """An Observation carrying ``feat``'s example value, coded with its first standard code in a unit of factor 1
+    (else with the service's own code, in the feature's own unit); None for a Patient element, a derived value or
+    an example value that means "not measured"."""
+    mapping = feat.fhir
+    if mapping is None or mapping.patient_element or not (mapping.codes or mapping.own_units):
+        return None
+    if feat.zero_means_missing and feat.example == 0:  # the example's "not measured": no Observation
+        return None
+    system, code, units = FEATURE_CODE_SYSTEM, feat.name, mapping.own_units
+    for c in mapping.codes:
+        same = [u for u in c.units if u.factor == 1.0]
+        if same and not c.panels:
+            system, code, units = c.system, c.code, tuple(same)
+            break
+    value: dict[str, Any]
+    if mapping.integer_values and feat.integer:
+        value = {"valueInteger": int(feat.example)}
+    else:
+        ucum = units[0].ucum if units else mapping.ucum
+        value = {"valueQuantity": {"value": feat.example, "system": "http://unitsofmeasure.org", "code": ucum}}
     return {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [
-            {"resource": {"resourceType": "Patient", "id": p, "gender": "female", "birthDate": "1976-03-14"}},
-            {
-                "resource": {
-                    "resourceType": "Observation",
-                    "id": "glu-1",
-                    "status": "final",
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "14995-5"}]},
-                    "subject": {"reference": f"Patient/{p}"},
-                    "effectiveDateTime": "2025-06-01T10:40:00Z",
-                    "valueQuantity": {"value": 8.2, "unit": "mmol/L", "system": "http://unitsofmeasure.org",
-                                      "code": "mmol/L"},
-                }
-            },
-            {
-                "resource": {
-                    "resourceType": "Observation",
-                    "id": "preg-1",
-                    "status": "final",
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "11996-6"}]},
-                    "subject": {"reference": f"Patient/{p}"},
-                    "effectiveDateTime": "2025-01-20",
-                    "valueInteger": 3,
-                }
-            },
-            {
-                "resource": {
-                    "resourceType": "Observation",
-                    "id": "dpf-1",
-                    "status": "final",
-                    "code": {"coding": [{"system": "urn:gshap-service:feature", "code": "diabetes_pedigree_function"}]},
-                    "subject": {"reference": f"Patient/{p}"},
-                    "effectiveDateTime": "2025-01-20",
-                    "valueQuantity": {"value": 0.52, "system": "http://unitsofmeasure.org", "code": "1"},
-                }
-            },
-        ],
-    }  # fmt: skip
+        "resource": {
+            "resourceType": "Observation",
+            "id": f"obs-{n}",
+            "status": "final",
+            "code": {"coding": [{"system": system, "code": code}]},
+            "subject": {"reference": f"Patient/{_PATIENT}"},
+            "effectiveDateTime": "2025-06-01T10:40:00Z",
+            **value,
+        }
+    }
 
 
-BUNDLE_EXAMPLES = {"mmol": {"summary": "Glucose in mmol/L (converted × 18.016), BMI etc. not measured",
-                            "value": _example()}}  # fmt: skip
+def example_bundle(bundle: Bundle) -> dict[str, Any]:
+    """A FHIR R4 Bundle for the served model: a Patient and one Observation per feature with the specification's
+    example value (its first standard code, or the service's own), built from the bundle's FHIR mappings."""
+    sex = bundle.card.population.sex
+    patient: dict[str, Any] = {"resourceType": "Patient", "id": _PATIENT, "birthDate": "1976-03-14"}
+    if sex:
+        patient["gender"] = sex
+    entries = [{"resource": patient}]
+    entries += [e for n, f in enumerate(bundle.spec) if (e := _observation(f, n)) is not None]
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
 
 
 def fhir_input_problem(exc: FhirInputError, prefix: str = "") -> Exception:
@@ -91,8 +89,9 @@ def fhir_input_problem(exc: FhirInputError, prefix: str = "") -> Exception:
     return invalid_input([FieldError(f"{prefix}{p.field}".strip("."), p.rule, p.message) for p in exc.problems])
 
 
-def read_bundle(bundle: FhirBundleIn, max_entries: int) -> Extraction:
-    """The strict reading of a posted Bundle (see the module's docstring)."""
+def read_bundle(bundle: FhirBundleIn, max_entries: int, spec: FeatureSpec) -> Extraction:
+    """The strict reading of a posted Bundle for the model of feature specification ``spec`` (see the module's
+    docstring)."""
     try:
         parsed = parse_bundle(bundle.model_dump(exclude_unset=True), max_entries=max_entries)
     except FhirInputError as exc:
@@ -112,7 +111,7 @@ def read_bundle(bundle: FhirBundleIn, max_entries: int) -> Extraction:
         raise invalid_input(
             [FieldError(f"{path}.id", "missing", "The Patient needs an id (Observations refer to it).")]
         )
-    extraction = extract(patient, parsed.observations, spec=PIMA_SPEC, now=dt.datetime.now(dt.UTC), patient_path=path)
+    extraction = extract(patient, parsed.observations, spec=spec, now=dt.datetime.now(dt.UTC), patient_path=path)
     refused = [FieldError(i.path or "entry", i.code, i.message) for i in extraction.issues if i.refused]
     if refused:
         raise invalid_input(refused)
@@ -122,7 +121,7 @@ def read_bundle(bundle: FhirBundleIn, max_entries: int) -> Extraction:
                 FieldError(
                     name,
                     "required_input_missing",
-                    f"No usable value of {SCHEMA_SPEC.by_name(name).label.lower()} in the Bundle; the model cannot do "
+                    f"No usable value of {spec.by_name(name).label.lower()} in the Bundle; the model cannot do "
                     "without it (see GET /model and docs/CDS_HOOKS.md for its codes).",
                 )
                 for name in extraction.required_missing
@@ -137,49 +136,63 @@ def _answer(result: Any, extraction: Extraction) -> Response:
     return Response(orjson.dumps(content), media_type="application/json")
 
 
-@router.post(
-    "/fhir/predict",
-    operation_id="fhir_predict",
-    summary="Predict from a FHIR R4 Bundle",
-    response_description="As POST /predict, plus `fhir`: where each value came from.",
-    response_model=FhirPredictionPublic,
-    responses=problem_responses(*POST_PROBLEMS),
-)
-async def fhir_predict(
-    bundle: Annotated[FhirBundleIn, Body(openapi_examples=BUNDLE_EXAMPLES)], runtime: RuntimeDep, settings: SettingsDep
-) -> Response:
-    """The prediction of POST /predict for the patient of a FHIR R4 Bundle: LOINC-coded Observations (or coded
-    urn:gshap-service:feature|<name>), units converted from UCUM, the latest final value per input, age from
-    Patient.birthDate at the time of the call."""
-    extraction = read_bundle(bundle, settings.fhir_max_entries)
-    [prediction] = await runtime.apredict([extraction.record])
-    return _answer(prediction, extraction)
+def build_router(served: Bundle) -> APIRouter:
+    """The FHIR routes for the served model (its features' FHIR mappings, its example patient)."""
+    router = APIRouter(tags=["fhir"], dependencies=[Depends(require_json)])
+    examples = {"example": {"summary": "The model's example patient as FHIR", "value": example_bundle(served)}}
 
+    @router.post(
+        "/fhir/predict",
+        operation_id="fhir_predict",
+        summary="Predict from a FHIR R4 Bundle",
+        response_description="As POST /predict, plus `fhir`: where each value came from.",
+        response_model=FhirPredictionPublic,
+        responses=problem_responses(*POST_PROBLEMS),
+    )
+    @body_as(bundle=Annotated[FhirBundleIn, Body(openapi_examples=examples)])
+    async def fhir_predict(bundle: FhirBundleIn, runtime: RuntimeDep, settings: SettingsDep) -> Response:
+        """The prediction of POST /predict for the patient of a FHIR R4 Bundle: LOINC-coded Observations (or coded
+        urn:gshap-service:feature|<name>), units converted from UCUM, the latest final value per input, age from
+        Patient.birthDate at the time of the call."""
+        extraction = read_bundle(bundle, settings.fhir_max_entries, served.spec)
+        [prediction] = await runtime.apredict([extraction.record])
+        return _answer(prediction, extraction)
 
-@router.post(
-    "/fhir/explain",
-    operation_id="fhir_explain",
-    summary="Explain from a FHIR R4 Bundle",
-    response_description="As POST /explain, plus `fhir`: where each value came from.",
-    response_model=FhirExplanationPublic,
-    responses=problem_responses(*POST_PROBLEMS),
-)
-async def fhir_explain(
-    bundle: Annotated[FhirBundleIn, Body(openapi_examples=BUNDLE_EXAMPLES)],
-    runtime: RuntimeDep,
-    settings: SettingsDep,
-    method: Annotated[ServedMethod, Query(description="GradientSHAP estimator, as in POST /explain.")] = "exact",
-    output: Annotated[Output, Query(description="'logit' or 'probability', as in POST /explain.")] = "logit",
-    n_samples: Annotated[int | None, Query(ge=1, le=MAX_N_SAMPLES, description="As in POST /explain.")] = None,
-    seed: Annotated[int, Query(ge=0, le=SEED_MAX, description="As in POST /explain.")] = 0,
-) -> Response:
-    """The explanation of POST /explain for the patient of a FHIR R4 Bundle; the explanation settings are query
-    parameters (the body is the Bundle)."""
-    try:
-        explain_settings = ExplainSettings(method=method, output=output, n_samples=n_samples, seed=seed)
-    except ValueError as exc:  # pydantic's ValidationError
-        raise invalid_input([FieldError("n_samples", "invalid", str(exc).split("\n")[-1][:200])]) from None
-    options = explain_options(explain_settings, runtime)
-    extraction = read_bundle(bundle, settings.fhir_max_entries)
-    [explanation] = await runtime.aexplain([extraction.record], options)
-    return _answer(explanation, extraction)
+    @router.post(
+        "/fhir/explain",
+        operation_id="fhir_explain",
+        summary="Explain from a FHIR R4 Bundle",
+        response_description="As POST /explain, plus `fhir`: where each value came from.",
+        response_model=FhirExplanationPublic,
+        responses=problem_responses(*POST_PROBLEMS),
+    )
+    @body_as(bundle=Annotated[FhirBundleIn, Body(openapi_examples=examples)])
+    async def fhir_explain(
+        bundle: FhirBundleIn,
+        runtime: RuntimeDep,
+        settings: SettingsDep,
+        method: Annotated[
+            ServedMethod | None,
+            Query(description="GradientSHAP estimator, as in POST /explain (default: the model's)."),
+        ] = None,
+        output: Annotated[Output, Query(description="'logit' or 'probability', as in POST /explain.")] = "logit",
+        n_samples: Annotated[int | None, Query(ge=1, le=MAX_N_SAMPLES, description="As in POST /explain.")] = None,
+        seed: Annotated[int, Query(ge=0, le=SEED_MAX, description="As in POST /explain.")] = 0,
+    ) -> Response:
+        """The explanation of POST /explain for the patient of a FHIR R4 Bundle; the explanation settings are query
+        parameters (the body is the Bundle)."""
+        try:
+            explain_settings = ExplainSettings(
+                method=method or cast(ServedMethod, served.default_method),
+                output=output,
+                n_samples=n_samples,
+                seed=seed,
+            )
+        except ValueError as exc:  # pydantic's ValidationError
+            raise invalid_input([FieldError("n_samples", "invalid", str(exc).split("\n")[-1][:200])]) from None
+        options = explain_options(explain_settings, runtime)
+        extraction = read_bundle(bundle, settings.fhir_max_entries, served.spec)
+        [explanation] = await runtime.aexplain([extraction.record], options)
+        return _answer(explanation, extraction)
+
+    return router

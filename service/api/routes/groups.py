@@ -108,4 +108,8 @@ async def get_group_plot(
     key, summaries = _known(runtime, group)
     labels = {f.name: f.label_with_unit() for f in runtime.spec}
     interval = "95% interval" if key != "ALL" or summaries[key].get("count", 0) > 1 else "no interval"
-    return await plot_answer(request, group_chart(key, summaries[key], labels, interval=interval), format, width)
+    spec = runtime.spec
+    chart = group_chart(
+        key, summaries[key], labels, interval=interval, positive=spec.positive_label, negative=spec.negative_label
+    )
+    return await plot_answer(request, chart, format, width)

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from service import __version__
 from service.api.routes import GET_PROBLEMS, RuntimeDep, SettingsDep, problem_responses
+from service.model.card import NOT_RECORDED
 from service.runtime.inference import InferenceRuntime
 from service.schemas import FeatureCard, ModelCardPublic
 
@@ -81,46 +82,75 @@ def model_card(runtime: InferenceRuntime, limits: dict[str, int]) -> ModelCardPu
     )
 
 
-_NOT_RECORDED = "not recorded in this bundle (trained before the model card was part of the bundle)"
+_METHOD_WORDS = {
+    "exact": "'exact': GradientSHAP computed exactly: the network is piecewise linear (ReLU), so each path integral "
+    "from a baseline to the record is a sum over its linear pieces, in closed form (no sampling; standard errors 0)",
+    "quadrature": "'quadrature': each path integral by Gauss-Legendre quadrature (n_samples nodes a baseline); "
+    "deterministic, its completeness gap reported in every answer",
+    "sampled": "'sampled': Monte-Carlo GradientSHAP (random baselines and points on the path, like Captum), with "
+    "standard errors, reproducible with a seed",
+}
 
 
-def _card(runtime: InferenceRuntime) -> dict[str, Any]:
-    """The model-card items a clinician and an EHR reviewer check, from the manifest (``card``, ``metrics``)."""
+def explanation_method(runtime: InferenceRuntime) -> dict[str, Any]:
+    """How the served model's explanations are computed: the methods its bundle offers (``bundle.methods``) and
+    the default (``bundle.default_method``), the output, the baselines, completeness and calibration."""
     bundle = runtime.bundle
-    manifest: dict[str, Any] = bundle.manifest
-    card: dict[str, Any] = manifest.get("card", {})
-    explanation: dict[str, Any] = {
-        "method": "GradientSHAP, computed exactly: the network is piecewise linear (ReLU), so each path integral "
-        "from a baseline to the record is a sum over its linear pieces, in closed form (no sampling)",
+    methods, default = bundle.methods, bundle.default_method
+    exact = "exact" in methods
+    out: dict[str, Any] = {
+        "method": f"GradientSHAP, by default {_METHOD_WORDS[default].split(': ', 1)[1]}",
+        "methods": {m: _METHOD_WORDS[m].split(": ", 1)[1] for m in methods},
+        "default_method": default,
         "output": "attributions of the calibrated logit (log-odds) by default; output='probability' explains the "
         "calibrated probability",
         "baselines": "a weighted summary of the training split (see baselines)",
         "completeness": "base_value + sum(attributions) = output_value; completeness_gap in every answer reports "
         "the difference",
         "calibration": "the calibrated logit is a*logit + b, so its attributions are a times the raw network's "
-        "and its base value is a*base + b: the explanation stays exact",
+        "and its base value is a*base + b"
+        + (": the explanation stays exact" if exact else ": the estimators' error scales by a too"),
     }
-    if bundle.groups is not None and isinstance(bundle.groups.get("explanation"), dict):
-        gap = bundle.groups["explanation"].get("completeness_gap_max_abs")
-        explanation["measured_error"] = {
-            "completeness_gap_max_abs": gap,
-            "measured_on": f"the evaluation set ({bundle.groups.get('evaluation_set_size')} records), exact "
-            "method, logit output: floating-point rounding only",
+    if not exact:
+        out["why_not_exact"] = (
+            "the exact kernel covers piecewise-linear networks it can fold (ReLU layers); this network is not one of "
+            "them, so a request for 'exact' is refused with a 422 naming the methods above"
+        )
+    groups = bundle.groups or {}
+    explained = groups.get("explanation")
+    if isinstance(explained, dict):
+        method = explained.get("method", "exact")
+        out["measured_error"] = {
+            "completeness_gap_max_abs": explained.get("completeness_gap_max_abs"),
+            "measured_on": f"the evaluation set ({groups.get('evaluation_set_size')} records), {method} "
+            f"method, {explained.get('output', 'logit')} output"
+            + (": floating-point rounding only" if method == "exact" else ""),
         }
+    return out
+
+
+def _card(runtime: InferenceRuntime) -> dict[str, Any]:
+    """The model-card items a clinician and an EHR reviewer check: the bundle's one model card
+    (:class:`service.model.card.ModelCard`, ``bundle.card``), its calibration and subgroup metrics."""
+    bundle = runtime.bundle
+    card = bundle.card.to_dict()
     calibration: dict[str, Any] = {"served": bundle.calibration.to_dict(), **bundle.metrics.get("calibration", {})}
     return {
-        "intended_use": str(card.get("intended_use", _NOT_RECORDED)),
-        "intended_users": list(card.get("intended_users", [_NOT_RECORDED])),
-        "out_of_scope_uses": list(card.get("out_of_scope_uses", [_NOT_RECORDED])),
-        "population": dict(card.get("population", {"description": _NOT_RECORDED})),
-        "not_measured": str(card.get("not_measured", _NOT_RECORDED)),
-        "development_and_validation": str(card.get("development_and_validation", _NOT_RECORDED)),
+        "outcome": card["outcome"],
+        "intended_use": card["intended_use"],
+        "intended_users": card["intended_users"],
+        "out_of_scope_uses": card["out_of_scope_uses"],
+        "population": card["population"],
+        "not_measured": card["not_measured"],
+        "development_and_validation": card["development_and_validation"],
         "calibration": calibration,
         "subgroups": dict(bundle.metrics.get("subgroups", {})),
-        "limitations": list(card.get("limitations", [_NOT_RECORDED])),
-        "explanation_method": explanation,
-        "update_schedule": str(card.get("update_schedule", _NOT_RECORDED)),
-        "training_date": manifest.get("created_at"),
+        "limitations": card["limitations"],
+        "explanation_method": explanation_method(runtime),
+        "methods": list(bundle.methods),
+        "default_method": bundle.default_method,
+        "update_schedule": str(card.get("update_schedule", NOT_RECORDED)),
+        "training_date": bundle.manifest.get("created_at"),
         "signed_by": bundle.signed_by,
         "signing_key": bundle.signing_key,
     }
@@ -136,7 +166,7 @@ async def get_model(runtime: RuntimeDep, settings: SettingsDep) -> ModelCardPubl
     """What the model is and how far to trust it, as a model card a clinician and an EHR reviewer can check:
     intended use and users, out-of-scope uses, population and provenance, the inputs with units and the
     'not measured' rule, development and validation, metrics with 95% intervals, calibration before and after,
-    subgroup results by age and BMI band, limitations, the explanation method and its measured error, version,
+    subgroup results, limitations, the explanation methods offered and their measured error, version,
     training date and update schedule; also the threshold, the baseline distribution and the explanation
     defaults."""
     return model_card(

@@ -106,7 +106,8 @@
   function optional(f) { return f.missing !== "required"; }
 
   function buildForm() {
-    document.title = "Diabetes risk, explained · " + card.model_version;
+    var positive = (card.target && card.target.positive_label) || "risk";
+    document.title = positive.charAt(0).toUpperCase() + positive.slice(1) + " risk, explained · " + card.model_version;
     $("model-name").textContent = card.model_version;
     if (card.task) $("task").textContent = "Model: " + card.task + ". Each value's part in the prediction is its GradientSHAP attribution.";
     var fields = $("fields");

@@ -1,0 +1,101 @@
+"""The words: the one-sentence summary of an explanation and the out-of-training-range caveat, for any model.
+
+Everything here reads the feature specification the served bundle carries (labels, units, the integer rule), and
+numbers are shown one way, by :func:`service.contract.format_value`. Used by the runtime's answers
+(:mod:`service.runtime.inference`) and, through them, by the API, the page, the CDS card and the cohort job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+from service.contract import format_value
+from service.model.features import Feature, FeatureSpec
+
+__all__ = ["SILENT_UNITS", "Attributed", "format_value", "range_warning", "summary_sentence", "unit_text"]
+
+SILENT_UNITS = frozenset({"", "count", "score"})
+"""Units that read badly after a number in a sentence ("6 count", "0.627 score")."""
+
+SUMMARY_SHARE = 0.1
+"""A driver is named in the summary only if it moves the output by at least this share of the strongest one."""
+
+
+class Attributed(Protocol):
+    """What a sentence needs of one feature's attribution."""
+
+    @property
+    def feature(self) -> str: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def imputed(self) -> bool: ...
+    @property
+    def attribution(self) -> float: ...
+
+
+def unit_text(feat: Feature) -> str:
+    """`` mg/dL`` after a number, or nothing for a unit that reads badly there (:data:`SILENT_UNITS`)."""
+    return "" if feat.unit in SILENT_UNITS else f" {feat.unit}"
+
+
+def _lower_label(label: str) -> str:
+    # "Blood pressure" → "blood pressure" inside a sentence, but "BMI" stays "BMI"
+    return label if label[:2].isupper() else label[:1].lower() + label[1:]
+
+
+def _phrase(feat: Feature, value: float, imputed: bool, first: bool) -> str:
+    label = feat.label if first else _lower_label(feat.label)
+    shown = format_value(value, feat.integer)
+    if imputed:
+        return f"{label} (not measured; imputed as {shown}{unit_text(feat)})"
+    if feat.unit == "count":  # "the number of pregnancies (6)": singular, whatever the count
+        return f"{'The' if first else 'the'} number of {_lower_label(feat.label)} ({shown})"
+    return f"{label} of {shown}{unit_text(feat)}"
+
+
+def summary_sentence(spec: FeatureSpec, attributions: Sequence[Attributed], target: str = "risk") -> str:
+    """One plain sentence naming the strongest drivers up and down.
+
+    e.g. "Glucose of 148 mg/dL and BMI of 33.6 kg/m² push the predicted risk up most; age of 50 years pushes
+    it down." At most two features a direction, each moving the output by at least a tenth of the strongest.
+    """
+    if not attributions:
+        return "The model has no features to explain."
+    strongest = max(abs(a.attribution) for a in attributions)
+    if not math.isfinite(strongest) or strongest <= 1e-12:
+        return f"No feature moves the predicted {target} away from the baseline average."
+    ranked = sorted(
+        (a for a in attributions if abs(a.attribution) >= SUMMARY_SHARE * strongest),
+        key=lambda a: -abs(a.attribution),
+    )
+    up = [a for a in ranked if a.attribution > 0][:2]
+    down = [a for a in ranked if a.attribution < 0][:2]
+    sides: list[tuple[list[Attributed], str]] = [(up, "up"), (down, "down")]
+    if ranked[0].attribution < 0:
+        sides.reverse()
+    clauses: list[str] = []
+    for items, direction in sides:
+        if not items:
+            continue
+        first_clause = not clauses
+        names = " and ".join(
+            _phrase(spec.by_name(a.feature), a.value, a.imputed, first_clause and i == 0) for i, a in enumerate(items)
+        )
+        verb = "pushes" if len(items) == 1 else "push"
+        what = f"the predicted {target} {direction} most" if first_clause else f"it {direction}"
+        clauses.append(f"{names} {verb} {what}")
+    return "; ".join(clauses) + "."
+
+
+def range_warning(feat: Feature, value: float, low: float, high: float) -> str:
+    """The caveat for ``value`` outside the training range ``[low, high]``: "Insulin of 900 µU/mL is above the
+    highest value seen in training (744 µU/mL); the model extrapolates here."."""
+    side, bound, word = ("below", low, "lowest") if value < low else ("above", high, "highest")
+    unit = unit_text(feat)
+    return (
+        f"{feat.label} of {format_value(value, feat.integer)}{unit} is {side} the {word} value seen in "
+        f"training ({format_value(bound, feat.integer)}{unit}); the model extrapolates here."
+    )
