@@ -205,14 +205,20 @@ class TrustedKeys:
             if not text:
                 continue
             source = text
-            if not text.startswith(("ssh-", "-----BEGIN")) and (Path(text).is_file() or "/" in text):
+            inline = text.startswith(("ssh-", "-----BEGIN"))
+            if not inline and Path(text).is_file():
                 try:
                     text = Path(text).read_text()
-                except OSError as exc:
-                    raise SigningKeyError(f"GSHAP_TRUSTED_KEYS: cannot read {source}: {exc.strerror}") from None
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise SigningKeyError(f"GSHAP_TRUSTED_KEYS: cannot read {source}: {exc}") from None
             try:
                 public = parse_public_key(text)
             except SigningKeyError as exc:
+                # base64 may hold a "/": only a text that is no key at all is reported as a missing file
+                if not inline and text == source and "/" in text:
+                    raise SigningKeyError(
+                        f"GSHAP_TRUSTED_KEYS: {source[:80]}: no such key file, and not a key"
+                    ) from None
                 raise SigningKeyError(f"GSHAP_TRUSTED_KEYS: {source[:80]}: {exc}") from None
             keys[key_id(public)] = public
         return cls(keys)
