@@ -507,3 +507,28 @@ def test_checksums_file_is_what_the_signature_covers(tmp_path: Path) -> None:
     _write_checksums(folder)
     assert SIGNATURE_FILE not in (folder / CHECKSUMS).read_text()
     assert read_signature(folder) is not None  # same checksums as before, same signature
+
+
+def test_typed_client_takes_a_model_and_version(store: Path) -> None:
+    """GshapClient(url, model=..., version=...) asks that model's routes; without a model, the server's default;
+    AsyncGshapClient likewise; a version without a model is refused before any request."""
+    import asyncio
+
+    from service.client import AsyncGshapClient, GshapClient
+
+    with running_server({"GSHAP_MODEL_STORE": str(store)}) as server:
+        with GshapClient(server.url, model="pima-diabetes", version="1.0.0") as old:
+            assert old.predict(record()).model_version == "pima-diabetes/1.0.0"
+            assert old.model().version == "1.0.0"
+            assert old.ready().status == "ready"
+        with GshapClient(server.url, model="pima-diabetes") as default, GshapClient(server.url) as root:
+            assert default.predict(record()) == root.predict(record())
+            assert default.explain(record()).prediction.model_version == "pima-diabetes/1.1.0"
+
+        async def ask() -> str:
+            async with AsyncGshapClient(server.url, model="pima-diabetes", version="1.0.0") as c:
+                return (await c.predict(record())).model_version
+
+        assert asyncio.run(ask()) == "pima-diabetes/1.0.0"
+    with pytest.raises(ValueError, match="a version needs its model"):
+        GshapClient("http://127.0.0.1:1", version="1.0.0")
