@@ -184,6 +184,7 @@ def _explain_cohort(args: argparse.Namespace) -> int:
     from service.schemas import ExplainSettings
 
     try:  # the columns, the default method and the methods offered are the served model's
+        args.model = _model_folder(args.model)
         served = load_bundle(args.model)
     except BundleError as exc:
         print(f"gshap explain-cohort: {exc}", file=sys.stderr)
@@ -236,6 +237,20 @@ def _explain_cohort(args: argparse.Namespace) -> int:
         f"({result.workers} worker{'s' if result.workers != 1 else ''}) -> {result.output}"
     )
     return 1 if result.refused else 0
+
+
+def _model_folder(choice: str | None) -> str | None:
+    """``--model``: a bundle folder (a path with a ``/``, or an existing folder) as it is, or ``NAME[@VERSION]``
+    from the store (GSHAP_MODEL_STORE) resolved to its bundle folder (NAME alone: its default version)."""
+    if choice is None or "/" in choice or Path(choice).is_dir():
+        return choice
+    from service.config import Settings
+    from service.model.repository import parse_choice, plan_store
+
+    name, version = parse_choice(choice)
+    plan = plan_store(Settings().model_store, [choice])
+    model = plan.models[name]
+    return str(model.versions[version or model.default_version])
 
 
 def _positive_int(text: str) -> int:
@@ -361,7 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-samples", type=int, default=None, help="samples per record (sampled, quadrature)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws (method sampled)")
     p.add_argument("--output", choices=["logit", "probability"], default="logit", help="what attributions add up to")
-    p.add_argument("--model", default=None, help="bundle folder or store (default: the served default)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME[@VERSION]|FOLDER",
+        help="a model (its default version) or version of the store (GSHAP_MODEL_STORE), or a bundle folder "
+        "(default: the store's default model)",
+    )
     p.add_argument("--drop", nargs="*", default=None, metavar="COLUMN", help="input columns to ignore")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_explain_cohort)

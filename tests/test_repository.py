@@ -532,3 +532,40 @@ def test_typed_client_takes_a_model_and_version(store: Path) -> None:
         assert asyncio.run(ask()) == "pima-diabetes/1.0.0"
     with pytest.raises(ValueError, match="a version needs its model"):
         GshapClient("http://127.0.0.1:1", version="1.0.0")
+
+
+def test_explain_cohort_takes_a_model_and_version(store: Path, tmp_path: Path) -> None:
+    """`gshap explain-cohort IN OUT --model pima-diabetes@1.0.0` explains with that version of the store: its
+    probabilities are the restored 1.0.0's (the stored answers of f9d0ee4~1), not the default 1.1.0's."""
+    import csv
+
+    import pyarrow.parquet as pq
+
+    old = json.loads(OLD_ANSWERS.read_text())
+    rows = old["records"][:8]
+    source = tmp_path / "in.csv"
+    with source.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    env = clean_env({"GSHAP_MODEL_STORE": str(store)})
+    for choice, model_version in (("pima-diabetes@1.0.0", "pima-diabetes/1.0.0"), ("pima-diabetes", None)):
+        out = tmp_path / f"{choice}.parquet"
+        run = subprocess.run(
+            [sys.executable, "-m", "service.cli", "explain-cohort", str(source), str(out), "--model", choice],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        probabilities = pq.read_table(out).column("probability").to_pylist()
+        same = [math.isclose(p, w, abs_tol=1e-12) for p, w in zip(probabilities, old["probability"], strict=False)]
+        assert all(same) if model_version else not any(same)
+    command = [sys.executable, "-m", "service.cli", "explain-cohort", str(source), str(tmp_path / "x.parquet")]
+    bad = subprocess.run(
+        [*command, "--model", "pima-diabetes@9.9.9"], env=env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert bad.returncode == 2
+    assert "no version '9.9.9'" in bad.stderr
