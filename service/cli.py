@@ -1,4 +1,4 @@
-"""The ``gshap`` command: train, groups, figures, serve, sign, keygen, openapi, problems, explain-cohort.
+"""The ``gshap`` command: train, bundle, groups, figures, serve, sign, keygen, openapi, problems, explain-cohort.
 
 Each sub-command is a thin shell around a library function, so that tests and integrators can call the
 same code without a subprocess.
@@ -20,26 +20,27 @@ __all__ = ["build_parser", "main"]
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from service.model.features import PIMA_SPEC, FeatureSpec
+    from service.model.spec import SpecError
+    from service.training.data import spec_data_path
     from service.training.pipeline import save_result, set_default
     from service.training.train import TrainConfig, train
 
-    if args.spec:
-        spec = FeatureSpec.from_dict(json.loads(Path(args.spec).read_text()))
-    elif args.data and args.target:
-        import pandas as pd
-
-        cols = [c for c in pd.read_csv(args.data, nrows=0).columns if c != args.target]
-        spec = FeatureSpec.from_columns(cols, args.target, missing_zero=args.missing_zero or ())
-    else:
-        spec = PIMA_SPEC
-    defaults = TrainConfig()
-    config = TrainConfig(
+    try:
+        spec = _train_spec(args)
+    except (SpecError, OSError, ValueError) as exc:
+        print(f"gshap train: {exc}", file=sys.stderr)
+        return 2
+    data = args.data or spec_data_path(spec, args.spec)
+    if data is None:
+        print(f"gshap train: the spec {args.spec} names no training.data; give --data FILE.csv", file=sys.stderr)
+        return 2
+    config = TrainConfig.from_spec(
+        spec.training,
         seed=args.seed,
-        max_epochs=args.epochs or defaults.max_epochs,
-        learning_rate=args.lr or defaults.learning_rate,
-        patience=args.patience or defaults.patience,
-        n_baselines=args.baselines or defaults.n_baselines,
+        max_epochs=args.epochs,
+        learning_rate=args.lr,
+        patience=args.patience,
+        n_baselines=args.baselines,
     )
     t0 = time.perf_counter()
     bar = tqdm(total=config.max_epochs, desc="epochs", unit="epoch", file=sys.stderr, dynamic_ncols=True)
@@ -51,14 +52,70 @@ def _train(args: argparse.Namespace) -> int:
     def stage(msg: str) -> None:
         bar.write(f"· {msg}", file=sys.stderr)
 
-    result = train(args.data, spec, config, progress=progress, stage=stage)
+    try:
+        result = train(data, spec, config, progress=progress, stage=stage)
+    except ValueError as exc:  # the CSV does not fit the spec: named column, rule and row
+        bar.close()
+        print(f"gshap train: {exc}", file=sys.stderr)
+        return 2
     bar.close()
     stage("explaining the evaluation set and summarising the outcome groups")
-    folder = save_result(result, Path(args.out), args.name, args.version)
+    name, version = args.name or spec.name, args.version or spec.version
+    folder = save_result(result, Path(args.out), name, version)
     if args.set_default:
-        set_default(Path(args.out), args.name, args.version)
+        set_default(Path(args.out), name, version)
     print(_summary_table(result.metrics, result.best_epoch, len(result.history)))
     print(f"bundle written to {folder} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _train_spec(args: argparse.Namespace) -> Any:
+    """The model spec ``gshap train`` trains: ``--spec`` (a YAML model spec, or the older FeatureSpec JSON,
+    which gets the seed MLP), or a bare spec of ``--data``'s columns with ``--target``, or the Pima spec."""
+    from service.model.features import FeatureSpec
+    from service.model.spec import load_spec, spec_from_dict, spec_from_legacy_manifest
+    from service.training.data import DEFAULT_SPEC
+
+    if args.spec:
+        text = Path(args.spec).read_text()
+        if Path(args.spec).suffix == ".json" and '"target_column"' in text:  # a FeatureSpec.to_dict() file
+            legacy = {"name": args.name or "model", "version": args.version or "1.0.0", "features": json.loads(text)}
+            return spec_from_dict(spec_from_legacy_manifest(legacy))
+        return load_spec(args.spec)
+    if args.data and args.target:
+        import pandas as pd
+
+        cols = [c for c in pd.read_csv(args.data, nrows=0).columns if c != args.target]
+        features = FeatureSpec.from_columns(cols, args.target, missing_zero=args.missing_zero or ())
+        stem = "".join(c if c.isalnum() else "-" for c in Path(args.data).stem.lower()).strip("-") or "model"
+        legacy = {"name": args.name or stem, "version": args.version or "1.0.0", "features": features.to_dict()}
+        return spec_from_dict(spec_from_legacy_manifest(legacy))
+    return load_spec(DEFAULT_SPEC)
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from service.model.spec import SpecError, load_spec
+    from service.training.package import PackageError, package
+
+    try:
+        spec = load_spec(args.spec)
+        folder = package(
+            spec,
+            Path(args.weights),
+            Path(args.reference),
+            Path(args.evaluation),
+            validation=Path(args.validation) if args.validation else None,
+            calibrate=args.calibrate,
+            out=Path(args.out),
+        )
+    except (SpecError, PackageError) as exc:
+        print(f"gshap bundle: {exc}", file=sys.stderr)
+        return 2
+    if args.set_default:
+        from service.training.pipeline import set_default
+
+        set_default(Path(args.out), spec.name, spec.version)
+    print(f"bundle written to {folder} (verified: checksums, and the spec's network against the weights)")
     return 0
 
 
@@ -298,13 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gshap", description="GradientSHAP explanation service")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model and write its bundle")
-    p.add_argument("--data", default=None, help="CSV with a header row (default: the shipped Pima data)")
+    p = sub.add_parser("train", help="train a model spec's network on a CSV and write its bundle")
+    p.add_argument(
+        "--spec",
+        default=None,
+        help="model spec YAML (docs/MODEL_SPEC.md; default: model_store/specs/pima-diabetes.yaml); "
+        "a FeatureSpec JSON file still works and gets the seed MLP",
+    )
+    p.add_argument("--data", default=None, help="CSV with a header row (default: the spec's training.data)")
     p.add_argument("--out", default="model_store", help="store folder; the bundle goes to OUT/NAME/VERSION")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--name", default="pima-diabetes")
-    p.add_argument("--version", default="1.1.0")
-    p.add_argument("--spec", default=None, help="feature specification JSON (FeatureSpec.to_dict format)")
+    p.add_argument("--seed", type=int, default=None, help="seed of every draw (default: the spec's, else 42)")
+    p.add_argument("--name", default=None, help="store name (default: the spec's name)")
+    p.add_argument("--version", default=None, help="version (default: the spec's version)")
     p.add_argument("--target", default=None, help="target column, for a CSV without a --spec")
     p.add_argument("--missing-zero", nargs="*", default=None, help="columns whose 0 means not measured")
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs")
@@ -313,6 +375,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", type=int, default=None, help="size of the baseline distribution")
     p.add_argument("--set-default", action="store_true", help="point OUT/DEFAULT at the new bundle")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "bundle",
+        help="package a network trained elsewhere (safetensors state dict + model spec) into a bundle",
+        description=(
+            "Package a torch.nn.Sequential trained elsewhere. The weights are its state dict saved with safetensors "
+            "(a .pt pickle is refused, with the command that converts it). The reference CSV gives the imputation "
+            "medians and the baseline distribution; the validation CSV, when given, fits the calibration and the "
+            "threshold (without it: calibration none, threshold 0.5); the evaluation CSV, with the outcome "
+            "column, gives the metrics and the outcome groups."
+        ),
+    )
+    p.add_argument("--spec", required=True, help="model spec YAML whose network describes the weights")
+    p.add_argument("--weights", required=True, help="MODEL.safetensors: the Sequential's state dict")
+    p.add_argument("--reference", required=True, help="REFERENCE.csv: feature columns (the training data's)")
+    p.add_argument("--evaluation", required=True, help="EVALUATION.csv: feature columns and the outcome column")
+    p.add_argument("--validation", default=None, help="VALIDATION.csv: feature and outcome columns")
+    p.add_argument(
+        "--calibrate",
+        choices=["platt", "none"],
+        default=None,
+        help="calibration fitted on --validation (default: platt with --validation, none without)",
+    )
+    p.add_argument("--out", default="model_store", help="store folder; the bundle goes to OUT/NAME/VERSION")
+    p.add_argument("--set-default", action="store_true", help="point OUT/DEFAULT at the new bundle")
+    p.set_defaults(func=_bundle)
 
     p = sub.add_parser("groups", help="recompute the outcome-group summaries of an existing bundle")
     p.add_argument("--model", default=None, help="bundle folder or store (default: the served default)")
@@ -402,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 # The extra each command needs (pyproject.toml's optional dependencies), and the top-level packages it brings.
 EXTRAS: dict[str, str] = {
     "train": "train",
+    "bundle": "train",
     "groups": "train",
     "figures": "train",
     "serve": "server",

@@ -15,6 +15,7 @@
      │                                                        GSHAP_MAX_BATCH_RECORDS; ``limit`` names the bound
      ├── UnsupportedMediaType    415  unsupported-media-type  a body that is not application/json
      ├── InvalidInput            422  validation              ``errors``: one {field, rule, message} per broken rule
+     ├── MethodNotOffered        422  method-not-offered      an explanation method the served model does not offer
      ├── RateLimited             429  rate-limited            with ``Retry-After`` (seconds)
      ├── ModelNotReady           503  model-not-ready         the bundle or the engine is not loaded (yet)
      └── OtherHTTPError          any  http-<status>           any other Starlette HTTP error, by its status
@@ -57,6 +58,7 @@ __all__ = [
     "InvalidInput",
     "MalformedBody",
     "MethodNotAllowed",
+    "MethodNotOffered",
     "ModelNotReady",
     "NotFound",
     "OtherHTTPError",
@@ -220,6 +222,18 @@ class InvalidInput(ServiceError):  # noqa: N818 (the names kserve and the issue 
         "must be JSON numbers, counts integers), a value outside its field's range, a non-finite number, or an "
         "explanation setting out of bounds. `errors` lists every broken rule as `{field, rule, message, limit}`, "
         "without the value sent; in a batch, each refused record gets this problem in its own `error`."
+    )
+
+
+class MethodNotOffered(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 422
+    slug = "method-not-offered"
+    title = "Explanation method not offered by this model"
+    when = (
+        "The request asks for an explanation method the served model does not offer: `exact` for a network the "
+        "exact kernel does not cover (any layer but Linear, ReLU, BatchNorm1d, Dropout and Identity, or other than "
+        "two hidden ReLU layers). The detail says why; `methods` lists the methods that apply (`GET /model` lists "
+        "them too). Never answered with a silent approximation."
     )
 
 

@@ -22,8 +22,9 @@ from live_server import running_server
 
 from service.contract import label_of, sigmoid
 from service.engine.gradient_shap import GradientShapEngine
-from service.model.nn import IDENTITY, BinaryClassification, CalibratedClassification, Calibration
-from service.model.store import BundleError, _write_checksums, load_bundle
+from service.model.nn import IDENTITY, CalibratedClassification, Calibration
+from service.model.spec import build_network
+from service.model.store import FORMAT_VERSION, BundleError, _write_checksums, load_bundle
 from service.runtime.inference import ExplainOptions, InferenceRuntime
 from service.training.calibration import (
     calibration_metrics,
@@ -39,8 +40,8 @@ GAP = 1e-13
 RELATIVE = 1e-11
 
 
-def _raw_network(bundle: Any) -> BinaryClassification:
-    raw = BinaryClassification(len(bundle.spec))
+def _raw_network(bundle: Any) -> CalibratedClassification:
+    raw = CalibratedClassification.wrap(build_network(bundle.model_spec.network))  # the identity calibration
     raw.load_state_dict(bundle.model.state_dict())
     return raw.eval()
 
@@ -55,7 +56,7 @@ def test_the_served_model_is_platt_calibrated_on_validation(bundle: Any) -> None
     """The committed bundle serves a Platt calibration fitted on the validation split, recorded in its manifest."""
     cal = bundle.calibration
     assert cal.name == "platt/validation"
-    assert bundle.manifest["format_version"] == 2
+    assert bundle.manifest["format_version"] == FORMAT_VERSION
     assert bundle.manifest["calibration"]["a"] == cal.a > 0
     assert bundle.manifest["calibration"]["b"] == cal.b
     assert isinstance(bundle.model, CalibratedClassification)

@@ -141,7 +141,7 @@ FAULTS = [
     Fault(
         "format-version-unknown",
         _edit_json("manifest.json", _manifest(format_version=FORMAT_VERSION + 1)),
-        f"format_version {FORMAT_VERSION + 1}; this service reads 1 and {FORMAT_VERSION}",
+        f"format_version {FORMAT_VERSION + 1}; this service reads 1, 2 and {FORMAT_VERSION}",
         rechecksum=True,
         subprocess=True,
     ),
@@ -357,8 +357,10 @@ def test_warm_up_refuses_a_model_with_non_finite_answers() -> None:
     from service.runtime.inference import InferenceRuntime
 
     bundle = load_bundle()
+    first = bundle.model[0]
+    assert isinstance(first, torch.nn.Linear)
     with torch.no_grad():
-        bundle.model.layer_1.weight[0, 0] = float("nan")
+        first.weight[0, 0] = float("nan")
     runtime = InferenceRuntime(bundle)
     try:
         with pytest.raises(BundleError, match="non-finite"):
@@ -378,7 +380,7 @@ loaded = app.load_bundle
 def with_a_nan_weight(path):
     bundle = loaded(path)
     with torch.no_grad():
-        bundle.model.layer_1.weight[0, 0] = float("nan")
+        bundle.model[0].weight[0, 0] = float("nan")
     return bundle
 app.load_bundle = with_a_nan_weight
 from service.cli import main

@@ -121,8 +121,8 @@ def test_serve_refuses_a_tampered_bundle(root: Path, bundle, tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_serve_refuses_a_bundle_whose_features_do_not_fit_its_weights(root: Path, bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A verified bundle whose feature list does not fit its network (one feature fewer than the weights take)
-    stops start-up with a one-line reason naming the file. (The request schema is the bundle's own, so a bundle's
+    """A verified bundle whose feature list does not fit its network (one feature fewer than its first layer takes)
+    stops start-up with a one-line reason naming the file and the key of its spec. (The request schema is the bundle's own, so a bundle's
     feature names are never "incompatible" with the service: tests/test_api.py serves a renamed one.)"""
     import json
     import shutil
@@ -133,10 +133,12 @@ def test_serve_refuses_a_bundle_whose_features_do_not_fit_its_weights(root: Path
     shutil.copytree(bundle.path, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     del manifest["features"]["features"][1]
+    del manifest["spec"]["features"][1]  # the bundle's own spec (format 3), and its FHIR mapping of that feature
+    del manifest["spec"]["fhir"]["glucose"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     _write_checksums(copy)
     code, _, lines = _refusal(root, copy)
     assert code == 2
     [line] = lines
-    assert "weights.safetensors" in line
-    assert "does not fit" in line
+    assert "manifest.json" in line
+    assert "network[0].linear: takes 8 inputs but follows 7 features" in line

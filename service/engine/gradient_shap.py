@@ -169,9 +169,10 @@ def _logit_affine(a: float, b: float) -> nn.Linear:
 
 def _flatten_modules(model: nn.Module) -> list[nn.Module]:
     if isinstance(model, CalibratedClassification) and type(model).forward is CalibratedClassification.forward:
-        c = model
-        layers = [c.layer_1, c.relu, c.batchnorm1, c.layer_2, c.relu, c.batchnorm2, c.dropout, c.layer_out]
-        return [*layers, _logit_affine(c.calibration.a, c.calibration.b)]
+        layers: list[nn.Module] = []
+        for child in model:
+            layers.extend(_flatten_modules(child) if type(child) is nn.Sequential else [child])
+        return [*layers, _logit_affine(model.calibration.a, model.calibration.b)]
     if type(model) is BinaryClassification or (
         isinstance(model, BinaryClassification) and type(model).forward is BinaryClassification.forward
     ):

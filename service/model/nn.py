@@ -1,8 +1,11 @@
-"""The seed document's MLP, unchanged in architecture, generalised only in its input width.
+"""The served network and its calibration.
 
-``8 → 64 → 64 → 1``: Linear, ReLU, BatchNorm1d, Linear, ReLU, BatchNorm1d, Dropout(0.5), Linear. It returns
-one logit per row. In eval mode BatchNorm and Dropout are affine, so the whole network is piecewise linear in
-its input; :mod:`service.engine.gradient_shap` relies on that (and checks it) for its exact estimator.
+A bundle's network is the ``nn.Sequential`` its model spec's layer list builds
+(:func:`service.model.spec.build_network`), served inside :class:`CalibratedClassification`, which adds the
+calibration of the logit. :class:`BinaryClassification` is the seed document's MLP as a module of its own
+(``F → 64 → 64 → 1``: Linear, ReLU, BatchNorm1d, Linear, ReLU, BatchNorm1d, Dropout(0.5), Linear), kept as a
+test and benchmark network. In eval mode BatchNorm and Dropout are affine, so a ReLU network is piecewise linear
+in its input; :mod:`service.engine.gradient_shap` relies on that (and checks it) for its exact estimator.
 """
 
 from __future__ import annotations
@@ -77,22 +80,30 @@ class Calibration:
 IDENTITY = Calibration()
 
 
-class CalibratedClassification(BinaryClassification):
-    """The seed MLP followed by a :class:`Calibration` of its logit: ``forward`` = ``a·logit + b``.
+class CalibratedClassification(nn.Sequential):
+    """A network (the layers of an ``nn.Sequential``) followed by a :class:`Calibration` of its logit:
+    ``forward`` = ``a·logit + b``.
 
-    Same parameters (and state dict) as :class:`BinaryClassification`; ``a`` and ``b`` are Python floats, not
-    tensors, so they stay float64 whatever the network's dtype. :meth:`uncalibrated` is the raw network.
+    Its state dict is the Sequential's (``"0.weight"``, ``"2.running_mean"``, ...): what a bundle's
+    ``weights.safetensors`` holds and what ``gshap bundle`` takes. ``a`` and ``b`` are Python floats, not tensors,
+    so they stay float64 whatever the network's dtype. :meth:`uncalibrated` is the raw network.
     """
 
-    def __init__(
-        self, n_features: int, calibration: Calibration = IDENTITY, hidden: int = HIDDEN, dropout: float = DROPOUT
-    ) -> None:
-        super().__init__(n_features, hidden, dropout)
+    def __init__(self, *layers: nn.Module, calibration: Calibration = IDENTITY) -> None:
+        super().__init__(*layers)
         self.calibration = calibration
+
+    @classmethod
+    def wrap(cls, network: nn.Sequential, calibration: Calibration = IDENTITY) -> CalibratedClassification:
+        """The calibrated network over the same layer objects as ``network`` (no copy)."""
+        return cls(*network, calibration=calibration)
 
     def uncalibrated(self, inputs: torch.Tensor) -> torch.Tensor:
         """``(N, F) -> (N, 1)`` the raw network's logits."""
-        return super().forward(inputs)
+        out = inputs
+        for module in self:  # nn.Sequential.forward, typed
+            out = module(out)
+        return out
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.uncalibrated(inputs) * self.calibration.a + self.calibration.b

@@ -48,6 +48,7 @@ __all__ = [
     "SpecError",
     "build_network",
     "exact_covered",
+    "exact_reason",
     "layer_summary",
     "load_spec",
     "spec_from_dict",
@@ -123,6 +124,16 @@ def exact_covered(layers: Sequence[Layer]) -> bool:
     kinds = [layer.kind for layer in layers]
     first = next((k for k in kinds if k not in ("dropout", "identity")), None)
     return first == "linear" and set(kinds) <= EXACT_LAYERS and kinds.count("relu") == 2
+
+
+def exact_reason(layers: Sequence[Layer]) -> str:
+    """Why the exact kernel does not cover a network (``""`` when it does), in one sentence."""
+    if exact_covered(layers):
+        return ""
+    return (
+        "exact explanations need a network the exact kernel covers (Linear, ReLU, BatchNorm1d, Dropout and "
+        f"Identity layers, with two hidden ReLU layers); this one is {layer_summary(layers)}"
+    )
 
 
 def layer_summary(layers: Sequence[Layer]) -> str:

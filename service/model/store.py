@@ -43,7 +43,16 @@ from service.model.card import CdsService, ModelCard
 from service.model.features import FeatureSpec
 from service.model.nn import IDENTITY, CalibratedClassification, Calibration
 from service.model.preprocess import Preprocessor
-from service.model.spec import SPECS, ModelSpec, SpecError, load_spec, spec_from_dict, spec_from_legacy_manifest
+from service.model.spec import (
+    Layer,
+    ModelSpec,
+    SpecError,
+    build_network,
+    exact_reason,
+    layer_summary,
+    spec_from_dict,
+    spec_from_legacy_manifest,
+)
 
 __all__ = [
     "DEFAULT_STORE",
@@ -52,16 +61,19 @@ __all__ = [
     "BundleError",
     "default_bundle_path",
     "load_bundle",
+    "weights_problem",
     "write_bundle",
     "write_groups",
 ]
 
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 DEFAULT_STORE = Path(__file__).resolve().parents[2] / "model_store"
 CHECKSUMS = "SHA256SUMS"
 REQUIRED = ("manifest.json", "weights.safetensors", "baselines.safetensors", "evaluation.safetensors")
-MANIFEST_KEYS = ("name", "version", "features", "preprocessing", "threshold", "metrics")  # format 2: + calibration
+MANIFEST_KEYS = ("name", "version", "features", "preprocessing", "threshold", "metrics")  # 2: + calibration, 3: + spec
+# the seed MLP's module names in bundles of formats 1 and 2, and their index in its nn.Sequential (format 3)
+LEGACY_KEYS = {"layer_1": "0", "batchnorm1": "2", "layer_2": "3", "batchnorm2": "5", "layer_out": "7"}
 
 
 class BundleError(Exception):
@@ -109,6 +121,11 @@ class Bundle:
         if self.model_spec.exact:
             return SERVED_METHODS
         return tuple(m for m in SERVED_METHODS if m != "exact")
+
+    @property
+    def exact_unavailable(self) -> str:
+        """Why this network has no exact explanations (``""`` when it has them)."""
+        return exact_reason(self.model_spec.network)
 
     @property
     def default_method(self) -> str:
@@ -172,8 +189,10 @@ def write_bundle(
     eval_y: np.ndarray,
     eval_rows: np.ndarray,
     groups: dict[str, Any] | None = None,
+    created_at: str | None = None,
 ) -> Path:
-    """Write a bundle folder (created if needed) and its checksums; returns the folder."""
+    """Write a bundle folder (created if needed) and its checksums; returns the folder. ``created_at`` (ISO 8601)
+    keeps a rewritten bundle's training date; default: now."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_torch(state, str(folder / "weights.safetensors"), metadata={"format": "pt"})
@@ -195,7 +214,7 @@ def write_bundle(
     manifest = {
         "format_version": FORMAT_VERSION,
         **manifest,
-        "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "created_at": created_at or datetime.now(UTC).replace(microsecond=0).isoformat(),
     }
     (folder / "manifest.json").write_bytes(_json_bytes(manifest))
     if groups is not None:
@@ -323,11 +342,12 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
         raise BundleError(f"model bundle {folder}: manifest.json is not a JSON object")
     fmt = manifest.get("format_version")
     if fmt not in READABLE_FORMATS:
-        readable = " and ".join(str(v) for v in READABLE_FORMATS)
+        readable = ", ".join(str(v) for v in READABLE_FORMATS[:-1]) + f" and {READABLE_FORMATS[-1]}"
         raise BundleError(
             f"model bundle {folder}: manifest.json has format_version {fmt!r}; this service reads {readable}"
         )
-    missing = [key for key in (*MANIFEST_KEYS, *(("calibration",) if fmt >= 2 else ())) if key not in manifest]
+    needed = (*MANIFEST_KEYS, *(("calibration",) if fmt >= 2 else ()), *(("spec",) if fmt >= 3 else ()))
+    missing = [key for key in needed if key not in manifest]
     if missing:
         raise BundleError(f"model bundle {folder}: manifest.json has no {', '.join(missing)}")
     model_spec = _model_spec(folder, manifest)
@@ -336,9 +356,14 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
         pre = Preprocessor.from_dict(manifest["preprocessing"])
         threshold = float(manifest["threshold"])
         calibration = Calibration.from_dict(manifest["calibration"]) if fmt >= 2 else IDENTITY
-    model = CalibratedClassification(len(spec), calibration)
     with _reading(folder, "weights.safetensors"):
         state = load_torch(str(folder / "weights.safetensors"))
+    if fmt < 3:
+        state = {_legacy_key(k): v for k, v in state.items()}
+    network = build_network(model_spec.network)
+    if problem := weights_problem(network, state, model_spec.network):
+        raise BundleError(f"model bundle {folder}: weights.safetensors does not fit the network of its spec: {problem}")
+    model = CalibratedClassification.wrap(network, calibration)
     with _reading(folder, "weights.safetensors", "does not fit the network"):
         model.load_state_dict(state)
     model.eval()
@@ -380,19 +405,46 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
     )
 
 
+def _legacy_key(key: str) -> str:
+    module, _, rest = key.partition(".")
+    return f"{LEGACY_KEYS.get(module, module)}.{rest}"
+
+
+def weights_problem(network: torch.nn.Module, state: Mapping[str, torch.Tensor], layers: Sequence[Layer]) -> str | None:
+    """What keeps ``state`` (a safetensors state dict) from loading into ``network`` (built from ``layers``): a
+    missing or unexpected tensor, or a shape that differs from the one the spec's layer needs; None if it fits."""
+    expected = network.state_dict()
+
+    def layer_of(key: str) -> str:
+        index = key.partition(".")[0]
+        if index.isdigit() and int(index) < len(layers):
+            layer = layers[int(index)]
+            return f"network[{index}] ({layer_summary([layer])})"
+        return "no layer of the spec's network"
+
+    for key, tensor in expected.items():
+        if key not in state:
+            return f"it has no tensor {key!r}, which {layer_of(key)} needs"
+        got = tuple(state[key].shape)
+        if got != tuple(tensor.shape):
+            return f"{key!r} has shape {list(got)}, {layer_of(key)} needs {list(tensor.shape)}"
+    extra = [k for k in state if k not in expected]
+    if extra:
+        return f"it holds {extra[0]!r}, which belongs to {layer_of(extra[0])}"
+    bad = [k for k, t in state.items() if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64)]
+    if bad:
+        return f"{bad[0]!r} is {state[bad[0]].dtype}; save float32 (or float64) tensors"
+    return None
+
+
 def _model_spec(folder: Path, manifest: dict[str, Any]) -> ModelSpec:
-    """The bundle's validated spec (``manifest["spec"]``); for a bundle written before bundles carried their
-    spec, one built from its manifest (the shipped Pima bundle takes its FHIR mappings, population and CDS
-    service from its spec file, when that file describes the same features: a transitional fallback)."""
+    """The bundle's validated spec (``manifest["spec"]``); for a bundle of format 1 or 2, written before bundles
+    carried their spec, one built from its manifest: its features, outcome and card texts and the seed MLP (no
+    FHIR mappings and no CDS service: ``gshap``'s :func:`service.training.pipeline.upgrade_bundle` adds them
+    from a spec file)."""
     try:
         if "spec" in manifest:
             return spec_from_dict(manifest["spec"])
-        legacy = spec_from_dict(spec_from_legacy_manifest(manifest))
-        recipe = SPECS / f"{legacy.name}.yaml"
-        if recipe.is_file():
-            known = load_spec(recipe)
-            if known.features.to_dict()["features"] == legacy.features.to_dict()["features"]:
-                return known
-        return legacy
+        return spec_from_dict(spec_from_legacy_manifest(manifest))
     except (SpecError, KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"model bundle {folder}: manifest.json has no valid model spec ({_one_line(exc)})") from exc

@@ -119,6 +119,8 @@ class EngineProcessPool:
             self._children.append(_Child(i, proc, parent_end))
         if warm_up is not None:  # every method once in every child: first-call costs are paid before ready
             for kwargs in ({"method": "exact"}, {"method": "sampled", "n_samples": 8}, {"method": "quadrature"}):
+                if kwargs["method"] == "exact" and not self.engine.is_piecewise_linear:
+                    continue  # a network without exact explanations (the bundle does not offer them)
                 for child in self._children:
                     child.conn.send((warm_up, kwargs))
                 for child in self._children:

@@ -25,7 +25,7 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -244,7 +244,7 @@ class InferenceRuntime:
         record = [self.example_record()]
         try:
             numbers = [self.predict(record)[0].logit]
-            methods: tuple[Method, ...] = ("exact", "sampled", "quadrature")
+            methods = cast("tuple[Method, ...]", self.bundle.methods)  # the methods this network offers
             for method in methods:
                 n = None if method == "exact" else min(8, self.max_n_samples)
                 ex = self.explain(record, ExplainOptions(method=method, n_samples=n))[0]

@@ -1,4 +1,4 @@
-"""Training: data → split → preprocessing → the seed MLP with early stopping → evaluation → bundle.
+"""Training: data → split → preprocessing → the spec's network with early stopping → evaluation → bundle.
 
 No web framework here. Determinism: every random draw comes from the seed (split, initial weights, batch
 order, dropout masks, bootstrap), training runs on one thread with deterministic algorithms, so the same seed
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,9 +23,9 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import nn
 
 from service.contract import label_of, sigmoid
-from service.model.features import PIMA_SPEC, FeatureSpec
-from service.model.nn import DROPOUT, HIDDEN, BinaryClassification, CalibratedClassification, Calibration
+from service.model.nn import CalibratedClassification, Calibration
 from service.model.preprocess import Preprocessor
+from service.model.spec import Layer, ModelSpec, build_network, layer_summary
 from service.training.calibration import (
     AGE_BANDS,
     BMI_BANDS,
@@ -34,7 +34,7 @@ from service.training.calibration import (
     fit_platt,
     subgroup_metrics,
 )
-from service.training.data import Dataset, Split, load_dataset, stratified_split
+from service.training.data import Dataset, Split, default_spec, load_dataset, spec_data_path, stratified_split
 from service.training.metrics import classification_metrics, confusion, youden_threshold
 
 __all__ = ["TrainConfig", "TrainResult", "fit_mlp", "train"]
@@ -58,6 +58,15 @@ class TrainConfig:
     n_baselines: int = 64
     n_bootstrap: int = 2000
 
+    @classmethod
+    def from_spec(cls, training: Mapping[str, Any], **overrides: Any) -> TrainConfig:
+        """The spec's ``training`` section (its data, provenance and other keys aside), then ``overrides`` that
+        are not None (the command line's flags)."""
+        fields = cls.__dataclass_fields__
+        values = {k: v for k, v in training.items() if k in fields}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
 
 @dataclass
 class TrainResult:
@@ -72,6 +81,7 @@ class TrainResult:
     best_epoch: int
     config: TrainConfig
     dataset: Dataset
+    model_spec: ModelSpec
 
 
 @contextmanager
@@ -102,8 +112,10 @@ def fit_mlp(
     config: TrainConfig,
     seed: int,
     progress: Progress | None = None,
-) -> tuple[BinaryClassification, list[dict[str, float]], int]:
-    """Train the seed MLP on model-space ``(N, F)`` arrays; early stopping on validation loss.
+    *,
+    layers: Sequence[Layer],
+) -> tuple[nn.Sequential, list[dict[str, float]], int]:
+    """Train the network of ``layers`` on model-space ``(N, F)`` arrays; early stopping on validation loss.
 
     The class imbalance is handled with ``pos_weight = negatives / positives`` of the training split. The
     weights of the epoch with the lowest validation loss are restored before returning (the seed's notebook
@@ -112,7 +124,7 @@ def fit_mlp(
     with _deterministic():
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        model = BinaryClassification(x_train.shape[1])
+        model = build_network(layers)
         pos = float(y_train.sum())
         pos_weight = torch.tensor([(len(y_train) - pos) / max(pos, 1.0)])
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
@@ -157,7 +169,7 @@ def _logistic(x: np.ndarray, y: np.ndarray) -> LogisticRegression:
     return LogisticRegression(class_weight="balanced", max_iter=5000).fit(x, y)
 
 
-def _cross_validated_auc(ds: Dataset, dev: np.ndarray, config: TrainConfig) -> dict[str, Any]:
+def _cross_validated_auc(ds: Dataset, dev: np.ndarray, config: TrainConfig, layers: Sequence[Layer]) -> dict[str, Any]:
     """Stratified k-fold AUC of the MLP and the logistic baseline over the development rows (train+validation).
 
     Each fold refits the preprocessing on its own training part; the MLP's early stopping uses a stratified
@@ -178,6 +190,7 @@ def _cross_validated_auc(ds: Dataset, dev: np.ndarray, config: TrainConfig) -> d
             ds.y[stop_idx],
             config,
             seed=config.seed + 1000 + k,
+            layers=layers,
         )
         mlp_aucs.append(float(roc_auc_score(ds.y[te_idx], _logits(model, pre.transform(ds.x[te_idx])))))
         pre_lr = Preprocessor.fit(ds.x[tr_idx])
@@ -202,18 +215,23 @@ def _cross_validated_auc(ds: Dataset, dev: np.ndarray, config: TrainConfig) -> d
 
 def train(
     data: str | Path | None = None,
-    spec: FeatureSpec = PIMA_SPEC,
+    spec: ModelSpec | None = None,
     config: TrainConfig | None = None,
     progress: Progress | None = None,
     stage: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Run the whole pipeline and return everything the bundle stores."""
+    """Run the whole pipeline on ``data`` (default: the spec's ``training.data``) for the network of ``spec``
+    (default: the Pima spec) and return everything the bundle stores."""
     from service.engine.baselines import summarize_baselines  # the engine's choice of baseline distribution
     from service.engine.gradient_shap import GradientShapEngine  # the service's own evaluation of the logit
 
-    config = config or TrainConfig()
+    spec = spec if spec is not None else default_spec()
+    config = config or TrainConfig.from_spec(spec.training)
     say = stage or (lambda _msg: None)
-    ds = load_dataset(data, spec) if data is not None else load_dataset(spec=spec)
+    data = data if data is not None else spec_data_path(spec)
+    if data is None:
+        raise ValueError(f"spec {spec.name!r} names no training.data: give the CSV (gshap train --data FILE.csv)")
+    ds = load_dataset(data, spec.features)
     split = stratified_split(ds.y, config.seed, config.test_fraction, config.validation_fraction)
     pre = Preprocessor.fit(ds.x[split.train])
     xtr, xva, xte = (pre.transform(ds.x[i]) for i in (split.train, split.validation, split.test))
@@ -222,8 +240,10 @@ def train(
     say(f"summarising the training split into {config.n_baselines} weighted baselines")
     baselines, weights = summarize_baselines(xtr, k=config.n_baselines, seed=config.seed)
 
-    say(f"training the MLP on {len(ytr)} records (validation {len(yva)}, test {len(yte)})")
-    raw, history, best_epoch = fit_mlp(xtr, ytr, xva, yva, config, seed=config.seed, progress=progress)
+    say(f"training {layer_summary(spec.network)} on {len(ytr)} records (validation {len(yva)}, test {len(yte)})")
+    raw, history, best_epoch = fit_mlp(
+        xtr, ytr, xva, yva, config, seed=config.seed, progress=progress, layers=spec.network
+    )
 
     say("Platt scaling of the logit on the validation split; threshold on the calibrated scale")
     # logits as the service computes them (the engine's fixed-order float64 evaluation, no BLAS)
@@ -231,7 +251,7 @@ def train(
     raw_threshold = youden_threshold(yva, sigmoid(raw_logit(xva)))
     a, b = fit_platt(raw_logit(xva), yva)
     calibration = Calibration(method="platt", fitted_on="validation", a=a, b=b)
-    model = CalibratedClassification(xtr.shape[1], calibration)
+    model = CalibratedClassification.wrap(build_network(spec.network), calibration)
     model.load_state_dict(raw.state_dict())
     model.eval()
     cal_logit = GradientShapEngine(model, baselines, weights).predict_logit
@@ -270,7 +290,8 @@ def train(
         "epochs_run": len(history),
     }
     say(f"{config.cv_folds}-fold cross-validation of both models")
-    metrics["cross_validation"] = _cross_validated_auc(ds, np.concatenate([split.train, split.validation]), config)
+    dev = np.concatenate([split.train, split.validation])
+    metrics["cross_validation"] = _cross_validated_auc(ds, dev, config, spec.network)
 
     return TrainResult(
         model=model,
@@ -284,6 +305,7 @@ def train(
         best_epoch=best_epoch,
         config=config,
         dataset=ds,
+        model_spec=spec,
     )
 
 
@@ -379,13 +401,12 @@ def describe_environment() -> dict[str, str]:
     }
 
 
-def config_dict(config: TrainConfig) -> dict[str, Any]:
+def config_dict(config: TrainConfig, layers: Sequence[Layer]) -> dict[str, Any]:
     return {
         **asdict(config),
         "architecture": {
-            "hidden": HIDDEN,
-            "dropout": DROPOUT,
-            "layers": "Linear-ReLU-BatchNorm1d-Linear-ReLU-BatchNorm1d-Dropout-Linear",
+            "layers": layer_summary(layers),
+            "network": [layer.to_yaml() for layer in layers],
         },
         "optimizer": "Adam",
         "loss": "BCEWithLogitsLoss(pos_weight=negatives/positives of the training split); the class weighting "

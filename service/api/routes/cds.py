@@ -236,7 +236,7 @@ def build_router(bundle: Bundle) -> APIRouter:
     templates = prefetch_templates(bundle.spec)
     example: dict[str, Any] = CdsRequest.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index,assignment]
     example = {**example, "prefetch": {k: v for k, v in example["prefetch"].items() if k in templates}}
-    examples = {"prefetch": {"summary": "patient-view with prefetch", "value": example}}
+    examples: dict[str, Any] = {"prefetch": {"summary": "patient-view with prefetch", "value": example}}
 
     @router.post(
         path,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Request, Response
 
-from service.api.errors import FieldError, invalid_input
+from service.api.errors import FieldError, MethodNotOffered, invalid_input
 from service.api.plots import FormatQuery, WidthQuery, plot_answer, plot_responses
 from service.api.routes import (
     POST_PROBLEMS,
@@ -21,6 +21,7 @@ from service.api.routes import (
     split_batch,
 )
 from service.api.routes.predict import batch_examples, record_examples
+from service.contract import ServedMethod
 from service.render import waterfall_chart
 from service.runtime.inference import MIN_N_SAMPLES, ExplainOptions, InferenceRuntime
 from service.schemas import (
@@ -62,28 +63,9 @@ def explain_batch_examples(models: RequestModels) -> dict[str, Any]:
     return {name: {"summary": example["summary"] + ", on the probability scale", "value": value}}
 
 
-_WHY_NOT = {
-    "exact": "the exact kernel covers only piecewise-linear networks it can fold (ReLU layers), and this network "
-    "is not one of them",
-}
-
-
 def explain_options(settings: ExplainSettings, runtime: InferenceRuntime) -> ExplainOptions:
-    """The request's settings, checked against this server's sample bound (which may be below the schema's)."""
-    offered = runtime.bundle.methods
-    if settings.method not in offered:
-        raise invalid_input(
-            [
-                FieldError(
-                    "method",
-                    "method_not_offered",
-                    f"Method '{settings.method}' does not apply to this model ({runtime.model_version}): "
-                    f"{_WHY_NOT.get(settings.method, 'not offered by its bundle')}; it offers "
-                    f"{', '.join(repr(m) for m in offered)}",
-                    ", ".join(offered),
-                )
-            ]
-        )
+    """The request's settings, checked against this server's sample bound (which may be below the schema's) and the
+    methods the served model offers (a 422 ``method-not-offered`` problem otherwise)."""
     n = settings.n_samples
     if n is not None and n > runtime.max_n_samples:
         raise invalid_input(
@@ -96,20 +78,30 @@ def explain_options(settings: ExplainSettings, runtime: InferenceRuntime) -> Exp
                 )
             ]
         )
-    low = MIN_N_SAMPLES[settings.method]
+    bundle = runtime.bundle
+    method = settings.method if "method" in settings.model_fields_set else bundle.default_method
+    if method not in bundle.methods:
+        offered = ", ".join(bundle.methods)
+        raise MethodNotOffered(
+            f"Method '{method}' is not offered by the model {bundle.name} {bundle.version}: "
+            f"{bundle.exact_unavailable or 'not offered'}. Methods that apply: {offered}.",
+            errors=[FieldError("method", "offered_methods", f"Input should be one of {offered} for this model")],
+            extra={"methods": list(bundle.methods)},
+        )
+    low = MIN_N_SAMPLES[method]
     if n is not None and n < low:
         raise invalid_input(
             [
                 FieldError(
                     "n_samples",
                     "greater_than_equal",
-                    f"Input should be greater than or equal to {low} for method '{settings.method}'",
+                    f"Input should be greater than or equal to {low} for method '{method}'",
                     low,
                 )
             ]
         )
     return ExplainOptions(
-        method=settings.method, n_samples=settings.n_samples, seed=settings.seed, output=settings.output
+        method=cast("ServedMethod", method), n_samples=settings.n_samples, seed=settings.seed, output=settings.output
     )
 
 

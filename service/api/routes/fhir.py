@@ -139,7 +139,9 @@ def _answer(result: Any, extraction: Extraction) -> Response:
 def build_router(served: Bundle) -> APIRouter:
     """The FHIR routes for the served model (its features' FHIR mappings, its example patient)."""
     router = APIRouter(tags=["fhir"], dependencies=[Depends(require_json)])
-    examples = {"example": {"summary": "The model's example patient as FHIR", "value": example_bundle(served)}}
+    examples: dict[str, Any] = {
+        "example": {"summary": "The model's example patient as FHIR", "value": example_bundle(served)}
+    }
 
     @router.post(
         "/fhir/predict",

@@ -100,8 +100,9 @@ def explanation_method(runtime: InferenceRuntime) -> dict[str, Any]:
     exact = "exact" in methods
     out: dict[str, Any] = {
         "method": f"GradientSHAP, by default {_METHOD_WORDS[default].split(': ', 1)[1]}",
-        "methods": {m: _METHOD_WORDS[m].split(": ", 1)[1] for m in methods},
+        "methods": list(methods),
         "default_method": default,
+        "estimators": {m: _METHOD_WORDS[m].split(": ", 1)[1] for m in methods},
         "output": "attributions of the calibrated logit (log-odds) by default; output='probability' explains the "
         "calibrated probability",
         "baselines": "a weighted summary of the training split (see baselines)",
@@ -113,8 +114,8 @@ def explanation_method(runtime: InferenceRuntime) -> dict[str, Any]:
     }
     if not exact:
         out["why_not_exact"] = (
-            "the exact kernel covers piecewise-linear networks it can fold (ReLU layers); this network is not one of "
-            "them, so a request for 'exact' is refused with a 422 naming the methods above"
+            f"{bundle.exact_unavailable}; a request for 'exact' is refused with a 422 problem (method-not-offered) "
+            "naming the methods above"
         )
     groups = bundle.groups or {}
     explained = groups.get("explanation")
