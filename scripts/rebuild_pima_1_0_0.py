@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     card = spec["card"]
     card["intended_use"] = card["intended_use"].replace("the calibrated risk", "the risk")
     card["development_and_validation"] = card["development_and_validation"].replace(
-        "Its logit is then recalibrated by Platt scaling (a*logit + b) fitted on the validation split, and the decision "
-        "threshold is Youden's J on the validation split's calibrated probabilities.",
+        "Its logit is then recalibrated by Platt scaling (a*logit + b) fitted on the validation split, and the "
+        "decision threshold is Youden's J on the validation split's calibrated probabilities.",
         "Its probabilities are the network's own, not recalibrated (version 1.1.0 is the same network with a Platt "
         "calibration), and the decision threshold is Youden's J on the validation split's probabilities.",
     )
