@@ -571,3 +571,24 @@ def test_explain_cohort_takes_a_model_and_version(store: Path, tmp_path: Path) -
     )
     assert bad.returncode == 2
     assert "no version '9.9.9'" in bad.stderr
+
+
+def test_cds_discovery_lists_one_service_per_served_version(store: Path) -> None:
+    """CDS discovery lists the default version's service under its bare id and the other version under
+    diabetes-risk-1.0.0; calling each answers with its own model version (different risks for one patient)."""
+    from fhir_helpers import cds_request, load, prefetch_for
+
+    request = cds_request(prefetch_for(load("patient_bundle.json")))
+    with running_server({"GSHAP_MODEL_STORE": str(store)}) as server, httpx.Client(base_url=server.url) as c:
+        services = c.get("/cds-services").json()["services"]
+        assert [s["id"] for s in services] == ["diabetes-risk", "diabetes-risk-1.0.0"]
+        summaries = {}
+        for service in services:
+            r = c.post(f"/cds-services/{service['id']}", json=request)
+            assert r.status_code == 200, r.text
+            summaries[service["id"]] = r.json()["cards"][0]["summary"]
+            assert r.headers["X-Model-Version"] in summaries[service["id"]]
+        assert "pima-diabetes/1.1.0" in summaries["diabetes-risk"]
+        assert "pima-diabetes/1.0.0" in summaries["diabetes-risk-1.0.0"]
+        feedback = {"feedback": [{"card": "c-1", "outcome": "overridden", "outcomeTimestamp": "2026-12-02T00:00:00Z"}]}
+        assert c.post("/cds-services/diabetes-risk-1.0.0/feedback", json=feedback).status_code == 200

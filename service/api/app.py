@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import shutil
@@ -59,7 +60,9 @@ from service.api.security import (
     SecurityHeadersMiddleware,
 )
 from service.config import Settings
-from service.model.repository import StorePlan, plan_single, plan_store
+from service.fhir.cdshooks import discovery_document
+from service.model.card import CdsService
+from service.model.repository import StorePlan, plan_single, plan_store, version_key
 from service.model.signing import SigningKeyError, TrustedKeys
 from service.model.store import Bundle, BundleError
 from service.observe.metrics import Telemetry, enable_multiprocess, prepare_multiprocess_dir
@@ -411,7 +414,8 @@ def create_app(
     app.include_router(explain.build_router(models))
     for area in (groups, model, health, problems):
         app.include_router(area.router)
-    app.include_router(cds.build_router(bundle))
+    cds_others: list[dict[str, Any]] = []  # discovery entries of the other served versions' CDS services
+    app.include_router(cds.build_router(bundle, others=lambda: list(cds_others)))
     app.include_router(fhir.build_router(bundle))
     if state.telemetry is not None:
         app.include_router(operations.router)
@@ -422,7 +426,14 @@ def create_app(
     app.include_router(per_model)
 
     def rebuild(changed: ModelRegistry) -> None:
-        per_model.routes = _per_model_routes(changed, with_monitoring=state.telemetry is not None)
+        services = _other_cds_services(changed)
+        per_model.routes = _per_model_routes(
+            changed, with_monitoring=state.telemetry is not None, cds_services=services
+        )
+        cds_others[:] = [
+            discovery_document(b.spec, b.card, svc, f"{name}/{version}")["services"][0]
+            for name, version, b, svc in services
+        ]
         per_model._mark_routes_changed()
         app.openapi_schema = None
 
@@ -435,7 +446,35 @@ def create_app(
     return app
 
 
-def _per_model_routes(registry: ModelRegistry, *, with_monitoring: bool) -> list[BaseRoute]:
+def _other_cds_services(registry: ModelRegistry) -> list[tuple[str, str, Bundle, CdsService]]:
+    """The CDS services of the served versions beside the root one (the default model's default version, which
+    keeps its bare id, e.g. ``diabetes-risk``), each under its own id: a model's default version keeps its
+    service's bare id, another version gets ``<id>-<version>`` (``diabetes-risk-1.0.0``); an id already taken gets
+    the model's name too (``<id>-<name>``, ``<id>-<name>-<version>``)."""
+    root = registry.pending_default().runtime.bundle
+    taken = {root.cds.id} if root.cds is not None else set()
+    entries = sorted(registry.served_or_pending(), key=lambda e: (not e[3], e[0], version_key(e[1])))
+    out = []
+    for name, version, entry, is_default in entries:
+        bundle = entry.runtime.bundle
+        service = bundle.cds
+        if service is None or (name, version) == (root.name, root.version):
+            continue
+        new_id = service.id if is_default else f"{service.id}-{version}"
+        if new_id in taken:
+            new_id = f"{service.id}-{name}" + ("" if is_default else f"-{version}")
+        taken.add(new_id)
+        title = f"{service.title} ({name} {version})"
+        out.append((name, version, bundle, dataclasses.replace(service, id=new_id, title=title)))
+    return out
+
+
+def _per_model_routes(
+    registry: ModelRegistry,
+    *,
+    with_monitoring: bool,
+    cds_services: list[tuple[str, str, Bundle, CdsService]] = (),  # type: ignore[assignment]
+) -> list[BaseRoute]:
     """The routes of every served model version under ``/models/{name}/versions/{version}`` and of every model's
     default version under ``/models/{name}``: the root routes' modules built again for that bundle (its own request
     models, CDS and FHIR facts), pinned to it, each operation id suffixed with the model (and version)."""
@@ -464,6 +503,11 @@ def _per_model_routes(registry: ModelRegistry, *, with_monitoring: bool) -> list
                     if not isinstance(route, APIRoute):
                         raise TypeError(f"only plain routes are served per model, not {route!r}")
                     _add_copy(holder, route, prefix, suffix, pin)
+    for name, version, bundle, service in cds_services:
+        for route in cds.build_router(bundle, service).routes:
+            if isinstance(route, APIRoute) and route.operation_id != "cds_discovery":  # one discovery lists all
+                suffix = f"{_slug(name)}__{_slug(version)}"
+                _add_copy(holder, route, "", suffix, Depends(pin_model(name, version)), tags=["cds-hooks"])
     return holder.routes
 
 
@@ -471,13 +515,15 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
 
 
-def _add_copy(holder: APIRouter, route: APIRoute, prefix: str, suffix: str, pin: Any) -> None:
+def _add_copy(
+    holder: APIRouter, route: APIRoute, prefix: str, suffix: str, pin: Any, tags: list[str | Any] | None = None
+) -> None:
     holder.add_api_route(
         prefix + route.path,
         route.endpoint,
         response_model=route.response_model,
         status_code=route.status_code,
-        tags=["models"],
+        tags=tags or ["models"],
         dependencies=[pin, *route.dependencies],
         summary=route.summary,
         description=route.description,

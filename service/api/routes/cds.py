@@ -22,6 +22,7 @@ ignored and reported; unusable values are reported on the card, never guessed.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, cast
 
@@ -53,6 +54,7 @@ from service.fhir.extract import Issue, extract
 from service.fhir.feedback import FeedbackStore
 from service.fhir.resources import FhirInputError, parse_search_result
 from service.fhir.server import FhirServerError, fetch_all, render, server_allowed
+from service.model.card import CdsService
 from service.model.store import Bundle
 from service.runtime.inference import ExplainOptions
 
@@ -213,10 +215,17 @@ def _read(values: dict[str, Any], body: CdsRequest, max_entries: int) -> tuple[A
     return patient, observations, patient_path
 
 
-def build_router(bundle: Bundle) -> APIRouter:
-    """Discovery, and the call and feedback paths of the CDS service ``bundle`` declares (none: no path at all)."""
+def build_router(
+    bundle: Bundle,
+    service: CdsService | None = None,
+    others: Callable[[], list[dict[str, Any]]] | None = None,
+) -> APIRouter:
+    """Discovery, and the call and feedback paths of the CDS service ``bundle`` declares (none: no path at all).
+
+    ``service``: the service under another id (the other served versions of a model repository, see
+    docs/MODELS.md); ``others``: the discovery entries of the other services served beside this one."""
     router = APIRouter(tags=["cds-hooks"], dependencies=[CdsAuth])
-    service = bundle.cds
+    service = service or bundle.cds
     if service is None:
         return router
     path = f"/cds-services/{service.id}"
@@ -231,7 +240,10 @@ def build_router(bundle: Bundle) -> APIRouter:
     async def discovery(runtime: RuntimeDep) -> Response:
         """The CDS service the served model declares, on the `patient-view` hook, with its prefetch templates
         (LOINC-coded Observation searches, latest first) and its usage requirements (the population)."""
-        return cds_json(discovery_document(bundle.spec, bundle.card, service, runtime.model_version))
+        document = discovery_document(bundle.spec, bundle.card, service, runtime.model_version)
+        if others is not None:
+            document["services"] = [*document["services"], *others()]
+        return cds_json(document)
 
     templates = prefetch_templates(bundle.spec)
     example: dict[str, Any] = CdsRequest.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index,assignment]
