@@ -1,4 +1,4 @@
-"""The ``gshap`` command: train, bundle, groups, figures, serve, openapi, problems, explain-cohort.
+"""The ``gshap`` command: train, bundle, groups, figures, serve, sign, keygen, openapi, problems, explain-cohort.
 
 Each sub-command is a thin shell around a library function, so that tests and integrators can call the
 same code without a subprocess.
@@ -179,13 +179,22 @@ def _serve(args: argparse.Namespace) -> int:
     from service.api.cds_auth import JwksSourceError
     from service.config import Settings
 
+    # --model X (repeatable): NAME[@VERSION] from the store, or a bundle folder when X contains a "/"
+    paths = [m for m in args.model or () if "/" in m or m in (".", "..")]
+    choices = [m for m in args.model or () if m not in paths]
+    if len(paths) > 1 or (paths and choices):
+        print(
+            "gshap serve: give one bundle folder, or NAME[@VERSION] choices from the store, not both", file=sys.stderr
+        )
+        return 2
     overrides = {
         k: v
         for k, v in {
             "host": args.host,
             "port": args.port,
             "workers": args.workers,
-            "model_path": args.model,
+            "model_path": paths[0] if paths else None,
+            "models": choices or None,
         }.items()
         if v is not None
     }
@@ -194,6 +203,36 @@ def _serve(args: argparse.Namespace) -> int:
     except JwksSourceError as exc:  # a CDS client's JWK Set that is not there: refused before anything starts
         print(f"gshap serve: {exc}", file=sys.stderr)
         return 2
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from service.model.signing import SigningKeyError, load_private_key, sign_bundle
+    from service.model.store import load_bundle
+
+    try:
+        key = load_private_key(args.key)
+    except SigningKeyError as exc:
+        print(f"gshap sign: {exc}", file=sys.stderr)
+        return 2
+    for folder in args.bundle:
+        load_bundle(folder)  # only a bundle that verifies is signed (BundleError: exit 2)
+        signature = sign_bundle(folder, key)
+        print(f"signed {folder} with {signature.key}")
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from service.model.signing import SigningKeyError, generate_key
+
+    try:
+        key = generate_key(Path(args.out))
+    except SigningKeyError as exc:
+        print(f"gshap keygen: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {args.out} (private: keep it off the servers) and {args.out}.pub (trust it: GSHAP_TRUSTED_KEYS); {key}"
+    )
+    return 0
 
 
 def _explain_cohort(args: argparse.Namespace) -> int:
@@ -208,6 +247,7 @@ def _explain_cohort(args: argparse.Namespace) -> int:
     from service.schemas import ExplainSettings
 
     try:  # the columns, the default method and the methods offered are the served model's
+        args.model = _model_folder(args.model)
         served = load_bundle(args.model)
     except BundleError as exc:
         print(f"gshap explain-cohort: {exc}", file=sys.stderr)
@@ -269,6 +309,20 @@ def _explain_cohort(args: argparse.Namespace) -> int:
         f"({result.workers} worker{'s' if result.workers != 1 else ''}) -> {result.output}"
     )
     return 1 if result.refused else 0
+
+
+def _model_folder(choice: str | None) -> str | None:
+    """``--model``: a bundle folder (a path with a ``/``, or an existing folder) as it is, or ``NAME[@VERSION]``
+    from the store (GSHAP_MODEL_STORE) resolved to its bundle folder (NAME alone: its default version)."""
+    if choice is None or "/" in choice or Path(choice).is_dir():
+        return choice
+    from service.config import Settings
+    from service.model.repository import parse_choice, plan_store
+
+    name, version = parse_choice(choice)
+    plan = plan_store(Settings().model_store, [choice])
+    model = plan.models[name]
+    return str(model.versions[version or model.default_version])
 
 
 def _positive_int(text: str) -> int:
@@ -413,8 +467,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--model", default=None, help="bundle folder or store (default: the served default)")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="NAME[@VERSION]",
+        help="serve this model (every version) or version from the store (GSHAP_MODEL_STORE), repeatable; or one "
+        "bundle folder (a path with a /) served alone. Default: every version of every model in the store",
+    )
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("sign", help="sign bundles' SHA256SUMS with an Ed25519 key (writes SIGNATURE)")
+    p.add_argument("bundle", nargs="+", metavar="BUNDLE", help="bundle folder(s), verified before signing")
+    p.add_argument("--key", required=True, help="Ed25519 private key file (PEM or OpenSSH, no passphrase)")
+    p.set_defaults(func=_sign)
+
+    p = sub.add_parser("keygen", help="make an Ed25519 key pair for gshap sign (OUT and OUT.pub)")
+    p.add_argument("--out", required=True, help="private key file to write (mode 0600); the public key is OUT.pub")
+    p.set_defaults(func=_keygen)
 
     p = sub.add_parser(
         "explain-cohort",
@@ -445,7 +515,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-samples", type=int, default=None, help="samples per record (sampled, quadrature)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws (method sampled)")
     p.add_argument("--output", choices=["logit", "probability"], default="logit", help="what attributions add up to")
-    p.add_argument("--model", default=None, help="bundle folder or store (default: the served default)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME[@VERSION]|FOLDER",
+        help="a model (its default version) or version of the store (GSHAP_MODEL_STORE), or a bundle folder "
+        "(default: the store's default model)",
+    )
     p.add_argument("--drop", nargs="*", default=None, metavar="COLUMN", help="input columns to ignore")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_explain_cohort)
@@ -480,6 +556,8 @@ EXTRAS: dict[str, str] = {
     "problems": "server",
     "db": "server",
     "explain-cohort": "cluster",
+    "sign": "server",
+    "keygen": "server",
 }
 _EXTRA_PACKAGES: dict[str, frozenset[str]] = {
     "server": frozenset(

@@ -34,6 +34,7 @@ httpx exceptions are translated to these in one place (:func:`_map_transport_err
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import random
@@ -282,6 +283,27 @@ class _Call(Generic[M]):
     retry: bool = True
 
 
+_ROOT_ONLY = frozenset({"/healthz", "/readyz"})
+
+
+def _model_prefix(model: str | None, version: str | None) -> str:
+    """The path prefix of a model's routes: ``/models/NAME``, ``/models/NAME/versions/VERSION``, or none (the
+    server's default model on the root routes)."""
+    if model is None:
+        if version is not None:
+            raise ValueError("a version needs its model: GshapClient(url, model=NAME, version=VERSION)")
+        return ""
+    prefix = f"/models/{quote(model, safe='')}"
+    return prefix if version is None else f"{prefix}/versions/{quote(version, safe='')}"
+
+
+def _routed(call: _Call[M], prefix: str) -> _Call[M]:
+    """``call`` sent to the chosen model's routes (health and readiness stay the server's)."""
+    if not prefix or call.path in _ROOT_ONLY:
+        return call
+    return dataclasses.replace(call, path=prefix + call.path)
+
+
 def _record(record: RecordLike) -> dict[str, Any]:
     if isinstance(record, BaseModel):
         # unset fields are left out: the server then applies its own rule ("not measured" for optional ones)
@@ -430,6 +452,8 @@ class GshapClient:
         transport: an httpx transport, e.g. for tests or a proxy.
         sleep: how to wait between attempts (tests record the pauses instead).
         rng: the random source of the jitter (seeded in tests).
+        model: the served model to ask (``/models/NAME/...``); None: the server's default model (the root routes).
+        version: that model's version (``/models/NAME/versions/VERSION/...``); None: its default version.
     """
 
     def __init__(
@@ -443,10 +467,14 @@ class GshapClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        model: str | None = None,
+        version: str | None = None,
     ) -> None:
         self.retry = retry or Retry()
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._prefix = _model_prefix(model, version)
+        self.chosen_model = (model, version)  # the model (and version) asked, None: the server default
         self._http = httpx.Client(
             base_url=base_url, timeout=_timeout(timeout), headers=_headers(api_key, headers), transport=transport
         )
@@ -463,6 +491,7 @@ class GshapClient:
         self._http.close()
 
     def _run(self, call: _Call[M]) -> M:
+        call = _routed(call, self._prefix)
         content = _encode(call.body)
         headers = {"Content-Type": "application/json"} if content is not None else None
         session = _Session(self.retry, self._rng, call.retry)
@@ -549,10 +578,14 @@ class AsyncGshapClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        model: str | None = None,
+        version: str | None = None,
     ) -> None:
         self.retry = retry or Retry()
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._prefix = _model_prefix(model, version)
+        self.chosen_model = (model, version)  # the model (and version) asked, None: the server default
         self._http = httpx.AsyncClient(
             base_url=base_url, timeout=_timeout(timeout), headers=_headers(api_key, headers), transport=transport
         )
@@ -569,6 +602,7 @@ class AsyncGshapClient:
         await self._http.aclose()
 
     async def _run(self, call: _Call[M]) -> M:
+        call = _routed(call, self._prefix)
         content = _encode(call.body)
         headers = {"Content-Type": "application/json"} if content is not None else None
         session = _Session(self.retry, self._rng, call.retry)

@@ -223,6 +223,41 @@ class Settings(BaseSettings):
             "SVG plots are written without matplotlib and need none."
         ),
     )
+    model_store: Path | None = Field(
+        None,
+        description=(
+            "Root of the model store (model folders, each with version folders and a DEFAULT file; the store's "
+            "DEFAULT names the default model); None: the repository's model_store. GSHAP_MODEL_PATH wins."
+        ),
+    )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "What to serve from the store, comma-separated: NAME (every version of it) or NAME@VERSION; "
+            "empty: every version of every model in the store."
+        ),
+    )
+    trusted_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Ed25519 public keys trusted to sign bundles (paths of PEM or OpenSSH files, or the keys inline, "
+            "comma-separated); set: an unsigned bundle or one signed by another key is refused. Empty: no check."
+        ),
+    )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Administrators' keys, comma-separated, separate from GSHAP_API_KEYS: POST /admin/reload (empty: there "
+            "is no such route) and the CDS feedback summary take them."
+        ),
+    )
+    reload_file: Path | None = Field(
+        None,
+        description=(
+            "File whose change makes every worker reload the store (gshap serve sets it with several workers: "
+            "SIGHUP to the server, or POST /admin/reload to any worker, touches it); None: one process."
+        ),
+    )
 
     database_url: SecretStr | None = Field(
         None,
@@ -254,10 +289,6 @@ class Settings(BaseSettings):
     cds_feedback_max_rows: int = Field(
         1_000_000, ge=1, description="Most feedback rows stored; past it feedback is refused with 503 and Retry-After."
     )
-    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list,
-        description="Administrators' keys (comma-separated): the admin endpoints (feedback summary) take them.",
-    )
 
     @field_validator("cds_jwt_issuers", mode="before")
     @classmethod
@@ -274,7 +305,9 @@ class Settings(BaseSettings):
             pairs[issuer.strip()] = jwks.strip()
         return pairs
 
-    @field_validator("api_keys", "cors_origins", "cds_fhir_servers", "admin_keys", mode="before")
+    @field_validator(
+        "api_keys", "cors_origins", "cds_fhir_servers", "models", "trusted_keys", "admin_keys", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)
@@ -295,6 +328,8 @@ class Settings(BaseSettings):
         "cds_jwks_ca_file",
         "state_db",
         "database_url",
+        "model_store",
+        "reload_file",
         mode="before",
     )
     @classmethod
@@ -320,6 +355,10 @@ class Settings(BaseSettings):
             return self.cds_feedback_db
         state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         return Path(state) / "gshap-service" / "cds-feedback.sqlite3"
+
+    def admin_key_values(self) -> list[str]:
+        """The admin keys in clear, for the one place that compares them."""
+        return [k.get_secret_value() for k in self.admin_keys]
 
     def api_key_values(self) -> list[str]:
         """The accepted keys in clear, for the one place that compares them."""

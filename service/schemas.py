@@ -306,19 +306,22 @@ def method_field(methods: Sequence[str], default: str) -> tuple[Any, Any]:
 
 
 def request_models(
-    spec: FeatureSpec, methods: Sequence[str] = SERVED_METHODS, default_method: str = "exact"
+    spec: FeatureSpec, methods: Sequence[str] = SERVED_METHODS, default_method: str = "exact", suffix: str = ""
 ) -> RequestModels:
     """``PatientRecord``, ``ExplainRequest``, ``PredictBatchRequest`` and ``ExplainBatchRequest`` for ``spec``,
-    the ``method`` setting naming the ``methods`` the model offers and defaulting to ``default_method``."""
-    record = patient_record_model(spec)
+    the ``method`` setting naming the ``methods`` the model offers and defaulting to ``default_method``.
+
+    ``suffix`` is appended to the four names, so that the OpenAPI document of a server with several models holds
+    each model's own schemas (two models named alike would show one schema for both)."""
+    record = patient_record_model(spec, f"PatientRecord{suffix}")
     example = example_record(spec)
     options: dict[str, Any] = {k: (f.annotation, f) for k, f in ExplainSettings.model_fields.items()}
     options["method"] = method_field(methods, default_method)
     explain = create_model(
-        "ExplainRequest",
+        f"ExplainRequest{suffix}",
         __base__=ExplainRequest,
         __cls_kwargs__={
-            "title": "ExplainRequest",
+            "title": f"ExplainRequest{suffix}",
             "json_schema_extra": {
                 "examples": [{**example, "method": default_method, "output": "logit"}],
                 **N_SAMPLES_BY_METHOD,
@@ -334,14 +337,14 @@ def request_models(
     records_field = PredictBatchRequest.model_fields["records"]
     second = {**example, _first_optional(spec): None} if any(f.may_be_missing for f in spec) else example
     predict_batch = create_model(
-        "PredictBatchRequest",
+        f"PredictBatchRequest{suffix}",
         __base__=PredictBatchRequest,
         __cls_kwargs__={"json_schema_extra": {"examples": [{"records": [example, second]}]}},
         __doc__=PredictBatchRequest.__doc__,
         records=(list[slot], records_field),
     )
     explain_batch = create_model(
-        "ExplainBatchRequest",
+        f"ExplainBatchRequest{suffix}",
         __base__=ExplainBatchRequest,
         __cls_kwargs__={
             "json_schema_extra": {
@@ -801,6 +804,10 @@ class ModelCardPublic(BaseModel):
     )
     update_schedule: str = Field(..., description="When and how the model changes.")
     training_date: str | None = Field(None, description="When the bundle was trained and written (ISO 8601, UTC).")
+    signed_by: str | None = Field(
+        None, description="Id of the Ed25519 key that signed the bundle (gshap sign); null: the bundle is unsigned."
+    )
+    signing_key: str | None = Field(None, description="That public key, base64 of its 32 bytes; null: unsigned.")
 
 
 # ---- health -----------------------------------------------------------------------------------------------

@@ -508,7 +508,9 @@ def test_openapi_yaml_is_what_the_app_serves(client: AppClient, root: Path) -> N
     import yaml
 
     assert (root / "openapi.yaml").read_text() == openapi_yaml()
-    assert yaml.safe_load((root / "openapi.yaml").read_text()) == client.get("/openapi.json").json()
+    # served by an app of the shipped store (every version of every model), started and asked over HTTP
+    with app_client(create_app(Settings())) as store_client:
+        assert yaml.safe_load((root / "openapi.yaml").read_text()) == store_client.get("/openapi.json").json()
 
 
 def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
@@ -532,7 +534,7 @@ def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
                     # the Open Inference Protocol's paths answer its own {"error": ...} (docs/V2.md)
                     expected = ["application/json"] if path.startswith("/v2") else [PROBLEM]
                     assert list(response["content"]) == expected, f"{method} {path} {code}"
-    assert ids == {
+    per_model = {
         "predict",
         "predict_batch",
         "explain",
@@ -542,16 +544,25 @@ def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
         "get_group",
         "get_group_plot",
         "get_model_card",
+        "monitoring",
+        "fhir_predict",
+        "fhir_explain",
+    }
+    # each served model again under /models/{name} and each version under /models/{name}/versions/{version}
+    suffixes = []
+    for m in client.get("/models").json()["models"]:
+        slug = re.sub(r"\W", "_", m["name"])
+        suffixes += [slug, *(slug + "__" + re.sub(r"\W", "_", v["version"]) for v in m["versions"])]
+    assert ids == {
+        *per_model,
+        *(f"{op}__{suffix}" for op in per_model for suffix in suffixes),
         "liveness",
         "readiness",
         "metrics",
-        "monitoring",
         "cds_discovery",
         "cds_service",
         "cds_service_feedback",
         "cds_feedback_summary",
-        "fhir_predict",
-        "fhir_explain",
         "v2_server_metadata",
         "v2_server_live",
         "v2_server_ready",
@@ -561,6 +572,8 @@ def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
         "v2_model_version_ready",
         "v2_model_infer",
         "v2_model_version_infer",
+        "list_models",
+        "get_served_model",
     }
     glucose = doc["components"]["schemas"]["PatientRecord"]["properties"]["glucose"]
     assert "mg/dL" in glucose["description"]

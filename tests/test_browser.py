@@ -255,3 +255,31 @@ def test_page_asks_for_the_api_key(browser: Any) -> None:
         browser.find_element(By.ID, "submit").click()
         _wait(browser, lambda d: d.find_element(By.ID, "risk").text)
         assert len(browser.find_elements(By.CSS_SELECTOR, "svg#attributions [data-feature]")) == 8
+
+
+def test_page_picks_the_model_and_version(server: LiveServer, browser: Any) -> None:
+    """The shipped store serves two Pima versions: the page offers both (the default chosen), and picking 1.0.0
+    rebuilds the form from that version's card and explains with it (its risk, its routes)."""
+    from selenium.webdriver.support.ui import Select
+
+    _open_page(browser, server.url)
+    _wait(browser, lambda d: d.find_element(By.ID, "model-picker").is_displayed())
+    pick = Select(browser.find_element(By.ID, "model-pick"))
+    assert [o.text for o in pick.options] == ["pima-diabetes 1.0.0", "pima-diabetes 1.1.0 (default)"]
+    assert pick.first_selected_option.text == "pima-diabetes 1.1.0 (default)"
+    pick.select_by_visible_text("pima-diabetes 1.0.0")
+    _wait(browser, lambda d: d.find_element(By.ID, "model-name").text == "pima-diabetes/1.0.0")
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[name='glucose']"))
+    _fill(browser, EXAMPLE)
+    browser.find_element(By.ID, "submit").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "risk").text)
+    base = "/models/pima-diabetes/versions/1.0.0"
+    expected = httpx.post(server.url + base + "/explain", json=EXAMPLE).json()
+    default = httpx.post(server.url + "/explain", json=EXAMPLE).json()
+    assert expected["prediction"]["probability"] != default["prediction"]["probability"]
+    assert browser.find_element(By.ID, "risk").text == f"{round(expected['prediction']['probability'] * 100)}%"
+    paths = {urlsplit(u).path for u in network_urls(browser)}
+    assert {base + "/explain", base + "/explain/plot"} <= paths
+    assert console_errors(browser) == []
+    pick.select_by_visible_text("pima-diabetes 1.1.0 (default)")  # back to the default for the other tests
+    _wait(browser, lambda d: d.find_element(By.ID, "model-name").text == "pima-diabetes/1.1.0")

@@ -493,10 +493,12 @@ def test_dockerignore_keeps_local_state_out() -> None:
 
 
 def test_bundle_store_has_a_default_to_serve() -> None:
-    """model_store/DEFAULT names a bundle folder that is in the repository, so the image has a model to serve."""
+    """model_store/DEFAULT names a model folder whose DEFAULT names a bundle folder in the repository, so the image
+    has a model to serve."""
     pointer = ROOT / "model_store" / "DEFAULT"
     assert pointer.is_file()
-    assert (ROOT / "model_store" / pointer.read_text().strip() / "SHA256SUMS").is_file()
+    model = ROOT / "model_store" / pointer.read_text().strip()
+    assert (model / (model / "DEFAULT").read_text().strip() / "SHA256SUMS").is_file()
 
 
 # ---- compose agrees with the image -------------------------------------------------------------------------

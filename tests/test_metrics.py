@@ -22,11 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.api.app import create_app
 from service.config import Settings
 from service.contract import label_of
+from service.model.repository import plan_store
 from service.model.store import Bundle
 from service.observe.metrics import PROBABILITY_BUCKETS, Telemetry
 from service.schemas import MonitoringPublic
 
 # distinctive values that must never appear in a scrape, in any spelling a formatter might produce
+SERVED = plan_store().bundles()  # what `gshap serve` serves from the shipped store by default
 CANARY = {"glucose": 187.654321, "bmi": 43.219876, "diabetes_pedigree_function": 1.987654, "blood_pressure": 93.456123}
 CANARY_TEXT = (
     "187.654321",
@@ -247,7 +249,9 @@ def test_several_workers_share_their_metrics(tmp_path: Path) -> None:
             assert value(text, "gshap_http_requests_total", route="/predict", status="200") == 40
             assert value(text, "gshap_predictions_total") == 40
             assert value(text, "gshap_drift_window_records") == 40
-            assert value(text, "gshap_build_info") == 1  # one series, not one per worker
+            # one series per served model version (both Pima versions), not one per worker
+            assert value(text, "gshap_build_info", model_version="1.1.0") == 1
+            assert value(text, "gshap_build_info") == len(SERVED)
             assert value(text, "gshap_ready") == 1
             for canary in CANARY_TEXT:
                 assert canary not in text
@@ -329,7 +333,9 @@ def test_counters_read_from_the_window_match_prometheus_clients_own(bundle: Bund
     got = samples(text)
     for (name, lab), v in want.items():
         if name.startswith("own_"):
-            mine = got[("gshap_prediction_probability_" + name.removeprefix("own_"), lab)]
+            # the implicit model of a Telemetry used alone records with empty model and version labels
+            key = tuple(sorted({*lab, ("model", ""), ("version", "")}))
+            mine = got[("gshap_prediction_probability_" + name.removeprefix("own_"), key)]
             expected = pytest.approx(v, rel=1e-12) if name == "own_sum" else v  # a sum's last digits: order
             assert mine == expected, (name, lab)
     positives = 2 * sum(label_of(p, threshold) for p in probabilities)

@@ -19,8 +19,9 @@ def copy(bundle, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
 
 
 def test_default_pointer_names_a_complete_bundle(bundle, root: Path) -> None:  # type: ignore[no-untyped-def]
-    """model_store/DEFAULT points at the served bundle, which holds no pickle files."""
-    assert (root / "model_store" / "DEFAULT").read_text().strip() == f"{bundle.name}/{bundle.version}"
+    """model_store/DEFAULT names the served model and its DEFAULT the served version; the bundle holds no pickle."""
+    assert (root / "model_store" / "DEFAULT").read_text().strip() == bundle.name
+    assert (root / "model_store" / bundle.name / "DEFAULT").read_text().strip() == bundle.version
     names = {p.name for p in bundle.path.iterdir()}
     assert {"manifest.json", "weights.safetensors", "SHA256SUMS", "groups.json"} <= names
     assert not [n for n in names if n.endswith((".pt", ".pth", ".pkl", ".pickle", ".bin"))]

@@ -26,7 +26,7 @@ UNPICKLING_MODULES = {"pickle", "_pickle", "dill", "cloudpickle", "joblib", "she
 UNPICKLING_CALLS = {"load", "loads", "read_pickle", "Unpickler"}
 LOADERS_OF_MODULE = {"torch": {"load"}, "pd": {"read_pickle"}, "pandas": {"read_pickle"}}
 BUNDLE_FILES = {".safetensors", ".json"}
-BUNDLE_EXTRAS = {"SHA256SUMS", "DEFAULT"}
+BUNDLE_EXTRAS = {"SHA256SUMS", "DEFAULT", "SIGNATURE"}
 # the installer itself is not pinned (pip-tools' convention); everything it installs is
 NOT_PINNED = {"pip", "gshap-service"}  # the project itself, which the extras name
 
@@ -88,11 +88,17 @@ def _safetensors_header(path: Path) -> dict[str, object]:
 
 
 def test_bundles_hold_only_safetensors_and_json() -> None:
-    """Every file of model_store is safetensors (a JSON header, no pickle), JSON, SHA256SUMS or DEFAULT."""
+    """Every file of model_store is safetensors (a JSON header, no pickle), JSON, SHA256SUMS, SIGNATURE, DEFAULT, or
+    a model spec (YAML under specs/)."""
     files = [p for p in (ROOT / "model_store").rglob("*") if p.is_file()]
     assert files
     for path in files:
         if path.name in BUNDLE_EXTRAS:
+            continue
+        if path.parent.name == "specs" and path.suffix == ".yaml":  # model specs (gshap train/bundle): YAML data
+            import yaml
+
+            assert isinstance(yaml.safe_load(path.read_text()), dict), path
             continue
         assert path.suffix in BUNDLE_FILES, path
         if path.suffix == ".safetensors":

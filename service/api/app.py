@@ -10,14 +10,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import gc
+import json
 import shutil
 import signal
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import FrameType
@@ -25,8 +29,10 @@ from typing import Any
 
 import anyio
 import yaml
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.routing import APIRoute
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
 
 from service import __version__
 from service.api.cds_auth import JwksSourceError, check_jwks_sources
@@ -35,7 +41,21 @@ from service.api.http_limits import http_protocol_options
 from service.api.metrics import HttpMetrics
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
 from service.api.page import PageCompressionMiddleware, install_pages
-from service.api.routes import AppState, cds, explain, fhir, groups, health, model, operations, predict, problems, v2
+from service.api.routes import (
+    AppState,
+    cds,
+    explain,
+    fhir,
+    groups,
+    health,
+    model,
+    operations,
+    pin_model,
+    predict,
+    problems,
+    v2,
+)
+from service.api.routes import models as models_routes
 from service.api.security import (
     OPEN_PATHS,
     ApiKeyMiddleware,
@@ -45,10 +65,15 @@ from service.api.security import (
     SecurityHeadersMiddleware,
 )
 from service.config import Settings
-from service.model.store import Bundle, BundleError, load_bundle
+from service.fhir.cdshooks import discovery_document
+from service.model.card import CdsService
+from service.model.repository import StorePlan, plan_single, plan_store, version_key
+from service.model.signing import SigningKeyError, TrustedKeys
+from service.model.store import Bundle, BundleError
 from service.observe.metrics import Telemetry, enable_multiprocess, prepare_multiprocess_dir
 from service.runtime.inference import InferenceRuntime, configure_torch, ensure_compatible
-from service.schemas import EXAMPLE_PREDICTION, request_models
+from service.runtime.registry import ModelRegistry
+from service.schemas import EXAMPLE_PREDICTION, RequestModels, request_models
 
 __all__ = ["create_app", "description", "openapi_yaml", "serve", "tags", "uvicorn_options"]
 
@@ -139,6 +164,16 @@ def tags(bundle: Bundle) -> list[dict[str, str]]:
     ]
 
 
+ADMIN_SCHEME = {
+    "AdminKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An admin key (GSHAP_ADMIN_KEYS) as a bearer token, or in X-Admin-Key: POST /admin/reload only.",
+    }
+}
+RELOAD_POLL_SECONDS = 0.5
+"""How often a worker looks at GSHAP_RELOAD_FILE (one stat call)."""
+
 SECURITY_SCHEMES = {
     "BearerAuth": {
         "type": "http",
@@ -158,26 +193,24 @@ async def _start(state: AppState) -> None:
     settings = state.settings
     configure_logging(settings.log_level)
     t0 = time.perf_counter()
-    try:
-        bundle = state.preloaded
-        if bundle is None:
-            bundle = await anyio.to_thread.run_sync(load_bundle, settings.model_path)
-        ensure_compatible(bundle, state.models.spec if state.models is not None else bundle.spec)
-    except BundleError as exc:
-        log_event("startup_failed", 40, reason=str(exc))
-        raise
+    registry = state.registry
+    assert registry is not None
     threads = configure_torch(settings.torch_threads)
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     engine_threads = settings.engine_threads
-    runtime = state.prebuilt if state.prebuilt is not None else build_runtime(settings, bundle)
-    if state.telemetry is not None:
-        runtime.attach_telemetry(state.telemetry)
-    state.runtime = runtime
     try:
-        await runtime.start()
-    except BundleError as exc:  # the warm-up refused the model (serve() has refused it before uvicorn started)
+        # loads and warms up every served version (the warm-up refuses a model whose answers are not finite;
+        # serve() has refused such a bundle before uvicorn started)
+        await registry.start()
+    except BundleError as exc:
         log_event("startup_failed", 40, reason=str(exc))
         raise
+    served = registry.default_runtime()
+    assert served is not None
+    state.runtime = runtime = served
+    registry.on_change.append(lambda r: setattr(state, "runtime", r.default_runtime()))
+    if state.telemetry is not None:
+        state.telemetry.set_ready(True)
     # Everything alive now (modules, torch, the schemas, the bundle: a few hundred thousand objects) lives as long as
     # the process.
     # Frozen, it is no longer scanned by the cyclic GC, whose full collections otherwise stop the event loop
@@ -209,6 +242,7 @@ async def _start(state: AppState) -> None:
     log_event(
         "ready",
         model_version=runtime.model_version,
+        models=[f"{name}@{version}" for name, version, _, _ in registry.entries()],
         torch_threads=threads,
         engine_threads=engine_threads,
         engine_processes=settings.engine_processes,
@@ -229,24 +263,101 @@ def build_runtime(settings: Settings, bundle: Bundle) -> InferenceRuntime:
     )
 
 
-def create_app(
-    settings: Settings | None = None, bundle: Bundle | None = None, runtime: InferenceRuntime | None = None
-) -> FastAPI:
-    """The service's app, for the model it serves. ``settings`` default to the environment; ``bundle`` (already
-    loaded) skips loading; ``runtime`` (built from that bundle and these settings, warmed up once, not started)
-    skips building one.
+def plan_source(settings: Settings) -> Callable[[], StorePlan]:
+    """What the settings say to serve, read again at each reload: GSHAP_MODEL_PATH alone, else the store's
+    choice (GSHAP_MODEL_STORE, GSHAP_MODELS)."""
+    path = settings.model_path
+    if path is not None:
+        return lambda: plan_single(path)
+    return lambda: plan_store(settings.model_store, settings.models)
 
-    Without ``bundle``, the bundle is loaded and verified here (a few milliseconds; a ``BundleError`` otherwise):
-    everything model-specific of the app (the request models, hence the OpenAPI document, the page's form, CDS
-    discovery) is derived from it now, never from a module constant. The lifespan then builds and warms up the
-    engine before ``/readyz`` turns ready."""
+
+def build_registry(settings: Settings, telemetry: Telemetry | None = None) -> ModelRegistry:
+    """The registry the settings describe (nothing loaded yet); a GSHAP_TRUSTED_KEYS entry that is not an Ed25519
+    public key raises :class:`BundleError` (one line)."""
+    try:
+        trusted = TrustedKeys.parse(settings.trusted_keys) if settings.trusted_keys else None
+    except SigningKeyError as exc:
+        raise BundleError(str(exc)) from None
+    return ModelRegistry(
+        plan_source(settings),
+        lambda bundle: build_runtime(settings, bundle),
+        trusted=trusted,
+        check=lambda bundle: ensure_compatible(bundle, bundle.spec),
+        telemetry=telemetry,
+    )
+
+
+def _install_reload_triggers(state: AppState) -> Callable[[], None]:
+    """SIGHUP (in the main thread's loop) and, with several workers, GSHAP_RELOAD_FILE's changes reload the store.
+    Returns the function that removes them."""
+    registry = state.registry
+    assert registry is not None
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def trigger(reason: str) -> None:
+        task = loop.create_task(registry.reload(reason))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    hup = False
+    with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests)
+        loop.add_signal_handler(signal.SIGHUP, trigger, "SIGHUP")
+        hup = True
+    watcher: asyncio.Task[None] | None = None
+    reload_file = state.settings.reload_file
+    if reload_file is not None:
+        state.reload_seen = models_routes.mtime_ns(reload_file)
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(RELOAD_POLL_SECONDS)
+                seen = models_routes.mtime_ns(reload_file)
+                if seen != state.reload_seen:
+                    state.reload_seen = seen
+                    await registry.reload("reload file")
+
+        watcher = loop.create_task(watch())
+
+    def remove() -> None:
+        if hup:
+            loop.remove_signal_handler(signal.SIGHUP)
+        if watcher is not None:
+            watcher.cancel()
+        for task in tasks:
+            task.cancel()
+
+    return remove
+
+
+def create_app(
+    settings: Settings | None = None,
+    bundle: Bundle | None = None,
+    runtime: InferenceRuntime | None = None,
+    registry: ModelRegistry | None = None,
+) -> FastAPI:
+    """The service's app, for the models it serves. ``settings`` default to the environment; ``bundle`` (already
+    loaded) is served alone and skips loading; ``runtime`` (built from that bundle and these settings, warmed up
+    once, not started) skips building one; ``registry`` (preloaded by ``serve``) serves its models.
+
+    Otherwise the store is read and every served bundle loaded and verified here (a ``BundleError`` otherwise):
+    everything model-specific of the app (the request models, hence the OpenAPI document with one path per served
+    model, the page's form, CDS discovery) is derived from the bundles now, never from a module constant; the
+    per-model routes are built again at each reload. The lifespan then builds and warms up the engines before
+    ``/readyz`` turns ready."""
     settings = settings or Settings()
     if runtime is not None and runtime.bundle is not bundle:
         raise ValueError("a prebuilt runtime must come with the bundle it was built from")
-    if bundle is None:
-        bundle = load_bundle(settings.model_path)
+    if registry is None:
+        registry = build_registry(settings)
+        if bundle is not None:
+            registry.adopt(runtime if runtime is not None else build_runtime(settings, bundle))
+        else:
+            registry.prepare()  # loads and verifies every served bundle (BundleError: refused)
+    bundle = registry.pending_default().runtime.bundle
     models = request_models(bundle.spec, bundle.methods, bundle.default_method)
-    state = AppState(settings=settings, preloaded=bundle, prebuilt=runtime, models=models)
+    state = AppState(settings=settings, preloaded=bundle, prebuilt=runtime, models=models, registry=registry)
     if settings.metrics_enabled:
         if settings.metrics_dir is not None:
             enable_multiprocess(settings.metrics_dir)
@@ -255,17 +366,21 @@ def create_app(
             monitoring_window_seconds=settings.monitoring_window_seconds,
             monitoring_min_records=settings.monitoring_min_records,
         )
+    registry.telemetry = state.telemetry
     cds_state = cds.CdsState.build(settings, bundle)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _start(state)
         await cds_state.open()
+        remove_triggers = _install_reload_triggers(state)
         try:
             yield
         finally:
-            if state.runtime is not None:
-                state.runtime.close()
+            remove_triggers()
+            if state.telemetry is not None:
+                state.telemetry.set_ready(False)
+            registry.close()
             if state.telemetry is not None:
                 state.telemetry.close()
             cds_state.close()
@@ -297,6 +412,8 @@ def create_app(
     open_paths = set(OPEN_PATHS) | V2_OPEN_PATHS
     if settings.metrics_enabled and not settings.metrics_require_key:
         open_paths |= {"/metrics", "/monitoring"}
+    if settings.admin_keys:
+        open_paths |= {"/admin/reload"}  # its own keys (GSHAP_ADMIN_KEYS), checked by the route, not API keys
     middleware += [
         Middleware(
             HeaderSizeLimitMiddleware,
@@ -338,16 +455,182 @@ def create_app(
     app.include_router(explain.build_router(models))
     for area in (groups, model, health, problems):
         app.include_router(area.router)
-    app.include_router(cds.build_router(bundle))
+    cds_others: list[dict[str, Any]] = []  # discovery entries of the other served versions' CDS services
+    app.include_router(cds.build_router(bundle, others=lambda: list(cds_others)))
     app.include_router(fhir.build_router(bundle))
     v2_router = v2.build_router(models)
     app.include_router(v2_router)
     v2.route_v2_first(app, v2_router)
     if state.telemetry is not None:
         app.include_router(operations.router)
+    # every served model under its name (its default version) and under each version, with its own request
+    # models: built now for the served set, and again after each reload
+    app.include_router(models_routes.router)
+    per_model = APIRouter()
+    app.include_router(per_model)
+
+    route_cache = RouteCache((bundle, models))
+
+    def rebuild(changed: ModelRegistry) -> None:
+        services = _other_cds_services(changed)
+        per_model.routes = _per_model_routes(
+            changed, with_monitoring=state.telemetry is not None, cds_services=services, cache=route_cache
+        )
+        cds_others[:] = [
+            discovery_document(b.spec, b.card, svc, f"{name}/{version}")["services"][0]
+            for name, version, b, svc in services
+        ]
+        per_model._mark_routes_changed()
+        app.openapi_schema = None
+
+    rebuild(registry)
+    registry.on_change.append(rebuild)
+    if settings.admin_keys:
+        app.include_router(models_routes.admin_router)
     install_pages(app, app.title)
     app.openapi = lambda: _openapi(app, bundle)  # type: ignore[method-assign]
     return app
+
+
+def _other_cds_services(registry: ModelRegistry) -> list[tuple[str, str, Bundle, CdsService]]:
+    """The CDS services of the served versions beside the root one (the default model's default version, which
+    keeps its bare id, e.g. ``diabetes-risk``), each under its own id: a model's default version keeps its
+    service's bare id, another version gets ``<id>-<version>`` (``diabetes-risk-1.0.0``); an id already taken gets
+    the model's name too (``<id>-<name>``, ``<id>-<name>-<version>``)."""
+    root = registry.pending_default().runtime.bundle
+    taken = {root.cds.id} if root.cds is not None else set()
+    entries = sorted(registry.served_or_pending(), key=lambda e: (not e[3], e[0], version_key(e[1])))
+    out = []
+    for name, version, entry, is_default in entries:
+        bundle = entry.runtime.bundle
+        service = bundle.cds
+        if service is None or (name, version) == (root.name, root.version):
+            continue
+        new_id = service.id if is_default else f"{service.id}-{version}"
+        if new_id in taken:
+            new_id = f"{service.id}-{name}" + ("" if is_default else f"-{version}")
+        taken.add(new_id)
+        title = f"{service.title} ({name} {version})"
+        out.append((name, version, bundle, dataclasses.replace(service, id=new_id, title=title)))
+    return out
+
+
+class RouteCache:
+    """The per-model routes already built, by what they depend on (the prefix, the bundle object and its load time,
+    the CDS service id), so that a reload builds only the routes of the versions it adds or replaces: building a
+    version's routes takes a few hundred milliseconds of the event loop's time on a busy machine."""
+
+    def __init__(self, root: tuple[Bundle, RequestModels] | None = None) -> None:
+        self.routes: dict[tuple[Any, ...], list[BaseRoute]] = {}
+        self.models: dict[str, RequestModels] = {}
+        if root is not None:  # the root routes' models: a version with the same features shares their schemas
+            self.models[self._key(root[0])] = root[1]
+
+    @staticmethod
+    def _key(bundle: Bundle) -> str:
+        return json.dumps([bundle.spec.to_dict(), list(bundle.methods), bundle.default_method], default=str)
+
+    def request_models(self, bundle: Bundle) -> RequestModels:
+        """Versions with the same features share their request models (and so their schemas); other models get
+        their own, named after the model and version that first needs them (``PatientRecord_breast_cancer_...``)."""
+        key = self._key(bundle)
+        if key not in self.models:
+            suffix = f"_{_slug(bundle.name)}_{_slug(bundle.version)}"
+            self.models[key] = request_models(bundle.spec, bundle.methods, bundle.default_method, suffix)
+        return self.models[key]
+
+    def keep_only(self, keys: set[tuple[Any, ...]]) -> None:
+        self.routes = {k: v for k, v in self.routes.items() if k in keys}
+
+
+def _per_model_routes(
+    registry: ModelRegistry,
+    *,
+    with_monitoring: bool,
+    cds_services: Sequence[tuple[str, str, Bundle, CdsService]] = (),
+    cache: RouteCache | None = None,
+) -> list[BaseRoute]:
+    """The routes of every served model version under ``/models/{name}/versions/{version}`` and of every model's
+    default version under ``/models/{name}``: the root routes' modules built again for that bundle (its own request
+    models, CDS and FHIR facts), pinned to it, each operation id suffixed with the model (and version). Routes of a
+    version whose bundle did not change come from ``cache``."""
+    cache = cache or RouteCache()
+    out: list[BaseRoute] = []
+    used: set[tuple[Any, ...]] = set()
+    for name, version, entry, is_default in registry.served_or_pending():
+        bundle = entry.runtime.bundle
+        slug = _slug(name)
+        targets: list[tuple[str, str | None, str]] = [
+            (f"/models/{name}/versions/{version}", version, f"{slug}__{_slug(version)}")
+        ]
+        if is_default:
+            targets.append((f"/models/{name}", None, slug))
+        for prefix, pinned, suffix in targets:
+            key: tuple[Any, ...] = (prefix, id(bundle), entry.loaded_at, with_monitoring)
+            used.add(key)
+            if key not in cache.routes:
+                req = cache.request_models(bundle)
+                routers = [predict.build_router(req), explain.build_router(req), groups.router, model.router]
+                routers.append(fhir.build_router(bundle))
+                if with_monitoring:
+                    routers.append(operations.monitoring_router)
+                holder = APIRouter()
+                pin = Depends(pin_model(name, pinned))
+                for router in routers:
+                    for route in router.routes:
+                        if not isinstance(route, APIRoute):
+                            raise TypeError(f"only plain routes are served per model, not {route!r}")
+                        _add_copy(holder, route, prefix, suffix, pin)
+                cache.routes[key] = holder.routes
+            out += cache.routes[key]
+    for name, version, bundle, service in cds_services:
+        key = ("cds", service.id, service.title, id(bundle), name, version)
+        used.add(key)
+        if key not in cache.routes:
+            holder = APIRouter()
+            for route in cds.build_router(bundle, service).routes:
+                # one discovery lists all; the feedback summary (its path takes the service id) is the default's
+                if isinstance(route, APIRoute) and route.operation_id not in ("cds_discovery", "cds_feedback_summary"):
+                    suffix = f"{_slug(name)}__{_slug(version)}"
+                    _add_copy(holder, route, "", suffix, Depends(pin_model(name, version)), tags=["cds-hooks"])
+            cache.routes[key] = holder.routes
+        out += cache.routes[key]
+    cache.keep_only(used)
+    return out
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
+
+
+def _add_copy(
+    holder: APIRouter, route: APIRoute, prefix: str, suffix: str, pin: Any, tags: list[str | Any] | None = None
+) -> None:
+    holder.add_api_route(
+        prefix + route.path,
+        route.endpoint,
+        response_model=route.response_model,
+        status_code=route.status_code,
+        tags=tags or ["models"],
+        dependencies=[pin, *route.dependencies],
+        summary=route.summary,
+        description=route.description,
+        response_description=route.response_description,
+        responses=dict(route.responses),
+        deprecated=route.deprecated,
+        methods=sorted(route.methods or ()),
+        operation_id=f"{route.operation_id}__{suffix}" if route.operation_id else None,
+        response_model_include=route.response_model_include,
+        response_model_exclude=route.response_model_exclude,
+        response_model_by_alias=route.response_model_by_alias,
+        response_model_exclude_unset=route.response_model_exclude_unset,
+        response_model_exclude_defaults=route.response_model_exclude_defaults,
+        response_model_exclude_none=route.response_model_exclude_none,
+        include_in_schema=route.include_in_schema,
+        response_class=route.response_class,
+        name=route.name,
+        openapi_extra=route.openapi_extra,
+    )
 
 
 def _openapi(app: FastAPI, bundle: Bundle) -> dict[str, Any]:
@@ -375,7 +658,10 @@ def _openapi(app: FastAPI, bundle: Bundle) -> dict[str, Any]:
     if f"{bundle.name}/{bundle.version}" != EXAMPLE_PREDICTION["model_version"]:
         for name in ANSWER_EXAMPLE_SCHEMAS:
             components.get("schemas", {}).get(name, {}).pop("examples", None)
-    components["securitySchemes"] = SECURITY_SCHEMES
+    components["securitySchemes"] = {
+        **SECURITY_SCHEMES,
+        **(ADMIN_SCHEME if app.state.gshap.settings.admin_keys else {}),
+    }
     # either scheme, or none: keys are optional, decided by the server's configuration
     doc["security"] = [{"BearerAuth": []}, {"ApiKeyHeader": []}, {}]
     app.openapi_schema = doc
@@ -422,45 +708,74 @@ def serve(settings: Settings) -> int:
     """Run uvicorn until SIGTERM/SIGINT (exit 0); a bundle that cannot be served raises ``BundleError`` first.
 
     Every refusal happens before uvicorn starts, so that ``gshap serve`` reports it in one line with exit code 2:
-    a bundle that does not load or verify, one that does not fit the request schema, and a model whose warm-up
-    answers are not finite (the runtime is built and warmed up here, then handed to the app, which starts it).
+    a bundle that does not load or verify, one that is unsigned or signed by an untrusted key (when
+    GSHAP_TRUSTED_KEYS is set), one that does not fit the request schema, and a model whose warm-up answers are
+    not finite (every served version's runtime is built and warmed up here, then handed to the app, which starts
+    them). SIGHUP re-reads the store without a restart; with several workers every worker does.
     """
     configure_logging(settings.log_level)
     if settings.cds_jwt_issuers:  # JwksSourceError: gshap serve says it in one line, exit 2
         check_jwks_sources(settings.cds_jwt_issuers, settings.cds_jwks_ca_file)
-    bundle = load_bundle(settings.model_path)
-    ensure_compatible(bundle, bundle.spec)
     configure_torch(settings.torch_threads)  # as the lifespan does, before this process's first explanation
-    runtime = build_runtime(settings, bundle)
-    try:
-        runtime.warm_up()
-    except BundleError:
-        runtime.close()
-        raise
+    registry = build_registry(settings)
+    registry.preload()  # BundleError: refused before uvicorn starts
     import uvicorn
 
     # uvicorn re-raises the signal it handled once it has shut down: make that a clean exit
     signal.signal(signal.SIGTERM, _exit_cleanly)
     settings, made = _metrics_folder(settings)
     common = uvicorn_options(settings)
+    reload_dir: Path | None = None
     try:
         if settings.workers == 1:
-            uvicorn.run(create_app(settings, bundle, runtime), **common)
+            # a SIGHUP before the app's loop handles it must not end the process: it reloads once started
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            uvicorn.run(create_app(settings, registry=registry), **common)
         else:
             import os
 
-            # each worker builds its own app from the environment (and loads the bundle in its lifespan); the
-            # warm-up above has checked the model they load
-            runtime.close()
+            # each worker builds its own app from the environment (and loads the store in its lifespan); the
+            # warm-up above has checked the models they load. SIGHUP to this process touches the reload file,
+            # which every worker watches (uvicorn's own SIGHUP would restart the workers).
+            registry.close()
+            del registry
+            reload_dir = Path(tempfile.mkdtemp(prefix="gshap-reload-"))
+            settings = settings.model_copy(update={"reload_file": reload_dir / "reload"})
+            assert settings.reload_file is not None
+            models_routes.touch_reload_file(settings.reload_file)
             os.environ.update(settings.as_env())
-            del bundle, runtime
-            uvicorn.run("service.api.app:create_app", factory=True, workers=settings.workers, **common)
+            config = uvicorn.Config("service.api.app:create_app", factory=True, workers=settings.workers, **common)
+            _ReloadingSupervisor(config, sockets=[config.bind_socket()], reload_file=settings.reload_file).run()
     except KeyboardInterrupt:
         return 130
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
+        if reload_dir is not None:
+            shutil.rmtree(reload_dir, ignore_errors=True)
     return 0
+
+
+def _supervisor_class() -> type:
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    class ReloadingSupervisor(Multiprocess):
+        """uvicorn's worker supervisor, but SIGHUP reloads the store in every worker (through the reload file)
+        instead of restarting them: no connection is dropped and no request fails."""
+
+        def __init__(self, *args: Any, reload_file: Path, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.reload_file = reload_file
+
+        def handle_hup(self) -> None:
+            log_event("reload_requested", signal="SIGHUP", workers=self.processes_num)
+            models_routes.touch_reload_file(self.reload_file)
+
+    return ReloadingSupervisor
+
+
+def _ReloadingSupervisor(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 (a class made on first use)
+    return _supervisor_class()(*args, **kwargs)
 
 
 def _metrics_folder(settings: Settings) -> tuple[Settings, Path | None]:

@@ -146,7 +146,8 @@ class RequestContextMiddleware:
                 headers = MutableHeaders(scope=message)
                 headers[REQUEST_ID_HEADER] = rid
                 headers["X-Service-Version"] = self.service_version.decode()
-                model_version = self.model_version()
+                # the model that answered (a per-model route sets it), else the default model
+                model_version = state.get("model_version") or self.model_version()
                 if model_version:
                     headers["X-Model-Version"] = model_version
             await send(message)

@@ -132,6 +132,10 @@ class Bundle:
         """``"exact"`` when offered, else ``"quadrature"``."""
         return "exact" if "exact" in self.methods else "quadrature"
 
+    # the key that signed the bundle (service.model.signing: its id and base64 public key); None: unsigned
+    signed_by: str | None = field(default=None)
+    signing_key: str | None = field(default=None)
+
     @property
     def eval_x(self) -> torch.Tensor:
         """The evaluation set in model space, ``(N, F)`` float32."""
@@ -168,7 +172,8 @@ def _json_bytes(obj: Any) -> bytes:
 
 
 def _write_checksums(folder: Path) -> None:
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
+    # SIGNATURE (service.model.signing) signs SHA256SUMS and is therefore not listed in it
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in (CHECKSUMS, "SIGNATURE"))
     lines = [f"{_sha256(folder / n)}  {n}\n" for n in names]
     (folder / CHECKSUMS).write_text("".join(lines))
 
@@ -226,11 +231,16 @@ def write_groups(folder: Path, groups: dict[str, Any]) -> None:
 
 
 def default_bundle_path(store: Path = DEFAULT_STORE) -> Path:
-    """The folder named by ``<store>/DEFAULT``."""
+    """The bundle folder named by ``<store>/DEFAULT``: ``<name>/<version>``, or ``<name>``, whose own ``DEFAULT``
+    names the version (``<store>/<name>/DEFAULT``); ``store`` may also be a model folder."""
     pointer = store / "DEFAULT"
     if not pointer.is_file():
         raise BundleError(f"no default model: {pointer} does not exist")
-    return store / pointer.read_text().strip()
+    folder = store / pointer.read_text().strip()
+    if (folder / "DEFAULT").is_file() and not (folder / CHECKSUMS).is_file():
+        inner = folder / "DEFAULT"
+        folder = folder / inner.read_text().strip()
+    return folder
 
 
 def _verify(folder: Path) -> None:

@@ -36,7 +36,7 @@ from service.contract import ServedMethod as Method
 from service.engine.gradient_shap import Explanation, GradientShapEngine
 from service.model.features import FeatureSpec
 from service.model.store import FORMAT_VERSION, Bundle, BundleError
-from service.observe.metrics import Telemetry
+from service.observe.metrics import ModelTelemetry, Telemetry
 from service.render.text import range_warning, summary_sentence
 from service.runtime.batching import Coalescer
 from service.runtime.engine_pool import EngineProcessPool
@@ -207,7 +207,7 @@ class InferenceRuntime:
         engine_processes: int = 0,
         max_coalesce: int = 64,
         batch_window_ms: float = 0.0,
-        telemetry: Telemetry | None = None,
+        telemetry: Telemetry | ModelTelemetry | None = None,
     ) -> None:
         self.bundle = bundle
         # metrics and drift monitoring (None: off); recorded only once ready, so the warm-up is not counted
@@ -273,13 +273,13 @@ class InferenceRuntime:
         if self.telemetry is not None:
             self.telemetry.set_ready(True)
 
-    def attach_telemetry(self, telemetry: Telemetry) -> None:
+    def attach_telemetry(self, telemetry: Telemetry | ModelTelemetry) -> None:
         """Record metrics and drift into ``telemetry`` from :meth:`start` on (the app makes the telemetry; a runtime
         built and warmed up before the app, as ``gshap serve`` does, gets it here)."""
         self.telemetry = telemetry
         self.coalescer.on_batch = self._on_batch
 
-    def _start_telemetry(self, telemetry: Telemetry) -> None:
+    def _start_telemetry(self, telemetry: Telemetry | ModelTelemetry) -> None:
         """Publish the model's info and start the drift window against the evaluation set, whose reference
         probabilities are the ones this runtime serves (computed here, before anything is counted)."""
         bundle = self.bundle

@@ -176,4 +176,6 @@ def _development(result: TrainResult) -> str:
 
 
 def set_default(store: Path, name: str, version: str) -> None:
-    (Path(store) / "DEFAULT").write_text(f"{name}/{version}\n")
+    """Make ``name`` the store's default model and ``version`` its default version (both DEFAULT files)."""
+    (Path(store) / name / "DEFAULT").write_text(f"{version}\n")
+    (Path(store) / "DEFAULT").write_text(f"{name}\n")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Annotated, Any, TypeVar
@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from service.api.errors import (
     FieldError,
     ModelNotReady,
+    NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
     field_errors,
@@ -36,6 +37,7 @@ from service.config import Settings
 from service.model.store import Bundle
 from service.observe.metrics import Telemetry
 from service.runtime.inference import InferenceRuntime
+from service.runtime.registry import ModelRegistry, UnknownModel
 from service.schemas import BatchItemError, PatientRecord, Problem, RequestModels
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "get_runtime",
     "get_state",
     "json_answer",
+    "pin_model",
     "problem_responses",
     "require_json",
     "split_batch",
@@ -71,6 +74,9 @@ class AppState:
     runtime: InferenceRuntime | None = None
     telemetry: Telemetry | None = None
     models: RequestModels | None = None
+    # the served model versions (several at once, reloaded without a restart); ``runtime`` is its default one
+    registry: ModelRegistry | None = None
+    reload_seen: int = 0  # modification time (ns) of GSHAP_RELOAD_FILE at this process's last reload
 
 
 def get_state(request: Request) -> AppState:
@@ -86,11 +92,26 @@ async def get_settings(request: Request) -> Settings:
     return get_state(request).settings
 
 
+def _not_ready() -> ModelNotReady:
+    return ModelNotReady("The model is loading or shutting down; retry shortly.", headers={"Retry-After": "1"})
+
+
 def get_runtime(request: Request) -> InferenceRuntime:
-    """The loaded, warmed-up runtime, or a 503 problem."""
-    runtime = get_state(request).runtime
+    """The loaded, warmed-up runtime the request asks for, or a 503 problem (a 404 for a model or version that
+    is not served). Under ``/models/{name}`` it is that model's default version, under
+    ``/models/{name}/versions/{version}`` that version, elsewhere the store's default model's default version."""
+    state = get_state(request)
+    pinned = request.scope.get("state", {}).get("gshap_model")
+    if pinned is None or state.registry is None or state.registry.served is None:
+        runtime = state.runtime
+    else:
+        try:
+            runtime = state.registry.lookup(*pinned)
+        except UnknownModel as exc:  # unloaded by a reload an instant ago (its routes go with it)
+            raise NotFound(str(exc), extra={"served": exc.known}) from None
     if runtime is None or not runtime.ready:
-        raise ModelNotReady("The model is loading or shutting down; retry shortly.", headers={"Retry-After": "1"})
+        raise _not_ready()
+    request.scope.setdefault("state", {})["model_version"] = runtime.model_version
     return runtime
 
 
@@ -98,9 +119,33 @@ async def get_request_id(request: Request) -> str | None:
     return request_id_of(request.scope)
 
 
-async def runtime_dependency(request: Request) -> InferenceRuntime:
-    """:func:`get_runtime` as a dependency."""
-    return get_runtime(request)
+def pin_model(name: str, version: str | None) -> Callable[[Request], Awaitable[None]]:
+    """The dependency of a per-model route: its requests are answered by ``name`` at ``version`` (None: the
+    model's default version at the time of the request)."""
+
+    async def pinned(request: Request) -> None:
+        request.scope.setdefault("state", {})["gshap_model"] = (name, version)
+
+    return pinned
+
+
+async def runtime_dependency(request: Request) -> AsyncIterator[InferenceRuntime]:
+    """:func:`get_runtime` as a dependency, leased for the request: a reload that replaces this runtime closes it
+    only once the request is done, so that a request in flight finishes on the model it started on."""
+    runtime = get_runtime(request)
+    registry = get_state(request).registry
+    if registry is None or registry.served is None:
+        yield runtime
+        return
+    entry = registry.entry_of(runtime)
+    if entry is None:  # left the served set between the lookup and here: still running until its lease ends
+        yield runtime
+        return
+    entry.leases += 1
+    try:
+        yield runtime
+    finally:
+        entry.leases -= 1
 
 
 async def require_json(request: Request) -> None:

@@ -33,6 +33,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, cast
 
@@ -83,6 +84,7 @@ from service.fhir.state import (
     StoreUnavailableError,
     cleanup,
 )
+from service.model.card import CdsService
 from service.model.store import Bundle
 from service.runtime.inference import ExplainOptions
 
@@ -359,10 +361,17 @@ def _read(
     return patient, observations, patient_path, full_urls.get(patient_path)
 
 
-def build_router(bundle: Bundle) -> APIRouter:
-    """Discovery, and the call and feedback paths of the CDS service ``bundle`` declares (none: no path at all)."""
+def build_router(
+    bundle: Bundle,
+    service: CdsService | None = None,
+    others: Callable[[], list[dict[str, Any]]] | None = None,
+) -> APIRouter:
+    """Discovery, and the call and feedback paths of the CDS service ``bundle`` declares (none: no path at all).
+
+    ``service``: the service under another id (the other served versions of a model repository, see
+    docs/MODELS.md); ``others``: the discovery entries of the other services served beside this one."""
     router = APIRouter(tags=["cds-hooks"])
-    service = bundle.cds
+    service = service or bundle.cds
     if service is None:
         return router
     path = f"/cds-services/{service.id}"
@@ -378,7 +387,10 @@ def build_router(bundle: Bundle) -> APIRouter:
     async def discovery(runtime: RuntimeDep) -> Response:
         """The CDS service the served model declares, on the `patient-view` hook, with its prefetch templates
         (LOINC-coded Observation searches, latest first) and its usage requirements (the population)."""
-        return cds_json(discovery_document(bundle.spec, bundle.card, service, runtime.model_version))
+        document = discovery_document(bundle.spec, bundle.card, service, runtime.model_version)
+        if others is not None:
+            document["services"] = [*document["services"], *others()]
+        return cds_json(document)
 
     templates = prefetch_templates(bundle.spec)
     example: dict[str, Any] = CdsRequest.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index,assignment]

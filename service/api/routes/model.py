@@ -152,6 +152,8 @@ def _card(runtime: InferenceRuntime) -> dict[str, Any]:
         "default_method": bundle.default_method,
         "update_schedule": str(card.get("update_schedule", NOT_RECORDED)),
         "training_date": bundle.manifest.get("created_at"),
+        "signed_by": bundle.signed_by,
+        "signing_key": bundle.signing_key,
     }
 
 

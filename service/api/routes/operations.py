@@ -10,14 +10,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from service.api.errors import ModelNotReady
-from service.api.routes import get_state, problem_responses
+from service.api.routes import get_runtime, get_state, problem_responses
 from service.observe.drift import PSI_ACT, PSI_WATCH
 from service.observe.metrics import CONTENT_TYPE, Telemetry
 from service.schemas import DriftThresholdsPublic, DriftVariablePublic, MonitoringPublic
 
-__all__ = ["BINNING", "router"]
+__all__ = ["BINNING", "monitoring_router", "router"]
 
 router = APIRouter(tags=["operations"])
+monitoring_router = APIRouter()  # its tag comes from router, which includes it
 
 BINNING = (
     "Per variable: the evaluation set's deciles of its measured values (ties merged, a value on an edge goes "
@@ -55,7 +56,7 @@ async def metrics(request: Request) -> Response:
     return Response(_telemetry(request).render(), media_type=CONTENT_TYPE)
 
 
-@router.get(
+@monitoring_router.get(
     "/monitoring",
     operation_id="monitoring",
     summary="Drift of recent inputs and predictions",
@@ -66,9 +67,13 @@ async def monitoring(request: Request) -> MonitoringPublic:
     """The population stability index of each feature and of the served probability over the rolling window,
     against the model's evaluation set, with a verdict each: stable (< 0.1), watch (0.1-0.25), act (> 0.25), or
     insufficient_data below GSHAP_MONITORING_MIN_RECORDS records. Counts only: no record's values are kept."""
-    state = get_state(request)
-    report = _telemetry(request).drift_report()
-    runtime = state.runtime
+    _telemetry(request)
+    try:
+        runtime = get_runtime(request)  # the default model at /monitoring, else the one the path names
+    except ModelNotReady:
+        runtime = None
+    telemetry = runtime.telemetry if runtime is not None else None
+    report = telemetry.drift_report() if telemetry is not None else None
     if report is None or runtime is None:
         raise ModelNotReady("The model is loading or shutting down; retry shortly.", headers={"Retry-After": "1"})
     return MonitoringPublic(
@@ -95,3 +100,6 @@ async def monitoring(request: Request) -> MonitoringPublic:
             for i, v in enumerate(report.variables)
         ],
     )
+
+
+router.include_router(monitoring_router)

@@ -1,4 +1,4 @@
-// The page at /: a form built from GET /model, POST /explain and POST /explain/plot on submit, GET /groups for the
+// The page at /: a model picker from GET /models (when several are served), a form built from GET /model, POST /explain and POST /explain/plot on submit, GET /groups for the
 // comparison, and the model card. No library, no inline code, no eval: it runs under the page's strict CSP.
 // Every word about a feature (label, unit, range, "not measured" rule) comes from the API; nothing is hard-coded here.
 "use strict";
@@ -6,6 +6,7 @@
   var card = null; // GET /model
   var groups = null; // GET /groups (null when the bundle has none)
   var apiKey = "";
+  var base = ""; // "" (the server's default model) or /models/NAME/versions/VERSION, picked from GET /models
   var GROUP_ORDER = ["TP", "FN", "FP", "TN"];
 
   function $(id) { return document.getElementById(id); }
@@ -77,7 +78,7 @@
 
   function load() {
     $("load-error").hidden = true;
-    return Promise.all([api("GET", "/model"), api("GET", "/groups")]).then(function (answers) {
+    return Promise.all([api("GET", base + "/model"), api("GET", base + "/groups")]).then(function (answers) {
       var modelAnswer = answers[0];
       var groupsAnswer = answers[1];
       if (modelAnswer.status === 401) {
@@ -96,6 +97,39 @@
     }).catch(function (err) {
       showLoadError("The service could not be reached (" + err.message + ").");
     });
+  }
+
+  // ---- the model picker: shown when the server serves more than one model version (GET /models) -------------------
+
+  function loadModels() {
+    return api("GET", "/models").then(function (r) {
+      if (!r.ok) return; // an older server, or a key is needed: the default model only
+      return r.json().then(function (listing) {
+        var pick = $("model-pick");
+        pick.textContent = "";
+        var count = 0;
+        listing.models.forEach(function (m) {
+          m.versions.forEach(function (v) {
+            count += 1;
+            var isDefault = m.name === listing.default_model && v.default;
+            var text = m.name + " " + v.version + (v.default ? " (default)" : "") + (v.ready ? "" : " (loading)");
+            pick.append(el("option", { value: isDefault ? "" : "/models/" + m.name + "/versions/" + v.version, text: text }));
+            if (isDefault) pick.lastChild.selected = true;
+          });
+        });
+        $("model-picker").hidden = count < 2;
+      });
+    }).catch(function () { /* the default model only */ });
+  }
+
+  function pickModel() {
+    base = $("model-pick").value;
+    card = null;
+    $("result").hidden = true;
+    $("fields").setAttribute("aria-busy", "true");
+    $("submit").disabled = true;
+    $("fill-example").disabled = true;
+    load();
   }
 
   function showLoadError(text) {
@@ -202,12 +236,12 @@
     var button = $("submit");
     button.disabled = true;
     button.textContent = "Explaining…";
-    api("POST", "/explain", record).then(function (r) {
+    api("POST", base + "/explain", record).then(function (r) {
       if (r.ok) {
         return r.json().then(function (explanation) {
           // drawn for the width it gets: narrow screens get labels above the bars, in readable type
           var width = Math.max(320, Math.min(1000, chartWidth()));
-          return api("POST", "/explain/plot?width=" + width, record, "image/svg+xml").then(function (plot) {
+          return api("POST", base + "/explain/plot?width=" + width, record, "image/svg+xml").then(function (plot) {
             return (plot.ok ? plot.text() : Promise.resolve(null)).then(function (svg) { showResult(explanation, svg); });
           });
         });
@@ -486,6 +520,8 @@
     $("record-form").addEventListener("submit", submit);
     $("record-form").addEventListener("reset", function () { clearErrors(); $("result").hidden = true; });
     $("fill-example").addEventListener("click", fillExample);
+    $("model-pick").addEventListener("change", pickModel);
+    loadModels();
     window.addEventListener("hashchange", function () { showView(true); });
     showView(false);
     load();
