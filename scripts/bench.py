@@ -1074,6 +1074,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=6, help="alternating on/off rounds of --metrics-overhead")
     p.add_argument("--serve-trivial", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--goals",
+        action="store_true",
+        help="then the fast-path goals' alternating rounds (scripts/bench_goals.py: echo app, KServe peer, 3 models, "
+        "--workers 2; docs/bench/goals.*, docs/PERFORMANCE.md)",
+    )
     return p.parse_args(argv)
 
 
@@ -1222,6 +1228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         cds_json = str(Path(args.json).with_name(Path(args.json).stem + "_cds.json"))
         bench_cds.main(["--calls", "100" if args.quick else "400", "--json", cds_json])
+    if args.goals:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import bench_goals
+
+        return bench_goals.main(["--quick"] if args.quick else [])
     return 0
 
 
