@@ -36,14 +36,20 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("numpy", r"numpy|_multiarray"),
     ("validation (pydantic)", r"pydantic|validate_python|validate_json|\(schemas\.py"),
     ("JSON parse", r"json/decoder|json/__init__\.py.*loads|orjson.*loads|Request\.json|Request\.body|_json\.c"),
-    ("answer building, serialisation", r"json/encoder|jsonable_encoder|JSONResponse|\.render |orjson|serialize_response"
-     r"|\(presentation|\(answers?\.py|\(text\.py"),
+    (
+        "answer building, serialisation",
+        r"json/encoder|jsonable_encoder|JSONResponse|\.render |orjson|serialize_response"
+        r"|\(presentation|\(answers?\.py|\(text\.py",
+    ),
     ("route handlers", r"service/api/routes|\(predict\.py|\(explain\.py|routes/__init__\.py"),
     ("FastAPI dependencies, routing", r"fastapi/|starlette/routing|\(routing\.py|\(utils\.py|solve_dependencies"),
     ("middlewares (service)", r"Middleware\.__call__ \((security|observability|page|app)\.py|service/api/"),
     ("middlewares (Starlette, others)", r"Middleware|starlette/|_asgi\.py|_body_limit\.py"),
-    ("server (uvicorn, uvloop, httptools)", r"uvicorn|httptools|uvloop|loop\.c|core\.c|linux\.c|stream\.c|"
-     r"asyncio|_asynciomodule|tcp\.c|handles/"),
+    (
+        "server (uvicorn, uvloop, httptools)",
+        r"uvicorn|httptools|uvloop|loop\.c|core\.c|linux\.c|stream\.c|"
+        r"asyncio|_asynciomodule|tcp\.c|handles/",
+    ),
     ("garbage collection", r"gc_collect|gcmodule"),
 )
 _COMPILED = tuple((name, re.compile(pattern)) for name, pattern in CATEGORIES)
