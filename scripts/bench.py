@@ -1058,7 +1058,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, str(ROOT / "scripts"))
         import bench_goals
 
-        return bench_goals.main(["--quick"] if args.quick else [])
+        # a quick run is a smoke test: it never rewrites the performance page or docs/bench/goals.*
+        quick = ["--quick", "--no-docs", "--json", "bench-results/goals.json", "--md", "bench-results/goals.md"]
+        return bench_goals.main(quick if args.quick else [])
     return 0
 
 
