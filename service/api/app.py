@@ -29,7 +29,9 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 
 from service import __version__
+from service.api.cds_auth import JwksSourceError, check_jwks_sources
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
+from service.api.http_limits import http_protocol_options
 from service.api.metrics import HttpMetrics
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
 from service.api.page import PageCompressionMiddleware, install_pages
@@ -38,6 +40,7 @@ from service.api.security import (
     OPEN_PATHS,
     ApiKeyMiddleware,
     BodySizeLimitMiddleware,
+    HeaderSizeLimitMiddleware,
     ProblemCORSMiddleware,
     SecurityHeadersMiddleware,
 )
@@ -171,6 +174,11 @@ async def _start(state: AppState) -> None:
     gc.collect()
     gc.freeze()
     if settings.cds_jwt_issuers:
+        try:  # a JWK Set that is not there at start is a refusal, not a 401 for every call later
+            await anyio.to_thread.run_sync(check_jwks_sources, settings.cds_jwt_issuers, settings.cds_jwks_ca_file)
+        except JwksSourceError as exc:
+            log_event("startup_failed", 40, reason=str(exc))
+            raise
         log_event("cds_auth", issuers=sorted(settings.cds_jwt_issuers), fhir_servers=len(settings.cds_fhir_servers))
     else:
         log_event(
@@ -271,13 +279,24 @@ def create_app(
         open_paths |= {"/metrics", "/monitoring"}
     middleware += [
         Middleware(
+            HeaderSizeLimitMiddleware,
+            max_bytes=settings.max_header_bytes,
+            max_authorization_bytes=settings.max_authorization_bytes,
+        ),
+        Middleware(
             ApiKeyMiddleware,
             open_paths=open_paths,
             api_keys=settings.api_key_values(),
             rate_limit_per_minute=settings.rate_limit_per_minute,
             rate_limit_burst=settings.rate_limit_burst,
         ),
-        Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(
+            BodySizeLimitMiddleware,
+            max_bytes=settings.max_body_bytes,
+            routes=[
+                (prefix, settings.fhir_max_body_bytes, "fhir_max_body_bytes") for prefix in ("/fhir/", "/cds-services/")
+            ],
+        ),
         Middleware(PageCompressionMiddleware),
     ]
     app = FastAPI(
@@ -372,6 +391,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "lifespan": "on",
         "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
         "server_header": False,
+        **http_protocol_options(settings.max_header_bytes, settings.workers),
     }
 
 
@@ -383,6 +403,8 @@ def serve(settings: Settings) -> int:
     answers are not finite (the runtime is built and warmed up here, then handed to the app, which starts it).
     """
     configure_logging(settings.log_level)
+    if settings.cds_jwt_issuers:  # JwksSourceError: gshap serve says it in one line, exit 2
+        check_jwks_sources(settings.cds_jwt_issuers, settings.cds_jwks_ca_file)
     bundle = load_bundle(settings.model_path)
     ensure_compatible(bundle, bundle.spec)
     configure_torch(settings.torch_threads)  # as the lifespan does, before this process's first explanation
