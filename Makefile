@@ -78,6 +78,8 @@ train: setup
 bench: setup browser
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python scripts/bench.py --json docs/bench/latest.json --md docs/bench/latest.md --goals
+	# the README's summary from the same run
+	$(BIN)/python scripts/readme.py --only performance
 
 # the cohort engines at 10k and 1M records, and serve --workers 1 vs 2 (about an hour on 2 cores; docs/SCALING.md)
 bench-cohort: setup
