@@ -73,17 +73,21 @@ def create_echo_app() -> FastAPI:
     return app
 
 
-def server_options(host: str, port: int) -> dict[str, Any]:
+def server_options(host: str, port: int, workers: int = 1) -> dict[str, Any]:
     """uvicorn's options of ``gshap serve`` at its default settings (:func:`service.api.app.uvicorn_options`,
-    which imports the whole service: a test checks the two agree)."""
+    which imports the whole service: a test checks the two agree), header caps included."""
+    from service.api.http_limits import http_protocol_options
+
+    settings = Settings()
     return {
         "host": host,
         "port": port,
         "log_config": None,
         "access_log": False,
         "lifespan": "on",
-        "timeout_graceful_shutdown": Settings().graceful_shutdown_seconds,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
         "server_header": False,
+        **http_protocol_options(settings.max_header_bytes, workers),
     }
 
 
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import uvicorn
 
-    options = server_options(args.host, args.port)
+    options = server_options(args.host, args.port, args.workers)
     if args.workers == 1:
         uvicorn.run(create_echo_app(), **options)
     else:
