@@ -30,12 +30,12 @@ from starlette.middleware import Middleware
 
 from service import __version__
 from service.api.cds_auth import JwksSourceError, check_jwks_sources
-from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
+from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers, is_v2_path
 from service.api.http_limits import http_protocol_options
 from service.api.metrics import HttpMetrics
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
 from service.api.page import PageCompressionMiddleware, install_pages
-from service.api.routes import AppState, cds, explain, fhir, groups, health, model, operations, predict, problems
+from service.api.routes import AppState, cds, explain, fhir, groups, health, model, operations, predict, problems, v2
 from service.api.security import (
     OPEN_PATHS,
     ApiKeyMiddleware,
@@ -51,6 +51,9 @@ from service.runtime.inference import InferenceRuntime, configure_torch, ensure_
 from service.schemas import EXAMPLE_PREDICTION, request_models
 
 __all__ = ["create_app", "description", "openapi_yaml", "serve", "tags", "uvicorn_options"]
+
+V2_OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+"""The Open Inference Protocol's health probes: open even when API keys are required, like /healthz and /readyz."""
 
 ANSWER_EXAMPLE_SCHEMAS = (
     "PredictionPublic",
@@ -124,6 +127,14 @@ def tags(bundle: Bundle) -> list[dict[str, str]]:
         {
             "name": "fhir",
             "description": "Predictions and explanations from a FHIR R4 Bundle (codes and units from the model spec).",
+        },
+        {
+            "name": "v2",
+            "description": (
+                "The Open Inference Protocol (V2 REST) of KServe, Triton and MLServer: tensors in and out (JSON or "
+                "the binary tensor data extension), explanations from the model '{name}-explainer'. Errors are V2's "
+                '{"error": "..."}, not problem documents. See docs/V2.md.'
+            ),
         },
     ]
 
@@ -274,7 +285,7 @@ def create_app(
                 max_age=600,
             )
         )
-    open_paths = set(OPEN_PATHS)
+    open_paths = set(OPEN_PATHS) | V2_OPEN_PATHS
     if settings.metrics_enabled and not settings.metrics_require_key:
         open_paths |= {"/metrics", "/monitoring"}
     middleware += [
@@ -323,6 +334,9 @@ def create_app(
         app.include_router(area.router)
     app.include_router(cds.build_router(bundle))
     app.include_router(fhir.build_router(bundle))
+    v2_router = v2.build_router(models)
+    app.include_router(v2_router)
+    v2.route_v2_first(app, v2_router)
     if state.telemetry is not None:
         app.include_router(operations.router)
     install_pages(app, app.title)
@@ -339,7 +353,7 @@ def _openapi(app: FastAPI, bundle: Bundle) -> dict[str, Any]:
         return app.openapi_schema
     doc = FastAPI.openapi(app)
     fastapi_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
-    for path_item in doc.get("paths", {}).values():
+    for path, path_item in doc.get("paths", {}).items():
         for operation in path_item.values():
             responses = operation.get("responses", {})
             # FastAPI adds its own 422 to routes with parameters; ours are problems, declared where they occur
@@ -347,7 +361,7 @@ def _openapi(app: FastAPI, bundle: Bundle) -> dict[str, Any]:
                 del responses["422"]
             for code, response in responses.items():
                 content = response.get("content", {})
-                if code[:1] in "45" and "application/json" in content:
+                if code[:1] in "45" and "application/json" in content and not is_v2_path(path):
                     response["content"] = {PROBLEM_MEDIA_TYPE: content.pop("application/json")}
     components = doc.setdefault("components", {})
     for unused in ("HTTPValidationError", "ValidationError"):
