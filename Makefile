@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup serve test lint typecheck pytest browser promtool screenshots openapi figures bench bench-v2 bench-cohort test-quick train audit soak readme clean
+.PHONY: setup serve test lint typecheck pytest browser promtool postgres screenshots openapi figures bench bench-v2 bench-cohort test-quick train audit soak readme clean
 
 # service/engine/_exact.c is compiled by the project install (a C compiler and Python's headers are needed); a change
 # to it must rebuild the extension, which an editable install does not do by itself.
@@ -57,7 +57,19 @@ promtool:
 	  fi; \
 	fi
 
-pytest: setup browser promtool
+# The CDS state tests start Debian's PostgreSQL server themselves (tests/postgres.py: initdb and pg_ctl in a temporary
+# directory on a free loopback port, as the postgres user when root) and stop it at the end: the package is installed
+# here when missing and we are root, like the browser; otherwise the tests say what to install (and fail under CI).
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	  else \
+	    echo "the PostgreSQL tests need Debian's postgresql: sudo apt-get install postgresql"; \
+	  fi; \
+	fi
+
+pytest: setup browser promtool postgres
 	$(BIN)/pytest
 
 # docs/screenshots/*.png: the page at desktop and phone width, for the README

@@ -1,6 +1,7 @@
 """Benchmark the GradientSHAP engine in-process and print the goals, measured side by side in one run.
 
     python scripts/bench_engine.py [--repeats 5] [--large 20000] [--json bench.json] [--quick]
+    python scripts/bench_engine.py --exact-kernels --json docs/bench/exact_kernels.json   # the kernels only
 
 What is measured (all times are wall-clock medians over ``--repeats`` interleaved repetitions):
 
@@ -14,6 +15,13 @@ What is measured (all times are wall-clock medians over ``--repeats`` interleave
 5. memory for ``--large`` records: peak RSS above the pre-run level (VmHWM reset) and tracemalloc's peak;
 6. the baseline summarisation error: attributions with k weighted k-means centres vs with all training rows.
 
+``--exact-kernels`` measures the compiled exact kernel alone: the general kernel (any depth) against the earlier
+two-hidden-layer kernel on the default bundle, in alternating rounds (ratios of thread CPU time and of wall time,
+and a check that their answers are the same bits); records per second for 1 to 6 hidden layers of widths 16 to 256
+(the seed MLP's pattern, random weights, F = 8, the bundle's K baselines); for each, the Gauss–Legendre nodes the
+quadrature estimator needs to reach 1e-3 and 1e-6 relative error (fitted from 16 and 64 nodes) and its speed
+there; the figure ``docs/figures/exact_kernel_depth.{png,svg}``.
+
 Data: the default model bundle (``service.model.store.load_bundle``) when it loads, otherwise a seeded random
 model with synthetic data (said so in the output).
 """
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -190,7 +199,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="fewer repeats and records (smoke test)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument(
+        "--exact-kernels",
+        action="store_true",
+        help="only the exact kernels: the general kernel vs the two-layer one on the default bundle (alternating "
+        "rounds), records/s by depth 1-6 and width 16-256, quadrature's cost at the same accuracy, and the figure",
+    )
+    p.add_argument("--rounds", type=int, default=41, help="alternating rounds of the kernel comparison")
+    p.add_argument(
+        "--figure",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "docs" / "figures" / "exact_kernel_depth",
+        help="where --exact-kernels writes its figure (.png and .svg)",
+    )
     args = p.parse_args(argv)
+    if args.exact_kernels:
+        return exact_kernels_main(args)
     if args.quick:
         args.repeats, args.latency_records, args.large, args.ks = 2, 20, 2000, "16,64"
 
@@ -338,6 +362,254 @@ def report(res: dict[str, Any], k: int, n_mc: int) -> None:
             f"{e['k']:>5}{e['median_abs_err_rel']:>9.3f}{e['p95_abs_err_rel']:>9.3f}{e['max_abs_err_rel']:>9.3f}"
             f"{e['record_l1_rel_median']:>12.3f}{e['record_l1_rel_p95']:>12.3f}{e['exact_ms_per_record']:>11.3f}"
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The exact kernels: the general C kernel (any depth) against the two-layer one, and its cost by depth and width
+# ---------------------------------------------------------------------------------------------------------------
+
+SWEEP_DEPTHS = (1, 2, 3, 4, 5, 6)
+SWEEP_WIDTHS = (16, 32, 64, 128, 256)
+QUAD_TARGETS = (1e-3, 1e-6)  # max |Δφ| / max |φ| per record
+
+
+def sweep_network(depth: int, width: int, n_features: int, seed: int) -> torch.nn.Sequential:
+    """The seed MLP's pattern at another depth and width: (Linear, ReLU, BatchNorm1d) per hidden layer, random
+    weights (torch's default initialisation) and random batch-norm statistics, then Linear(width, 1)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    mods: list[torch.nn.Module] = []
+    w = n_features
+    for _ in range(depth):
+        bn = torch.nn.BatchNorm1d(width)
+        assert bn.running_mean is not None
+        assert bn.running_var is not None
+        bn.running_mean.copy_(torch.randn(width, generator=gen) * 0.3)
+        bn.running_var.copy_(torch.rand(width, generator=gen) + 0.5)
+        mods += [torch.nn.Linear(w, width), torch.nn.ReLU(), bn]
+        w = width
+    mods.append(torch.nn.Linear(w, 1))
+    return torch.nn.Sequential(*mods).eval()
+
+
+def cpu_rate(fn: Callable[[np.ndarray], Any], x: np.ndarray, min_seconds: float) -> tuple[float, int]:
+    """Records per second of thread CPU time (the kernel runs in the calling thread), on as many records of ``x``
+    as take ``min_seconds`` (doubling from 1), after one warm-up record."""
+    fn(x[:1])
+    n = 1
+    while True:
+        t0 = time.thread_time()
+        fn(x[:n])
+        sec = time.thread_time() - t0
+        if sec >= min_seconds or n >= len(x):
+            return n / max(sec, 1e-9), n
+        n = min(len(x), 2 * n)
+
+
+def pima_kernels(data: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """The general kernel (``_exact.Net``) and the two-layer one (``_exact.Model``) on the bundle's evaluation set,
+    in alternating rounds (the order flips every round): per-round ratios of thread CPU time and of wall time."""
+    from reference_kernels import TwoLayerKernel
+
+    engine = GradientShapEngine(data["model"], data["baselines"], data["weights"])
+    kernel = engine.compiled
+    assert kernel is not None
+    net = fold_piecewise_linear(data["model"])
+    if net.depth != 2:
+        return {"skipped": f"the default bundle has {net.depth} hidden layers, the two-layer kernel needs 2"}
+    old = TwoLayerKernel(
+        tuple(t.numpy() for t in net.weights),
+        tuple(t.numpy() for t in net.biases),
+        engine.baselines,
+        engine.baseline_weights,
+    )
+    x = np.ascontiguousarray(np.asarray(data["eval_x"], dtype=np.float64))
+    same = all(np.array_equal(a, b) for a, b in zip(kernel.explain(x), old.explain(x), strict=True))
+    runs = {"general": kernel.explain, "two-layer": old.explain}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    for fn in runs.values():
+        fn(x)
+    for r in tqdm(range(rounds), desc="Pima: general vs two-layer kernel", leave=False):
+        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            t0, w0 = time.thread_time(), time.perf_counter()
+            runs[name](x)
+            cpu[name].append(time.thread_time() - t0)
+            wall[name].append(time.perf_counter() - w0)
+    ratio_cpu = [g / t for g, t in zip(cpu["general"], cpu["two-layer"], strict=True)]
+    ratio_wall = [g / t for g, t in zip(wall["general"], wall["two-layer"], strict=True)]
+    q = statistics.quantiles
+    return {
+        "records": len(x),
+        "baselines": len(engine.baseline_weights),
+        "rounds": rounds,
+        "bit_identical": same,
+        "us_per_record_cpu": {k: 1e6 * statistics.median(v) / len(x) for k, v in cpu.items()},
+        "ratio_cpu_median": statistics.median(ratio_cpu),
+        "ratio_cpu_quartiles": [q(ratio_cpu, n=4)[0], q(ratio_cpu, n=4)[2]],
+        "ratio_wall_median": statistics.median(ratio_wall),
+        "ratio_wall_quartiles": [q(ratio_wall, n=4)[0], q(ratio_wall, n=4)[2]],
+    }
+
+
+def quadrature_need(engine: GradientShapEngine, x: np.ndarray, exact: np.ndarray) -> dict[str, Any]:
+    """Gauss–Legendre quadrature against the exact attributions: the error at 16, 64 and 256 nodes (max |Δφ| /
+    max |φ|, worst record), the order p fitted between 64 and 256 nodes (error ∝ n^-p, p clamped to [0.5, 4]: the
+    integrand is piecewise constant, so p is near 1 to 2), the nodes each target accuracy needs (interpolated
+    between measured points when one reaches it, extrapolated with p otherwise) and the quadrature's records per
+    second there (its time is linear in the nodes: measured at 16)."""
+    scale = np.abs(exact).max(1, keepdims=True)
+    nodes = (16, 64, 256)
+    err = {}
+    for n in nodes:
+        got = engine.explain(x, method="quadrature", n_samples=n).attributions
+        err[n] = max(float((np.abs(got - exact) / scale).max()), 1e-300)
+    p = math.log(err[64] / err[256]) / math.log(4)
+    p = min(max(p if math.isfinite(p) else 1.0, 0.5), 4.0)
+    rate16, _ = cpu_rate(lambda z: engine.explain(z, method="quadrature", n_samples=16), x, 0.2)
+    need = {}
+    for target in QUAD_TARGETS:
+        reached = [n for n in nodes if err[n] <= target]
+        if reached and reached[0] > nodes[0]:
+            lo = nodes[nodes.index(reached[0]) - 1]
+            hi = reached[0]
+            q = math.log(err[lo] / err[hi]) / math.log(hi / lo)
+            n_need = lo * (err[lo] / target) ** (1 / q)
+        elif reached:
+            n_need = float(nodes[0]) * (err[nodes[0]] / target) ** (1 / p)
+        else:
+            n_need = 256 * (err[256] / target) ** (1 / p)
+        n_need = max(n_need, 1.0)
+        need[f"{target:g}"] = {"nodes": n_need, "records_per_s": rate16 * 16 / n_need, "measured": bool(reached)}
+    return {"errors": {str(n): e for n, e in err.items()}, "order": p, "records_per_s_16": rate16, "targets": need}
+
+
+def depth_sweep(n_features: int, k: int, seed: int, min_seconds: float, quadrature: bool) -> list[dict[str, Any]]:
+    """Records per second of the compiled exact kernel for each depth and width (thread CPU time), the linear
+    pieces per path, and (with ``quadrature``) what quadrature needs for the same accuracy."""
+    rng = np.random.default_rng(seed)
+    baselines = rng.normal(size=(k, n_features))
+    x = rng.normal(size=(64, n_features))
+    out = []
+    for depth in SWEEP_DEPTHS:
+        for width in tqdm(SWEEP_WIDTHS, desc=f"depth {depth}", leave=False):
+            model = sweep_network(depth, width, n_features, seed + 100 * depth + width)
+            engine = GradientShapEngine(model, baselines)
+            kernel = engine.compiled
+            assert kernel is not None
+            rate, n = cpu_rate(kernel.attributions, x, min_seconds)
+            net = engine._require_net()
+            pieces = path_integrals_by_pieces(net, torch.from_numpy(x[0]), torch.from_numpy(baselines))[1]
+            row: dict[str, Any] = {
+                "depth": depth,
+                "width": width,
+                "records_per_s": rate,
+                "records_timed": n,
+                "pieces_per_path": float(pieces.double().mean()),
+            }
+            if quadrature:
+                xq = x[:2]
+                row["quadrature"] = quadrature_need(engine, xq, kernel.attributions(xq))
+            out.append(row)
+    return out
+
+
+def plot_sweep(sweep: list[dict[str, Any]], pima: dict[str, Any], path: Path) -> None:
+    """Records per second by width, one line per depth (exact, solid), and quadrature at 1e-3 error (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
+    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(SWEEP_DEPTHS)))
+    for depth, colour in zip(SWEEP_DEPTHS, colours, strict=True):
+        rows = [r for r in sweep if r["depth"] == depth]
+        widths = [r["width"] for r in rows]
+        ax.plot(widths, [r["records_per_s"] for r in rows], "o-", color=colour, label=f"exact, {depth} hidden")
+        quad = [r.get("quadrature", {}).get("targets", {}).get("0.001", {}).get("records_per_s") for r in rows]
+        if all(v is not None and math.isfinite(v) for v in quad):
+            ax.plot(widths, quad, "x--", color=colour, alpha=0.6, linewidth=1)
+    if "us_per_record_cpu" in pima:
+        ax.plot([64], [1e6 / pima["us_per_record_cpu"]["general"]], "r*", markersize=12, label="Pima bundle (8→64→64)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(list(SWEEP_WIDTHS), [str(w) for w in SWEEP_WIDTHS])
+    ax.set_xlabel("hidden width (every hidden layer)")
+    ax.set_ylabel("records per second, one thread (CPU time)")
+    ax.set_title(
+        "Exact GradientSHAP, compiled kernel: cost by depth and width\n(F = 8, K = 64 baselines; dashed: "
+        "quadrature at the same depth with the nodes for 1e-3 relative error)",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path.with_suffix(".png"))
+    fig.savefig(path.with_suffix(".svg"))
+    plt.close(fig)
+
+
+def exact_kernels_main(args: argparse.Namespace) -> int:
+    """``--exact-kernels``: the Pima comparison, the depth-by-width sweep, the figure and the results file."""
+    torch.set_num_threads(1)
+    res: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+    }
+    data = load_data(args.seed)
+    res["data"] = data["source"]
+    res["pima"] = pima_kernels(data, 6 if args.quick else args.rounds)
+    k = len(np.asarray(data["weights"]))
+    res["sweep"] = depth_sweep(8, k, args.seed, 0.05 if args.quick else 0.3, quadrature=True)
+    res["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    plot_sweep(res["sweep"], res["pima"], args.figure)
+    report_kernels(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2, default=float) + "\n")
+        print(f"\nwritten: {args.json}, {args.figure.with_suffix('.png')} and .svg")
+    return 0
+
+
+def report_kernels(res: dict[str, Any]) -> None:
+    p = res["pima"]
+    print(f"load average at start {res['loadavg_start']}, at end {res['loadavg_end']} ({res['cpu_count']} CPUs)")
+    if "skipped" in p:
+        print(f"Pima comparison skipped: {p['skipped']}")
+    else:
+        print(
+            f"\n== {res['data']}: general kernel vs two-layer kernel, {p['records']} records, K = {p['baselines']}, "
+            f"{p['rounds']} alternating rounds ==\n"
+            f"bit-identical answers: {p['bit_identical']}\n"
+            f"CPU time ratio general/two-layer: median {p['ratio_cpu_median']:.3f} "
+            f"(quartiles {p['ratio_cpu_quartiles'][0]:.3f}-{p['ratio_cpu_quartiles'][1]:.3f}); wall-clock "
+            f"{p['ratio_wall_median']:.3f} ({p['ratio_wall_quartiles'][0]:.3f}-{p['ratio_wall_quartiles'][1]:.3f})\n"
+            f"µs per record (CPU): general {p['us_per_record_cpu']['general']:.0f}, "
+            f"two-layer {p['us_per_record_cpu']['two-layer']:.0f}"
+        )
+    print("\n== records per second, one thread (CPU time), by hidden layers (rows) and width (columns) ==")
+    print(f"{'depth':>6}" + "".join(f"{w:>11}" for w in SWEEP_WIDTHS) + "   pieces/path at each width")
+    for depth in SWEEP_DEPTHS:
+        rows = [r for r in res["sweep"] if r["depth"] == depth]
+        print(
+            f"{depth:>6}"
+            + "".join(f"{r['records_per_s']:>11.3g}" for r in rows)
+            + "   "
+            + " ".join(f"{r['pieces_per_path']:.0f}" for r in rows)
+        )
+    for target in QUAD_TARGETS:
+        key = f"{target:g}"
+        print(f"\n== quadrature at {key} relative error: nodes needed, and its speed / exact's speed ==")
+        print(f"{'depth':>6}" + "".join(f"{w:>19}" for w in SWEEP_WIDTHS))
+        for depth in SWEEP_DEPTHS:
+            rows = [r for r in res["sweep"] if r["depth"] == depth]
+            cells = []
+            for r in rows:
+                t = r["quadrature"]["targets"][key]
+                cells.append(f"{t['nodes']:>9.3g} {t['records_per_s'] / r['records_per_s']:>8.2g}x")
+            print(f"{depth:>6}" + "".join(f"{c:>19}" for c in cells))
 
 
 if __name__ == "__main__":

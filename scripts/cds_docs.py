@@ -131,7 +131,7 @@ def settings_rows() -> str:
 
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        if name.startswith(("cds_", "fhir_")):
+        if name.startswith(("cds_", "fhir_", "database_", "state_")):
             default = field.get_default(call_default_factory=True)
             shown = "none" if default in (None, [], {}) else f"`{default}`"
             rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
@@ -280,7 +280,9 @@ def document(live: dict[str, Any]) -> str:
         "https://sandbox.cds-hooks.org=/etc/gshap/sandbox-jwks.json'",
         "export GSHAP_CDS_BASE_URL=https://cds.example.org     # the aud of the JWTs is <this>/cds-services/...",
         "export GSHAP_CDS_FHIR_SERVERS=https://fhir.example.org/r4   # may be searched with the client's token",
-        "export GSHAP_CDS_FEEDBACK_DB=/var/lib/gshap/cds-feedback.sqlite3",
+        "# the CDS state (issued cards, feedback, the jti replay cache) shared by every replica; migrated at start",
+        "export GSHAP_DATABASE_URL=postgresql://gshap:secret@db.example.org:5432/gshap",
+        "# or, on one machine: export GSHAP_STATE_DB=/var/lib/gshap/cds-feedback.sqlite3",
         "gshap serve",
         "```",
         "",
@@ -293,9 +295,25 @@ def document(live: dict[str, Any]) -> str:
         "serves RS384 if RSA, ES384 if EC P-384; a `jku` header is not followed), `iss` configured, `aud` exactly "
         "the endpoint's URL, `exp` and `iat` (30 s leeway), a lifetime `exp - iat` of at most "
         "GSHAP_CDS_JWT_MAX_LIFETIME_SECONDS (300 s, as the CDS Hooks Sandbox signs) plus the leeway, and a `jti` "
-        "not seen before (an in-process cache: per worker and per replica). Anything else is a 401 that does not "
-        "say why (the reason is logged, the token never). The API keys of GSHAP_API_KEYS do not apply to the CDS "
-        "endpoints. The feedback file is per replica; it holds no patient value and no free-text comment.",
+        "not seen before (the replay cache is the state database's `cds_jti` table, each entry kept until the "
+        "token's `exp`: shared by every replica with GSHAP_DATABASE_URL, by the machine's workers with SQLite; when "
+        "it cannot be checked the call fails closed with a 503 `store-unavailable`). Anything else is a 401 that "
+        "does not say why (the reason is logged, the token never). The API keys of GSHAP_API_KEYS do not apply to "
+        "the card and discovery; without JWT issuers, feedback needs an API key whenever GSHAP_API_KEYS is set, and "
+        "with neither the start-up warning names the feedback endpoint.",
+        "",
+        "Feedback is accepted only for cards this service issued (each card sent is recorded: uuid, model version, "
+        "time and its override codes, for GSHAP_CDS_CARD_RETENTION_DAYS, at most GSHAP_CDS_MAX_CARDS of them); an "
+        "override reason must be one of the card's own codings and is stored by its code. No free text is stored "
+        "(not the reason's display, not the comment, not the suggestion ids: only that there was a comment and how "
+        "many suggestions), and no patient value. A request holds at most GSHAP_CDS_FEEDBACK_MAX_ENTRIES entries "
+        "(else 413), a card takes at most GSHAP_CDS_FEEDBACK_MAX_PER_CARD rows (else 422), and past "
+        "GSHAP_CDS_FEEDBACK_MAX_ROWS rows the answer is a 503 `store-full` with `Retry-After`; a request is stored "
+        "whole or refused whole, acknowledged only once committed, and no stored row is evicted (retention deletes "
+        "rows older than GSHAP_CDS_FEEDBACK_RETENTION_DAYS, in bounded rounds every minute). "
+        "`GET /cds-services/diabetes-risk/feedback/summary` (an admin key of GSHAP_ADMIN_KEYS or an API key) counts "
+        "them per outcome and override reason, per model version and ISO week. `gshap db upgrade` migrates the "
+        "schema; `gshap db import FILE` moves an SQLite feedback store into the PostgreSQL of GSHAP_DATABASE_URL.",
         "",
         "## A real session (answers of `gshap serve`)",
         "",
@@ -370,7 +388,9 @@ def readme_block(live: dict[str, Any] | None = None) -> str:
             "CDS client JWT check (ES384/RS384, exact `aud`, `exp`/`iat`, `jti` replay); "
             "`GSHAP_CDS_BASE_URL` is the public URL the `aud` is checked against; `GSHAP_CDS_FHIR_SERVERS` lists the "
             "FHIR servers the service may search with the client's token when the prefetch lacks data (empty: "
-            "never; then missing required data is a 412); `GSHAP_CDS_FEEDBACK_DB` is the SQLite feedback file.",
+            "never; then missing required data is a 412); `GSHAP_DATABASE_URL=postgresql://...` keeps the CDS state "
+            "(issued cards, feedback, the `jti` replay cache) in PostgreSQL shared by replicas, else the SQLite file "
+            "`GSHAP_STATE_DB` (older name `GSHAP_CDS_FEEDBACK_DB`).",
             "",
             "A real call (the fixture patient of `tests/data/fhir`; each prefetch searchset shown here by its size) "
             "and its card (the `detail` in full is in docs/CDS_HOOKS.md):",

@@ -312,6 +312,42 @@ def _problems(args: argparse.Namespace) -> int:
     )
 
 
+def _db(args: argparse.Namespace) -> int:
+    """``gshap db upgrade`` and ``gshap db import SQLITE_FILE``: the CDS state database of GSHAP_DATABASE_URL (else
+    the SQLite file), migrated under its lock; an import moves an SQLite feedback store into PostgreSQL."""
+    from service.config import Settings
+    from service.fhir.feedback import import_sqlite
+    from service.fhir.state import StoreUnavailableError, migrate, open_database
+
+    settings = Settings()
+    url = settings.database_url.get_secret_value() if settings.database_url is not None else None
+    if args.db_command == "import" and url is None:
+        print(
+            "gshap db import: set GSHAP_DATABASE_URL (postgresql://...) to the database to import into", file=sys.stderr
+        )
+        return 2
+    try:
+        db = open_database(
+            url, settings.feedback_db_path(), pool_size=1, timeout=max(settings.database_timeout_seconds, 10.0)
+        )
+        try:
+            before, after = migrate(db)
+            print(f"{db.describe}: schema version {before} -> {after}")
+            if args.db_command == "import":
+                counts = import_sqlite(db, Path(args.sqlite_file), max_rows=settings.cds_feedback_max_rows)
+                print(
+                    f"imported {counts['copied']} feedback rows and {counts['cards']} cards from {args.sqlite_file} "
+                    f"({counts['reasons_dropped']} override reasons not among the service's codes dropped, "
+                    f"{counts['skipped']} rows skipped: unreadable or past GSHAP_CDS_FEEDBACK_MAX_ROWS)"
+                )
+        finally:
+            db.close()
+    except (StoreUnavailableError, OSError, ValueError) as exc:
+        print(f"gshap db {args.db_command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gshap", description="GradientSHAP explanation service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -423,6 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/PROBLEMS.md")
     p.add_argument("--check", action="store_true")
     p.set_defaults(func=_problems)
+
+    p = sub.add_parser("db", help="the CDS state database (GSHAP_DATABASE_URL, else the SQLite file)")
+    db_sub = p.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="migrate the schema to this version (under a lock; replicas also do it at start)")
+    q = db_sub.add_parser("import", help="move an SQLite feedback store into the PostgreSQL of GSHAP_DATABASE_URL")
+    q.add_argument("sqlite_file", metavar="SQLITE_FILE")
+    p.set_defaults(func=_db)
     return parser
 
 
@@ -435,6 +478,7 @@ EXTRAS: dict[str, str] = {
     "serve": "server",
     "openapi": "server",
     "problems": "server",
+    "db": "server",
     "explain-cohort": "cluster",
 }
 _EXTRA_PACKAGES: dict[str, frozenset[str]] = {
@@ -449,6 +493,8 @@ _EXTRA_PACKAGES: dict[str, frozenset[str]] = {
             "safetensors",
             "orjson",
             "yaml",
+            "psycopg",
+            "psycopg_pool",
             "jsonschema",
         }
     ),

@@ -162,8 +162,8 @@ class Settings(BaseSettings):
     cds_feedback_db: Path | None = Field(
         None,
         description=(
-            "SQLite file of CDS feedback (one per replica); None: $XDG_STATE_HOME or ~/.local/state, "
-            "gshap-service/cds-feedback.sqlite3."
+            "The older name of GSHAP_STATE_DB (kept as an alias): the SQLite file of the CDS state (issued cards, "
+            "feedback, jti replay cache) when GSHAP_DATABASE_URL is not set."
         ),
     )
     cds_jwt_max_lifetime_seconds: float = Field(
@@ -224,6 +224,41 @@ class Settings(BaseSettings):
         ),
     )
 
+    database_url: SecretStr | None = Field(
+        None,
+        description=(
+            "postgresql://user:password@host:5432/db: the CDS state (issued cards, feedback, the JWT jti replay "
+            "cache) in PostgreSQL, shared by every replica; None: an SQLite file on this machine (GSHAP_STATE_DB)."
+        ),
+    )
+    state_db: Path | None = Field(
+        None,
+        description=(
+            "SQLite file of the CDS state when GSHAP_DATABASE_URL is not set; None: GSHAP_CDS_FEEDBACK_DB (its "
+            "older name, kept as an alias), else $XDG_STATE_HOME or ~/.local/state, gshap-service/cds-feedback.sqlite3."
+        ),
+    )
+    database_pool_size: int = Field(4, ge=1, le=100, description="Most PostgreSQL connections of one process.")
+    database_timeout_seconds: float = Field(
+        3.0, gt=0, le=60, description="Longest wait for a database connection or statement (then 503)."
+    )
+    cds_card_retention_days: float = Field(
+        30.0, gt=0, description="How long an issued card is kept (feedback for it is accepted that long)."
+    )
+    cds_max_cards: int = Field(
+        1_000_000, ge=1, description="Most issued cards kept; past it cards are served but not recorded."
+    )
+    cds_feedback_retention_days: float = Field(730.0, gt=0, description="How long a feedback row is kept.")
+    cds_feedback_max_entries: int = Field(20, ge=1, le=100, description="Most feedback entries in one request (413).")
+    cds_feedback_max_per_card: int = Field(10, ge=1, description="Most feedback rows for one card (then 422).")
+    cds_feedback_max_rows: int = Field(
+        1_000_000, ge=1, description="Most feedback rows stored; past it feedback is refused with 503 and Retry-After."
+    )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Administrators' keys (comma-separated): the admin endpoints (feedback summary) take them.",
+    )
+
     @field_validator("cds_jwt_issuers", mode="before")
     @classmethod
     def _issuer_pairs(cls, value: Any) -> Any:
@@ -239,7 +274,7 @@ class Settings(BaseSettings):
             pairs[issuer.strip()] = jwks.strip()
         return pairs
 
-    @field_validator("api_keys", "cors_origins", "cds_fhir_servers", mode="before")
+    @field_validator("api_keys", "cors_origins", "cds_fhir_servers", "admin_keys", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)
@@ -252,7 +287,16 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("model_path", "metrics_dir", "cds_feedback_db", "cds_base_url", "cds_jwks_ca_file", mode="before")
+    @field_validator(
+        "model_path",
+        "metrics_dir",
+        "cds_feedback_db",
+        "cds_base_url",
+        "cds_jwks_ca_file",
+        "state_db",
+        "database_url",
+        mode="before",
+    )
     @classmethod
     def _blank_path_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -269,7 +313,9 @@ class Settings(BaseSettings):
         return None if value in ("", 0, "0") else value
 
     def feedback_db_path(self) -> Path:
-        """Where CDS feedback is stored: the setting, else the user's state directory."""
+        """The SQLite file of the CDS state: GSHAP_STATE_DB, GSHAP_CDS_FEEDBACK_DB, else the user's state directory."""
+        if self.state_db is not None:
+            return self.state_db
         if self.cds_feedback_db is not None:
             return self.cds_feedback_db
         state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -287,6 +333,8 @@ class Settings(BaseSettings):
             key = f"{ENV_PREFIX}{name.upper()}"
             if value is None:
                 out[key] = ""
+            elif isinstance(value, SecretStr):
+                out[key] = value.get_secret_value()
             elif isinstance(value, dict):
                 out[key] = json.dumps(value)
             elif isinstance(value, list):

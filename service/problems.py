@@ -69,6 +69,8 @@ __all__ = [
     "PreconditionFailed",
     "RateLimited",
     "ServiceError",
+    "StoreFull",
+    "StoreUnavailable",
     "Unauthorized",
     "UnsupportedMediaType",
     "field_errors",
@@ -202,7 +204,8 @@ class PayloadTooLarge(ServiceError):  # noqa: N818 (the names kserve and the iss
     when = (
         "The body is larger than GSHAP_MAX_BODY_BYTES (GSHAP_FHIR_MAX_BODY_BYTES on the FHIR and CDS Hooks routes; "
         "by `Content-Length` or by the bytes sent), a batch carries more records than GSHAP_MAX_BATCH_RECORDS, or "
-        "a FHIR Bundle more entries than GSHAP_FHIR_MAX_ENTRIES. `limit` and `limit_name` name the bound that was "
+        "a FHIR Bundle more entries than GSHAP_FHIR_MAX_ENTRIES, or a CDS feedback request more entries than "
+        "GSHAP_CDS_FEEDBACK_MAX_ENTRIES. `limit` and `limit_name` name the bound that was "
         "exceeded (and `received`, for a batch or a Bundle, how many records or entries came)."
     )
 
@@ -246,10 +249,10 @@ class MethodNotOffered(ServiceError):  # noqa: N818 (the names kserve and the is
     slug = "method-not-offered"
     title = "Explanation method not offered by this model"
     when = (
-        "The request asks for an explanation method the served model does not offer: `exact` for a network the "
-        "exact kernel does not cover (any layer but Linear, ReLU, BatchNorm1d, Dropout and Identity, or other than "
-        "two hidden ReLU layers). The detail says why; `methods` lists the methods that apply (`GET /model` lists "
-        "them too). Never answered with a silent approximation."
+        "The request asks for an explanation method the served model does not offer: `exact` for a network that is "
+        "not piecewise linear (any layer but Linear, ReLU, LeakyReLU, BatchNorm1d, Dropout and Identity). The "
+        "detail says why; `methods` lists the methods that apply (`GET /model` lists them too). Never answered "
+        "with a silent approximation."
     )
 
 
@@ -271,6 +274,29 @@ class ModelNotReady(ServiceError):  # noqa: N818 (the names kserve and the issue
     when = (
         "The model bundle is not loaded and warmed up yet, or the server is shutting down; `/readyz` answers "
         "this until the service is ready. `Retry-After` suggests when to try again."
+    )
+
+
+class StoreUnavailable(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 503
+    slug = "store-unavailable"
+    title = "State store unavailable"
+    when = (
+        "The CDS state database (GSHAP_DATABASE_URL's PostgreSQL, or the SQLite file) cannot be reached or failed "
+        "during the call: feedback is not stored (and not acknowledged), the feedback summary cannot be read, and "
+        "with GSHAP_CDS_JWT_ISSUERS set a CDS call whose JWT `jti` cannot be checked against the replay cache is "
+        "refused (fail closed). The service reconnects by itself; `Retry-After` suggests when to try again."
+    )
+
+
+class StoreFull(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 503
+    slug = "store-full"
+    title = "Feedback store full"
+    when = (
+        "The CDS feedback store holds GSHAP_CDS_FEEDBACK_MAX_ROWS rows: new feedback is refused, nothing stored, "
+        "until retention (GSHAP_CDS_FEEDBACK_RETENTION_DAYS) deletes old rows; no stored row is ever evicted to make "
+        "room. `Retry-After` says when to try again."
     )
 
 

@@ -549,6 +549,7 @@ def test_openapi_documents_every_field_and_body(client: AppClient) -> None:
         "cds_discovery",
         "cds_service",
         "cds_service_feedback",
+        "cds_feedback_summary",
         "fhir_predict",
         "fhir_explain",
         "v2_server_metadata",

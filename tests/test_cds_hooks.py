@@ -23,7 +23,9 @@ from tls_helpers import https_server, make_ca
 from service.api.app import create_app
 from service.config import Settings
 from service.fhir.cdshooks import json_rule_violations, prefetch_templates
-from service.model.features import PIMA_SPEC
+from service.model.spec import SPECS, load_spec
+
+PIMA = load_spec(SPECS / "pima-diabetes.yaml").features  # the default model's features
 
 SERVICE = "/cds-services/diabetes-risk"
 
@@ -216,14 +218,16 @@ def test_json_rule_check_finds_every_null_and_empty_value() -> None:
 
 
 def test_feedback_is_stored_durably_without_patient_values(client: Any) -> None:
-    """Overridden and accepted outcomes go to SQLite: card uuid, outcome, reason coding; no comment text."""
+    """Overridden and accepted outcomes on an issued card go to SQLite: card uuid, outcome, reason by code, the
+    count of accepted suggestions; neither the comment nor the reason's display text, nor any patient value."""
     card = card_of(client.post(SERVICE, json=cds_request(prefetch_for(load("patient_bundle.json")))))
+    reason = {**card["overrideReasons"][0], "display": "Ada Lovelace, glucose 8.2"}
     feedback = {
         "feedback": [
             {
                 "card": card["uuid"],
                 "outcome": "overridden",
-                "overrideReason": {"reason": card["overrideReasons"][0], "userComment": "Ada's glucose was 8.2"},
+                "overrideReason": {"reason": reason, "userComment": "Ada's glucose was 8.2"},
                 "outcomeTimestamp": "2026-11-29T10:05:31Z",
             },
             {
@@ -234,23 +238,78 @@ def test_feedback_is_stored_durably_without_patient_values(client: Any) -> None:
             },
         ]
     }
-    r = client.post(f"{SERVICE}/feedback", json=feedback)
-    assert r.status_code == 200
+    r = client.post(f"{SERVICE}/feedback", json=feedback, headers={"X-API-Key": "k-1"})
+    assert r.status_code == 200, r.text
     assert r.json() == {"stored": 2}
     with sqlite3.connect(client.db) as conn:  # a new connection: the rows are on disk
         rows = conn.execute(
-            "SELECT card_uuid, outcome, override_code, accepted_suggestions, has_user_comment FROM feedback "
-            "WHERE card_uuid = ? ORDER BY id",
+            "SELECT card_uuid, outcome, override_code, accepted_suggestions, has_user_comment, outcome_at "
+            "FROM cds_feedback WHERE card_uuid = ? ORDER BY id",
             (card["uuid"],),
         ).fetchall()
     assert rows == [
-        (card["uuid"], "overridden", "not-relevant", None, 1),
-        (card["uuid"], "accepted", None, '["s-1"]', 0),
+        (card["uuid"], "overridden", "not-relevant", 0, 1, "2026-11-29T10:05:31Z"),
+        (card["uuid"], "accepted", None, 1, 0, "2026-11-29T10:06:00Z"),
     ]
-    raw = Path(client.db).read_bytes()
+    raw = b"".join(p.read_bytes() for p in Path(client.db).parent.glob("feedback.sqlite3*"))
     assert b"8.2" not in raw
     assert b"Ada" not in raw
     assert b"p-1001" not in raw
+
+
+def test_feedback_needs_the_api_key_when_keys_are_set(client: Any) -> None:
+    """Without JWT issuers but with API keys, feedback without a key (or with a wrong one) is a 401, while the card
+    itself stays open to the EHR."""
+    card = card_of(client.post(SERVICE, json=cds_request(prefetch_for(load("patient_bundle.json")))))
+    item = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-29T10:05:31Z"}]}
+    assert client.post(f"{SERVICE}/feedback", json=item).status_code == 401
+    assert client.post(f"{SERVICE}/feedback", json=item, headers={"X-API-Key": "k-2"}).status_code == 401
+    assert client.post(f"{SERVICE}/feedback", json=item, headers={"Authorization": "Bearer k-1"}).status_code == 200
+
+
+def test_feedback_is_refused_whole_for_unknown_cards_foreign_reasons_and_too_many_entries(client: Any) -> None:
+    """A card uuid the service never issued and a reason the card did not offer are 422 problems naming the entry's
+    field and rule; more entries than GSHAP_CDS_FEEDBACK_MAX_ENTRIES is a 413 with the limit; nothing is stored."""
+    card = card_of(client.post(SERVICE, json=cds_request(prefetch_for(load("patient_bundle.json")))))
+    key = {"X-API-Key": "k-1"}
+    entry = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-29T10:05:31Z"}
+    forged = {**entry, "card": str(uuid.uuid4())}
+    r = client.post(f"{SERVICE}/feedback", json={"feedback": [entry, forged]}, headers=key)
+    assert r.status_code == 422
+    assert [(e["field"], e["rule"]) for e in r.json()["errors"]] == [("feedback.1.card", "unknown_card")]
+    foreign = {**entry, "overrideReason": {"reason": {"system": "https://x.example", "code": "not-relevant"}}}
+    r = client.post(f"{SERVICE}/feedback", json={"feedback": [foreign]}, headers=key)
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["rule"] == "not_a_card_reason"
+    r = client.post(f"{SERVICE}/feedback", json={"feedback": [entry] * 21}, headers=key)
+    assert r.status_code == 413
+    assert r.headers["content-type"] == "application/problem+json"
+    assert (r.json()["limit"], r.json()["limit_name"]) == (20, "cds_feedback_max_entries")
+    with sqlite3.connect(client.db) as conn:
+        assert conn.execute("SELECT count(*) FROM cds_feedback WHERE card_uuid = ?", (card["uuid"],)).fetchone() == (0,)
+
+
+def test_feedback_summary_takes_an_api_key_and_counts(client: Any) -> None:
+    """GET /cds-services/diabetes-risk/feedback/summary: 401 without a key, counts with one, equal to the rows."""
+    assert client.get(f"{SERVICE}/feedback/summary").status_code == 401
+    r = client.get(f"{SERVICE}/feedback/summary", headers={"X-API-Key": "k-1"})
+    assert r.status_code == 200
+    body = r.json()
+    with sqlite3.connect(client.db) as conn:
+        rows = conn.execute("SELECT outcome, count(*) FROM cds_feedback GROUP BY outcome").fetchall()
+    assert body["outcomes"] == dict(rows)
+    assert body["total"] == sum(n for _, n in rows)
+    assert client.get("/cds-services/nope/feedback/summary", headers={"X-API-Key": "k-1"}).status_code == 404
+
+
+def test_open_mode_warning_names_the_feedback_endpoint(bundle: Any, tmp_path: Path, capfd: Any) -> None:
+    """Neither JWT issuers nor API keys: start-up's cds_auth_off warning says that feedback is open to anyone."""
+    with app_client(create_app(Settings(cds_feedback_db=tmp_path / "fb.sqlite3"), bundle)):
+        pass
+    err = capfd.readouterr().err
+    [line] = [json.loads(x) for x in err.splitlines() if '"cds_auth_off"' in x]
+    assert line["level"] == "warning"
+    assert "/cds-services/diabetes-risk/feedback accepts feedback from anyone" in line["message"]
 
 
 @pytest.mark.parametrize(
@@ -265,7 +324,7 @@ def test_feedback_is_stored_durably_without_patient_values(client: Any) -> None:
 )
 def test_feedback_breaking_the_spec_is_422(client: Any, item: dict[str, Any]) -> None:
     """accepted without suggestions, an unknown outcome, a non-UTC or unreadable timestamp, no card: 422."""
-    r = client.post(f"{SERVICE}/feedback", json={"feedback": [item]})
+    r = client.post(f"{SERVICE}/feedback", json={"feedback": [item]}, headers={"X-API-Key": "k-1"})
     assert r.status_code == 422
 
 
@@ -300,7 +359,7 @@ def test_fallback_fetches_missing_prefetch_with_the_bearer_token(fallback_client
     card = card_of(fallback_client.post(SERVICE, json=cds_request(None, fhirServer=fhir.url, fhirAuthorization=AUTH)))
     assert re.fullmatch(r"Diabetes risk \d+% \(pima-diabetes/\d+\.\d+\.\d+\)", card["summary"])
     assert "| Glucose | 147.7 mg/dL (reported 8.2 mmol/L) | 2025-06-01 |" in card["detail"]
-    assert len(fhir.seen) == len(prefetch_templates(PIMA_SPEC))  # the Patient read and one search a key
+    assert len(fhir.seen) == len(prefetch_templates(PIMA))  # the Patient read and one search a key
     assert {s["authorization"] for s in fhir.seen} == {"Bearer secret-token-123"}
     assert any(s["path"].startswith("/fhir/Patient/p-1001") for s in fhir.seen)
 
@@ -435,6 +494,16 @@ def call(c: Any, tok: str | None, path: str = SERVICE) -> int:
     return int(c.post(path, json=body, headers=headers).status_code)
 
 
+def call_card(c: Any, keys: dict[str, Any]) -> str:
+    """The uuid of a card issued by a JWT-protected service."""
+    r = c.post(
+        SERVICE,
+        json=cds_request(prefetch_for(load("patient_bundle.json"))),
+        headers={"Authorization": f"Bearer {token(keys)}"},
+    )
+    return str(card_of(r)["uuid"])
+
+
 def test_valid_es384_and_rs384_tokens_are_accepted(jwt_client: Any, keys: dict[str, Any]) -> None:
     """ES384 and RS384 tokens with the endpoint's exact aud pass, for discovery and the service."""
     assert call(jwt_client, token(keys)) == 200
@@ -482,7 +551,8 @@ def test_replayed_jti_is_refused(jwt_client: Any, keys: dict[str, Any]) -> None:
 
 def test_feedback_needs_a_token_for_its_own_url(jwt_client: Any, keys: dict[str, Any]) -> None:
     """The feedback endpoint checks the JWT too, with aud = its own URL."""
-    item = {"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-29T10:05:31Z"}]}
+    card = call_card(jwt_client, keys)
+    item = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-29T10:05:31Z"}]}
     ok = token(keys, aud=f"{BASE}{SERVICE}/feedback")
     assert (
         jwt_client.post(f"{SERVICE}/feedback", json=item, headers={"Authorization": f"Bearer {ok}"}).status_code == 200

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from reference_kernels import path_integrals_fast
+from reference_kernels import TwoLayerKernel, path_integrals_fast
 from torch import nn
 
 from service.engine.exact_kernel import ExactKernel
@@ -282,8 +282,9 @@ def test_feature_equal_to_every_baseline_gets_zero(engine: GradientShapEngine, r
         assert np.all(got[:, [0, 1, 2, 4]] != 0)
 
 
-def test_deeper_relu_net_uses_piece_enumeration() -> None:
-    """A three-hidden-layer Sequential is folded too; its exact attributions close the gap and match quadrature."""
+def test_deeper_relu_net_is_exact() -> None:
+    """A three-hidden-layer Sequential is folded and compiled too; its exact attributions close the gap and match
+    quadrature."""
     torch.manual_seed(14)
     bn = nn.BatchNorm1d(16)
     assert bn.running_var is not None
@@ -294,6 +295,7 @@ def test_deeper_relu_net_uses_piece_enumeration() -> None:
     )  # fmt: skip
     x, b, w = _data(15, 3, 5)
     eng = GradientShapEngine(model, b, w)
+    assert eng.compiled is not None
     ex = eng.explain(x)
     assert np.abs(ex.completeness_gap).max() < 1e-10
     quad = eng.explain(x, method="quadrature", n_samples=1000).attributions
@@ -366,18 +368,20 @@ def _model_constants() -> dict[str, object]:
     }  # fmt: skip
 
 
-def _kernel() -> tuple[ExactKernel, np.ndarray]:
+def _kernel() -> tuple[TwoLayerKernel, np.ndarray]:
+    """The two-hidden-layer C type (``_exact.Model``, the benchmark's reference) on a seed MLP, and records."""
     x, b, w = _data(3, 4, 5)
     net = fold_piecewise_linear(_mlp(4))
-    kernel = ExactKernel(
+    kernel = TwoLayerKernel(
         tuple(t.numpy() for t in net.weights), tuple(t.numpy() for t in net.biases), b.numpy(), (w / w.sum()).numpy()
     )
     return kernel, x.double().numpy()
 
 
 def test_c_kernel_refuses_wrong_buffers_by_name() -> None:
-    """The C model checks each constant once and each call's records and outputs by name, never reading or writing
-    out of bounds; the Python wrapper refuses a record of the wrong width before calling it."""
+    """The two-layer C model (the benchmark's reference) checks each constant once and each call's records and
+    outputs by name, never reading or writing out of bounds; the Python wrapper refuses a record of the wrong
+    width before calling it."""
     from service.engine import _exact
 
     kernel, xs = _kernel()

@@ -5,7 +5,8 @@ value, panel components read, near misses not used).
 
 The Bundles are not in this repository: they come from ``smart-on-fhir/generated-sample-data`` (Apache-2.0,
 ``R4/SYNTHEA/*.json``), whose files are kept outside the project's history. Point ``GSHAP_SYNTHEA_DIR`` at a
-folder of them (or put them in ``tests/data/synthea/``); without one these tests are skipped, saying so. Nothing
+folder of them, or put them in ``tests/data/synthea/`` or in ``shared/datasets/synthea/`` beside the checkout (where
+the steering repository keeps data; CI has ``../shared``); without one these tests are skipped, saying so. Nothing
 here is specific to the files chosen: every expected value is read from the Bundle by the reader below.
 """
 
@@ -27,7 +28,11 @@ from service.config import Settings
 
 LOINC = "http://loinc.org"
 USABLE = {"final", "amended", "corrected"}
-FOLDER = Path(os.environ.get("GSHAP_SYNTHEA_DIR") or Path(__file__).parent / "data" / "synthea")
+_CANDIDATES = (
+    Path(__file__).parent / "data" / "synthea",
+    Path(__file__).parents[2] / "shared" / "datasets" / "synthea",
+)
+FOLDER = Path(os.environ.get("GSHAP_SYNTHEA_DIR") or next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[0]))
 FILES = sorted(FOLDER.glob("*.json")) if FOLDER.is_dir() else []
 
 pytestmark = pytest.mark.skipif(not FILES, reason=f"no Synthea R4 Bundles in {FOLDER} (set GSHAP_SYNTHEA_DIR)")

@@ -48,7 +48,7 @@ FHIR_REFUSALS = frozenset({412, 413, 422})
 # schema-valid inference request may rightly be refused with 400 or 413, V2's {"error": ...} naming the rule.
 V2_INFER_PATHS = frozenset({"/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"})
 V2_REFUSALS = frozenset({400, 413})
-OPERATIONS = 27
+OPERATIONS = 28
 
 schema = schemathesis.openapi.from_path(
     ROOT / "openapi.yaml", config=schemathesis.Config.from_dict({"generation": {"mode": "all"}})

@@ -128,3 +128,16 @@ def test_inference_service_structure() -> None:
     kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
     deployment_container = _pod("deployment.yaml")["containers"][0]
     assert predictor["containers"][0]["image"] == deployment_container["image"]
+
+
+def test_the_database_url_comes_from_a_secret_and_egress_reaches_only_the_database() -> None:
+    """GSHAP_DATABASE_URL (it holds the password) is a Secret reference, never a literal value, in the Deployment;
+    the NetworkPolicy lets the pods out only to PostgreSQL's port and to the cluster DNS."""
+    [container] = _pod("deployment.yaml")["containers"]
+    [entry] = [e for e in container["env"] if e["name"] == "GSHAP_DATABASE_URL"]
+    assert "value" not in entry
+    ref = entry["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"], ref["optional"]) == ("gshap-database", "url", False)
+    egress = load("networkpolicy.yaml")["spec"]["egress"]
+    ports = sorted((p["port"], p["protocol"]) for rule in egress for p in rule["ports"])
+    assert ports == [(53, "TCP"), (53, "UDP"), (5432, "TCP")]

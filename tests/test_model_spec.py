@@ -91,8 +91,9 @@ def test_network_is_a_sequential_with_numbered_keys() -> None:
     assert keys[-1] == "7.bias"
 
 
-def test_only_two_hidden_relu_layers_are_exact() -> None:
-    """The exact kernel covers Linear/ReLU/BatchNorm/Dropout networks with two ReLUs; nothing else."""
+def test_every_piecewise_linear_network_is_exact() -> None:
+    """The exact kernel covers any network of Linear/ReLU/LeakyReLU/BatchNorm/Dropout/Identity layers, at any depth
+    (one hidden layer, three with a leaky ReLU); a smooth activation anywhere (tanh) is not covered."""
     base = _pima()
     assert exact_covered(spec_from_dict(base).network)
     tanh = copy.deepcopy(base)
@@ -100,7 +101,10 @@ def test_only_two_hidden_relu_layers_are_exact() -> None:
     assert not exact_covered(spec_from_dict(tanh).network)
     one = copy.deepcopy(base)
     one["network"] = [{"linear": [8, 16]}, "relu", {"linear": [16, 1]}]
-    assert not exact_covered(spec_from_dict(one).network)
+    assert exact_covered(spec_from_dict(one).network)
     leaky = copy.deepcopy(base)
-    leaky["network"] = [{"linear": [8, 16]}, "leaky_relu", {"linear": [16, 8]}, "relu", {"linear": [8, 1]}]
-    assert not exact_covered(spec_from_dict(leaky).network)
+    leaky["network"] = [
+        {"linear": [8, 16]}, "leaky_relu", {"linear": [16, 8]}, {"batchnorm1d": 8}, {"leaky_relu": 0.2},
+        {"linear": [8, 8]}, "relu", {"dropout": 0.1}, {"linear": [8, 1]},
+    ]  # fmt: skip
+    assert exact_covered(spec_from_dict(leaky).network)

@@ -192,10 +192,18 @@ async def _start(state: AppState) -> None:
             raise
         log_event("cds_auth", issuers=sorted(settings.cds_jwt_issuers), fhir_servers=len(settings.cds_fhir_servers))
     else:
+        cds_service = runtime.bundle.cds
+        feedback = f"POST /cds-services/{cds_service.id if cds_service is not None else '{id}'}/feedback"
         log_event(
             "cds_auth_off",
             30,
-            message="GSHAP_CDS_JWT_ISSUERS is empty: the CDS Hooks endpoints accept calls without a JWT",
+            message="GSHAP_CDS_JWT_ISSUERS is empty: the CDS Hooks endpoints accept calls without a JWT"
+            + (
+                f"; {feedback} takes an API key (GSHAP_API_KEYS)"
+                if settings.api_keys
+                else f"; {feedback} accepts feedback from anyone (no JWT issuer, no API key): set "
+                "GSHAP_CDS_JWT_ISSUERS or GSHAP_API_KEYS"
+            ),
             fhir_servers=len(settings.cds_fhir_servers),
         )
     log_event(
@@ -252,6 +260,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _start(state)
+        await cds_state.open()
         try:
             yield
         finally:

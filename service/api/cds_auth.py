@@ -17,8 +17,12 @@ never the token):
   (both with ``LEEWAY_SECONDS``), ``jti`` present;
 - the lifetime ``exp - iat`` at most ``GSHAP_CDS_JWT_MAX_LIFETIME_SECONDS`` (default 300, the CDS Hooks Sandbox's
   ``exp = iat + 300``) plus ``LEEWAY_SECONDS``, so that no token (and no replay-cache entry) lives long;
-- ``jti`` not seen before from that issuer while the first token was valid (an in-process replay cache: with
-  several workers or replicas each keeps its own, so a replay to another process is not caught).
+- ``jti`` not seen before from that issuer while the first token was valid. The replay cache is the state
+  database's ``cds_jti`` table (:class:`service.fhir.state.ReplayStore`: PostgreSQL shared by every replica with
+  GSHAP_DATABASE_URL, else the machine's SQLite file shared by its workers), each entry kept until the token's
+  ``exp`` plus the leeway. When it cannot be checked (the database down) the call fails closed: a 503
+  (``store-unavailable``), never an unchecked pass. Without a replay store (a verifier built alone) the cache is in
+  this process's memory.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import anyio
 import httpx
 import jwt
 
-from service.api.errors import Unauthorized
+from service.api.errors import StoreUnavailable, Unauthorized
 from service.api.observability import log_event
+from service.fhir.state import ReplayStore, StoreUnavailableError
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -160,8 +166,10 @@ class CdsJwtVerifier:
         clock: Any = time.time,
         max_lifetime: float = DEFAULT_MAX_LIFETIME_SECONDS,
         ca_file: Path | None = None,
+        replay: ReplayStore | None = None,
     ) -> None:
         self.issuers = dict(issuers)
+        self.replay = replay
         self.clock = clock
         self.max_lifetime = float(max_lifetime)
         self.ca_file = ca_file
@@ -210,6 +218,22 @@ class CdsJwtVerifier:
                 if key.key_id == kid:
                     return key
         raise _RefusedError("kid not in the issuer's JWK Set")
+
+    async def _remember_shared(self, replay: ReplayStore, issuer: str, jti: str, exp: float) -> None:
+        """The shared replay cache: a replay is refused (401); a cache that cannot be checked is a 503."""
+        now = self.clock()
+        try:
+            new = await anyio.to_thread.run_sync(lambda: replay.remember(issuer, jti, exp + LEEWAY_SECONDS, now=now))
+        except StoreUnavailableError as exc:
+            log_event("cds_jwt_unchecked", 40, reason=f"jti replay cache unavailable: {str(exc)[:300]}")
+            raise StoreUnavailable(
+                "The CDS client JWT's jti cannot be checked against the replay cache (the state database is "
+                "unavailable); retry in 5 s.",
+                headers={"Retry-After": "5"},
+                extra={"retry_after": 5},
+            ) from None
+        if not new:
+            raise _RefusedError("jti replayed")
 
     def _remember(self, issuer: str, jti: str, exp: float) -> None:
         now = self.clock()
@@ -271,7 +295,10 @@ class CdsJwtVerifier:
             jti = claims["jti"]
             if not isinstance(jti, str) or not jti:
                 raise _RefusedError("jti is not a string")
-            self._remember(issuer, jti, exp)
+            if self.replay is not None:
+                await self._remember_shared(self.replay, issuer, jti, exp)
+            else:
+                self._remember(issuer, jti, exp)
             return claims
         except _RefusedError as why:
             log_event("cds_jwt_refused", 30, reason=str(why), audience=audience)

@@ -1,6 +1,7 @@
 """Type stubs of the C extension ``service.engine._exact`` (``service/engine/_exact.c``, driven by
-``service.engine.exact_kernel``)."""
+``service.engine.exact_kernel``; ``Model`` is the earlier two-hidden-layer kernel, the benchmark's reference)."""
 
+from collections.abc import Sequence
 from typing import Any
 
 class Model:
@@ -29,5 +30,34 @@ class Model:
     ) -> None: ...
     @property
     def dims(self) -> dict[str, int]: ...
+    def logits(self, xs: Any, out: Any, /) -> None: ...
+    def explain(self, xs: Any, attr: Any, logit: Any, /) -> None: ...
+
+class Net:
+    """The constants of one folded network of affine maps and (leaky) ReLUs, any depth and widths, and its weighted
+    baselines, checked and copied once (see service.engine.exact_kernel)."""
+
+    def __init__(
+        self,
+        *,
+        weights: Sequence[Any],
+        biases: Sequence[Any],
+        slopes: Sequence[float],
+        db: Any,
+        ab: Any,
+        m0: Any,
+        p: Any,
+        c: Any,
+        h0: Sequence[Any],
+        gamma: Sequence[Any],
+        u0: Any,
+        vt: Any,
+        bw: Any,
+        b: Any,
+    ) -> None: ...
+    @property
+    def dims(self) -> dict[str, Any]: ...
+    @property
+    def slopes(self) -> list[float]: ...
     def logits(self, xs: Any, out: Any, /) -> None: ...
     def explain(self, xs: Any, attr: Any, logit: Any, /) -> None: ...

@@ -9,10 +9,11 @@ the attributions add up to ``f(x) − E_b f(b)`` (completeness) when the expecta
 
 Estimators (``method``):
 
-- ``"exact"`` (default): the model in eval mode is piecewise linear in its input (Linear, ReLU, BatchNorm1d and
-  Dropout folded into affine maps), so along each straight path ``b → x`` the gradient is constant between the
-  points where a hidden unit changes sign and the α-integral is a finite sum. For two hidden layers (the logit),
-  :class:`service.engine.exact_kernel.ExactKernel` computes it event by event in compiled code;
+- ``"exact"`` (default): the model in eval mode is piecewise linear in its input (Linear, BatchNorm1d, Dropout
+  and Identity folded into affine maps between ReLUs or leaky ReLUs, :mod:`service.engine.piecewise`), so along
+  each straight path ``b → x`` the gradient is constant between the points where a hidden unit changes sign and
+  the α-integral is a finite sum. For the logit, :class:`service.engine.exact_kernel.ExactKernel` computes it
+  event by event in compiled code (any depth and widths);
   :func:`path_integrals_by_pieces` enumerates every linear piece (any depth; also the probability output). The
   earlier dense prefix-sum formulation in torch is kept outside the service, as a test and benchmark reference
   (``tests/reference_kernels.py``). Completeness gap ~1e-15 in float64. Raises ``ValueError`` for models it
@@ -57,7 +58,8 @@ from service.contract import (
     Output,
     sigmoid,
 )
-from service.engine.exact_kernel import ExactKernel
+from service.engine.exact_kernel import MAX_HIDDEN_LAYERS, ExactKernel
+from service.engine.piecewise import NotPiecewiseLinear, fold_modules
 from service.model.nn import BinaryClassification, CalibratedClassification
 
 __all__ = [
@@ -66,6 +68,7 @@ __all__ = [
     "Explanation",
     "GradientShapEngine",
     "Method",
+    "NotPiecewiseLinear",
     "Output",
     "PiecewiseLinearNet",
     "fold_piecewise_linear",
@@ -82,14 +85,25 @@ _CAPTUM_LOCK = threading.Lock()  # Captum draws from the global RNGs: seed-and-c
 
 @dataclass(frozen=True)
 class PiecewiseLinearNet:
-    """``f(z) = A_L ∘ relu ∘ A_{L-1} ∘ … ∘ relu ∘ A_0 (z)``: affine maps ``A_l(h) = W_l h + c_l`` in float64.
+    """``f(z) = A_L ∘ act_{L-1} ∘ A_{L-1} ∘ … ∘ act_0 ∘ A_0 (z)``: affine maps ``A_l(h) = W_l h + c_l`` in
+    float64 and activations ``act_l(s) = s`` for ``s > 0``, ``a_l s`` otherwise (``a_l = 0``: ReLU).
 
-    ``weights[l]`` is ``(H_{l+1}, H_l)`` with ``H_0 = F`` and ``H_{L+1} = 1``; ``biases[l]`` is ``(H_{l+1},)``.
-    ``L = len(weights) - 1`` is the number of hidden (ReLU) layers. Built by :func:`fold_piecewise_linear`.
+    ``weights[l]`` is ``(H_{l+1}, H_l)`` with ``H_0 = F`` and ``H_{L+1} = 1``; ``biases[l]`` is ``(H_{l+1},)``;
+    ``slopes[l]`` is ``a_l`` (empty: all ReLU). ``L = len(weights) - 1`` is the number of hidden layers. Built by
+    :func:`fold_piecewise_linear`.
     """
 
     weights: tuple[Tensor, ...]
     biases: tuple[Tensor, ...]
+    slopes: tuple[float, ...] = ()
+
+    def slope(self, layer: int) -> float:
+        """``a_layer``, the negative slope of hidden layer ``layer`` (0.0: ReLU)."""
+        return self.slopes[layer] if self.slopes else 0.0
+
+    def _act(self, h: Tensor, layer: int) -> Tensor:
+        a = self.slope(layer)
+        return torch.relu(h) if a == 0.0 else torch.where(h > 0, h, a * h)
 
     @property
     def depth(self) -> int:
@@ -105,7 +119,7 @@ class PiecewiseLinearNet:
         h = z
         for i in range(layer + 1):
             if i:
-                h = torch.relu(h)
+                h = self._act(h, i - 1)
             h = h @ self.weights[i].T + self.biases[i]
         return h
 
@@ -119,7 +133,7 @@ class PiecewiseLinearNet:
         h = z
         for i, (w, c) in enumerate(zip(self.weights, self.biases, strict=True)):
             if i:
-                h = torch.relu(h)
+                h = self._act(h, i - 1)
             h = (h[:, None, :] * w[None]).sum(-1) + c
         return h[:, 0]
 
@@ -129,32 +143,14 @@ class PiecewiseLinearNet:
         h = z
         for i in range(self.depth):
             pre = torch.addmm(self.biases[i], h, self.weights[i].T)
-            masks.append((pre > 0).to(z.dtype))
+            a = self.slope(i)
+            masks.append((pre > 0).to(z.dtype) if a == 0.0 else torch.where(pre > 0, 1.0, torch.full_like(pre, a)))
             h = pre.mul_(masks[-1])
         out = torch.addmm(self.biases[-1], h, self.weights[-1].T)[:, 0]
         g = self.weights[-1].expand(z.shape[0], -1)
         for i in range(self.depth - 1, -1, -1):
             g = (g * masks[i]) @ self.weights[i]
         return out, g
-
-
-def _bn_affine(bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
-    """Eval-mode BatchNorm1d as ``y = s ⊙ x + t`` (float64)."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(
-            "BatchNorm1d without running statistics (track_running_stats=False) normalises each batch by its "
-            "own statistics: the model is not a per-record function and cannot be folded"
-        )
-    var = bn.running_var.detach().double()
-    mean = bn.running_mean.detach().double()
-    s = 1.0 / torch.sqrt(var + bn.eps)
-    t = -mean * s
-    if bn.weight is not None:
-        s = s * bn.weight.detach().double()
-        t = t * bn.weight.detach().double()
-    if bn.bias is not None:
-        t = t + bn.bias.detach().double()
-    return s, t
 
 
 def _logit_affine(a: float, b: float) -> nn.Linear:
@@ -183,70 +179,26 @@ def _flatten_modules(model: nn.Module) -> list[nn.Module]:
         for child in model:
             out.extend(_flatten_modules(child) if type(child) is nn.Sequential else [child])
         return out
-    if isinstance(model, nn.Linear | nn.ReLU | nn.BatchNorm1d | nn.Dropout | nn.Identity):
+    if isinstance(model, nn.Linear | nn.ReLU | nn.LeakyReLU | nn.BatchNorm1d | nn.Dropout | nn.Identity):
         return [model]
-    raise ValueError(
-        "the exact estimator needs a ReLU MLP it can fold (service.model.nn.BinaryClassification or an "
-        f"nn.Sequential of Linear/ReLU/BatchNorm1d/Dropout); got {type(model).__name__}. "
+    raise NotPiecewiseLinear(
+        "the exact estimator needs a network it can fold (service.model.nn.BinaryClassification or an "
+        f"nn.Sequential of Linear/ReLU/LeakyReLU/BatchNorm1d/Dropout/Identity); got {type(model).__name__}. "
         "Use method='quadrature' or 'sampled'."
     )
 
 
 def fold_piecewise_linear(model: nn.Module) -> PiecewiseLinearNet:
-    """Fold an eval-mode ReLU MLP into affine maps and ReLUs (BatchNorm and Dropout are affine in eval mode).
+    """Fold an eval-mode network of affine layers and (leaky) ReLUs into affine maps and activations.
 
     Accepts :class:`service.model.nn.BinaryClassification` (with its own ``forward``) and ``nn.Sequential`` of
-    ``Linear``, ``ReLU``, ``BatchNorm1d`` (with running statistics), ``Dropout`` and ``Identity``, ending in one
-    output. Raises ``ValueError`` naming the obstacle for anything else (e.g. ``Tanh``): such models are not
-    piecewise linear, or not in a form this function can prove to be.
+    ``Linear``, ``ReLU``, ``LeakyReLU``, ``BatchNorm1d`` (with running statistics), ``Dropout`` and ``Identity``
+    in any order, ending in one output (:func:`service.engine.piecewise.fold_modules`). Raises
+    :class:`NotPiecewiseLinear` (a ``ValueError``) naming the obstacle for anything else (e.g. ``Tanh``): such
+    models are not piecewise linear, or not in a form this function can prove to be.
     """
-    mods = _flatten_modules(model)
-    width: int | None = None
-    w: Tensor | None = None  # current affine map since the last ReLU (None = identity)
-    c: Tensor | None = None
-    weights: list[Tensor] = []
-    biases: list[Tensor] = []
-
-    def close() -> None:
-        nonlocal w, c
-        assert width is not None
-        weights.append(w if w is not None else torch.eye(width, dtype=torch.float64))
-        biases.append(c if c is not None else torch.zeros(width, dtype=torch.float64))
-        w, c = None, None
-
-    for mod in mods:
-        if isinstance(mod, nn.Linear):
-            if width is not None and mod.in_features != width:
-                raise ValueError(f"Linear expects {mod.in_features} inputs after a layer of width {width}")
-            width = width if width is not None else mod.in_features
-            lw = mod.weight.detach().double()
-            lb = mod.bias.detach().double() if mod.bias is not None else torch.zeros(mod.out_features).double()
-            w = lw if w is None else lw @ w
-            c = lb if c is None else lw @ c + lb
-            width = mod.out_features
-        elif isinstance(mod, nn.BatchNorm1d):
-            if width is None or mod.num_features != width:
-                raise ValueError(f"BatchNorm1d({mod.num_features}) does not follow a layer of that width")
-            s, t = _bn_affine(mod)
-            w = torch.diag(s) if w is None else s[:, None] * w
-            c = t if c is None else s * c + t
-        elif isinstance(mod, nn.ReLU):
-            if width is None:
-                raise ValueError("a ReLU before the first Linear layer is not supported")
-            close()
-        elif isinstance(mod, nn.Dropout | nn.Identity):
-            continue  # identity in eval mode
-        else:
-            raise ValueError(
-                f"{type(mod).__name__} is not piecewise linear (or not supported by the exact estimator); "
-                "use method='quadrature' or 'sampled'"
-            )
-    if width is None:
-        raise ValueError("the model has no Linear layer")
-    close()
-    if weights[-1].shape[0] != 1:
-        raise ValueError(f"the model must return one logit per row, this one returns {weights[-1].shape[0]}")
-    return PiecewiseLinearNet(tuple(x.contiguous() for x in weights), tuple(x.contiguous() for x in biases))
+    weights, biases, slopes = fold_modules(_flatten_modules(model))
+    return PiecewiseLinearNet(tuple(weights), tuple(biases), tuple(slopes))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -412,8 +364,9 @@ class GradientShapEngine:
                 tuple(t.numpy() for t in self._net.biases),
                 b.numpy(),
                 w.numpy(),
+                self._net.slopes,
             )
-            if self._net is not None and self._net.depth == 2 and _finite(self._net)
+            if self._net is not None and self._net.depth <= MAX_HIDDEN_LAYERS and _finite(self._net)
             else None
         )  # non-finite weights take the torch paths, where NaN propagates (and the service's warm-up refuses it)
         fb = self._f64(b)
@@ -535,7 +488,7 @@ class GradientShapEngine:
 
     @property
     def compiled(self) -> ExactKernel | None:
-        """The compiled exact kernel of the logit (two-hidden-layer ReLU nets with finite weights), or ``None``.
+        """The compiled exact kernel of the logit (piecewise-linear networks with finite weights), or ``None``.
 
         ``compiled.explain(x)`` gives the attributions and logits of ``explain(x)`` (method ``"exact"``, output
         ``"logit"``, no noise) bitwise, in one call that holds the GIL only to enter and leave; turn them into

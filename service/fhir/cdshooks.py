@@ -308,7 +308,9 @@ class OverrideReason(BaseModel):
     """Why the user dismissed the card."""
 
     model_config = ConfigDict(extra="forbid")
-    reason: Coding | None = Field(None, description="One of the card's overrideReasons.")
+    reason: Coding | None = Field(
+        None, description="One of the card's overrideReasons (same system and code; stored by code, display not)."
+    )
     userComment: str | None = Field(
         None, min_length=1, max_length=4096, description="Free text; never stored (only that there was one)."
     )
@@ -380,7 +382,11 @@ class FeedbackRequest(BaseModel):
         },
     )
 
-    feedback: list[Feedback] = Field(..., min_length=1, max_length=100, description="One entry per card outcome.")
+    feedback: list[Feedback] = Field(
+        ...,
+        min_length=1,
+        description="One entry per card outcome; at most GSHAP_CDS_FEEDBACK_MAX_ENTRIES (20) per request, else 413.",
+    )
 
 
 class FeedbackStored(BaseModel):

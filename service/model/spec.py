@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVATIONS",
     "EXACT_LAYERS",
+    "EXACT_MAX_HIDDEN",
     "LAYER_KINDS",
     "SCHEMA_PATH",
     "SPECS",
@@ -61,8 +62,10 @@ SPECS = Path(__file__).resolve().parents[2] / "model_store" / "specs"
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu", "silu", "elu", "softplus")
 LAYER_KINDS = ("linear", "batchnorm1d", "dropout", "identity", *ACTIVATIONS)
-EXACT_LAYERS = frozenset({"linear", "relu", "batchnorm1d", "dropout", "identity"})
-"""The layers of a network the exact kernel covers (with exactly two ReLUs: two hidden layers)."""
+EXACT_LAYERS = frozenset({"linear", "relu", "leaky_relu", "batchnorm1d", "dropout", "identity"})
+"""The layers of a network the exact kernel covers: the piecewise-linear ones, in any order, at any depth up to
+:data:`EXACT_MAX_HIDDEN` activations (:mod:`service.engine.piecewise`, :mod:`service.engine.exact_kernel`)."""
+EXACT_MAX_HIDDEN = 64  # service.engine.exact_kernel.MAX_HIDDEN_LAYERS (the model layer does not import the engine)
 _DEFAULT_PARAMETER = {"leaky_relu": 0.01, "elu": 1.0, "softplus": 1.0}
 BATCHNORM_EPS = 1e-5
 
@@ -117,13 +120,12 @@ class ModelSpec:
 
 
 def exact_covered(layers: Sequence[Layer]) -> bool:
-    """Whether the compiled exact kernel covers a network: only Linear, ReLU, BatchNorm1d, Dropout and Identity,
-    starting with a Linear layer, with exactly two ReLUs (two hidden layers). The issue after this one extends
-    the kernel to any number of piecewise-linear layers; until then every other network is served with the
-    ``sampled`` and ``quadrature`` estimators only."""
+    """Whether the compiled exact kernel covers a network: only Linear, ReLU, LeakyReLU (any slope), BatchNorm1d,
+    Dropout and Identity layers, in any order, with at most :data:`EXACT_MAX_HIDDEN` activations. Every other
+    network (a smooth activation anywhere) is served with the ``sampled`` and ``quadrature`` estimators only."""
     kinds = [layer.kind for layer in layers]
-    first = next((k for k in kinds if k not in ("dropout", "identity")), None)
-    return first == "linear" and set(kinds) <= EXACT_LAYERS and kinds.count("relu") == 2
+    hidden = sum(k in ("relu", "leaky_relu") for k in kinds)
+    return "linear" in kinds and set(kinds) <= EXACT_LAYERS and hidden <= EXACT_MAX_HIDDEN
 
 
 def exact_reason(layers: Sequence[Layer]) -> str:
@@ -131,8 +133,8 @@ def exact_reason(layers: Sequence[Layer]) -> str:
     if exact_covered(layers):
         return ""
     return (
-        "exact explanations need a network the exact kernel covers (Linear, ReLU, BatchNorm1d, Dropout and "
-        f"Identity layers, with two hidden ReLU layers); this one is {layer_summary(layers)}"
+        "exact explanations need a piecewise-linear network (Linear, ReLU, LeakyReLU, BatchNorm1d, Dropout and "
+        f"Identity layers, at most {EXACT_MAX_HIDDEN} activations); this one is {layer_summary(layers)}"
     )
 
 

@@ -1,5 +1,6 @@
-"""CDS Hooks 2.0: ``GET /cds-services`` (discovery), ``POST /cds-services/{id}`` (the card) and
-``POST /cds-services/{id}/feedback``, where ``{id}`` is the CDS service the served bundle declares
+"""CDS Hooks 2.0: ``GET /cds-services`` (discovery), ``POST /cds-services/{id}`` (the card),
+``POST /cds-services/{id}/feedback`` and, for the people who tune the model, ``GET /cds-services/{id}/feedback/summary``
+(behind an admin or API key), where ``{id}`` is the CDS service the served bundle declares
 (``bundle.cds``: id, title, description; the Pima bundle's is ``diabetes-risk``). A bundle that declares none is
 served without CDS Hooks: none of these paths exists (a discovery document may not hold an empty ``services``
 array: the specification's JSON rules forbid empty arrays but ``cards``). The prefetch templates, the
@@ -17,11 +18,21 @@ Data for the call, per prefetch key of the discovery document (HL7/cds-hooks v2.
 The card rules are in :mod:`service.fhir.card`; the answer is checked against the spec's JSON rules (no null, no
 empty string/array/object but ``"cards": []``) before it leaves. Other patients' resources in the prefetch are
 ignored and reported; unusable values are reported on the card, never guessed.
+
+Authentication: with GSHAP_CDS_JWT_ISSUERS, every CDS Hooks call (discovery, card, feedback) needs the client's
+JWT (:mod:`service.api.cds_auth`). Without issuers, feedback needs an API key whenever GSHAP_API_KEYS is set (the
+card and discovery stay open); with neither, everything is open and start-up warns, naming the feedback endpoint.
+Each card sent is recorded (uuid, model version, time, its override codes: :mod:`service.fhir.feedback`) so that
+only feedback on this service's cards is taken; when the state database is down a card is still served, not
+recorded, and feedback on it is refused later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 from typing import Annotated, Any, cast
 
@@ -30,7 +41,18 @@ import orjson
 from fastapi import APIRouter, Body, Depends, Request, Response
 
 from service.api.cds_auth import CdsJwtVerifier
-from service.api.errors import FieldError, PreconditionFailed, ServiceError, invalid_input
+from service.api.errors import (
+    FieldError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    ServiceError,
+    StoreFull,
+    StoreUnavailable,
+    Unauthorized,
+    invalid_input,
+)
 from service.api.observability import log_event
 from service.api.routes import RuntimeDep, SettingsDep, body_as, problem_responses, require_json
 from service.api.routes.fhir import fhir_input_problem
@@ -50,53 +72,107 @@ from service.fhir.cdshooks import (
     required_prefetch_keys,
 )
 from service.fhir.extract import Issue, extract, relevant_codes
-from service.fhir.feedback import FeedbackStore
+from service.fhir.feedback import FeedbackLimits, FeedbackRefusedError, FeedbackStore, FeedbackSummary
 from service.fhir.resources import FhirInputError, parse_search_result
 from service.fhir.server import FhirServerError, fetch_all, has_control_characters, render, server_allowed
+from service.fhir.state import (
+    CleanupLimits,
+    ReplayStore,
+    StateDatabase,
+    StoreFullError,
+    StoreUnavailableError,
+    cleanup,
+)
 from service.model.store import Bundle
 from service.runtime.inference import ExplainOptions
 
 __all__ = ["CdsState", "build_router", "cds_state"]
 
 
+CLEANUP_INTERVAL_S = 60.0
+UNAVAILABLE_RETRY_AFTER_S = 5
+
+
 @dataclass
 class CdsState:
-    """Per-app CDS state: the JWT verifier (None: open), the feedback store (opened on first use)."""
+    """Per-app CDS state: the JWT verifier (None: open), the state database (opened and migrated at start-up, or
+    on first use when it was down), the feedback store and the retention task."""
 
     settings: Settings
+    database: StateDatabase
+    store: FeedbackStore
     verifier: CdsJwtVerifier | None = None
-    store: FeedbackStore | None = None
     templates: dict[str, str] = field(default_factory=dict)
     required: tuple[str, ...] = ()
+    cleanup_task: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, bundle: Bundle) -> CdsState:
         """The state for ``bundle``'s features (their prefetch templates and the keys it cannot do without)."""
+        url = settings.database_url.get_secret_value() if settings.database_url is not None else None
+        database = StateDatabase(
+            url,
+            settings.feedback_db_path(),
+            pool_size=settings.database_pool_size,
+            timeout=settings.database_timeout_seconds,
+        )
+        limits = FeedbackLimits(
+            max_entries=settings.cds_feedback_max_entries,
+            max_per_card=settings.cds_feedback_max_per_card,
+            max_rows=settings.cds_feedback_max_rows,
+            max_cards=settings.cds_max_cards,
+            card_retention_s=settings.cds_card_retention_days * 86400.0,
+        )
         verifier = (
             CdsJwtVerifier(
                 settings.cds_jwt_issuers,
                 max_lifetime=settings.cds_jwt_max_lifetime_seconds,
                 ca_file=settings.cds_jwks_ca_file,
+                replay=ReplayStore(database),
             )
             if settings.cds_jwt_issuers
             else None
         )
         return cls(
             settings=settings,
+            database=database,
+            store=FeedbackStore(database, limits),
             verifier=verifier,
             templates=prefetch_templates(bundle.spec),
             required=required_prefetch_keys(bundle.spec),
         )
 
-    def feedback_store(self) -> FeedbackStore:
-        if self.store is None:
-            self.store = FeedbackStore(self.settings.feedback_db_path())
-        return self.store
+    async def open(self) -> None:
+        """Open and migrate the database (a failure is logged: the service starts and tries again on use), and
+        start the retention task."""
+        try:
+            await anyio.to_thread.run_sync(self.database)
+            log_event("cds_state", database=self.database.dialect)
+        except StoreUnavailableError as exc:
+            log_event("cds_state_unavailable", 40, database=self.database.dialect, reason=str(exc)[:300])
+        self.cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
+
+    async def _cleanup_loop(self) -> None:
+        """Every minute, one bounded round of deletions in a worker thread (requests never wait for it)."""
+        settings = self.settings
+        limits = CleanupLimits(
+            card_retention_s=settings.cds_card_retention_days * 86400.0,
+            feedback_retention_s=settings.cds_feedback_retention_days * 86400.0,
+        )
+        while True:
+            await asyncio.sleep(CLEANUP_INTERVAL_S)
+            try:
+                deleted = await anyio.to_thread.run_sync(lambda: cleanup(self.database(), limits))
+            except StoreUnavailableError:
+                continue
+            if any(deleted.values()):
+                log_event("cds_state_cleanup", **deleted)
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        if self.cleanup_task is not None:
+            self.cleanup_task.cancel()
+            self.cleanup_task = None
+        self.database.close()
 
 
 def cds_state(request: Request) -> CdsState:
@@ -118,6 +194,59 @@ async def cds_auth(request: Request) -> None:
         return
     audience = base_url(request, state.settings) + request.url.path
     await state.verifier.verify(request.headers.get("authorization"), audience)
+
+
+def _key_matches(request: Request, keys: list[str]) -> bool:
+    """Whether the request presents one of ``keys`` (``Authorization: Bearer`` or ``X-API-Key``); every key is
+    compared, each in constant time."""
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    presented = [token.strip()] if scheme.lower() == "bearer" and token.strip() else []
+    if x_key := request.headers.get("x-api-key"):
+        presented.append(x_key)
+    found = False
+    for candidate in presented:
+        digest = hashlib.sha256(candidate.encode("utf-8", "surrogateescape")).digest()
+        for key in keys:
+            found |= hmac.compare_digest(digest, hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest())
+    return found
+
+
+async def feedback_auth(request: Request) -> None:
+    """Feedback: the CDS client's JWT when issuers are configured; otherwise an API key whenever keys are set."""
+    state = cds_state(request)
+    if state.verifier is not None:
+        await cds_auth(request)
+        return
+    keys = state.settings.api_key_values()
+    if keys and not _key_matches(request, keys):
+        raise Unauthorized(
+            "Feedback needs an API key when GSHAP_API_KEYS is set and no CDS JWT issuer is configured: send "
+            "'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
+            headers={"WWW-Authenticate": 'Bearer realm="gshap"'},
+        )
+
+
+async def admin_auth(request: Request) -> None:
+    """An admin key (GSHAP_ADMIN_KEYS) or an API key (GSHAP_API_KEYS); with neither configured, refused."""
+    settings = cds_state(request).settings
+    keys = [k.get_secret_value() for k in settings.admin_keys] + settings.api_key_values()
+    if not keys or not _key_matches(request, keys):
+        raise Unauthorized(
+            "The feedback summary needs an admin key (GSHAP_ADMIN_KEYS) or an API key (GSHAP_API_KEYS), sent as "
+            "'Authorization: Bearer <key>' or 'X-API-Key: <key>'; with neither configured it is closed.",
+            headers={"WWW-Authenticate": 'Bearer realm="gshap-admin"'},
+        )
+
+
+def store_unavailable(exc: StoreUnavailableError) -> StoreUnavailable:
+    log_event("cds_state_unavailable", 40, reason=str(exc)[:300])
+    retry = UNAVAILABLE_RETRY_AFTER_S
+    return StoreUnavailable(
+        f"The CDS state database is unavailable; retry in {retry} s.",
+        headers={"Retry-After": str(retry)},
+        extra={"retry_after": retry},
+    )
 
 
 CdsAuth = Depends(cds_auth)
@@ -232,7 +361,7 @@ def _read(
 
 def build_router(bundle: Bundle) -> APIRouter:
     """Discovery, and the call and feedback paths of the CDS service ``bundle`` declares (none: no path at all)."""
-    router = APIRouter(tags=["cds-hooks"], dependencies=[CdsAuth])
+    router = APIRouter(tags=["cds-hooks"])
     service = bundle.cds
     if service is None:
         return router
@@ -244,6 +373,7 @@ def build_router(bundle: Bundle) -> APIRouter:
         summary="CDS Hooks discovery",
         response_model=DiscoveryResponse,
         responses=problem_responses(401, 429, 500, 503),
+        dependencies=[CdsAuth],
     )
     async def discovery(runtime: RuntimeDep) -> Response:
         """The CDS service the served model declares, on the `patient-view` hook, with its prefetch templates
@@ -261,7 +391,7 @@ def build_router(bundle: Bundle) -> APIRouter:
         summary="CDS Hooks service call (patient-view)",
         response_model=CdsResponse,
         responses=problem_responses(*CDS_PROBLEMS),
-        dependencies=[Depends(require_json)],
+        dependencies=[CdsAuth, Depends(require_json)],
     )
     @body_as(body=Annotated[CdsRequest, Body(openapi_examples=examples)])
     async def call_service(
@@ -307,22 +437,83 @@ def build_router(bundle: Bundle) -> APIRouter:
                 [extraction.record], ExplainOptions(method=cast(ServedMethod, bundle.default_method))
             )
             card = risk_card(explanation, extraction, spec=bundle.spec, card=bundle.card, service=service, links=links)
-        return cds_json({"cards": [card]})
+        response = cds_json({"cards": [card]})
+        await _record_card(state, service.id, card, runtime.model_version)
+        return response
 
     @router.post(
         f"{path}/feedback",
         operation_id="cds_service_feedback",
         summary="CDS Hooks feedback",
         response_model=FeedbackStored,
-        responses=problem_responses(400, 401, 413, 415, 422, 429, 500),
-        dependencies=[Depends(require_json)],
+        responses=problem_responses(400, 401, 413, 415, 422, 429, 500, 503),
+        dependencies=[Depends(feedback_auth), Depends(require_json)],
     )
     async def feedback(body: FeedbackRequest, request: Request) -> Response:
-        """Stores each card's outcome (`accepted` with its suggestions, or `overridden` with an optional reason)
-        durably in SQLite (GSHAP_CDS_FEEDBACK_DB, one file per replica). No patient value and no free-text comment
-        is stored."""
-        store = cds_state(request).feedback_store()
-        stored = await anyio.to_thread.run_sync(store.add, service.id, body.feedback)
+        """Stores each card's outcome (`accepted`, or `overridden` with an optional reason), only for cards this
+        service issued, the reason by code and only one of the card's own; no patient value, no free text. The
+        request is stored whole or refused whole: 413 past GSHAP_CDS_FEEDBACK_MAX_ENTRIES entries, 422 for an
+        unknown card, a reason the card did not offer or a card past GSHAP_CDS_FEEDBACK_MAX_PER_CARD rows, 503 with
+        `Retry-After` when the store holds GSHAP_CDS_FEEDBACK_MAX_ROWS rows or the database is unavailable. `stored`
+        is sent only after the rows are committed."""
+        store = cds_state(request).store
+        try:
+            store.check_size(body.feedback)
+            stored = await anyio.to_thread.run_sync(store.add, service.id, body.feedback)
+        except FeedbackRefusedError as exc:
+            raise _refused(exc) from None
+        except StoreFullError as exc:
+            log_event("cds_feedback_store_full", 30, limit=store.limits.max_rows)
+            raise StoreFull(
+                str(exc), headers={"Retry-After": str(exc.retry_after)}, extra={"retry_after": exc.retry_after}
+            ) from None
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from None
         return Response(orjson.dumps({"stored": stored}), media_type="application/json")
 
+    @router.get(
+        "/cds-services/{service_id}/feedback/summary",
+        operation_id="cds_feedback_summary",
+        summary="Feedback counts (admin)",
+        response_model=FeedbackSummary,
+        responses=problem_responses(401, 404, 429, 500, 503),
+        dependencies=[Depends(admin_auth)],
+    )
+    async def feedback_summary(service_id: str, request: Request) -> Response:
+        """Counts of the stored feedback per outcome and per override reason, per model version and per ISO week
+        of the outcome; no patient data, no card uuid. Needs an admin key (GSHAP_ADMIN_KEYS) or an API key
+        (GSHAP_API_KEYS)."""
+        if service_id != service.id:
+            raise NotFound(f"No CDS service {service_id[:64]!r}; this service offers {service.id!r}.")
+        store = cds_state(request).store
+        try:
+            summary = await anyio.to_thread.run_sync(store.summary, service.id)
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from None
+        return Response(orjson.dumps(summary.model_dump()), media_type="application/json")
+
     return router
+
+
+async def _record_card(state: CdsState, service_id: str, card: dict[str, Any], model_version: str) -> None:
+    """Record the card for its feedback; when the database is down or the card table full, the card is served
+    anyway, not recorded (feedback on it will be refused), and that is logged."""
+    try:
+        recorded = await anyio.to_thread.run_sync(state.store.issue, service_id, card, model_version)
+    except StoreUnavailableError as exc:
+        log_event("cds_card_not_recorded", 30, reason="database unavailable", detail=str(exc)[:300])
+        return
+    if not recorded:
+        log_event("cds_card_not_recorded", 30, reason="card table full (GSHAP_CDS_MAX_CARDS)")
+
+
+def _refused(exc: FeedbackRefusedError) -> ServiceError:
+    errors = [FieldError(r.field, r.rule, r.message, r.limit) for r in exc.refusals]
+    if exc.status == 413:
+        [first] = exc.refusals
+        return PayloadTooLarge(
+            f"The feedback request carries too many entries: {first.message}.",
+            errors=errors,
+            extra={"limit": first.limit, "limit_name": "cds_feedback_max_entries"},
+        )
+    return InvalidInput(f"The feedback was refused, nothing stored: {exc}.", errors=errors)
