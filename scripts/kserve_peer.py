@@ -41,7 +41,7 @@ def build_model(name: str | None = None) -> Any:
     """The loaded ``kserve.Model`` for the default bundle (named after it unless ``name`` is given)."""
     import torch
     from captum.attr import GradientShap
-    from kserve import Model  # type: ignore[import-not-found]
+    from kserve import Model
 
     from service.model.store import load_bundle
 
