@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup serve test lint typecheck pytest browser promtool postgres screenshots openapi figures bench bench-v2 bench-cohort train audit soak readme clean
+.PHONY: setup serve test lint typecheck pytest browser promtool postgres screenshots openapi figures bench bench-v2 bench-cohort test-quick train audit soak readme clean
 
 # service/engine/_exact.c is compiled by the project install (a C compiler and Python's headers are needed); a change
 # to it must rebuild the extension, which an editable install does not do by itself.
@@ -89,7 +89,9 @@ train: setup
 
 bench: setup browser
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py --json docs/bench/latest.json --md docs/bench/latest.md --goals
+	# the README's summary from the same run
+	$(BIN)/python scripts/readme.py --only performance
 
 # the V2 protocol (Open Inference Protocol) against the JSON API, alternating rounds at c = 8 (docs/V2.md)
 bench-v2: setup
@@ -112,3 +114,9 @@ readme: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build service/engine/*.so
+
+# the edit-test loop: the fast, model-free and in-process tests (about a minute; `make test` stays the full run)
+QUICK_TESTS := tests/test_shapley.py tests/test_baselines.py tests/test_schemas.py \
+	tests/test_model_spec.py tests/test_calibration.py tests/test_bench.py tests/test_drift.py
+test-quick: setup
+	$(BIN)/pytest -q -m "not slow" $(QUICK_TESTS)

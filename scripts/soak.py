@@ -41,6 +41,11 @@ import httpx
 __all__ = ["MIX", "Request", "SoakReport", "rss_kib", "soak"]
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchkit import rss_kib  # noqa: E402  (VmRSS of the process and its children, KiB)
+
 REQUEST_TIMEOUT = 60.0
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -90,32 +95,6 @@ def _mix() -> tuple[Request, ...]:
 
 MIX: tuple[Request, ...] = _mix()
 """Predictions, explanations (exact, sampled with a fixed seed, on probabilities), both batches and the GETs."""
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of ``pid`` and its children, in KiB (VmRSS from ``/proc``)."""
-    total = 0
-    for p in _with_children(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
-
-
-def _with_children(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*/children"):
-            try:
-                todo += [int(c) for c in task.read_text().split()]
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-    return out
 
 
 @dataclass

@@ -437,6 +437,9 @@ def create_app(
         Middleware(PageCompressionMiddleware),
     ]
     app = FastAPI(
+        # FastAPI's native OpenTelemetry hooks looked up the global providers on every request (~2 % of /predict in
+        # docs/bench/profile.md); the service reports through Prometheus metrics and its JSON logs instead
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         title="gshap-service",
         summary=f"Predictions and GradientSHAP explanations of {bundle.name}/{bundle.version}.",
         description=description(bundle),

@@ -153,14 +153,7 @@ async def require_json(request: Request) -> None:
     content_type = request.headers.get("content-type")
     if content_type is None and not await request.body():
         return  # no body at all: the body validation reports it as missing (422)
-    msg = Message()
-    msg["content-type"] = content_type or ""
-    subtype = msg.get_content_subtype()
-    if (
-        content_type is None
-        or msg.get_content_maintype() != "application"
-        or not (subtype == "json" or subtype.endswith("+json"))
-    ):
+    if content_type != "application/json" and not _is_json_media_type(content_type):
         raise UnsupportedMediaType(
             "Send the body as JSON with 'Content-Type: application/json'.",
             headers={"Accept-Post": "application/json"},
@@ -170,6 +163,19 @@ async def require_json(request: Request) -> None:
         raise invalid_input(
             [FieldError(name[:64], "duplicate_key", "The field is given more than once.") for name in duplicates]
         )
+
+
+def _is_json_media_type(content_type: str | None) -> bool:
+    """``application/json`` or ``application/*+json``, with any parameters (the exact ``application/json``, what
+    nearly every client sends, is recognised by the caller without parsing the header)."""
+    msg = Message()
+    msg["content-type"] = content_type or ""
+    subtype = msg.get_content_subtype()
+    return (
+        content_type is not None
+        and msg.get_content_maintype() == "application"
+        and (subtype == "json" or subtype.endswith("+json"))
+    )
 
 
 def _duplicate_keys(body: bytes) -> list[str]:

@@ -1,0 +1,176 @@
+"""Where a request's microseconds go: a py-spy profile of a loaded server, as a table and a flame graph.
+
+    py-spy record --native --rate 250 --format raw -o explain.raw -- python -m service.cli serve --port 8000 &
+    wrk -t1 -c8 -d12s -s explain.lua http://127.0.0.1:8000/explain      # (bench.wrk_lua_script writes the .lua)
+    python scripts/profile_table.py explain.raw --cpu-ms 0.52 --svg docs/bench/flame-explain.svg --md table.md
+
+The raw file holds py-spy's collapsed stacks (``frame;frame;... count``, root first). Only the samples of the
+serving process at work are kept: stacks inside the running event loop or in a worker thread, without an import
+on them (start-up, the bundle's load and the warm-up are left out). Each sample goes to the category of the
+innermost frame that belongs to one (CPython's and libc's own frames belong to none, so a ``write`` made by the
+access log counts as logging and one made by uvicorn as the server). ``--cpu-ms`` (the server's CPU time per
+request, measured without the profiler: ``scripts/bench_goals.py``'s ``*_cpu_ms``) turns the shares into
+microseconds per request. The SVG is a plain flame graph of the same samples (root at the bottom; hover for
+the frame and its share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import html
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+__all__ = ["CATEGORIES", "categorize", "flame_svg", "load_stacks", "request_stacks", "table"]
+
+# (category, frame pattern), tried in this order on each frame from the innermost out
+CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("kernel (exact C)", r"_exact|exact_kernel\.py"),
+    ("metrics", r"prometheus_client|service/api/metrics\.py|\(metrics\.py|service/observe|\(drift\.py|_binning"),
+    ("logging", r"\(__init__\.py.*logging|logging/|\(observability\.py:.*(log|_emit)|Logger\.|Handler\.|Formatter\."),
+    ("model forward (torch)", r"torch/|libtorch|\(nn\.py|\(module\.py|\(linear\.py|\(batchnorm\.py|\(functional\.py"),
+    ("runtime (inference, batching)", r"\(inference\.py|\(batching\.py|\(engine_pool\.py|\(gradient_shap\.py"),
+    ("numpy", r"numpy|_multiarray"),
+    ("validation (pydantic)", r"pydantic|validate_python|validate_json|\(schemas\.py"),
+    ("JSON parse", r"json/decoder|json/__init__\.py.*loads|orjson.*loads|Request\.json|Request\.body|_json\.c"),
+    (
+        "answer building, serialisation",
+        r"json/encoder|jsonable_encoder|JSONResponse|\.render |orjson|serialize_response"
+        r"|\(presentation|\(answers?\.py|\(text\.py",
+    ),
+    ("route handlers", r"service/api/routes|\(predict\.py|\(explain\.py|routes/__init__\.py"),
+    ("FastAPI dependencies, routing", r"fastapi/|starlette/routing|\(routing\.py|\(utils\.py|solve_dependencies"),
+    ("middlewares (service)", r"Middleware\.__call__ \((security|observability|page|app)\.py|service/api/"),
+    ("middlewares (Starlette, others)", r"Middleware|starlette/|_asgi\.py|_body_limit\.py"),
+    (
+        "server (uvicorn, uvloop, httptools)",
+        r"uvicorn|httptools|uvloop|loop\.c|core\.c|linux\.c|stream\.c|"
+        r"asyncio|_asynciomodule|tcp\.c|handles/",
+    ),
+    ("garbage collection", r"gc_collect|gcmodule"),
+)
+_COMPILED = tuple((name, re.compile(pattern)) for name, pattern in CATEGORIES)
+OTHER = "other (interpreter, libc: mostly threads handing work over)"
+
+
+def load_stacks(path: Path) -> list[tuple[list[str], int]]:
+    """py-spy's raw (collapsed) stacks: root-first frames and a sample count per line."""
+    out = []
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            out.append((stack.split(";"), int(count)))
+    return out
+
+
+def request_stacks(stacks: Iterable[tuple[list[str], int]]) -> list[tuple[list[str], int]]:
+    """The samples of the server at work: in the running event loop or a thread, with no import on the stack."""
+    kept = []
+    for frames, n in stacks:
+        joined = ";".join(frames)
+        if "_find_and_load" in joined or "load_bundle" in joined or "warm_up" in joined:
+            continue
+        if "Loop__run" in joined or "run_forever" in joined or "(threading.py" in joined:
+            kept.append((frames, n))
+    return kept
+
+
+def categorize(frames: Sequence[str]) -> str:
+    """The category of the innermost frame that belongs to one (``OTHER`` if none does)."""
+    for frame in reversed(frames):
+        for name, pattern in _COMPILED:
+            if pattern.search(frame):
+                return name
+    return OTHER
+
+
+def table(stacks: Sequence[tuple[list[str], int]], cpu_ms: float | None) -> str:
+    """Markdown: samples, share and (with ``cpu_ms``) microseconds per request, by category."""
+    counts: collections.Counter[str] = collections.Counter()
+    for frames, n in stacks:
+        counts[categorize(frames)] += n
+    total = sum(counts.values()) or 1
+    lines = ["| where | samples | share | µs per request |", "|---|---:|---:|---:|"]
+    for name, n in counts.most_common():
+        us = f"{n / total * cpu_ms * 1000:,.0f}" if cpu_ms else "–"
+        lines.append(f"| {name} | {n:,} | {n / total * 100:.1f} % | {us} |")
+    us_total = f"{cpu_ms * 1000:,.0f}" if cpu_ms else "–"
+    lines.append(f"| **total** | {total:,} | 100 % | {us_total} |")
+    return "\n".join(lines) + "\n"
+
+
+def _short(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit('/', 1)[-1]}" if where else name
+
+
+def flame_svg(stacks: Sequence[tuple[list[str], int]], title: str, width: int = 1600, row: int = 16) -> str:
+    """A flame graph (root at the bottom) of ``stacks`` as a standalone SVG."""
+    tree: dict[str, object] = {}
+    counts: dict[tuple[str, ...], int] = collections.defaultdict(int)
+    for frames, n in stacks:
+        path: tuple[str, ...] = ()
+        for frame in frames:
+            path = (*path, _short(frame))
+            counts[path] += n
+    del tree
+    total = sum(n for _, n in stacks) or 1
+    depth = max((len(p) for p in counts), default=1)
+    height = (depth + 3) * row
+    children: dict[tuple[str, ...], list[tuple[str, ...]]] = collections.defaultdict(list)
+    for p in counts:
+        children[p[:-1]].append(p)
+    rects: list[str] = []
+
+    def draw(path: tuple[str, ...], x: float) -> None:
+        for child in sorted(children.get(path, []), key=lambda c: c[-1]):
+            w = counts[child] / total * width
+            if w >= 0.3:
+                y = height - (len(child) + 1) * row
+                label = html.escape(child[-1])
+                shown = html.escape(child[-1][: int(w / 7)])
+                share = counts[child] / total * 100
+                hue = 10 + (hash(child[-1].split(" (")[-1]) % 50)
+                text = f'<text x="{x + 2:.1f}" y="{y + row - 4}">{shown}</text>' if w > 35 else ""
+                rects.append(
+                    f'<g><title>{label} — {share:.2f} %</title><rect x="{x:.1f}" y="{y}" width="{w:.1f}" '
+                    f'height="{row - 1}" fill="hsl({hue},85%,60%)"/>{text}</g>'
+                )
+                draw(child, x)
+            x += w
+
+    draw((), 0.0)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="monospace" '
+        f'font-size="11"><rect width="100%" height="100%" fill="#fff"/>'
+        f'<text x="4" y="14" font-size="13">{html.escape(title)}</text>' + "".join(rects) + "</svg>\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("raw", type=Path, help="py-spy record --format raw output")
+    p.add_argument("--cpu-ms", type=float, default=None, help="server CPU ms per request (turns shares into µs)")
+    p.add_argument("--svg", type=Path, default=None, help="write the flame graph here")
+    p.add_argument("--title", default=None, help="the flame graph's title")
+    p.add_argument("--md", type=Path, default=None, help="write the table here (else print it)")
+    args = p.parse_args(argv)
+    stacks = request_stacks(load_stacks(args.raw))
+    if not stacks:
+        print(f"{args.raw}: no sample of a serving event loop", file=sys.stderr)
+        return 1
+    md = table(stacks, args.cpu_ms)
+    if args.md:
+        args.md.write_text(md)
+    else:
+        print(md)
+    if args.svg:
+        args.svg.write_text(flame_svg(stacks, args.title or args.raw.stem))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
