@@ -36,6 +36,7 @@ from typing import Any
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 
+from service.contract import format_value
 from service.model.features import LOINC, UCUM, Feature, FeatureSpec, FhirCode, FhirUnit
 
 __all__ = [
@@ -50,6 +51,11 @@ __all__ = [
 
 USABLE_STATUSES = frozenset({"final", "amended", "corrected"})
 CLOCK_SKEW = dt.timedelta(minutes=1)
+
+
+def _range(feat: Feature) -> str:
+    """``0-600``: a feature's valid range, its numbers written one way (:func:`service.contract.format_value`)."""
+    return f"{format_value(feat.valid_min)}-{format_value(feat.valid_max)}"
 
 
 @dataclass(frozen=True)
@@ -287,7 +293,7 @@ def _add_value(
         work.issues.append(
             Issue(
                 "implausible_value",
-                f"{feat.label} converted to {feat.unit} lies outside {feat.valid_min:g}-{feat.valid_max:g}; not used.",
+                f"{feat.label} converted to {feat.unit} lies outside {_range(feat)}; not used.",
                 path,
                 feat.name,
                 ref,
@@ -513,7 +519,7 @@ def extract(
                 work.issues.append(
                     Issue(
                         "implausible_value",
-                        f"Age from Patient.birthDate lies outside {feat.valid_min:g}-{feat.valid_max:g}; not used.",
+                        f"Age from Patient.birthDate lies outside {_range(feat)}; not used.",
                         f"{patient_path}.birthDate",
                         feat.name,
                         ref,
@@ -568,7 +574,10 @@ def extract(
                         value=round(bmi, 1),
                         unit=feat.unit,
                         derived_from=(w, h),
-                        note=f"computed: weight {w.value:g} kg ({w.date}) / height {h.value:g} cm ({h.date}) squared",
+                        note=(
+                            f"computed: weight {format_value(w.value)} kg ({w.date}) / height "
+                            f"{format_value(h.value)} cm ({h.date}) squared"
+                        ),
                     )
                     derived.append(feat.name)
                 else:
