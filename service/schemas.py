@@ -369,7 +369,7 @@ class ProblemFieldError(BaseModel):
 
     field: str = Field(
         ...,
-        description="Path of the offending field: a feature's name, 'n_samples', 'records', or 'body' (the whole body).",
+        description="Path of the offending field: a feature's name, 'n_samples', 'records', or 'body' (whole body).",
     )
     rule: str = Field(
         ...,
