@@ -687,13 +687,14 @@ def engine_inprocess(repeats: int, n_samples: int = 200) -> dict[str, Any]:
 
     from service.engine.gradient_shap import GradientShapEngine
     from service.model.store import load_bundle
+    from service.training.captum_reference import captum_baselines
 
     torch.set_num_threads(1)  # as the service runs its engine (GSHAP_TORCH_THREADS default)
     bundle = load_bundle()
     x = bundle.eval_x
     model = bundle.model.eval()
     engine = GradientShapEngine(model, bundle.baselines, bundle.baseline_weights)
-    base = engine.captum_baselines()
+    base = captum_baselines(engine)
     gs = GradientShap(model)
 
     def captum_batch() -> None:

@@ -47,6 +47,7 @@ from service.engine.gradient_shap import (
     fold_piecewise_linear,
     path_integrals_by_pieces,
 )
+from service.training.captum_reference import captum_baselines
 
 
 def load_data(seed: int) -> dict[str, Any]:
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     model, x = data["model"], data["eval_x"]
     engine = GradientShapEngine(model, data["baselines"], data["weights"])
     k = len(engine.baseline_weights)
-    captum_base = engine.captum_baselines()
+    captum_base = captum_baselines(engine)
     n_mc = 200
     thread_counts = [int(v) for v in args.threads.split(",")]
     res: dict[str, Any] = {

@@ -35,15 +35,15 @@ __all__ = [
 ServedMethod = Literal["exact", "sampled", "quadrature"]
 """The estimators the HTTP API and the client offer."""
 
-Method = Literal[ServedMethod, "captum"]
-"""Every estimator of the engine: the served ones plus ``captum`` (Captum itself, a reference for tests and the
-benchmark)."""
+Method = ServedMethod
+"""Every estimator of the engine: the served ones (Captum itself, the reference for tests and the benchmark, runs
+outside the engine: ``service.training.captum_reference``)."""
 
 Output = Literal["logit", "probability"]
 """What is explained: the model's logit, or the probability ``sigmoid(logit)``."""
 
 SERVED_METHODS: tuple[str, ...] = get_args(ServedMethod)
-METHODS: tuple[str, ...] = (*SERVED_METHODS, "captum")
+METHODS: tuple[str, ...] = SERVED_METHODS
 OUTPUTS: tuple[str, ...] = get_args(Output)
 
 OUTCOME_GROUPS: tuple[str, ...] = ("TP", "TN", "FP", "FN")
@@ -55,11 +55,11 @@ GROUPS: tuple[str, ...] = (*OUTCOME_GROUPS, "ALL")
 MAX_N_SAMPLES = 2000
 """Upper bound on ``n_samples`` (samples, quadrature nodes or noise draws) accepted by the engine."""
 
-DEFAULT_N_SAMPLES: dict[str, int] = {"exact": 50, "sampled": 200, "quadrature": 64, "captum": 200}
+DEFAULT_N_SAMPLES: dict[str, int] = {"exact": 50, "sampled": 200, "quadrature": 64}
 """``n_samples`` used when it is ``None``. For ``exact`` it is the number of noise draws and only used when
 ``stdevs > 0`` (without noise exact uses no samples and reports ``n_samples = 0``)."""
 
-MIN_N_SAMPLES: dict[str, int] = {"exact": 2, "sampled": 2, "quadrature": 1, "captum": 2}
+MIN_N_SAMPLES: dict[str, int] = {"exact": 2, "sampled": 2, "quadrature": 1}
 """Smallest ``n_samples`` per method. ``sampled`` and noisy ``exact`` report a Monte-Carlo standard error, which
 needs at least two draws; quadrature is deterministic and needs one node. (Noise-free ``exact`` uses no samples,
 so ``n_samples`` is ignored there.)"""

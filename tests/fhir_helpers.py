@@ -56,12 +56,12 @@ def search(all_resources: list[dict[str, Any]], template_query: str) -> dict[str
 def prefetch_for(bundle: dict[str, Any]) -> dict[str, Any]:
     """A CDS prefetch filled from ``bundle`` by the discovery document's templates (as an EHR would)."""
     from service.fhir.cdshooks import prefetch_templates
-    from service.model.features import PIMA_SPEC
+    from service.model.store import load_bundle
 
     items = resources(bundle)
     patient = next(r for r in items if r["resourceType"] == "Patient")
     out: dict[str, Any] = {"patient": patient}
-    for key, template in prefetch_templates(PIMA_SPEC).items():
+    for key, template in prefetch_templates(load_bundle().spec).items():
         if key != "patient":
             out[key] = search(items, template.replace("{{context.patientId}}", patient["id"]))
     return out

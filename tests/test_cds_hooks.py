@@ -22,7 +22,9 @@ from helpers import app_client
 from service.api.app import create_app
 from service.config import Settings
 from service.fhir.cdshooks import json_rule_violations, prefetch_templates
-from service.model.features import PIMA_SPEC
+from service.model.spec import SPECS, load_spec
+
+PIMA = load_spec(SPECS / "pima-diabetes.yaml").features  # the default model's features
 
 SERVICE = "/cds-services/diabetes-risk"
 
@@ -295,7 +297,7 @@ def test_fallback_fetches_missing_prefetch_with_the_bearer_token(fallback_client
     card = card_of(fallback_client.post(SERVICE, json=cds_request(None, fhirServer=fhir.url, fhirAuthorization=AUTH)))
     assert re.fullmatch(r"Diabetes risk \d+% \(pima-diabetes/\d+\.\d+\.\d+\)", card["summary"])
     assert "| Glucose | 147.7 mg/dL (reported 8.2 mmol/L) | 2025-06-01 |" in card["detail"]
-    assert len(fhir.seen) == len(prefetch_templates(PIMA_SPEC))  # the Patient read and one search a key
+    assert len(fhir.seen) == len(prefetch_templates(PIMA))  # the Patient read and one search a key
     assert {s["authorization"] for s in fhir.seen} == {"Bearer secret-token-123"}
     assert any(s["path"].startswith("/fhir/Patient/p-1001") for s in fhir.seen)
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.model.features import PIMA_SPEC
-from service.training.data import DEFAULT_DATA, file_sha256, load_dataset, stratified_split
+from service.training.data import DEFAULT_DATA, default_spec, file_sha256, load_dataset, stratified_split
 
 PROVENANCE_SHA = "bf81d06e0c0512662862248241ab46d7c29258c6ceaad32f3cab56b52a17fdab"
 
@@ -34,7 +33,7 @@ def test_checksum_matches_provenance(root) -> None:  # type: ignore[no-untyped-d
 def test_zeros_become_missing_only_where_the_spec_says() -> None:
     """Zeros turn into NaN exactly for glucose, blood pressure, skin thickness, insulin and BMI."""
     ds = load_dataset()
-    nan_counts = dict(zip(PIMA_SPEC.names, np.isnan(ds.x).sum(axis=0).tolist(), strict=True))
+    nan_counts = dict(zip(default_spec().features.names, np.isnan(ds.x).sum(axis=0).tolist(), strict=True))
     assert nan_counts == {
         "pregnancies": 0,
         "glucose": 5,

@@ -18,6 +18,7 @@ from service.engine.gradient_shap import (
     path_integrals_by_pieces,
 )
 from service.model.nn import BinaryClassification
+from service.training.captum_reference import captum_baselines, captum_explain
 
 F = 8
 
@@ -176,19 +177,19 @@ def test_sampled_agrees_with_captum_within_mc_error() -> None:
     x, b, _ = _data(8, 4, 10)
     eng = GradientShapEngine(_mlp(9), b)
     ours = eng.explain(x, method="sampled", n_samples=MAX_N_SAMPLES, seed=1)
-    theirs = eng.explain(x, method="captum", n_samples=MAX_N_SAMPLES, seed=2)
+    theirs = captum_explain(_mlp(9), eng, x, n_samples=MAX_N_SAMPLES, seed=2)
     bound = 5 * np.sqrt(ours.attribution_se**2 + theirs.attribution_se**2) + 1e-6
     assert np.all(np.abs(ours.attributions - theirs.attributions) <= bound)
     assert np.all(theirs.attribution_se > 0)
 
 
 def test_captum_path_matches_a_direct_captum_call() -> None:
-    """method='captum' returns what captum.attr.GradientShap returns for the same global seed."""
+    """The Captum reference returns what captum.attr.GradientShap returns for the same global seed."""
     from captum.attr import GradientShap
 
     x, b, _ = _data(10, 1, 6)
     model = _mlp(11)
-    ex = GradientShapEngine(model, b).explain(x, method="captum", n_samples=50, seed=4)
+    ex = captum_explain(model, GradientShapEngine(model, b), x, n_samples=50, seed=4)
     torch.manual_seed(4)
     np.random.seed(4)
     direct = GradientShap(model).attribute(x, b.float(), n_samples=50).detach().double().numpy()
@@ -196,10 +197,11 @@ def test_captum_path_matches_a_direct_captum_call() -> None:
 
 
 def test_captum_path_leaves_global_rngs_untouched(engine: GradientShapEngine, records: torch.Tensor) -> None:
-    """Seeding Captum inside the engine does not change the caller's torch/numpy global random streams."""
+    """Seeding Captum inside the reference does not change the caller's torch/numpy global random streams."""
+    model = _mlp(0)  # built before the streams are seeded (its initial weights draw from them)
     torch.manual_seed(123)
     np.random.seed(123)
-    engine.explain(records[:1], method="captum", n_samples=10)
+    captum_explain(model, engine, records[:1], n_samples=10)
     after = (torch.rand(1).item(), np.random.rand())
     torch.manual_seed(123)
     np.random.seed(123)
@@ -210,12 +212,12 @@ def test_captum_path_leaves_global_rngs_untouched(engine: GradientShapEngine, re
 
 
 @pytest.mark.parametrize("_threads", [1, 2], indirect=True)
-@pytest.mark.parametrize("method", ["exact", "sampled", "quadrature", "captum"])
+@pytest.mark.parametrize("method", ["exact", "sampled", "quadrature"])
 def test_record_does_not_depend_on_batch_neighbours(
     engine: GradientShapEngine, records: torch.Tensor, method: str
 ) -> None:
     """A record's numbers are bitwise the same alone and inside a batch, at another position."""
-    n = 20 if method in ("sampled", "captum") else 8
+    n = 20 if method == "sampled" else 8
     alone = engine.explain(records[2:3], method=method, n_samples=n, seed=7)  # type: ignore[arg-type]
     batch = torch.cat([records[4:5], records[0:2], records[2:3], records[3:4]])
     inside = engine.explain(batch, method=method, n_samples=n, seed=7)  # type: ignore[arg-type]
@@ -343,7 +345,7 @@ def test_invalid_arguments_are_rejected(engine: GradientShapEngine, records: tor
 
 def test_weighted_baselines_are_replicated_for_captum(engine: GradientShapEngine) -> None:
     """Captum's uniform draw over the replicated rows reproduces the baseline weights to 1/(100 K)."""
-    rows = engine.captum_baselines().double().numpy()
+    rows = captum_baselines(engine).double().numpy()
     base = engine.baselines
     counts = np.array([(np.abs(rows - bk).max(1) < 1e-6).sum() for bk in base])
     assert counts.sum() == len(rows)

@@ -11,7 +11,9 @@ from fhir_helpers import load, resources
 
 from service.fhir.extract import Extraction, age_on, extract
 from service.fhir.resources import FhirInputError, TooManyEntriesError, parse_bundle
-from service.model.features import PIMA_SPEC
+from service.model.spec import SPECS, load_spec
+
+PIMA = load_spec(SPECS / "pima-diabetes.yaml").features  # the default model's features
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
 U = "http://unitsofmeasure.org"
@@ -20,7 +22,7 @@ U = "http://unitsofmeasure.org"
 def run(bundle: dict[str, Any], now: dt.datetime = NOW) -> Extraction:
     parsed = parse_bundle(bundle, max_entries=1000)
     path, patient = parsed.patients[0]
-    return extract(patient, parsed.observations, spec=PIMA_SPEC, now=now, patient_path=path)
+    return extract(patient, parsed.observations, spec=PIMA, now=now, patient_path=path)
 
 
 def with_obs(*items: dict[str, Any]) -> dict[str, Any]:

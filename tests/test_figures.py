@@ -53,10 +53,12 @@ def test_record_out_of_range_is_refused(tmp_path: Path) -> None:
 
 def test_chart_svgs_name_every_feature(tmp_path: Path) -> None:
     """The waterfall and group SVGs (service.render, as the API serves them) hold one group per feature."""
-    from service.model.features import PIMA_SPEC
+    from service.model.spec import SPECS, load_spec
+
+    PIMA = load_spec(SPECS / "pima-diabetes.yaml").features
 
     write_figures(None, tmp_path, record=5)
     for stem in ("waterfall_record_5", "group_TP"):
         text = (tmp_path / f"{stem}.svg").read_text()
-        assert sorted(re.findall(r'data-feature="([a-z_]+)"', text)) == sorted(PIMA_SPEC.names), stem
+        assert sorted(re.findall(r'data-feature="([a-z_]+)"', text)) == sorted(PIMA.names), stem
         assert "style=" not in text  # presentation attributes only: inlinable under a strict CSP

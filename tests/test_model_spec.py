@@ -104,3 +104,37 @@ def test_only_two_hidden_relu_layers_are_exact() -> None:
     leaky = copy.deepcopy(base)
     leaky["network"] = [{"linear": [8, 16]}, "leaky_relu", {"linear": [16, 8]}, "relu", {"linear": [8, 1]}]
     assert not exact_covered(spec_from_dict(leaky).network)
+
+
+def test_gshap_train_refuses_a_bad_spec_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gshap train --spec` with a broken spec exits 2 before training, naming the file, the key and the rule."""
+    from service.cli import main as gshap
+
+    data = _pima()
+    data["features"][3]["missing"] = "often"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    assert gshap(["train", "--spec", str(bad), "--out", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"gshap train: {bad}: features[3].missing: must be one of forbidden, impute, zero_means_missing")
+    assert not (tmp_path / "store").exists()
+
+
+def test_an_outcome_column_that_does_not_fit_the_spec_is_named(tmp_path: Path) -> None:
+    """The outcome column must hold the spec's positive value and one other; a third value, or no positive value,
+    is an error naming the column; a forbidden feature left empty is an error naming the column and the row."""
+    from service.training.data import load_dataset
+
+    spec = load_spec(PIMA).features
+    header = ",".join([*spec.columns, "Outcome"])
+    row = "6,148,72,35,0,33.6,0.627,50"
+    csv = tmp_path / "x.csv"
+    csv.write_text(f"{header}\n{row},1\n{row},0\n{row},2\n")
+    with pytest.raises(ValueError, match=r"outcome column 'Outcome' must hold two values, 1 \(positive\)"):
+        load_dataset(csv, spec)
+    csv.write_text(f"{header}\n{row},0\n{row},0\n")
+    with pytest.raises(ValueError, match="never holds the positive value 1"):
+        load_dataset(csv, spec)
+    csv.write_text(f"{header}\n{row},1\n,148,72,35,0,33.6,0.627,50,0\n")
+    with pytest.raises(ValueError, match=r"column 'Pregnancies' is empty in 1 rows \(first: data row 2\)"):
+        load_dataset(csv, spec)

@@ -146,7 +146,9 @@ def test_training_on_another_csv(tmp_path: Path) -> None:
     assert gshap(args) == 0
     b = load_bundle(out)
     assert b.spec.names == ["a", "b", "c", "d", "e"]
-    assert b.model.layer_1.in_features == 5
+    first = b.model[0]
+    assert isinstance(first, torch.nn.Linear)
+    assert first.in_features == 5
     assert b.metrics["mlp"]["roc_auc"]["value"] > 0.8
     assert b.groups is not None
     assert b.groups["ALL"]["count"] == 60

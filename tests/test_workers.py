@@ -10,7 +10,9 @@ import numpy as np
 import psutil
 from live_server import running_server
 
-from service.model.features import PIMA_SPEC
+from service.model.spec import SPECS, load_spec
+
+PIMA = load_spec(SPECS / "pima-diabetes.yaml").features  # the default model's features
 
 
 def requests_to_send(n: int = 48, seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
@@ -18,7 +20,7 @@ def requests_to_send(n: int = 48, seed: int = 0) -> list[tuple[str, dict[str, An
     rng = np.random.default_rng(seed)
     out: list[tuple[str, dict[str, Any]]] = []
     for i in range(n):
-        rec = {f.name: f.example for f in PIMA_SPEC}
+        rec = {f.name: f.example for f in PIMA}
         rec["pregnancies"] = int(rec["pregnancies"])
         rec["glucose"] = float(rng.integers(70, 200))
         rec["bmi"] = round(float(rng.uniform(19, 50)), 1)

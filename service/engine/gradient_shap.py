@@ -1,4 +1,4 @@
-"""The GradientSHAP engine: exact, sampled, quadrature and Captum estimators of one estimand.
+"""The GradientSHAP engine: exact, sampled and quadrature estimators of one estimand.
 
 Estimand (Captum's GradientShap, ``shap.GradientExplainer``'s "expected gradients")::
 
@@ -20,7 +20,9 @@ Estimators (``method``):
 - ``"sampled"``: Captum's Monte-Carlo estimator (one weighted random baseline, one α and one noise draw per
   sample), with draws made from ``seed`` alone and shared by every record.
 - ``"quadrature"``: Gauss–Legendre nodes in α for every baseline, autograd gradients; any differentiable model.
-- ``"captum"``: ``captum.attr.GradientShap`` itself (the reference), seeded under a lock, record by record.
+
+Captum itself (``captum.attr.GradientShap``), the reference these estimators are tested against, runs outside the
+serving engine: :mod:`service.training.captum_reference`.
 
 Reproducibility: a record's numbers depend only on (record, settings, seed), never on its neighbours or its
 position in the batch. Random draws (baseline index, α, noise) come from a generator seeded with ``seed`` and are
@@ -39,7 +41,6 @@ from __future__ import annotations
 
 import copy
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,8 +72,6 @@ __all__ = [
     "fold_piecewise_linear",
     "path_integrals_by_pieces",
 ]
-
-_CAPTUM_LOCK = threading.Lock()  # Captum draws from the global RNGs: seed-and-call must be atomic
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -490,8 +489,8 @@ class GradientShapEngine:
 
         Args:
             x: ``(N, F)`` model-space records (float32 or float64).
-            method: ``"exact"`` | ``"sampled"`` | ``"quadrature"`` | ``"captum"`` (see the module docstring).
-            n_samples: samples (sampled, captum), Gauss–Legendre nodes (quadrature) or noise draws (exact with
+            method: ``"exact"`` | ``"sampled"`` | ``"quadrature"`` (see the module docstring).
+            n_samples: samples (sampled), Gauss–Legendre nodes (quadrature) or noise draws (exact with
                 ``stdevs > 0``); ``None`` = :data:`DEFAULT_N_SAMPLES`; at most :data:`MAX_N_SAMPLES`.
             seed: seed of every random draw (baseline index, α, noise); the same for every record.
             output: ``"logit"`` or ``"probability"`` (``sigmoid(logit)``).
@@ -522,8 +521,6 @@ class GradientShapEngine:
             if stdevs > 0:
                 raise ValueError("quadrature does not take stdevs > 0; use method='exact' or 'sampled' with noise")
             attr, se = self._quadrature(xt, output, n)
-        else:
-            attr, se = self._captum(xt, output, n, seed, stdevs)
         fx = self._f64(xt)
         # the probability record by record with math.exp, as the runtime computes a prediction's probability:
         # torch.sigmoid over the batch takes a vector path for most elements and a scalar one for the tail, whose
@@ -689,73 +686,6 @@ class GradientShapEngine:
             attrs.append((diff * integral * self._w[:, None]).sum(0))
         attr = _stack(attrs, f)
         return attr, torch.zeros_like(attr)
-
-    # captum --------------------------------------------------------------------------------------------------------
-
-    def captum_baselines(self, rows_per_unit_weight: int = 100) -> Tensor:
-        """``(M, F)`` float32 rows whose *uniform* distribution approximates the weighted baselines (for Captum,
-        which draws baselines uniformly): each baseline repeated ``≈ w_k · M`` times (largest remainders), with
-        ``M = rows_per_unit_weight · K``. Exactly the baselines when the weights are uniform."""
-        k = self._b.shape[0]
-        if bool(torch.allclose(self._w, torch.full_like(self._w, 1.0 / k), rtol=0, atol=1e-12)):
-            return self._b.float()
-        m = rows_per_unit_weight * k
-        raw = self._w.numpy() * m
-        counts = np.floor(raw).astype(np.int64)
-        short = m - int(counts.sum())
-        counts[np.argsort(-(raw - counts), kind="stable")[:short]] += 1
-        return self._b.float().repeat_interleave(torch.as_tensor(counts), dim=0)
-
-    def _captum(self, x: Tensor, output: Output, n: int, seed: int, stdevs: float) -> tuple[Tensor, Tensor]:
-        from captum.attr import GradientShap, NoiseTunnel
-        from captum.attr._core.gradient_shap import InputBaselineXGradient
-
-        model = self._model
-
-        def forward(z: Tensor) -> Tensor:
-            out = model(z)
-            return torch.sigmoid(out) if output == "probability" else out
-
-        base = self.captum_baselines()
-        gs = GradientShap(forward)
-        var_tunnel = NoiseTunnel(InputBaselineXGradient(forward))
-        attrs, ses = [], []
-        with _CAPTUM_LOCK, _global_rng_restored():
-            model.eval()
-            for row in x:
-                inp = row[None, :].float()
-                _seed_global(seed)
-                a = gs.attribute(inp, base, n_samples=n, stdevs=stdevs, target=None)
-                _seed_global(seed)  # the same draws again, for the variance of the per-sample contributions
-                var = var_tunnel.attribute(
-                    inp,
-                    nt_type="vargrad",
-                    nt_samples=n,
-                    stdevs=stdevs,
-                    draw_baseline_from_distrib=True,
-                    baselines=base,
-                    target=None,
-                )
-                attrs.append(a.detach().double()[0])
-                ses.append(torch.sqrt(var.detach().double()[0].clamp(min=0) / (n - 1)))
-        return _stack(attrs, self.n_features), _stack(ses, self.n_features)
-
-
-def _seed_global(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-class _global_rng_restored:  # noqa: N801 - used as a context manager
-    """Save and restore torch's and numpy's global RNG states (the Captum path must not disturb callers)."""
-
-    def __enter__(self) -> None:
-        self._torch = torch.get_rng_state()
-        self._np = np.random.get_state()
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_rng_state(self._torch)
-        np.random.set_state(self._np)
 
 
 def _stack(rows: list[Tensor], f: int) -> Tensor:

@@ -59,12 +59,13 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise PackageError(f"{path}: no such file")
     head = path.read_bytes()[:9]
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # a zip (torch.save) or a raw pickle under another name
+    looks_safe = len(head) == 9 and struct.unpack("<Q", head[:8])[0] < path.stat().st_size and head[8:9] == b"{"
+    if not looks_safe and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):  # torch.save's zip, or a pickle
         raise PackageError(
             f"{path}: this is a torch.save file (zip or pickle), not safetensors; "
             + _CONVERT.format(name=path.name, stem=path.stem)
         )
-    if len(head) < 9 or struct.unpack("<Q", head[:8])[0] > path.stat().st_size or head[8:9] != b"{":
+    if not looks_safe:
         raise PackageError(f"{path}: not a safetensors file (no safetensors header)")
     from safetensors.torch import load_file
 
