@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup serve test lint typecheck pytest browser promtool screenshots openapi figures bench bench-cohort train audit soak readme clean
+.PHONY: setup serve test lint typecheck pytest browser promtool screenshots openapi figures bench bench-v2 bench-cohort train audit soak readme clean
 
 # service/engine/_exact.c is compiled by the project install (a C compiler and Python's headers are needed); a change
 # to it must rebuild the extension, which an editable install does not do by itself.
@@ -78,6 +78,11 @@ train: setup
 bench: setup browser
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python scripts/bench.py
+
+# the V2 protocol (Open Inference Protocol) against the JSON API, alternating rounds at c = 8 (docs/V2.md)
+bench-v2: setup
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	$(BIN)/python scripts/bench.py --v2 --rounds 6 --concurrency 8 --json docs/bench/v2.json --md docs/bench/v2.md
 
 # the cohort engines at 10k and 1M records, and serve --workers 1 vs 2 (about an hour on 2 cores; docs/SCALING.md)
 bench-cohort: setup

@@ -276,9 +276,13 @@ def document(live: dict[str, Any]) -> str:
         "",
         "Without `GSHAP_CDS_JWT_ISSUERS` the CDS endpoints take calls without a JWT, and start-up logs "
         "`cds_auth_off` at warning level. With it, every CDS call (discovery, service, feedback) needs "
-        "`Authorization: Bearer <JWT>`: `alg` ES384 or RS384, a `kid` in the issuer's JWK Set (a URL is cached for "
-        "5 minutes and fetched again when an unknown kid appears, at most every 30 s; a `jku` header is not "
-        "followed), `iss` configured, `aud` exactly the endpoint's URL, `exp` and `iat` (30 s leeway), and a `jti` "
+        "`Authorization: Bearer <JWT>`: `alg` ES384 or RS384, a `kid` in the issuer's JWK Set (an https URL, "
+        "cached for 5 minutes and fetched again when an unknown kid appears, at most every 30 s, its CA trusted by "
+        "the system or GSHAP_CDS_JWKS_CA_FILE; or a file, a path or `file://` URL; plain `http://` is refused, and a "
+        "JWK Set that cannot be read at start stops `gshap serve` with one line and exit 2; a key without `alg` "
+        "serves RS384 if RSA, ES384 if EC P-384; a `jku` header is not followed), `iss` configured, `aud` exactly "
+        "the endpoint's URL, `exp` and `iat` (30 s leeway), a lifetime `exp - iat` of at most "
+        "GSHAP_CDS_JWT_MAX_LIFETIME_SECONDS (300 s, as the CDS Hooks Sandbox signs) plus the leeway, and a `jti` "
         "not seen before (an in-process cache: per worker and per replica). Anything else is a 401 that does not "
         "say why (the reason is logged, the token never). The API keys of GSHAP_API_KEYS do not apply to the CDS "
         "endpoints. The feedback file is per replica; it holds no patient value and no free-text comment.",

@@ -21,6 +21,11 @@ Rows are sent with the client's ``explain_batch`` in chunks of ``--batch-size`` 
 
 so that ``base_value + sum(attributions) + completeness_gap`` is the logit (with ``--output logit``). Exit
 status: 0 if every row was explained, 1 if some were refused, 2 on an error that stopped the run.
+
+A row that cannot be read is refused in its place without a request, its ``error`` saying why: more or fewer
+cells than the header, a cell that is not UTF-8, a feature cell that is not a finite number (``NaN``, ``inf``,
+``abc``: never read as "not measured"). The output is written to ``OUT.partial`` and renamed when complete; a run
+that stops part-way leaves the rows done so far in ``OUT.partial`` and says so.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import argparse
 import csv
 import math
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -39,7 +45,7 @@ from tqdm import tqdm
 from service.client import GshapClient, GshapError, Retry
 from service.schemas import BatchItemError, ExplanationBatchItem, FeatureCard
 
-__all__ = ["main", "output_columns", "read_records"]
+__all__ = ["RowError", "main", "output_columns", "read_records"]
 
 Record = dict[str, int | float | None]
 
@@ -67,6 +73,13 @@ def _header_map(header: Sequence[str], features: Sequence[FeatureCard]) -> dict[
     return out
 
 
+class RowError(ValueError):
+    """A row that cannot be read: refused in its place, without a request."""
+
+
+_SURROGATE = re.compile(r"[\udc80-\udcff]")
+
+
 def _value(text: str, feature: FeatureCard, row: int) -> int | float | None:
     text = text.strip()
     if not text:
@@ -74,39 +87,54 @@ def _value(text: str, feature: FeatureCard, row: int) -> int | float | None:
     try:
         number = float(text)
     except ValueError:
-        raise ValueError(f"row {row}, column for {feature.name}: {text!r} is not a number") from None
+        raise RowError(f"{feature.name}: {text[:40]!r} is not a number") from None
     if not math.isfinite(number):
-        return None
+        raise RowError(f"{feature.name}: {text[:40]!r} is not a finite number")
     # the API takes counts as JSON integers only: "6" and "6.0" are both the integer 6
     if feature.integer and number.is_integer():
         return int(number)
     return number
 
 
-def read_records(stream: TextIO, features: Sequence[FeatureCard]) -> Iterator[tuple[int, Record]]:
-    """(0-based data row, record keyed by feature name) for each row of a CSV with a header.
+def read_records(stream: TextIO, features: Sequence[FeatureCard]) -> Iterator[tuple[int, Record | RowError]]:
+    """(0-based data row, record keyed by feature name, or the :class:`RowError` that refuses the row) for each
+    row of a CSV with a header.
 
     The header is checked at once (ValueError naming any required feature without a column); rows are read
-    lazily, so a large file is never held in memory.
+    lazily, so a large file is never held in memory. Open the file with ``errors="surrogateescape"``: a cell that
+    is not UTF-8 then refuses its row instead of stopping the run.
     """
     reader = csv.DictReader(stream)
     if reader.fieldnames is None:
         raise ValueError("the CSV is empty (no header row)")
     columns = _header_map(reader.fieldnames, features)
 
-    def rows() -> Iterator[tuple[int, Record]]:
+    width = len(reader.fieldnames)
+
+    def rows() -> Iterator[tuple[int, Record | RowError]]:
         for row, cells in enumerate(reader):
-            record: Record = {}
-            for f in features:
-                column = columns[f.name]
-                record[f.name] = _value(cells.get(column) or "", f, row) if column is not None else None
+            if None in cells or any(v is None for v in cells.values()):  # DictReader's marks of a ragged row
+                count = width + len(cells.get(None) or []) - sum(v is None for k, v in cells.items() if k is not None)
+                yield row, RowError(f"line {reader.line_num}: {count} cells, the header has {width}")
+                continue
+            try:
+                record: Record = {}
+                for f in features:
+                    column = columns[f.name]
+                    text = cells.get(column) or "" if column is not None else ""
+                    if _SURROGATE.search(text):
+                        raise RowError(f"{f.name}: the cell is not UTF-8 text")
+                    record[f.name] = _value(text, f, row) if column is not None else None
+            except RowError as exc:
+                yield row, exc
+                continue
             yield row, record
 
     return rows()
 
 
-def _chunks(items: Iterator[tuple[int, Record]], size: int) -> Iterator[list[tuple[int, Record]]]:
-    chunk: list[tuple[int, Record]] = []
+def _chunks(items: Iterator[tuple[int, Record | RowError]], size: int) -> Iterator[list[tuple[int, Record | RowError]]]:
+    chunk: list[tuple[int, Record | RowError]] = []
     for item in items:
         chunk.append(item)
         if len(chunk) == size:
@@ -116,7 +144,9 @@ def _chunks(items: Iterator[tuple[int, Record]], size: int) -> Iterator[list[tup
         yield chunk
 
 
-def _output_row(row: int, result: ExplanationBatchItem | BatchItemError, names: Sequence[str]) -> list[Any]:
+def _output_row(row: int, result: ExplanationBatchItem | BatchItemError | RowError, names: Sequence[str]) -> list[Any]:
+    if isinstance(result, RowError):
+        return [row, "", "", "", "", *([""] * len(names)), "", str(result)]
     if isinstance(result, BatchItemError):
         errors = result.error.errors or []
         reason = "; ".join(f"{e.field}: {e.message}" for e in errors) or result.error.detail
@@ -136,7 +166,7 @@ def _output_row(row: int, result: ExplanationBatchItem | BatchItemError, names: 
 
 
 def _count_rows(path: Path) -> int:
-    with path.open(newline="") as fh:
+    with path.open(newline="", errors="surrogateescape") as fh:
         return max(0, sum(1 for _ in csv.reader(fh)) - 1)
 
 
@@ -158,24 +188,40 @@ def explain_csv(
     size = max(1, min(batch_size, card.limits.get("max_batch_records", batch_size)))
     explained = refused = 0
     total = _count_rows(source)
-    with source.open(newline="") as fh:
+    partial = out.with_name(out.name + ".partial")
+    with source.open(newline="", errors="surrogateescape") as fh:
         records = read_records(fh, features)  # checks the header before the output file is created
         with (
-            out.open("w", newline="") as dst,
+            partial.open("w", newline="") as dst,
             tqdm(total=total, unit="row", desc="explaining", file=sys.stderr, disable=not progress) as bar,
         ):
             writer = csv.writer(dst)
             writer.writerow(output_columns(features))
-            for chunk in _chunks(records, size):
-                batch = [record for _, record in chunk]
-                answer = client.explain_batch(batch, method=method, output=output, seed=seed)
-                if len(answer.results) != len(chunk):
-                    raise GshapError(f"the server answered {len(answer.results)} results for {len(chunk)} records")
-                for (row, _), result in zip(chunk, sorted(answer.results, key=lambda r: r.index), strict=True):
-                    writer.writerow(_output_row(row, result, names))
-                explained += answer.succeeded
-                refused += answer.failed
-                bar.update(len(chunk))
+            try:
+                for chunk in _chunks(records, size):
+                    valid = [(row, r) for row, r in chunk if not isinstance(r, RowError)]
+                    results: dict[int, ExplanationBatchItem | BatchItemError | RowError] = {
+                        row: r for row, r in chunk if isinstance(r, RowError)
+                    }
+                    if valid:
+                        batch = [r for _, r in valid]
+                        answer = client.explain_batch(batch, method=method, output=output, seed=seed)
+                        if len(answer.results) != len(valid):
+                            raise GshapError(
+                                f"the server answered {len(answer.results)} results for {len(valid)} records"
+                            )
+                        ordered = sorted(answer.results, key=lambda r: r.index)
+                        results |= {row: res for (row, _), res in zip(valid, ordered, strict=True)}
+                        explained += answer.succeeded
+                        refused += answer.failed
+                    refused += len(chunk) - len(valid)
+                    for row, _ in chunk:
+                        writer.writerow(_output_row(row, results[row], names))
+                    bar.update(len(chunk))
+            except BaseException as exc:
+                dst.flush()
+                raise GshapError(f"{exc}; the rows done so far are in {partial}") from exc
+    partial.replace(out)
     return explained, refused
 
 

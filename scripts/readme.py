@@ -220,6 +220,15 @@ def _short_discovery(body: dict[str, Any]) -> None:
         service["usageRequirements"] = service["usageRequirements"].split(": ", 1)[0] + ": …"
 
 
+def _short_v2_metadata(body: dict[str, Any]) -> None:
+    for key in ("inputs", "outputs"):
+        if key in body:
+            body[key] = [_only(t, "name", "datatype", "shape") for t in body[key][:2]] + ["…"]
+    shortened = _only(body, "name", "versions", "platform", "inputs", "outputs")
+    body.clear()
+    body.update(shortened)
+
+
 def _short_problem(body: dict[str, Any]) -> None:
     body.pop("request_id", None)
 
@@ -241,6 +250,8 @@ ENDPOINTS: list[tuple[str, list[str], Callable[[Any], None] | None]] = [
      ["-s", "{url}/monitoring"], _short_monitoring),
     ("`GET /cds-services`: CDS Hooks discovery of the service the bundle declares (shortened here)",
      ["-s", "{url}/cds-services"], _short_discovery),
+    ("`GET /v2/models/{name}`: the Open Inference Protocol's model metadata (shortened here; docs/V2.md)",
+     ["-s", "{url}/v2/models/pima-diabetes"], _short_v2_metadata),
     ("A refusal: `application/problem+json` naming the field and the rule (request id left out here)",
      _post("/predict", MISSPELLED), _short_problem),
 ]  # fmt: skip

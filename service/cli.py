@@ -176,6 +176,7 @@ def _figures(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from service.api.app import serve
+    from service.api.cds_auth import JwksSourceError
     from service.config import Settings
 
     overrides = {
@@ -188,14 +189,19 @@ def _serve(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
-    return serve(Settings(**overrides))
+    try:
+        return serve(Settings(**overrides))
+    except JwksSourceError as exc:  # a CDS client's JWK Set that is not there: refused before anything starts
+        print(f"gshap serve: {exc}", file=sys.stderr)
+        return 2
 
 
 def _explain_cohort(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service.cohort import CohortInputError, inspect_input
-    from service.cohort.engines import run_cohort
+    from service.cohort.engines import CohortStoppedError, run_cohort
+    from service.cohort.table import check_output
     from service.contract import MIN_N_SAMPLES
     from service.model.store import BundleError, load_bundle
     from service.runtime.inference import ExplainOptions
@@ -233,21 +239,30 @@ def _explain_cohort(args: argparse.Namespace) -> int:
     except CohortInputError as exc:
         print(f"gshap explain-cohort: {exc}", file=sys.stderr)
         return 2
+    try:
+        check_output(args.out)
+    except CohortInputError as exc:
+        print(f"gshap explain-cohort: {exc}", file=sys.stderr)
+        return 2
     options = ExplainOptions(
         method=settings.method, n_samples=settings.n_samples, seed=settings.seed, output=settings.output
     )
-    result = run_cohort(
-        inp,
-        args.out,
-        engine=args.engine,
-        model_path=args.model,
-        options=options,
-        batch_size=args.batch_size,
-        ray_address=args.ray_address,
-        num_cpus=args.num_cpus,
-        workers=args.ray_workers,
-        progress=not args.no_progress,
-    )
+    try:
+        result = run_cohort(
+            inp,
+            args.out,
+            engine=args.engine,
+            model_path=args.model,
+            options=options,
+            batch_size=args.batch_size,
+            ray_address=args.ray_address,
+            num_cpus=args.num_cpus,
+            workers=args.ray_workers,
+            progress=not args.no_progress,
+        )
+    except CohortStoppedError as exc:  # the rows explained before the stop are kept in OUTPUT.partial
+        print(f"gshap explain-cohort: {exc}", file=sys.stderr)
+        return 2
     print(
         f"{result.rows} rows ({result.rows - result.refused} explained, {result.refused} refused) in "
         f"{result.seconds:.1f} s, {result.records_per_second:.0f} records/s, engine {result.engine} "

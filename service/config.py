@@ -166,8 +166,53 @@ class Settings(BaseSettings):
             "gshap-service/cds-feedback.sqlite3."
         ),
     )
+    cds_jwt_max_lifetime_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description=(
+            "Longest lifetime (exp - iat) of a CDS client JWT, plus 30 s leeway; longer-lived tokens get 401 (the "
+            "CDS Hooks Sandbox signs exp = iat + 300)."
+        ),
+    )
+    cds_jwks_ca_file: Path | None = Field(
+        None,
+        description=(
+            "PEM file of CA certificates trusted for https JWKS URLs, besides the system's; None: the system's only."
+        ),
+    )
     fhir_max_entries: int = Field(
-        1000, ge=1, description="Most entries of a FHIR Bundle (posted or fetched) or prefetch search (else 413)."
+        10_000,
+        ge=1,
+        description=(
+            "Most entries of a FHIR Bundle (posted or fetched) or prefetch search (else 413); Synthea's R4 sample "
+            "patients hold up to 1,244."
+        ),
+    )
+    fhir_max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=256,
+        description=(
+            "Largest request body of the FHIR and CDS Hooks routes (/fhir/..., /cds-services/...), which take a "
+            "patient's Bundle as EHRs and Synthea write them (pretty-printed; Synthea's R4 samples: up to 3.9 MB), "
+            "else 413. The other routes keep GSHAP_MAX_BODY_BYTES."
+        ),
+    )
+    fhir_max_pages: int = Field(
+        10, ge=1, le=1000, description="Most pages of one outgoing FHIR search followed by their `next` links."
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description=(
+            "Largest request line plus headers in bytes: refused with 431 by the HTTP protocol as soon as that many "
+            "bytes came without the end of the headers."
+        ),
+    )
+    max_authorization_bytes: int = Field(
+        8 * 1024,
+        ge=256,
+        description="Largest Authorization header in bytes (431 before any key or token is read).",
     )
     plot_threads: int = Field(
         2,
@@ -207,7 +252,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("model_path", "metrics_dir", "cds_feedback_db", "cds_base_url", mode="before")
+    @field_validator("model_path", "metrics_dir", "cds_feedback_db", "cds_base_url", "cds_jwks_ca_file", mode="before")
     @classmethod
     def _blank_path_is_none(cls, value: Any) -> Any:
         return None if value == "" else value

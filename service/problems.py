@@ -11,6 +11,8 @@
      ├── MethodNotAllowed        405  method-not-allowed      with an ``Allow`` header
      ├── PreconditionFailed      412  precondition-failed     CDS Hooks: the FHIR data can be had neither from the
      │                                                        prefetch nor from an allowed FHIR server
+     ├── HeadersTooLarge         431  headers-too-large       request head over GSHAP_MAX_HEADER_BYTES, or an
+     │                                                        Authorization header over GSHAP_MAX_AUTHORIZATION_BYTES
      ├── PayloadTooLarge         413  payload-too-large       body over GSHAP_MAX_BODY_BYTES, or a batch over
      │                                                        GSHAP_MAX_BATCH_RECORDS; ``limit`` names the bound
      ├── UnsupportedMediaType    415  unsupported-media-type  a body that is not application/json
@@ -55,6 +57,7 @@ __all__ = [
     "PROBLEM_MEDIA_TYPE",
     "CorsRefused",
     "FieldError",
+    "HeadersTooLarge",
     "InvalidInput",
     "MalformedBody",
     "MethodNotAllowed",
@@ -197,9 +200,22 @@ class PayloadTooLarge(ServiceError):  # noqa: N818 (the names kserve and the iss
     slug = "payload-too-large"
     title = "Payload too large"
     when = (
-        "The body is larger than GSHAP_MAX_BODY_BYTES (by `Content-Length` or by the bytes sent), or a batch "
-        "carries more records than GSHAP_MAX_BATCH_RECORDS. `limit` and `limit_name` name the bound that was "
-        "exceeded (and `received`, for a batch, how many records came)."
+        "The body is larger than GSHAP_MAX_BODY_BYTES (GSHAP_FHIR_MAX_BODY_BYTES on the FHIR and CDS Hooks routes; "
+        "by `Content-Length` or by the bytes sent), a batch carries more records than GSHAP_MAX_BATCH_RECORDS, or "
+        "a FHIR Bundle more entries than GSHAP_FHIR_MAX_ENTRIES. `limit` and `limit_name` name the bound that was "
+        "exceeded (and `received`, for a batch or a Bundle, how many records or entries came)."
+    )
+
+
+class HeadersTooLarge(ServiceError):  # noqa: N818 (the names kserve and the issue use)
+    status = 431
+    slug = "headers-too-large"
+    title = "Request header fields too large"
+    when = (
+        "The request line and headers together are larger than GSHAP_MAX_HEADER_BYTES (refused by the HTTP "
+        "protocol as soon as that many bytes arrived without the end of the headers, before anything is parsed), "
+        "or the `Authorization` header is larger than GSHAP_MAX_AUTHORIZATION_BYTES (refused before any key or "
+        "token is read). `limit` and `limit_name` name the bound."
     )
 
 

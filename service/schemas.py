@@ -417,7 +417,8 @@ class Problem(BaseModel):
             "Stable URI reference of the problem kind, relative to the service: /problems/ + one of validation, "
             "malformed-body, unauthorized, cors-refused, not-found, method-not-allowed, payload-too-large, "
             "unsupported-media-type, rate-limited, model-not-ready, internal, precondition-failed, "
-            "method-not-offered. GET it for a page that says what the kind means (docs/PROBLEMS.md lists them)."
+            "method-not-offered, headers-too-large. GET it for a page that says what the kind means (docs/PROBLEMS.md "
+            "lists them)."
         ),
     )
     title: str = Field(..., description="Short summary of the problem kind.")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 DATA = Path(__file__).resolve().parent / "data" / "fhir"
 
@@ -85,9 +85,11 @@ class FhirStandIn:
 
     url: str
     resources: list[dict[str, Any]]
-    mode: str = "ok"  # ok | slow | garbage | huge | html | error | outcome
+    mode: str = "ok"  # ok | slow | garbage | huge | html | error | outcome | paged | offsite | gzip_bomb
     delay_s: float = 0.0
     seen: list[dict[str, str]] = field(default_factory=list)
+    page_size: int = 1  # paged/offsite: entries a page; the next link points here (paged) or elsewhere (offsite)
+    bomb: bytes = b""  # gzip_bomb: the gzip body sent (Content-Encoding: gzip) for every Observation search
 
 
 @contextmanager
@@ -129,6 +131,12 @@ def fhir_server(items: list[dict[str, Any]]) -> Iterator[FhirStandIn]:
                     return
                 self._send(200, json.dumps(found[0]).encode())
                 return
+            if state.mode == "gzip_bomb" and path.startswith("Observation"):
+                self._send(200, state.bomb, encoding="gzip")
+                return
+            if state.mode in ("paged", "offsite") and path.startswith(("Observation", "page?")):
+                self._page(path)
+                return
             if state.mode == "outcome":
                 self._send(
                     200, b'{"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "forbidden"}]}'
@@ -136,10 +144,28 @@ def fhir_server(items: list[dict[str, Any]]) -> Iterator[FhirStandIn]:
                 return
             self._send(200, json.dumps(search(state.resources, path)).encode())
 
-        def _send(self, status: int, body: bytes, ctype: str = "application/fhir+json") -> None:
+        def _page(self, path: str) -> None:
+            """A searchset split into pages of ``page_size`` entries, each with a next link (the search's own
+            server, or another one in offsite mode) while entries remain."""
+            if path.startswith("page?"):
+                query = parse_qs(urlsplit(path).query)
+                search_path, start = query["q"][0], int(query["start"][0])
+            else:
+                search_path, start = path, 0
+            found = search(state.resources, search_path)["entry"]
+            page = searchset([e["resource"] for e in found[start : start + state.page_size]])
+            if start + state.page_size < len(found):
+                here = state.url if state.mode == "paged" else state.url.replace("127.0.0.1", "localhost")
+                query_string = urlencode({"q": search_path, "start": start + state.page_size})
+                page["link"] = [{"relation": "next", "url": f"{here}/page?{query_string}"}]
+            self._send(200, json.dumps(page).encode())
+
+        def _send(self, status: int, body: bytes, ctype: str = "application/fhir+json", encoding: str = "") -> None:
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
+                if encoding:
+                    self.send_header("Content-Encoding", encoding)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -24,7 +24,8 @@ from service.model.store import Bundle
 
 KEYS = ["key-2025-old", "key-2025-new"]
 ORIGIN = "https://clinic.example"
-OPEN = {"/healthz", "/readyz", "/metrics", "/monitoring"}  # the last two: unless GSHAP_METRICS_REQUIRE_KEY
+OPEN = {"/healthz", "/readyz", "/metrics", "/monitoring", "/v2/health/live", "/v2/health/ready"}  # see below
+# /metrics and /monitoring: unless GSHAP_METRICS_REQUIRE_KEY; /v2/health/*: the V2 protocol's probes
 DOCS = ("/docs", "/redoc", "/docs/oauth2-redirect", "/openapi.json")
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
@@ -55,17 +56,21 @@ def _operations(client: AppClient) -> list[tuple[str, str, Any]]:
     bundle["entry"] = [e for e in bundle["entry"] if e["resource"].get("id") != "glu-other"]
     bodies["/fhir/predict"] = bodies["/fhir/explain"] = bundle
     bodies["/explain/plot"] = record()
+    v2_inputs = [{"name": k, "datatype": "FP64", "shape": [1], "data": [v]} for k, v in record().items()]
+    bodies["/v2/models/{name}/infer"] = bodies["/v2/models/{name}/versions/{version}/infer"] = {"inputs": v2_inputs}
+    name, version = client.get("/readyz", headers={"X-API-Key": KEYS[0]}).json()["model_version"].split("/")
     out = []
     for path, item in doc["paths"].items():
+        concrete = path.replace("{group}", "TP").replace("{name}", name).replace("{version}", version)
         for method in item:
-            out.append((method.upper(), path.replace("{group}", "TP"), bodies.get(path)))
+            out.append((method.upper(), concrete, bodies.get(path)))
     return out
 
 
 def test_every_operation_and_doc_page_needs_a_key(keyed: AppClient) -> None:
     """With GSHAP_API_KEYS, each operation and doc page is 401 without a key and answered with either key."""
     operations = _operations(keyed)
-    assert len(operations) == 18
+    assert len(operations) == 27
     for method, path, body in operations:
         r = keyed.request(method, path, json=body)
         if path.startswith("/cds-services"):
@@ -76,8 +81,12 @@ def test_every_operation_and_doc_page_needs_a_key(keyed: AppClient) -> None:
             assert r.status_code == 200, path
             continue
         assert r.status_code == 401, (method, path)
-        assert r.headers["content-type"] == "application/problem+json"
-        assert r.json()["type"] == "/problems/unauthorized"
+        if path.startswith("/v2"):  # the Open Inference Protocol's own error (docs/V2.md)
+            assert r.headers["content-type"] == "application/json"
+            assert set(r.json()) == {"error"}
+        else:
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json()["type"] == "/problems/unauthorized"
         for headers in ({"Authorization": f"Bearer {KEYS[0]}"}, {"X-API-Key": KEYS[1]}):
             assert keyed.request(method, path, json=body, headers=headers).status_code == 200, (method, path)
     for path in DOCS:

@@ -232,3 +232,26 @@ def test_metrics_overhead_summary(bench: ModuleType) -> None:
     assert math.isclose(s["pooled"], 1 - 307 / 300)
     with pytest.raises(ValueError, match="no pairs"):
         bench.overhead_summary([])
+
+
+def test_v2_bench_requests_decode_to_the_record(bench: ModuleType) -> None:
+    """The V2 bench's requests (JSON tensors, and binary ones escaped into the wrk script) are what the service's
+    V2 decoder reads back as the record's values, a feature not measured left out of both."""
+    import re
+
+    from service.api.v2_codec import decode_request
+
+    record: dict[str, Any] = {**example_record(default_spec()), "insulin": None}
+    measured = {k: float(v) for k, v in record.items() if v is not None}
+    as_json = decode_request(bench.v2_json_body(record).encode(), None)
+    assert {t.name: t.values for t in as_json.inputs} == {k: [v] for k, v in measured.items()}
+    body, length = bench.v2_binary_body(record)
+    as_binary = decode_request(body, str(length))
+    assert as_binary.binary_output is True
+    assert {t.name: t.values for t in as_binary.inputs} == {k: [v] for k, v in measured.items()}
+    script = bench.wrk_lua_binary_script("/v2/models/m/infer", [(body, length)])
+    [escaped] = re.findall(r'^  "((?:\\\d{3})*)",$', script, flags=re.MULTILINE)
+    assert bytes(int(d) for d in re.findall(r"\\(\d{3})", escaped)) == body
+    assert f'lengths = {{"{length}"}}' in script
+    assert bench.WRK_MARK in script
+    assert '"Inference-Header-Content-Length"' in script

@@ -18,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fhir_helpers import cds_request, fhir_server, load, prefetch_for, resources, searchset
 from helpers import app_client
+from tls_helpers import https_server, make_ca
 
 from service.api.app import create_app
 from service.config import Settings
@@ -77,20 +78,24 @@ def test_card_states_risk_drivers_inputs_population_and_completeness(client: Any
     card = card_of(client.post(SERVICE, json=cds_request(prefetch)))
     assert re.fullmatch(r"Diabetes risk \d{1,3}% \(pima-diabetes/\d+\.\d+\.\d+\)", card["summary"])
     assert len(card["summary"]) < 140
-    probability = card["extension"]["dev.gshap.prediction"]["probability"]
-    threshold = card["extension"]["dev.gshap.prediction"]["threshold"]
+    probability = card["extension"]["urn:gshap-service:prediction"]["probability"]
+    threshold = card["extension"]["urn:gshap-service:prediction"]["threshold"]
+    assert card["extension"]["dev.gshap.prediction"] == card["extension"]["urn:gshap-service:prediction"]
     assert card["indicator"] == ("warning" if probability >= threshold else "info")
     assert re.search(r"\(pima-diabetes/\d+\.\d+\.\d+\)$", card["source"]["label"])
     uuid.UUID(card["uuid"])
     detail = card["detail"]
     assert "| Glucose | 147.7 mg/dL (reported 8.2 mmol/L) | 2025-06-01 | raises risk ↑ |" in detail
     assert "Observation/glu-2025" in detail
-    assert "Observation/glu-eie: Status 'entered-in-error'" in detail
+    assert "Observation/glu-eie: Status &#39;entered-in-error&#39;" in detail  # request text: escaped
     assert "another patient" in detail
     assert "women at least 21 years old" in detail
     assert "Completeness" in detail
     assert {link["type"] for link in card["links"]} == {"absolute"}
-    assert any(link["url"].endswith("/model") for link in card["links"])
+    assert any(link["url"].endswith("/#model") for link in card["links"])  # the page's model-card view
+    assert card["source"]["url"].endswith("/#model")
+    assert card["source"]["topic"]["system"] == "urn:gshap-service:cds-topic"
+    assert {r["system"] for r in card["overrideReasons"]} == {"urn:gshap-service:override-reason"}
     assert all(r["display"] for r in card["overrideReasons"])
 
 
@@ -189,9 +194,9 @@ def test_invalid_hook_requests_are_422(client: Any, body: dict[str, Any]) -> Non
 
 
 def test_huge_prefetch_bundle_is_413(client: Any) -> None:
-    """A prefetch search with more entries than GSHAP_FHIR_MAX_ENTRIES (1000) is refused with 413."""
+    """A prefetch search with more entries than GSHAP_FHIR_MAX_ENTRIES (10,000) is refused with 413."""
     prefetch = prefetch_for(load("patient_bundle.json"))
-    prefetch["glucose"] = {"resourceType": "Bundle", "type": "searchset", "entry": [{}] * 1001}
+    prefetch["glucose"] = {"resourceType": "Bundle", "type": "searchset", "entry": [{}] * 10_001}
     r = client.post(SERVICE, json=cds_request(prefetch))
     assert r.status_code == 413
     assert r.json()["limit_name"] == "fhir_max_entries"
@@ -496,38 +501,84 @@ def test_without_issuers_the_cds_endpoints_are_open(client: Any) -> None:
     assert client.get("/cds-services").status_code == 200
 
 
-def test_jwks_is_fetched_from_its_url(bundle: Any, keys: dict[str, Any], tmp_path: Path) -> None:
-    """An issuer configured with a JWKS URL: the set is fetched over HTTP (a real server here) and used."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+def test_jwks_is_fetched_from_its_https_url_with_a_trusted_ca(
+    bundle: Any, keys: dict[str, Any], tmp_path: Path
+) -> None:
+    """An issuer configured with an https JWKS URL: the set is fetched over real TLS from a server whose certificate
+    a test CA signed, trusted through GSHAP_CDS_JWKS_CA_FILE, and used (and cached)."""
     body = json.dumps({"keys": [_jwk(keys["ec"], "ec-1", "ES384")]}).encode()
-    hits: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
-        settings = Settings(cds_jwt_issuers={ISS: url}, cds_base_url=BASE, cds_feedback_db=tmp_path / "fb.sqlite3")
+    ca = make_ca(tmp_path / "ca")
+    with https_server(ca, lambda path: (200, body)) as (base, hits):
+        url = f"{base}/.well-known/jwks.json"
+        settings = Settings(
+            cds_jwt_issuers={ISS: url}, cds_base_url=BASE, cds_feedback_db=tmp_path / "fb.sqlite3",
+            cds_jwks_ca_file=ca.ca_file,
+        )  # fmt: skip
         with app_client(create_app(settings, bundle)) as c:
             assert call(c, token(keys)) == 200
             assert call(c, token(keys)) == 200
             assert call(c, token(keys, key="other")) == 401
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert hits[0] == "/.well-known/jwks.json"
-    assert len(hits) == 1  # cached: the second token and the unknown key's refused signature need no refetch
+    assert set(hits) == {"/.well-known/jwks.json"}
+    assert len(hits) == 2  # one read at start-up, one by the verifier; then cached
+
+
+def test_key_without_alg_serves_the_algorithm_its_type_allows(
+    bundle: Any, keys: dict[str, Any], tmp_path: Path
+) -> None:
+    """JWKs published without ``alg`` (optional, RFC 7517): an RSA key verifies RS384 tokens and an EC P-384 key
+    ES384 tokens (PyJWT alone would read them as RS256/ES256 and refuse every token)."""
+    jwks = tmp_path / "jwks.json"
+    bare = [{k: v for k, v in _jwk(keys[n], kid, alg).items() if k != "alg"}
+            for n, kid, alg in (("rsa", "rsa-1", "RS384"), ("ec", "ec-1", "ES384"))]  # fmt: skip
+    assert all("alg" not in k for k in bare)
+    jwks.write_text(json.dumps({"keys": bare}))
+    settings = Settings(cds_jwt_issuers={ISS: str(jwks)}, cds_base_url=BASE, cds_feedback_db=tmp_path / "fb.sqlite3")
+    with app_client(create_app(settings, bundle)) as c:
+        assert call(c, token(keys, key="rsa", alg="RS384", kid="rsa-1")) == 200
+        assert call(c, token(keys, key="ec", alg="ES384", kid="ec-1")) == 200
+        assert call(c, token(keys, key="rsa", alg="RS256", kid="rsa-1")) == 401  # still only our algorithms
+
+
+def test_token_lifetime_is_capped(bundle: Any, keys: dict[str, Any], tmp_path: Path) -> None:
+    """exp - iat at most the maximum lifetime (default 300 s) plus 30 s leeway: the Sandbox's exp = iat + 300
+    passes, iat + 331 and exp = 1e308 are 401 (and fill no replay cache); the maximum is a setting."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [_jwk(keys["ec"], "ec-1", "ES384")]}))
+    now = int(time.time())
+    settings = Settings(cds_jwt_issuers={ISS: str(jwks)}, cds_base_url=BASE, cds_feedback_db=tmp_path / "fb.sqlite3")
+    with app_client(create_app(settings, bundle)) as c:
+        assert call(c, token(keys, iat=now, exp=now + 300)) == 200
+        assert call(c, token(keys, iat=now - 10, exp=now + 320)) == 200  # 330 s: within the leeway
+        assert call(c, token(keys, iat=now, exp=now + 331)) == 401
+        assert call(c, token(keys, iat=now, exp=1e308)) == 401
+        assert call(c, token(keys, iat=now, exp=float("inf"))) == 401
+        assert call(c, token(keys, iat=now, exp=now + 3600)) == 401
+    longer = settings.model_copy(update={"cds_jwt_max_lifetime_seconds": 3600.0})
+    with app_client(create_app(longer, bundle)) as c:
+        assert call(c, token(keys, iat=now, exp=now + 3600)) == 200
+        assert call(c, token(keys, iat=now, exp=now + 7200)) == 401
+
+
+def test_jwks_over_plain_http_or_missing_stops_the_app(bundle: Any, keys: dict[str, Any], tmp_path: Path) -> None:
+    """A JWKS source that is plain http, a missing file, an https server whose CA is not trusted, or a file holding
+    no JWK Set: the app does not start (JwksSourceError naming the source), rather than 401 for every call."""
+    from service.api.cds_auth import JwksSourceError
+
+    junk = tmp_path / "junk.json"
+    junk.write_text("{not json")
+    ca = make_ca(tmp_path / "ca")
+    body = json.dumps({"keys": [_jwk(keys["ec"], "ec-1", "ES384")]}).encode()
+    with https_server(ca, lambda path: (200, body)) as (base, _):
+        for source, words in [
+            ("http://127.0.0.1:9/jwks.json", "https"),
+            (str(tmp_path / "missing.json"), "cannot read"),
+            (str(junk), "not a usable JWK Set"),
+            (f"{base}/jwks.json", "cannot fetch"),  # no GSHAP_CDS_JWKS_CA_FILE: the test CA is not trusted
+        ]:
+            settings = Settings(cds_jwt_issuers={ISS: source}, cds_feedback_db=tmp_path / "fb.sqlite3")
+            with pytest.raises(JwksSourceError, match=words), app_client(create_app(settings, bundle)):
+                pass
+    ok = Settings(cds_jwt_issuers={ISS: junk.with_name("ok.json").as_uri()}, cds_feedback_db=tmp_path / "f.sqlite3")
+    junk.with_name("ok.json").write_bytes(body)
+    with app_client(create_app(ok, bundle)) as c:  # an explicit file:// URL is a file
+        assert c.get("/cds-services").status_code == 401

@@ -339,3 +339,91 @@ def test_the_cohort_job_loads_no_web_framework() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[] []"
+
+
+# ---- broken files (issue 24) ---------------------------------------------------------------------------------------
+
+
+def _csv_line(row: dict[str, Any]) -> str:
+    return ",".join([row["id"], *("" if row[n] is None else repr(row[n]) for n in NAMES)])
+
+
+def test_unreadable_csv_rows_are_refused_in_their_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ragged row, a row with bytes that are not UTF-8 deep in the file (in the third batch), and an integer
+    cell of 5,000 digits: each row is refused with its problem in its place (exit 1, "some rows refused"),
+    and every other row is explained exactly as in the same file without them."""
+    rows = [r for i, r in enumerate(cohort_rows(3000, seed=3)) if i not in REFUSED]
+    lines = [_csv_line(r) for r in rows]
+    good = tmp_path / "good.csv"
+    good.write_text("\n".join(["id," + ",".join(NAMES), *lines]) + "\n")
+    head = ("id," + ",".join(NAMES) + "\n").encode()
+    body = [line.encode() for line in lines]
+    body.insert(10, b"X1,1,2,3")  # ragged: 4 cells
+    body.insert(2500, "Xé,1,".encode() + b"\xff\xfe" + b",72,35,0,33.6,0.627,50")  # not UTF-8
+    body.insert(2700, b"X3,1," + b"9" * 5000 + b",72,35,0,33.6,0.627,50")  # an integer Python will not read
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(head + b"\n".join(body) + b"\n")
+    out_good, out_bad = tmp_path / "good.parquet", tmp_path / "bad.parquet"
+    assert main(["explain-cohort", str(good), str(out_good), "--no-progress"]) == 0
+    assert main(["explain-cohort", str(bad), str(out_bad), "--no-progress"]) == 1
+    assert f"{len(rows) + 3} rows ({len(rows)} explained, 3 refused)" in capsys.readouterr().out
+    table = pq.read_table(out_bad).to_pylist()
+    refused = {r["id"]: json.loads(r["error"]) for r in table if r["error"]}
+    assert set(refused) == {None, "Xé", "X3"}
+    rules = {k: {e["rule"] for e in v["errors"]} for k, v in refused.items()}
+    assert rules[None] == {"ragged_row"}
+    assert "line 12" in refused[None]["errors"][0]["message"]
+    assert rules["Xé"] == {"not_utf8"}
+    assert "glucose" in {e["field"] for e in refused["X3"]["errors"]}
+    kept = [r for r in table if not r["error"]]
+    assert kept == pq.read_table(out_good).to_pylist()
+
+
+def test_output_is_checked_before_the_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """OUTPUT that is a folder: exit 2 at once with one line, before any row is explained; nothing is left."""
+    src = write_parquet(cohort_rows(8), tmp_path / "in.parquet")
+    folder = tmp_path / "out.parquet"
+    folder.mkdir()
+    assert main(["explain-cohort", str(src), str(folder), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "OUTPUT is a folder" in err[0]
+    assert not (tmp_path / "out.parquet.partial").exists()
+    assert list(folder.iterdir()) == []
+
+
+def test_a_file_that_cannot_be_read_exits_2_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A CSV whose header is not UTF-8, and a Parquet file that is not Parquet: exit 2 with the reason, no output."""
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_bytes(b"\xff\xfe" + ",".join(NAMES).encode() + b"\n1,2\n")
+    not_parquet = tmp_path / "bad.parquet"
+    not_parquet.write_bytes(b"PAR1 not really")
+    for src in (bad_csv, not_parquet):
+        assert main(["explain-cohort", str(src), str(tmp_path / "o.parquet"), "--no-progress"]) == 2
+        assert "cannot be read" in capsys.readouterr().err
+    assert not (tmp_path / "o.parquet").exists()
+    assert not (tmp_path / "o.parquet.partial").exists()
+
+
+def test_rows_explained_before_a_later_failure_are_kept(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder of two Parquet files whose second turns out broken mid-job (its data pages overwritten, its footer
+    intact, so the layout check passes): exit 2 naming OUTPUT.partial, which holds the first file's rows, all
+    explained; OUTPUT itself is not written (the job is not complete)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rows = cohort_rows(40)
+    write_parquet(rows[:20], folder / "a.parquet")
+    second = write_parquet(rows[20:], folder / "b.parquet")
+    data = bytearray(second.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little") + 8
+    data[4 : len(data) - footer] = b"\x07" * (len(data) - footer - 4)
+    second.write_bytes(bytes(data))
+    out = tmp_path / "out.parquet"
+    code = main(["explain-cohort", str(folder), str(out), "--no-progress", "--batch-size", "20"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "kept in" in err
+    assert not out.exists()
+    kept = pq.read_table(tmp_path / "out.parquet.partial").to_pylist()
+    assert [r["id"] for r in kept] == [r["id"] for r in rows[:20]]
+    assert all(r["probability"] is not None for r in kept if r["error"] is None)

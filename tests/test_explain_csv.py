@@ -114,3 +114,40 @@ def test_missing_required_column_stops_with_its_name(server: LiveServer, tmp_pat
     assert proc.returncode == 2
     assert "age (or Age)" in proc.stderr
     assert not out.exists()
+
+
+def test_unreadable_rows_are_refused_in_their_place(server: LiveServer, tmp_path: Path) -> None:
+    """A ragged row (fewer and more cells), a cell that is not UTF-8, and NaN or text in a feature: each row is
+    refused in its place with the reason, without a request (NaN is never read as "not measured"); the other rows
+    are explained; exit 1; the output is complete (no .partial left)."""
+    good = example_record(default_spec())
+    line = ",".join(str(good[f]) for f in FEATURES)
+    lines = [
+        ",".join(FEATURES).encode(),
+        line.encode(),
+        b"1,2,3",  # too few cells
+        (line + ",9").encode(),  # one too many
+        line.replace(str(good["glucose"]), "NaN", 1).encode(),
+        line.encode().replace(str(good["bmi"]).encode(), b"\xff\xfe", 1),
+        line.replace(str(good["glucose"]), "abc", 1).encode(),
+        line.encode(),
+    ]
+    source = tmp_path / "broken.csv"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out.csv"
+    proc = run_script(source, "--url", server.url, "--out", out, "--quiet")
+    assert proc.returncode == 1, proc.stderr
+    assert "2 rows explained, 5 refused" in proc.stderr
+    _, rows = read_rows(out)
+    assert [r["row"] for r in rows] == [str(i) for i in range(7)]
+    errors = [r["error"] for r in rows]
+    assert errors[0] == errors[6] == ""
+    assert "3 cells, the header has 8" in errors[1]
+    assert "9 cells, the header has 8" in errors[2]
+    assert errors[3].startswith("glucose:")
+    assert "not a finite number" in errors[3]
+    assert errors[4] == "bmi: the cell is not UTF-8 text"
+    assert errors[5].startswith("glucose:")
+    assert "not a number" in errors[5]
+    assert rows[0]["probability"] == rows[6]["probability"] != ""
+    assert not out.with_name(out.name + ".partial").exists()

@@ -143,3 +143,21 @@ def test_serve_refuses_a_bundle_whose_features_do_not_fit_its_weights(root: Path
     [line] = lines
     assert "manifest.json" in line
     assert "network[0].linear: takes 8 inputs but follows 7 features" in line
+
+
+@pytest.mark.slow
+def test_serve_refuses_a_missing_or_plain_http_jwks_with_one_line_and_exit_2(root: Path, tmp_path: Path) -> None:
+    """GSHAP_CDS_JWT_ISSUERS naming a JWKS file that does not exist, or a plain http:// URL: `gshap serve` exits 2
+    before loading anything, with one line on stderr that names the source (not a 401 for every call later)."""
+    for source in (str(tmp_path / "no-such-jwks.json"), "http://127.0.0.1:9/jwks.json"):
+        env = {"GSHAP_CDS_JWT_ISSUERS": f"https://ehr.example.org={source}"}
+        proc = _gshap(root, "serve", "--port", str(free_port()), env=env)
+        try:
+            _, err = proc.communicate(timeout=START_TIMEOUT)
+        finally:
+            _stop(proc)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 2, err
+        assert len(lines) == 1, err
+        assert source in lines[0]
+        assert "Traceback" not in err

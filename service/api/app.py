@@ -29,15 +29,18 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 
 from service import __version__
-from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers
+from service.api.cds_auth import JwksSourceError, check_jwks_sources
+from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers, is_v2_path
+from service.api.http_limits import http_protocol_options
 from service.api.metrics import HttpMetrics
 from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
 from service.api.page import PageCompressionMiddleware, install_pages
-from service.api.routes import AppState, cds, explain, fhir, groups, health, model, operations, predict, problems
+from service.api.routes import AppState, cds, explain, fhir, groups, health, model, operations, predict, problems, v2
 from service.api.security import (
     OPEN_PATHS,
     ApiKeyMiddleware,
     BodySizeLimitMiddleware,
+    HeaderSizeLimitMiddleware,
     ProblemCORSMiddleware,
     SecurityHeadersMiddleware,
 )
@@ -48,6 +51,9 @@ from service.runtime.inference import InferenceRuntime, configure_torch, ensure_
 from service.schemas import EXAMPLE_PREDICTION, request_models
 
 __all__ = ["create_app", "description", "openapi_yaml", "serve", "tags", "uvicorn_options"]
+
+V2_OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+"""The Open Inference Protocol's health probes: open even when API keys are required, like /healthz and /readyz."""
 
 ANSWER_EXAMPLE_SCHEMAS = (
     "PredictionPublic",
@@ -122,6 +128,14 @@ def tags(bundle: Bundle) -> list[dict[str, str]]:
             "name": "fhir",
             "description": "Predictions and explanations from a FHIR R4 Bundle (codes and units from the model spec).",
         },
+        {
+            "name": "v2",
+            "description": (
+                "The Open Inference Protocol (V2 REST) of KServe, Triton and MLServer: tensors in and out (JSON or "
+                "the binary tensor data extension), explanations from the model '{name}-explainer'. Errors are V2's "
+                '{"error": "..."}, not problem documents. See docs/V2.md.'
+            ),
+        },
     ]
 
 
@@ -171,6 +185,11 @@ async def _start(state: AppState) -> None:
     gc.collect()
     gc.freeze()
     if settings.cds_jwt_issuers:
+        try:  # a JWK Set that is not there at start is a refusal, not a 401 for every call later
+            await anyio.to_thread.run_sync(check_jwks_sources, settings.cds_jwt_issuers, settings.cds_jwks_ca_file)
+        except JwksSourceError as exc:
+            log_event("startup_failed", 40, reason=str(exc))
+            raise
         log_event("cds_auth", issuers=sorted(settings.cds_jwt_issuers), fhir_servers=len(settings.cds_fhir_servers))
     else:
         log_event(
@@ -266,10 +285,15 @@ def create_app(
                 max_age=600,
             )
         )
-    open_paths = set(OPEN_PATHS)
+    open_paths = set(OPEN_PATHS) | V2_OPEN_PATHS
     if settings.metrics_enabled and not settings.metrics_require_key:
         open_paths |= {"/metrics", "/monitoring"}
     middleware += [
+        Middleware(
+            HeaderSizeLimitMiddleware,
+            max_bytes=settings.max_header_bytes,
+            max_authorization_bytes=settings.max_authorization_bytes,
+        ),
         Middleware(
             ApiKeyMiddleware,
             open_paths=open_paths,
@@ -277,7 +301,13 @@ def create_app(
             rate_limit_per_minute=settings.rate_limit_per_minute,
             rate_limit_burst=settings.rate_limit_burst,
         ),
-        Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(
+            BodySizeLimitMiddleware,
+            max_bytes=settings.max_body_bytes,
+            routes=[
+                (prefix, settings.fhir_max_body_bytes, "fhir_max_body_bytes") for prefix in ("/fhir/", "/cds-services/")
+            ],
+        ),
         Middleware(PageCompressionMiddleware),
     ]
     app = FastAPI(
@@ -301,6 +331,9 @@ def create_app(
         app.include_router(area.router)
     app.include_router(cds.build_router(bundle))
     app.include_router(fhir.build_router(bundle))
+    v2_router = v2.build_router(models)
+    app.include_router(v2_router)
+    v2.route_v2_first(app, v2_router)
     if state.telemetry is not None:
         app.include_router(operations.router)
     install_pages(app, app.title)
@@ -317,7 +350,7 @@ def _openapi(app: FastAPI, bundle: Bundle) -> dict[str, Any]:
         return app.openapi_schema
     doc = FastAPI.openapi(app)
     fastapi_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
-    for path_item in doc.get("paths", {}).values():
+    for path, path_item in doc.get("paths", {}).items():
         for operation in path_item.values():
             responses = operation.get("responses", {})
             # FastAPI adds its own 422 to routes with parameters; ours are problems, declared where they occur
@@ -325,7 +358,7 @@ def _openapi(app: FastAPI, bundle: Bundle) -> dict[str, Any]:
                 del responses["422"]
             for code, response in responses.items():
                 content = response.get("content", {})
-                if code[:1] in "45" and "application/json" in content:
+                if code[:1] in "45" and "application/json" in content and not is_v2_path(path):
                     response["content"] = {PROBLEM_MEDIA_TYPE: content.pop("application/json")}
     components = doc.setdefault("components", {})
     for unused in ("HTTPValidationError", "ValidationError"):
@@ -372,6 +405,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "lifespan": "on",
         "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
         "server_header": False,
+        **http_protocol_options(settings.max_header_bytes, settings.workers),
     }
 
 
@@ -383,6 +417,8 @@ def serve(settings: Settings) -> int:
     answers are not finite (the runtime is built and warmed up here, then handed to the app, which starts it).
     """
     configure_logging(settings.log_level)
+    if settings.cds_jwt_issuers:  # JwksSourceError: gshap serve says it in one line, exit 2
+        check_jwks_sources(settings.cds_jwt_issuers, settings.cds_jwks_ca_file)
     bundle = load_bundle(settings.model_path)
     ensure_compatible(bundle, bundle.spec)
     configure_torch(settings.torch_threads)  # as the lifespan does, before this process's first explanation

@@ -7,12 +7,16 @@ never the token):
 - ``Authorization: Bearer <JWT>`` present;
 - header: ``alg`` is ES384 or RS384 (asymmetric only: never ``none``, never HMAC), ``kid`` present, ``typ`` JWT
   when present;
-- ``iss`` is a configured issuer; the key is the ``kid`` of that issuer's JWK Set (a URL, fetched and cached for
-  ``JWKS_TTL_SECONDS``, fetched again at most every ``JWKS_MIN_REFRESH_SECONDS`` when a kid is unknown, so rotated
-  keys are picked up; or a file). A ``jku`` header is not followed: keys come only from the configured set;
+- ``iss`` is a configured issuer; the key is the ``kid`` of that issuer's JWK Set (an ``https://`` URL, fetched and
+  cached for ``JWKS_TTL_SECONDS``, fetched again at most every ``JWKS_MIN_REFRESH_SECONDS`` when a kid is unknown, so
+  rotated keys are picked up; or a file: a path or a ``file://`` URL; plain ``http://`` is refused). A ``jku`` header
+  is not followed: keys come only from the configured set. A key whose ``alg`` is absent (it is optional, RFC 7517)
+  serves the one algorithm of ours its key type allows: RS384 for RSA, ES384 for an EC P-384 key;
 - the signature; ``aud`` is exactly the URL of the endpoint called (``<base>/cds-services``,
   ``<base>/cds-services/diabetes-risk`` or ``.../feedback``); ``exp`` in the future, ``iat`` not in the future
   (both with ``LEEWAY_SECONDS``), ``jti`` present;
+- the lifetime ``exp - iat`` at most ``GSHAP_CDS_JWT_MAX_LIFETIME_SECONDS`` (default 300, the CDS Hooks Sandbox's
+  ``exp = iat + 300``) plus ``LEEWAY_SECONDS``, so that no token (and no replay-cache entry) lives long;
 - ``jti`` not seen before from that issuer while the first token was valid (an in-process replay cache: with
   several workers or replicas each keeps its own, so a replay to another process is not caught).
 """
@@ -20,10 +24,13 @@ never the token):
 from __future__ import annotations
 
 import json
+import math
+import ssl
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import jwt
@@ -31,7 +38,15 @@ import jwt
 from service.api.errors import Unauthorized
 from service.api.observability import log_event
 
-__all__ = ["ALLOWED_ALGORITHMS", "CdsJwtVerifier", "cds_unauthorized"]
+__all__ = [
+    "ALLOWED_ALGORITHMS",
+    "CdsJwtVerifier",
+    "JwksSourceError",
+    "cds_unauthorized",
+    "check_jwks_sources",
+    "jwks_source",
+    "key_set",
+]
 
 ALLOWED_ALGORITHMS = ("ES384", "RS384")
 LEEWAY_SECONDS = 30
@@ -39,6 +54,87 @@ JWKS_TTL_SECONDS = 300.0
 JWKS_MIN_REFRESH_SECONDS = 30.0
 JWKS_MAX_BYTES = 256 * 1024
 MAX_REPLAY_ENTRIES = 100_000
+DEFAULT_MAX_LIFETIME_SECONDS = 300.0
+# the algorithm a key without "alg" serves, by key type (and curve): the one of ALLOWED_ALGORITHMS it can do
+_IMPLIED_ALGORITHM = {("RSA", None): "RS384", ("EC", "P-384"): "ES384"}
+
+
+class JwksSourceError(Exception):
+    """A configured JWK Set that cannot be used (not https or a file, missing, unreadable, no usable key): the
+    service refuses to start (``gshap serve`` says it in one line and exits 2)."""
+
+
+def jwks_source(source: str) -> tuple[str, str]:
+    """``("url", https-url)`` or ``("file", path)`` for a configured JWKS source; :class:`JwksSourceError` for
+    anything else (``http://`` and every other scheme)."""
+    if "://" not in source:
+        return "file", source
+    parts = urlsplit(source)
+    scheme = parts.scheme.lower()
+    if scheme == "https" and parts.hostname:
+        return "url", source
+    if scheme == "file" and parts.netloc in ("", "localhost") and parts.path:
+        return "file", unquote(parts.path)
+    raise JwksSourceError(f"JWKS source {source[:200]!r}: must be an https:// URL or a file (a path or file:// URL)")
+
+
+def key_set(data: Any) -> jwt.PyJWKSet:
+    """The JWK Set of ``data`` (a parsed JWKS document); a key without ``alg`` gets the one allowed algorithm its
+    key type implies (RS384 for RSA, ES384 for EC P-384), instead of PyJWT's RS256/ES256 default."""
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise ValueError("a JWK Set is an object with a 'keys' array")
+    keys = []
+    for item in data["keys"]:
+        implied = None
+        if isinstance(item, dict) and "alg" not in item:
+            crv = item.get("crv") if item.get("kty") == "EC" else None
+            implied = _IMPLIED_ALGORITHM.get((str(item.get("kty")), crv))
+        keys.append(item if implied is None else {**item, "alg": implied})
+    return jwt.PyJWKSet.from_dict({**data, "keys": keys})
+
+
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The system's trusted CAs, plus ``ca_file`` (GSHAP_CDS_JWKS_CA_FILE) when set."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context
+
+
+def _parse(body: bytes, where: str) -> jwt.PyJWKSet:
+    if len(body) > JWKS_MAX_BYTES:
+        raise JwksSourceError(f"JWKS {where}: larger than {JWKS_MAX_BYTES} bytes")
+    try:
+        return key_set(json.loads(body))
+    except (ValueError, jwt.PyJWTError) as exc:
+        raise JwksSourceError(f"JWKS {where}: not a usable JWK Set ({str(exc)[:120]})") from None
+
+
+def check_jwks_sources(issuers: Mapping[str, str], ca_file: Path | None = None, timeout: float = 5.0) -> None:
+    """Read every configured JWK Set once (at start-up): :class:`JwksSourceError` naming the first that is not an
+    https URL or a file, cannot be read or fetched, or holds no usable key."""
+    for issuer, source in issuers.items():
+        kind, where = jwks_source(source)
+        if kind == "file":
+            try:
+                body = Path(where).read_bytes()
+            except OSError as exc:
+                raise JwksSourceError(
+                    f"JWKS of issuer {issuer!r}: cannot read file {where!r} ({exc.strerror or type(exc).__name__})"
+                ) from None
+        else:
+            try:
+                context = _tls_context(ca_file)
+                with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, verify=context) as c:
+                    response = c.get(where, headers={"Accept": "application/json"})
+            except (OSError, httpx.HTTPError, ssl.SSLError) as exc:
+                raise JwksSourceError(
+                    f"JWKS of issuer {issuer!r}: cannot fetch {where!r} ({type(exc).__name__}: {str(exc)[:160]})"
+                ) from None
+            if response.status_code != 200:
+                raise JwksSourceError(f"JWKS of issuer {issuer!r}: {where!r} answered {response.status_code}")
+            body = response.content
+        _parse(body, f"of issuer {issuer!r} ({where!r})")
 
 
 def cds_unauthorized() -> Unauthorized:
@@ -57,22 +153,43 @@ class _RefusedError(Exception):
 class CdsJwtVerifier:
     """Verifies CDS client JWTs against the configured issuers' JWK Sets; keeps the replay cache."""
 
-    def __init__(self, issuers: Mapping[str, str], *, clock: Any = time.time) -> None:
+    def __init__(
+        self,
+        issuers: Mapping[str, str],
+        *,
+        clock: Any = time.time,
+        max_lifetime: float = DEFAULT_MAX_LIFETIME_SECONDS,
+        ca_file: Path | None = None,
+    ) -> None:
         self.issuers = dict(issuers)
         self.clock = clock
+        self.max_lifetime = float(max_lifetime)
+        self.ca_file = ca_file
+        self._tls: ssl.SSLContext | None = None
         self._sets: dict[str, tuple[float, jwt.PyJWKSet]] = {}
         self._seen: dict[tuple[str, str], float] = {}
 
     async def _load(self, source: str) -> jwt.PyJWKSet:
-        if source.startswith(("https://", "http://")):
-            async with httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=False, trust_env=False) as c:
-                response = await c.get(source, headers={"Accept": "application/json"})
-                if response.status_code != 200 or len(response.content) > JWKS_MAX_BYTES:
-                    raise _RefusedError(f"JWKS {source} answered {response.status_code}")
-                data = response.json()
+        try:
+            kind, where = jwks_source(source)
+        except JwksSourceError as exc:
+            raise _RefusedError(str(exc)) from None
+        if kind == "url":
+            if self._tls is None:
+                self._tls = _tls_context(self.ca_file)
+            async with httpx.AsyncClient(
+                timeout=httpx.Timeout(5.0), follow_redirects=False, trust_env=False, verify=self._tls
+            ) as c:
+                response = await c.get(where, headers={"Accept": "application/json"})
+                if response.status_code != 200:
+                    raise _RefusedError(f"JWKS {where} answered {response.status_code}")
+                body = response.content
         else:
-            data = json.loads(Path(source).read_text())
-        return jwt.PyJWKSet.from_dict(data)
+            body = Path(where).read_bytes()
+        try:
+            return _parse(body, where)
+        except JwksSourceError as exc:
+            raise _RefusedError(str(exc)) from None
 
     async def _key(self, issuer: str, kid: str) -> jwt.PyJWK:
         source = self.issuers[issuer]
@@ -139,14 +256,22 @@ class CdsJwtVerifier:
                     leeway=LEEWAY_SECONDS,
                     options={"require": ["iss", "aud", "exp", "iat", "jti"], "strict_aud": False},
                 )
-            except jwt.PyJWTError as exc:
+            except (jwt.PyJWTError, OverflowError, TypeError) as exc:
                 raise _RefusedError(f"JWT refused ({type(exc).__name__})") from None
-            if float(claims["iat"]) > self.clock() + LEEWAY_SECONDS:
+            try:
+                exp, iat = float(claims["exp"]), float(claims["iat"])
+            except (OverflowError, TypeError, ValueError):
+                raise _RefusedError("exp or iat is not a number") from None
+            if not (math.isfinite(exp) and math.isfinite(iat)):
+                raise _RefusedError("exp or iat is not finite")
+            if iat > self.clock() + LEEWAY_SECONDS:
                 raise _RefusedError("iat in the future")
+            if exp - iat > self.max_lifetime + LEEWAY_SECONDS:
+                raise _RefusedError(f"lifetime exp - iat over {self.max_lifetime:g} s (+{LEEWAY_SECONDS} s leeway)")
             jti = claims["jti"]
             if not isinstance(jti, str) or not jti:
                 raise _RefusedError("jti is not a string")
-            self._remember(issuer, jti, float(claims["exp"]))
+            self._remember(issuer, jti, exp)
             return claims
         except _RefusedError as why:
             log_event("cds_jwt_refused", 30, reason=str(why), audience=audience)

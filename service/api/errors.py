@@ -22,6 +22,7 @@ from service.problems import (
     PROBLEM_MEDIA_TYPE,
     CorsRefused,
     FieldError,
+    HeadersTooLarge,
     InvalidInput,
     MalformedBody,
     MethodNotAllowed,
@@ -49,6 +50,7 @@ __all__ = [
     "PROBLEM_MEDIA_TYPE",
     "CorsRefused",
     "FieldError",
+    "HeadersTooLarge",
     "InvalidInput",
     "MalformedBody",
     "MethodNotAllowed",
@@ -65,6 +67,7 @@ __all__ = [
     "field_errors",
     "install_exception_handlers",
     "invalid_input",
+    "is_v2_path",
     "problem_body",
     "problem_kinds",
     "problem_page",
@@ -72,6 +75,8 @@ __all__ = [
     "problems_index_page",
     "problems_markdown",
     "request_id_of",
+    "v2_error_response",
+    "v2_error_text",
 ]
 
 
@@ -83,9 +88,36 @@ def request_id_of(scope: Scope) -> str | None:
 
 
 def problem_response(exc: ServiceError, *, instance: str | None, request_id: str | None) -> Response:
-    """THE rendering of an error: ``application/problem+json`` with the error's status and headers."""
+    """THE rendering of an error: ``application/problem+json`` with the error's status and headers (on the Open
+    Inference Protocol's paths, ``/v2...``, that protocol's own error instead: :func:`v2_error_response`)."""
+    if instance is not None and is_v2_path(instance):
+        return v2_error_response(exc)
     content = orjson.dumps(problem_body(exc, instance=instance, request_id=request_id))
     return Response(content, status_code=exc.status, headers=dict(exc.headers), media_type=PROBLEM_MEDIA_TYPE)
+
+
+V2_PREFIX = "/v2"
+
+
+def is_v2_path(path: str) -> bool:
+    """Whether ``path`` is one of the Open Inference Protocol's (``/v2`` and below)."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def v2_error_text(exc: ServiceError) -> str:
+    """The error in one line: the detail, then each broken rule as ``field: message (rule)``; no value of the
+    request (the messages never hold one)."""
+    rules = "; ".join(f"{e.field}: {e.message} ({e.rule})" for e in exc.errors)
+    return f"{exc.detail} {rules}" if rules else exc.detail
+
+
+def v2_error_response(exc: ServiceError) -> Response:
+    """An error as the Open Inference Protocol sends it: ``{"error": "..."}`` as ``application/json``, with the
+    error's status and headers, except that an input refused by a rule (422 on the JSON API) is a 400, the
+    protocol's status for a request it cannot run."""
+    status = 400 if exc.status == 422 else exc.status
+    content = orjson.dumps({"error": v2_error_text(exc)})
+    return Response(content, status_code=status, headers=dict(exc.headers), media_type="application/json")
 
 
 # ---- translation of FastAPI / Starlette errors ------------------------------------------------------------

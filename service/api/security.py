@@ -10,8 +10,13 @@ route, the docs included. Their refusals are :mod:`service.api.errors` problems 
   scrapers unless GSHAP_METRICS_REQUIRE_KEY=true (the app passes its ``open_paths``).
 - Rate limit (``GSHAP_RATE_LIMIT_PER_MINUTE``): a token bucket per API key (per client address without
   keys), in-process, so with N workers the effective limit is up to N times higher. 429 with ``Retry-After``.
-- Body size (``GSHAP_MAX_BODY_BYTES``): ``Content-Length`` checked first, then the streamed size while the
-  body is read into memory (bodies here are small JSON documents). 413.
+- Body size (``GSHAP_MAX_BODY_BYTES``; ``GSHAP_FHIR_MAX_BODY_BYTES`` on the FHIR and CDS Hooks routes, which take
+  a patient's Bundle): ``Content-Length`` checked first, then the streamed size while the body is read into
+  memory. 413.
+- Header size: the request line and headers over ``GSHAP_MAX_HEADER_BYTES`` are refused by the HTTP protocol
+  itself (:mod:`service.api.http_limits`) as soon as that many bytes came without the end of the headers, and
+  here again for servers that do not use it; ``Authorization`` over ``GSHAP_MAX_AUTHORIZATION_BYTES`` is refused
+  before any key or token is read. 431.
 - Headers: ``nosniff``, ``DENY`` framing, ``no-referrer``, ``no-store`` and a CSP that forbids everything
   on API answers; only the two documentation pages get one that lets Swagger UI and ReDoc load (from this
   server: ``'self'`` only, no inline script), and the page at ``/`` and its files get a strict same-origin CSP
@@ -39,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.errors import (
     PROBLEM_BASE,
     CorsRefused,
+    HeadersTooLarge,
     PayloadTooLarge,
     RateLimited,
     ServiceError,
@@ -54,6 +60,7 @@ __all__ = [
     "PAGE_CSP",
     "ApiKeyMiddleware",
     "BodySizeLimitMiddleware",
+    "HeaderSizeLimitMiddleware",
     "ProblemCORSMiddleware",
     "SecurityHeadersMiddleware",
     "TokenBucket",
@@ -221,26 +228,76 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-class BodySizeLimitMiddleware:
-    """413 for a body over ``max_bytes``: by ``Content-Length``, then by the bytes actually streamed."""
+def header_limit_problem(limit: int, name: str = "") -> HeadersTooLarge:
+    """The 431 problem: the whole header block over ``limit`` bytes, or the header ``name`` over it."""
+    if name:
+        return HeadersTooLarge(
+            f"The {name} header is larger than {limit} bytes (GSHAP_MAX_AUTHORIZATION_BYTES); it was not read.",
+            extra={"limit": limit, "limit_name": "max_authorization_bytes"},
+        )
+    return HeadersTooLarge(
+        f"The request line and headers are larger than {limit} bytes (GSHAP_MAX_HEADER_BYTES).",
+        extra={"limit": limit, "limit_name": "max_header_bytes"},
+    )
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+
+class HeaderSizeLimitMiddleware:
+    """431 for headers over ``max_bytes`` in all, or an ``Authorization`` header over ``max_authorization_bytes``,
+    before anything reads them (API keys, the CDS client's JWT)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, max_authorization_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_authorization_bytes = max_authorization_bytes
 
-    def _too_large(self) -> PayloadTooLarge:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            total = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            refusal = None
+            for name, value in scope["headers"]:
+                total += len(name) + len(value) + 4
+                if name == b"authorization" and len(value) > self.max_authorization_bytes:
+                    refusal = header_limit_problem(self.max_authorization_bytes, "Authorization")
+                    break
+            if refusal is None and total > self.max_bytes:
+                refusal = header_limit_problem(self.max_bytes)
+            if refusal is not None:
+                await _refuse(refusal, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class BodySizeLimitMiddleware:
+    """413 for a body over its route's limit: by ``Content-Length``, then by the bytes actually streamed.
+
+    ``max_bytes`` is the default (GSHAP_MAX_BODY_BYTES); ``routes`` gives other limits by path prefix, each with the
+    name of its setting (the FHIR and CDS Hooks routes: GSHAP_FHIR_MAX_BODY_BYTES)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, routes: Iterable[tuple[str, int, str]] = ()) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.routes = tuple(routes)
+
+    def _limit(self, path: str) -> tuple[int, str]:
+        for prefix, limit, name in self.routes:
+            if path == prefix.rstrip("/") or path.startswith(prefix):
+                return limit, name
+        return self.max_bytes, "max_body_bytes"
+
+    def _too_large(self, limit: int, name: str) -> PayloadTooLarge:
         return PayloadTooLarge(
-            f"The request body is larger than {self.max_bytes} bytes (GSHAP_MAX_BODY_BYTES).",
-            extra={"limit": self.max_bytes, "limit_name": "max_body_bytes"},
+            f"The request body is larger than {limit} bytes (GSHAP_{name.upper()}).",
+            extra={"limit": limit, "limit_name": name},
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, name = self._limit(scope["path"])
         length = Headers(scope=scope).get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await _refuse(self._too_large(), scope, receive, send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _refuse(self._too_large(limit, name), scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -250,8 +307,8 @@ class BodySizeLimitMiddleware:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await _refuse(self._too_large(), scope, receive, send)
+            if size > limit:
+                await _refuse(self._too_large(limit, name), scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

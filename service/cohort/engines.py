@@ -3,7 +3,13 @@
 Both apply the same :class:`~service.cohort.table.CohortExplainer` to batches of input rows and write the results
 in input order through one :class:`~service.cohort.table.CohortWriter`, so their files hold the same values.
 
-- ``local`` reads the input as a stream of Arrow batches (``pyarrow.csv.open_csv``, or a Parquet dataset scanner
+OUTPUT is checked before any work (:func:`~service.cohort.table.check_output`). A job that stops part-way (an
+input that turns unreadable, a ragged CSV row under the ``ray`` engine, whose reader cannot refuse a row on its
+own) keeps the rows already explained: ``OUTPUT.partial`` is closed as a readable Parquet file of them, never
+renamed to OUTPUT, and :class:`CohortStoppedError` says where it is.
+
+- ``local`` reads the input as a stream of Arrow batches (a CSV row by row with Python's ``csv`` module, so that
+  a row that cannot be read, ragged or not UTF-8, is refused on its own in its place; or a Parquet dataset scanner
   with little read-ahead), explains each batch and appends it to the output: memory holds a few batches and one
   row group whatever the input's size. One core computes (the exact kernel is single-threaded per call).
 - ``ray`` builds a Ray Data dataset over the input (``read_csv`` / ``read_parquet``) and maps it with
@@ -17,6 +23,7 @@ in input order through one :class:`~service.cohort.table.CohortWriter`, so their
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import sys
@@ -26,13 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import orjson
 import pyarrow as pa
 
 from service.cohort.table import (
+    ROW_PROBLEM_COLUMN,
     CohortExplainer,
     CohortInput,
     CohortInputError,
     CohortWriter,
+    check_output,
     cohort_metadata,
     output_schema,
     with_row_numbers,
@@ -41,7 +51,7 @@ from service.contract import ServedMethod
 from service.model.store import load_bundle
 from service.runtime.inference import ExplainOptions, ensure_compatible
 
-__all__ = ["DEFAULT_BATCH_SIZE", "CohortResult", "Engine", "run_cohort"]
+__all__ = ["DEFAULT_BATCH_SIZE", "CohortResult", "CohortStoppedError", "Engine", "run_cohort"]
 
 Engine = Literal["local", "ray"]
 DEFAULT_BATCH_SIZE = 1024
@@ -49,6 +59,16 @@ _CSV_BLOCK_BYTES = 1 << 22
 # the local Ray's shared-memory object store: batches in flight, not the data set (Ray Data streams and spills)
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024 * 1024
 RAY_BLOCK_BYTES = 256 * 1024
+
+
+class CohortStoppedError(RuntimeError):
+    """The job stopped part-way; ``partial`` holds the rows explained before (None: none), ``rows`` of them."""
+
+    def __init__(self, message: str, partial: Path | None, rows: int) -> None:
+        self.partial = partial
+        self.rows = rows
+        kept = f"; the {rows} rows explained before are kept in {partial}" if partial else "; no row was explained"
+        super().__init__(message + kept)
 
 
 @dataclass(frozen=True)
@@ -98,13 +118,58 @@ def _rebatch(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]
         yield pa.Table.from_batches(pending)
 
 
+def _row_problem(rule: str, message: str) -> str:
+    return orjson.dumps([{"field": "row", "rule": rule, "message": message}]).decode()
+
+
+def csv_batches(inp: CohortInput, batch_size: int) -> Iterator[pa.Table]:
+    """A CSV's rows as tables of ``batch_size`` rows (cells as bytes, as written), read row by row: a ragged row
+    or one the CSV parser refuses stays in its place with its problem in ``ROW_PROBLEM_COLUMN``; a cell that is not
+    UTF-8 keeps its bytes (the explainer refuses its row)."""
+    columns = inp.columns
+    with inp.path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        where = [header.index(c) for c in columns]
+        pending: list[tuple[list[bytes | None], str | None]] = []
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # e.g. a field over the parser's size limit
+                pending.append(
+                    ([None] * len(columns), _row_problem("unreadable_row", f"line {reader.line_num}: {exc}"))
+                )
+                row = None
+            if row is not None:
+                if not row:
+                    continue  # an empty line, skipped as pyarrow's reader does
+                if len(row) != len(header):
+                    message = f"line {reader.line_num}: {len(row)} cells, the header has {len(header)}"
+                    pending.append(([None] * len(columns), _row_problem("ragged_row", message)))
+                else:
+                    cells = [row[j] for j in where]
+                    pending.append(([c.encode("utf-8", "surrogateescape") if c else None for c in cells], None))
+            if len(pending) == batch_size:
+                yield _csv_table(columns, pending)
+                pending = []
+        if pending:
+            yield _csv_table(columns, pending)
+
+
+def _csv_table(columns: list[str], rows: list[tuple[list[bytes | None], str | None]]) -> pa.Table:
+    data: dict[str, pa.Array] = {
+        name: pa.array([cells[j] for cells, _ in rows], type=pa.binary()) for j, name in enumerate(columns)
+    }
+    data[ROW_PROBLEM_COLUMN] = pa.array([problem for _, problem in rows], type=pa.string())
+    return pa.table(data)
+
+
 def local_batches(inp: CohortInput, batch_size: int) -> Iterator[pa.Table]:
     """The input's rows as a stream of tables of ``batch_size`` rows, holding a few blocks at a time."""
     if inp.kind == "csv":
-        import pyarrow.csv as pacsv
-
-        reader = pacsv.open_csv(inp.path, **_csv_options(inp))
-        yield from _rebatch(iter(reader), batch_size)
+        yield from csv_batches(inp, batch_size)
         return
     import pyarrow.dataset as pads
 
@@ -148,6 +213,7 @@ def run_cohort(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    check_output(output)  # a folder, or no way to write there: refused before any work
     # the bundle is checked here once, before any worker starts, and its resolved path is what the workers load
     bundle = load_bundle(model_path)
     ensure_compatible(bundle, bundle.spec)
@@ -180,9 +246,15 @@ def run_cohort(
             n_workers = _run_ray(inp, writer, bar, explainer_kwargs, batch_size, ray_address, num_cpus, workers)
         else:
             raise ValueError(f"unknown engine {engine!r}: 'local' or 'ray'")
+    except Exception as exc:
+        bar.close()
+        partial = writer.keep_partial()
+        raise CohortStoppedError(
+            f"the job stopped ({type(exc).__name__}: {str(exc)[:300]})", partial, writer.rows
+        ) from exc
     except BaseException:
         bar.close()
-        writer.abort()
+        writer.keep_partial()
         raise
     bar.close()
     writer.close()

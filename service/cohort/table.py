@@ -28,8 +28,11 @@ Output columns (:func:`output_schema`), one row per input row, in input order::
     warnings                  values outside the training range: {feature, code, message, value, train_min, train_max}
     error                     null, or the JSON text of the problem (RFC 9457) that /explain/batch gives the row
 
-A refused row has null prediction and attribution columns; the job goes on. The file's key-value metadata names
-the model version and the explanation settings (``gshap.*`` keys).
+A refused row has null prediction and attribution columns; the job goes on. A CSV row that cannot be read is
+refused the same way, with its problem, and the rows around it are explained: a ragged row (``ragged_row``: more
+or fewer cells than the header), a cell that is not UTF-8 (``not_utf8``), an integer too long to read (refused as
+text, as the API refuses it). The file's key-value metadata names the model version and the explanation settings
+(``gshap.*`` keys).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from pydantic import ValidationError
 
 from service.model.features import FeatureSpec
 from service.model.store import load_bundle
-from service.problems import field_errors, invalid_input, problem_body
+from service.problems import FieldError, field_errors, invalid_input, problem_body
 from service.runtime.inference import (
     ExplainOptions,
     InferenceRuntime,
@@ -62,11 +65,14 @@ from service.schemas import patient_record_model
 
 __all__ = [
     "ID_COLUMN",
+    "ROW_PROBLEM_COLUMN",
     "CohortExplainer",
     "CohortInput",
     "CohortInputError",
     "CohortWriter",
+    "NotUtf8",
     "attribution_column",
+    "check_output",
     "cohort_metadata",
     "inspect_input",
     "output_schema",
@@ -75,6 +81,7 @@ __all__ = [
 ]
 
 ID_COLUMN = "id"
+ROW_PROBLEM_COLUMN = "__gshap_row_problem"  # set by the CSV reader for a row it could not read (JSON FieldErrors)
 InputKind = Literal["csv", "parquet"]
 
 WARNING_TYPE = pa.struct(
@@ -102,15 +109,48 @@ def attribution_column(feature: str) -> str:
     return f"attribution_{feature}"
 
 
-def parse_csv_cell(text: str | None) -> Any:
-    """A CSV cell as the API would receive it: ``None`` (empty: not measured), an int, a float, or the text."""
+class NotUtf8:
+    """A CSV cell whose bytes are not UTF-8: its row is refused (``not_utf8``)."""
+
+
+def parse_csv_cell(text: str | bytes | None) -> Any:
+    """A CSV cell as the API would receive it: ``None`` (empty: not measured), an int, a float, or the text
+    (``bytes`` are decoded as UTF-8; :class:`NotUtf8` when they are not). An integer too long for Python to
+    read (over 4,300 digits) stays text, and its row is refused like any text where a number belongs."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            return NotUtf8()
     if text is None or text == "":
         return None
     if _JSON_INTEGER.fullmatch(text):
-        return int(text)
+        try:
+            return int(text)
+        except ValueError:  # more digits than int() reads (sys.get_int_max_str_digits)
+            return text
     if _JSON_NUMBER.fullmatch(text):
         return float(text)  # "1e999" is infinite here as in the API's JSON parser, which then refuses it
     return text
+
+
+def check_output(path: str | os.PathLike[str]) -> Path:
+    """OUTPUT checked before any work (:class:`CohortInputError` otherwise): not a folder, its folder creatable
+    and writable, and no folder where ``OUTPUT.partial`` goes."""
+    out = Path(path)
+    if out.is_dir():
+        raise CohortInputError(f"{out}: OUTPUT is a folder; name a file (e.g. {out / 'explained.parquet'})")
+    partial = out.with_name(out.name + ".partial")
+    if partial.is_dir():
+        raise CohortInputError(f"{partial}: a folder is where the partial output goes")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CohortInputError(f"{parent}: cannot create the output's folder ({exc.strerror})") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CohortInputError(f"{parent}: the output's folder is not writable")
+    return out
 
 
 def output_schema(spec: FeatureSpec, id_type: pa.DataType | None = None) -> pa.Schema:
@@ -154,9 +194,10 @@ class CohortInput:
         return ([ID_COLUMN] if self.has_id else []) + list(self.features)
 
     def csv_column_types(self) -> dict[str, pa.DataType]:
-        """Every column of a CSV read as text: cells are parsed by :func:`parse_csv_cell`, row by row, so that a
-        bad cell refuses its row instead of failing the reader's type inference for the whole file."""
-        return {c: pa.string() for c in self.columns}
+        """Every column of a CSV read as bytes: cells are decoded and parsed by :func:`parse_csv_cell`, row by row,
+        so that a bad cell (not UTF-8, not a number) refuses its row instead of failing the reader for the whole
+        file."""
+        return {c: pa.binary() for c in self.columns}
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -303,6 +344,20 @@ class CohortExplainer:
         """The output file's key-value metadata: the model and the explanation settings."""
         return cohort_metadata(self.runtime.model_version, float(self.runtime.bundle.threshold), self.options)
 
+    def _row_problems(self, table: pa.Table, records: list[dict[str, Any]]) -> list[list[FieldError]]:
+        """The reader's problems for each row (ragged, ...), and cells that are not UTF-8."""
+        problems: list[list[FieldError]] = [[] for _ in records]
+        if ROW_PROBLEM_COLUMN in table.column_names:
+            for i, text in enumerate(table.column(ROW_PROBLEM_COLUMN).to_pylist()):
+                if text:
+                    problems[i] += [FieldError(**e) for e in orjson.loads(text)]
+        for i, record in enumerate(records):
+            for name, value in record.items():
+                if isinstance(value, NotUtf8):
+                    problems[i].append(FieldError(name, "not_utf8", "The cell is not UTF-8 text."))
+                    record[name] = None
+        return problems
+
     def _records(self, table: pa.Table) -> list[dict[str, Any]]:
         present = [f.name for f in self.spec if f.name in table.column_names]
         columns: list[list[Any]] = []
@@ -317,7 +372,13 @@ class CohortExplainer:
         records = self._records(table)
         valid: list[tuple[int, dict[str, Any]]] = []
         errors: list[str | None] = [None] * len(records)
+        unreadable = self._row_problems(table, records)
         for i, item in enumerate(records):
+            if unreadable[i]:
+                problem = problem_body(invalid_input(unreadable[i]), instance=None, request_id=None)
+                problem.pop("request_id", None)
+                errors[i] = orjson.dumps(problem).decode()
+                continue
             try:
                 valid.append((i, self.record_model.model_validate(item).model_dump()))
             except ValidationError as exc:
@@ -338,11 +399,17 @@ class CohortExplainer:
         errors: Sequence[str | None],
     ) -> pa.Table:
         id_type = table.schema.field(ID_COLUMN).type if ID_COLUMN in table.column_names else None
+        ids: Any = table.column(ID_COLUMN) if id_type is not None else None
+        if id_type is not None and pa.types.is_binary(id_type):  # a CSV id, read as bytes: text as written
+            id_type = pa.string()
+            ids = pa.array(
+                [None if v is None else v.decode("utf-8", "replace") for v in ids.to_pylist()], type=pa.string()
+            )
         schema = output_schema(self.spec, id_type)
         names = self.spec.names
         cols: dict[str, Any] = {}
         if id_type is not None:
-            cols[ID_COLUMN] = table.column(ID_COLUMN)
+            cols[ID_COLUMN] = ids
         for name in names:
             cols[name] = [_as_number(r.get(name)) for r in records]
 
@@ -376,7 +443,7 @@ class CohortExplainer:
             if field.name not in cols:
                 continue
             value = cols[field.name]
-            arrays.append(value if isinstance(value, pa.ChunkedArray) else pa.array(value, type=field.type))
+            arrays.append(value if isinstance(value, pa.ChunkedArray | pa.Array) else pa.array(value, type=field.type))
         present = schema if id_type is not None else pa.schema([f for f in schema if f.name != ID_COLUMN])
         return pa.Table.from_arrays(arrays, schema=present)
 
@@ -439,3 +506,15 @@ class CohortWriter:
             self._writer.close()
         finally:
             self.partial.unlink(missing_ok=True)
+
+    def keep_partial(self) -> Path | None:
+        """The job stopped part-way: write what is held and close ``OUTPUT.partial`` as a readable file of the rows
+        explained so far (never renamed to OUTPUT: it is not the whole input). None if it holds no row."""
+        try:
+            self._flush()
+        finally:
+            self._writer.close()
+        if self.rows == 0:
+            self.partial.unlink(missing_ok=True)
+            return None
+        return self.partial

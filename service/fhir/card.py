@@ -11,24 +11,49 @@ population) and its CDS service (``bundle.cds``: id and title). For the Pima bun
 not found or imputed, derived or refused (unit, date, status); out-of-range warnings; the population the model was
 trained on and whether this patient is outside it; the explanation's completeness. Numbers are shown one way
 (:func:`service.contract.format_value`).
+
+Nothing from the request reaches the Markdown as markup: every such text (ids, units, codes, dates, genders, the
+issues' messages that quote them) goes through :func:`md_text`, which writes ``&``, ``<``, ``>``, ``"`` and ``'``
+as HTML character references (so neither a Markdown nor an HTML renderer sees a tag) and backslash-escapes the
+characters that can open markup within a line (code, emphasis, links and images, table cells, strikethrough, and the
+``:``, ``www.`` and ``@`` of autolinks), and turns line breaks and other control characters into spaces.
+
+The card's own code systems are the project's URNs: ``urn:gshap-service:cds-topic`` (``source.topic``) and
+``urn:gshap-service:override-reason`` (``overrideReasons``). Its extension is under ``urn:gshap-service:prediction``;
+the former key ``dev.gshap.prediction`` is sent beside it, equal, for one release.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from service.contract import format_value
-from service.fhir.extract import Extraction, Issue, SourceValue
+from service.fhir.extract import Extraction, Issue, SourceValue, outside_population
 from service.model.card import CdsService, ModelCard, Population
 from service.model.features import FeatureSpec
 from service.runtime.inference import RecordExplanation
 
-__all__ = ["CardLinks", "cannot_compute_card", "risk_card", "risk_summary", "risk_words"]
+__all__ = [
+    "EXTENSION_KEY",
+    "LEGACY_EXTENSION_KEY",
+    "OVERRIDE_SYSTEM",
+    "TOPIC_SYSTEM",
+    "CardLinks",
+    "cannot_compute_card",
+    "md_text",
+    "risk_card",
+    "risk_summary",
+    "risk_words",
+]
 
 TOP_DRIVERS = 4
-OVERRIDE_SYSTEM = "https://gshap.dev/cds/override-reasons"
+TOPIC_SYSTEM = "urn:gshap-service:cds-topic"
+OVERRIDE_SYSTEM = "urn:gshap-service:override-reason"
+EXTENSION_KEY = "urn:gshap-service:prediction"
+LEGACY_EXTENSION_KEY = "dev.gshap.prediction"  # sent beside EXTENSION_KEY until the next release, then dropped
 OVERRIDE_REASONS = (
     ("not-relevant", "Not relevant for this patient"),
     ("data-wrong", "The input data shown are wrong or outdated"),
@@ -51,6 +76,7 @@ _ISSUE_TITLES = {
     "partial_birth_date": "partial birth date",
     "invalid_birth_date": "unreadable birth date",
     "not_available": "not available",
+    "conflicting_values": "conflicting values (none used)",
 }
 
 
@@ -81,8 +107,22 @@ def risk_summary(probability: float, model_version: str, card: ModelCard) -> str
     return f"{risk_words(card)} {shown}% ({model_version})"[:139]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
+# what can open markup in CommonMark/GFM within a line: code, emphasis, links and images ([ ]), tables (|),
+# strikethrough (~), raw HTML and entities (the characters above), autolinks (scheme ":", "www.", e-mail "@")
+_MARKUP = re.compile(r"[\\`*_\[\]|#~:@]|(?i:(?<=www)\.)")
+
+
+def md_text(text: str) -> str:
+    """``text`` as literal text in Markdown (CommonMark/GFM) and in HTML: no markup survives (see the module)."""
+    flat = _CONTROL.sub(" ", text)
+    escaped = _MARKUP.sub(lambda m: "\\" + m.group(0), flat)
+    return "".join(_ENTITIES.get(ch, ch) for ch in escaped)
+
+
 def _esc(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return md_text(text)
 
 
 def _value_text(source: SourceValue, integer: bool) -> str:
@@ -106,7 +146,8 @@ def _issues_md(issues: Sequence[Issue]) -> list[str]:
     lines = []
     for issue in issues[:20]:
         where = f" {issue.resource}" if issue.resource else ""
-        lines.append(f"- {_ISSUE_TITLES.get(issue.code, issue.code)}:{where}: {_esc(issue.message)}")
+        where = f" {_esc(issue.resource)}" if issue.resource else ""
+        lines.append(f"- {_ISSUE_TITLES.get(issue.code, issue.code)}:{where}: {_esc(issue.said())}")
     if len(issues) > 20:
         lines.append(f"- … and {len(issues) - 20} more")
     return lines
@@ -114,13 +155,10 @@ def _issues_md(issues: Sequence[Issue]) -> list[str]:
 
 def _population_md(extraction: Extraction, population: Population, age: float | None) -> list[str]:
     lines = [f"**Population.** {population.description}"]
-    outside = []
-    if population.sex and extraction.gender and extraction.gender != population.sex:
-        outside.append(f"recorded gender is {extraction.gender}")
-    if age is not None and population.min_age and age < population.min_age:
-        outside.append(f"age {format_value(age, True)} is under {population.min_age}")
+    outside = outside_population(extraction, population)
     if outside:
-        lines.append(f"**Outside the training population:** {'; '.join(outside)}. Interpret with great caution.")
+        said = _esc("; ".join(outside))
+        lines.append(f"**Outside the training population:** {said}. Interpret with great caution.")
     return lines
 
 
@@ -157,12 +195,12 @@ def risk_card(
         else:
             value = _value_text(source, feat.integer)
             date = source.date[:10]
-        lines.append(f"| {_esc(feat.label)} | {_esc(value)} | {date} | {direction} | {a.attribution:+.3f} |")
+        lines.append(f"| {_esc(feat.label)} | {_esc(value)} | {_esc(date)} | {direction} | {a.attribution:+.3f} |")
     if prediction.imputed:
         names = ", ".join(spec.by_name(n).label.lower() for n in prediction.imputed)
         lines += ["", f"**Not measured, imputed with the training median:** {names}."]
     used = [
-        f"{spec.by_name(name).label}: {_esc(_value_text(src, spec.by_name(name).integer))}, {src.date[:10]}, "
+        f"{spec.by_name(name).label}: {_esc(_value_text(src, spec.by_name(name).integer))}, {_esc(src.date[:10])}, "
         f"{_esc(_source_text(src))}"
         for name, src in extraction.sources.items()
     ]
@@ -200,20 +238,20 @@ def risk_card(
         "source": {
             "label": f"gshap-service {service.id} ({version})",
             "url": links.model_card,
-            "topic": {"system": "https://gshap.dev/cds/topics", "code": service.id, "display": service.title},
+            "topic": {"system": TOPIC_SYSTEM, "code": service.id, "display": service.title},
         },
         "links": links.links(),
         "overrideReasons": [{"system": OVERRIDE_SYSTEM, "code": c, "display": d} for c, d in OVERRIDE_REASONS],
-        "extension": {
-            "dev.gshap.prediction": {
-                "probability": prediction.probability,
-                "threshold": prediction.threshold,
-                "label": prediction.label_name,
-                "modelVersion": version,
-                "completenessGap": explanation.completeness_gap,
-            }
-        },
+        "extension": {},
     }
+    extension = {
+        "probability": prediction.probability,
+        "threshold": prediction.threshold,
+        "label": prediction.label_name,
+        "modelVersion": version,
+        "completenessGap": explanation.completeness_gap,
+    }
+    out["extension"] = {EXTENSION_KEY: extension, LEGACY_EXTENSION_KEY: dict(extension)}
     return out
 
 

@@ -138,7 +138,13 @@ class FhirAuthorization(BaseModel):
 
     model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
 
-    access_token: str = Field(..., min_length=1, max_length=16384, description="The bearer token.")
+    access_token: str = Field(
+        ...,
+        min_length=1,
+        max_length=16384,
+        pattern=r"^[\x21-\x7e]+$",
+        description="The bearer token (visible ASCII: it goes into an Authorization header).",
+    )
     token_type: Literal["Bearer"] = Field(..., description="Fixed value: Bearer.")
     expires_in: int = Field(..., ge=0, description="Lifetime of the token in seconds.")
     scope: str = Field(..., min_length=1, max_length=4096, description="The SMART scopes granted.")
@@ -191,8 +197,11 @@ class CdsRequest(BaseModel):
         None,
         min_length=1,
         max_length=2048,
-        pattern=r"^https?://",
-        description="Base URL of the client's FHIR server; used only when it is in GSHAP_CDS_FHIR_SERVERS.",
+        pattern=r"^https?://[^\s\x00-\x1f\x7f]+$",
+        description=(
+            "Base URL of the client's FHIR server (http or https, no space or control character); used only when it "
+            "is in GSHAP_CDS_FHIR_SERVERS."
+        ),
     )
     fhirAuthorization: FhirAuthorization | None = Field(
         None, description="Bearer token for fhirServer (requires fhirServer)."
@@ -253,7 +262,12 @@ class Card(BaseModel):
         None, min_length=1, description="Reasons the clinician may pick when dismissing the card."
     )
     extension: dict[str, Any] | None = Field(
-        None, min_length=1, description="dev.gshap.prediction: probability, threshold, label, model version."
+        None,
+        min_length=1,
+        description=(
+            "urn:gshap-service:prediction: probability, threshold, label, model version (also under the former "
+            "key dev.gshap.prediction, for one release)."
+        ),
     )
 
 
@@ -353,7 +367,7 @@ class FeedbackRequest(BaseModel):
                             "outcome": "overridden",
                             "overrideReason": {
                                 "reason": {
-                                    "system": "https://gshap.dev/cds/override-reasons",
+                                    "system": "urn:gshap-service:override-reason",
                                     "code": "not-relevant",
                                     "display": "Not relevant for this patient",
                                 }

@@ -2,9 +2,14 @@
 
 The rules (docs/CDS_HOOKS.md states them for users):
 
-- Codes and units come from the feature specification (the served bundle's ``spec``, ``Feature.fhir``):
-  an Observation counts for a feature when one of its codings is one of the feature's codes (LOINC, or
-  ``urn:gshap-service:feature|<name>``), or, for a code with ``panels``, when it is a component of such a panel.
+- Codes and units come from the feature specification (the served bundle's ``spec``, ``Feature.fhir``): an
+  Observation counts for a feature when one of its codings is one of the feature's codes (LOINC, or
+  ``urn:gshap-service:feature|<name>``), and a component of ANY Observation counts when its code is one (the
+  diastolic 8462-4 inside the 85354-9 or 55284-4 blood pressure panels, or any other panel that carries it).
+- The Observation must be about the Patient: ``subject.reference`` is ``Patient/{id}`` (relative, or an absolute URL
+  ending so, with or without ``/_history``), or the Patient entry's ``fullUrl`` (``urn:uuid:``/``urn:oid:`` inside a
+  transaction, batch, collection, searchset or document Bundle, as Synthea writes them). When the Patient's
+  ``fullUrl`` is an absolute URL, an absolute reference must equal it.
 - The unit is read from ``valueQuantity.system`` = ``http://unitsofmeasure.org`` and ``valueQuantity.code``; only
   without both is ``valueQuantity.unit`` read, and only the spellings the specification lists. Any other unit is
   refused for that value and reported (``unknown_unit``); nothing is guessed. A dimensionless feature (a count,
@@ -13,7 +18,9 @@ The rules (docs/CDS_HOOKS.md states them for users):
   (``entered-in-error``, ``cancelled``, ``preliminary``, ...) and other patients' resources are ignored and
   reported. A value dated after the time of the call (beyond a minute of clock skew) is refused
   (``future_date``), as is an undated one, a censored one (``<``/``>``) and one outside the feature's valid range.
-- Per feature the latest usable value wins (by its effective date); refused newer values are reported beside it.
+- Per feature the latest usable value wins: the latest ``effective[x]``, then the latest ``issued``. Values that tie
+  on both and disagree are a conflict (``conflicting_values``): none is used (the feature is imputed, or for a
+  required input no risk is computed), whatever the order of the input. Refused newer values are reported beside it.
 - A glucose coded as anything but a 2-hour 75 g OGTT glucose (fasting, random, whole blood, HbA1c: the near misses
   of the specification) is never used as one; it is reported (``not_ogtt``).
 - Age is whole years from ``Patient.birthDate`` to the day of the call (UTC); a partial birth date (year, or year
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +45,8 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 
 from service.contract import format_value
-from service.model.features import LOINC, UCUM, Feature, FeatureSpec, FhirCode, FhirUnit
+from service.model.card import Population
+from service.model.features import UCUM, Feature, FeatureSpec, FhirCode, FhirUnit
 
 __all__ = [
     "USABLE_STATUSES",
@@ -46,11 +55,15 @@ __all__ = [
     "SourceValue",
     "age_on",
     "extract",
+    "outside_population",
+    "refers_to_patient",
+    "relevant_codes",
     "resource_ref",
 ]
 
 USABLE_STATUSES = frozenset({"final", "amended", "corrected"})
 CLOCK_SKEW = dt.timedelta(minutes=1)
+_EPOCH = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
 
 
 def _range(feat: Feature) -> str:
@@ -79,7 +92,10 @@ class SourceValue:
 
 @dataclass(frozen=True)
 class Issue:
-    """Something in the input that was not used, or used with a caveat; ``refused`` when a value was refused."""
+    """Something in the input that was not used, or used with a caveat; ``refused`` when a value was refused.
+
+    The ``message`` of a refused value says what is wrong, not what happens: :meth:`said` adds that, which depends
+    on the reading (strict ``/fhir/*``: the request is refused; lenient CDS: the value is not used)."""
 
     code: str
     message: str
@@ -87,6 +103,12 @@ class Issue:
     feature: str = ""
     resource: str = ""
     refused: bool = False
+
+    def said(self, strict: bool = False) -> str:
+        """The message with what happened: refused (strict reading) or not used (lenient)."""
+        if not self.refused:
+            return self.message
+        return f"{self.message.rstrip('.')}; {'the request is refused' if strict else 'not used'}."
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,10 @@ class Extraction:
 class _Candidate:
     when: dt.datetime
     value: SourceValue
+    issued: dt.datetime | None = None
+
+    def order(self) -> tuple[dt.datetime, dt.datetime]:
+        return self.when, self.issued or _EPOCH
 
 
 @dataclass
@@ -119,6 +145,7 @@ class _Work:
     spec: FeatureSpec
     now: dt.datetime
     patient_id: str
+    patient_full_url: str = ""
     issues: list[Issue] = field(default_factory=list)
     found: dict[str, list[_Candidate]] = field(default_factory=dict)
 
@@ -174,20 +201,51 @@ def _effective(obs: Observation) -> tuple[Any, str]:
     return None, ""
 
 
-def _subject_id(obs: Observation) -> str | None:
+def _without_history(ref: str) -> str:
+    return ref.split("/_history/", maxsplit=1)[0]
+
+
+def _is_absolute(ref: str) -> bool:
+    return ref.startswith(("http://", "https://"))
+
+
+def refers_to_patient(reference: str, patient_id: str, full_url: str = "") -> bool:
+    """Whether ``reference`` (a Reference.reference) denotes the Patient ``patient_id`` whose Bundle entry has
+    ``full_url`` (FHIR R4 3.1.3.4/2.36.4: relative ``Patient/{id}``, an absolute URL, or a ``urn:uuid:``/``urn:oid:``
+    fullUrl of the Bundle)."""
+    if not reference or not patient_id:
+        return False
+    if full_url and reference == full_url:
+        return True
+    if reference.startswith(("urn:uuid:", "urn:oid:", "#")):
+        return False  # a fullUrl of another entry, or a contained resource
+    ref = _without_history(reference)
+    if _is_absolute(ref):
+        if _is_absolute(full_url):
+            return ref == _without_history(full_url)
+        head, sep, tail = ref.rpartition("/Patient/")
+        return bool(sep and head) and tail == patient_id
+    return ref == f"Patient/{patient_id}"
+
+
+def _subject_issue(obs: Observation, work: _Work) -> str:
+    """Why the Observation is not this patient's ("" when it is)."""
     subject = obs.subject
     if subject is None or not subject.reference:
-        return None
-    ref = str(subject.reference)
-    marker = "Patient/"
-    at = ref.rfind(marker)
-    if at < 0:
-        return ref  # a urn:uuid or another resource type: never equal to a patient id
-    return ref[at + len(marker) :].split("/_history", maxsplit=1)[0]
+        return "The Observation has no subject reference"
+    if refers_to_patient(str(subject.reference), work.patient_id, work.patient_full_url):
+        return ""
+    where = "Patient/{id}" + (" or the Patient entry's fullUrl" if work.patient_full_url else "")
+    return f"The Observation's subject is another patient or resource (not {where})"
 
 
 def _num(value: Any) -> float:
-    return float(value) if isinstance(value, Decimal | int | float) else math.nan
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | float):
+        return math.nan
+    try:
+        return float(value)
+    except (OverflowError, ValueError):
+        return math.nan
 
 
 def _unit_of(qty: Any, code: FhirCode, dimensionless: bool) -> tuple[FhirUnit | None, str, str]:
@@ -212,12 +270,37 @@ def _unit_of(qty: Any, code: FhirCode, dimensionless: bool) -> tuple[FhirUnit | 
     return None, "", "the quantity has no unit"
 
 
-def _match(coding_system: str, coding_code: str, feat: Feature) -> FhirCode | None:
+@functools.cache
+def _code_table(feat: Feature) -> dict[tuple[str, str], FhirCode]:
+    """The feature's codes by (system, code): looked up for every coding of every Observation."""
     assert feat.fhir is not None
+    table: dict[tuple[str, str], FhirCode] = {}
     for code in feat.fhir.all_codes(feat.name):
-        if code.system == coding_system and code.code == coding_code:
-            return code
-    return None
+        table.setdefault((code.system, code.code), code)
+    return table
+
+
+def _match(coding_system: str, coding_code: str, feat: Feature) -> FhirCode | None:
+    return _code_table(feat).get((coding_system, coding_code))
+
+
+def relevant_codes(spec: FeatureSpec) -> frozenset[tuple[str, str]]:
+    """Every (system, code) the extraction reads or reports for ``spec``: the features' codes (and own codes),
+    their near misses and the codes a derived value is computed from. An Observation without any of them, in its
+    code or a component's, cannot change the record or its report, and is skipped unread."""
+    return _relevant(tuple(spec))
+
+
+@functools.cache
+def _relevant(features: tuple[Feature, ...]) -> frozenset[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    for feat in features:
+        if feat.fhir is None:
+            continue
+        out |= set(_code_table(feat))
+        out |= {(m.system, m.code) for m in feat.fhir.near_misses}
+        out |= {(c.system, c.code) for c in feat.fhir.derived_from}
+    return frozenset(out)
 
 
 def _codings(concept: Any) -> list[tuple[str, str, str]]:
@@ -246,7 +329,7 @@ def _add_value(
             work.issues.append(
                 Issue(
                     "no_quantity",
-                    f"{feat.label}: valueInteger is not accepted; send valueQuantity.",
+                    f"{feat.label}: valueInteger is not accepted (send valueQuantity)",
                     path,
                     feat.name,
                     ref,
@@ -260,7 +343,7 @@ def _add_value(
             work.issues.append(
                 Issue(
                     "censored_value",
-                    f"{feat.label}: a value with comparator {qty.comparator!s} is not used.",
+                    f"{feat.label}: a value with comparator {qty.comparator!s} is censored",
                     path,
                     feat.name,
                     ref,
@@ -271,29 +354,25 @@ def _add_value(
         raw = _num(qty.value)
         if not math.isfinite(raw):
             work.issues.append(
-                Issue("no_value", f"{feat.label}: the quantity has no value.", path, feat.name, ref, True)
+                Issue("no_value", f"{feat.label}: the quantity has no numeric value", path, feat.name, ref, True)
             )
             return
         found, written, reason = _unit_of(qty, code, mapping is not None and mapping.dimensionless)
         if found is None:
-            work.issues.append(
-                Issue("unknown_unit", f"{feat.label}: {reason}; the value is not used.", path, feat.name, ref, True)
-            )
+            work.issues.append(Issue("unknown_unit", f"{feat.label}: {reason}", path, feat.name, ref, True))
             return
         unit_rule = found
     value = raw * unit_rule.factor
     if feat.integer:
         if abs(value - round(value)) > 1e-9:
-            work.issues.append(
-                Issue("not_integer", f"{feat.label} must be a whole number.", path, feat.name, ref, True)
-            )
+            work.issues.append(Issue("not_integer", f"{feat.label} must be a whole number", path, feat.name, ref, True))
             return
         value = float(round(value))
     if not feat.valid_min <= value <= feat.valid_max:
         work.issues.append(
             Issue(
                 "implausible_value",
-                f"{feat.label} converted to {feat.unit} lies outside {_range(feat)}; not used.",
+                f"{feat.label} converted to {feat.unit} lies outside {_range(feat)}",
                 path,
                 feat.name,
                 ref,
@@ -301,7 +380,7 @@ def _add_value(
             )
         )
         return
-    display = next((d for s, c, d in _codings(obs.code) if s == code.system and c == code.code and d), code.display)
+    display = code.display  # the specification's display, never the request's text
     note = code.note
     if unit_rule.factor != 1.0:
         note = "; ".join(x for x in (note, f"converted from {written} ({unit_rule.source})") if x)
@@ -322,6 +401,7 @@ def _add_value(
                 unit=feat.unit,
                 note=note,
             ),
+            _instant(obs.issued),
         )
     )
 
@@ -334,10 +414,9 @@ def _observation(
     aux_codes: dict[tuple[str, str], tuple[str, FhirCode]],
 ) -> None:
     ref = resource_ref("Observation", obs, path)
-    subject = _subject_id(obs)
-    if subject != work.patient_id:
-        why = "has no subject" if subject is None else "is about another patient"
-        work.issues.append(Issue("other_patient", f"The Observation {why}; ignored.", path, "", ref, True))
+    why = _subject_issue(obs, work)
+    if why:
+        work.issues.append(Issue("other_patient", why, path, "", ref, True))
         return
     status = str(obs.status or "")
     if status not in USABLE_STATUSES:
@@ -356,7 +435,7 @@ def _observation(
             continue
         for system, code_value, _ in codings:
             code = _match(system, code_value, feat)
-            if code is not None and not code.panels:
+            if code is not None:
                 hits.append((feat, code, obs.valueQuantity, obs.valueInteger, path))
                 break
             for miss in feat.fhir.near_misses:
@@ -370,20 +449,13 @@ def _observation(
                             ref,
                         )
                     )
-        # components of a panel (the blood pressure panel 85354-9 carries the diastolic 8462-4)
-        for code in feat.fhir.codes:
-            if not code.panels:
-                continue
-            in_panel = any(s == LOINC and c in code.panels for s, c, _ in codings)
-            standalone = any(s == code.system and c == code.code for s, c, _ in codings)
-            if standalone:
-                hits.append((feat, code, obs.valueQuantity, obs.valueInteger, path))
-                continue
-            if not in_panel:
-                continue
-            for i, comp in enumerate(obs.component or []):
-                if any(s == code.system and c == code.code for s, c, _ in _codings(comp.code)):
+        # a component of any Observation (the diastolic 8462-4 of the 85354-9 or 55284-4 blood pressure panels)
+        for i, comp in enumerate(obs.component or []):
+            for system, code_value, _ in _codings(comp.code):
+                code = _match(system, code_value, feat)
+                if code is not None:
                     hits.append((feat, code, comp.valueQuantity, comp.valueInteger, f"{path}.component[{i}]"))
+                    break
     for system, code_value, _ in codings:
         if (system, code_value) in aux_codes:
             name, code = aux_codes[(system, code_value)]
@@ -394,7 +466,7 @@ def _observation(
         work.issues.append(
             Issue(
                 "no_date",
-                "The Observation has no effective date or issued time; not used.",
+                "The Observation has no effective date or issued time",
                 path,
                 hits[0][0].name,
                 ref,
@@ -406,7 +478,7 @@ def _observation(
         work.issues.append(
             Issue(
                 "future_date",
-                f"{element} {_date_text(raw_when)[:40]} is after the time of the call; not used.",
+                f"{element} {_date_text(raw_when)[:40]} is after the time of the call",
                 path,
                 hits[0][0].name,
                 ref,
@@ -417,7 +489,13 @@ def _observation(
     for feat, code, qty, integer_value, where in hits:
         if qty is None and integer_value is None:
             work.issues.append(
-                Issue("no_value", f"{feat.label}: no value (dataAbsentReason or no value[x]).", where, feat.name, ref)
+                Issue(
+                    "no_value",
+                    f"{feat.label}: no value (dataAbsentReason or no value[x]); ignored.",
+                    where,
+                    feat.name,
+                    ref,
+                )
             )
             continue
         target = aux if feat.name in _AUX_FEATURES else work.found
@@ -471,6 +549,31 @@ _AUX_FEATURES = {
 }
 
 
+def _pick(work: _Work, label: str, feature: str, candidates: list[_Candidate]) -> SourceValue | None:
+    """The latest value (effective[x], then issued); None, with a ``conflicting_values`` issue, when the latest
+    ones tie on both and disagree. The same for every order of the input."""
+    if not candidates:
+        return None
+    latest = max(c.order() for c in candidates)
+    tied = sorted((c.value for c in candidates if c.order() == latest), key=lambda v: (v.resource, v.path))
+    values = {round(v.value, 9) for v in tied}
+    if len(values) > 1:
+        refs = ", ".join(dict.fromkeys(v.resource for v in tied))
+        shown = " vs ".join(format_value(v) for v in sorted(values))
+        work.issues.append(
+            Issue(
+                "conflicting_values",
+                f"{label}: {len(tied)} values dated {tied[0].date[:25]} (same issued time) disagree ({shown}; "
+                f"{refs}); none is used: conflicts are not settled by the order of the input",
+                tied[0].path,
+                feature,
+                tied[0].resource,
+            )
+        )
+        return None
+    return tied[0]
+
+
 def extract(
     patient: Patient,
     observations: Sequence[tuple[str, Observation]],
@@ -478,10 +581,12 @@ def extract(
     spec: FeatureSpec,
     now: dt.datetime,
     patient_path: str = "patient",
+    patient_full_url: str | None = None,
 ) -> Extraction:
-    """The model record of ``patient`` from ``observations`` (each with its JSON path), as of ``now`` (UTC)."""
+    """The model record of ``patient`` from ``observations`` (each with its JSON path), as of ``now`` (UTC);
+    ``patient_full_url`` is the ``fullUrl`` of the Patient's Bundle entry, which references may use."""
     patient_id = str(patient.id or "")
-    work = _Work(spec=spec, now=now.astimezone(dt.UTC), patient_id=patient_id)
+    work = _Work(spec=spec, now=now.astimezone(dt.UTC), patient_id=patient_id, patient_full_url=patient_full_url or "")
     aux: dict[str, list[_Candidate]] = {}
     aux_codes: dict[tuple[str, str], tuple[str, FhirCode]] = {}
     for feat in spec:
@@ -493,8 +598,9 @@ def extract(
 
     sources: dict[str, SourceValue] = {}
     for name, candidates in work.found.items():
-        candidates.sort(key=lambda c: c.when, reverse=True)
-        sources[name] = candidates[0].value
+        chosen = _pick(work, spec.by_name(name).label, name, candidates)
+        if chosen is not None:
+            sources[name] = chosen
     derived: list[str] = []
     today = work.now.date()
     for feat in spec:
@@ -508,7 +614,7 @@ def extract(
                 work.issues.append(
                     Issue(
                         "invalid_birth_date",
-                        "Patient.birthDate cannot be read.",
+                        "Patient.birthDate cannot be read",
                         f"{patient_path}.birthDate",
                         feat.name,
                         ref,
@@ -519,7 +625,7 @@ def extract(
                 work.issues.append(
                     Issue(
                         "implausible_value",
-                        f"Age from Patient.birthDate lies outside {_range(feat)}; not used.",
+                        f"Age from Patient.birthDate lies outside {_range(feat)}",
                         f"{patient_path}.birthDate",
                         feat.name,
                         ref,
@@ -555,10 +661,10 @@ def extract(
                     note=note,
                 )
         if feat.name not in sources and mapping.derived_from and len(mapping.derived_from) == 2:
-            weights = sorted(aux.get("body_weight", []), key=lambda c: c.when, reverse=True)
-            heights = sorted(aux.get("body_height", []), key=lambda c: c.when, reverse=True)
-            if weights and heights:
-                w, h = weights[0].value, heights[0].value
+            w_pick = _pick(work, "Body weight", feat.name, aux.get("body_weight", []))
+            h_pick = _pick(work, "Body height", feat.name, aux.get("body_height", []))
+            if w_pick is not None and h_pick is not None:
+                w, h = w_pick, h_pick
                 bmi = w.value / ((h.value / 100.0) ** 2) if h.value > 0 else math.inf
                 if feat.valid_min < bmi <= feat.valid_max:
                     sources[feat.name] = SourceValue(
@@ -584,7 +690,7 @@ def extract(
                     work.issues.append(
                         Issue(
                             "implausible_value",
-                            "BMI computed from weight and height is implausible; not used.",
+                            "BMI computed from weight and height is implausible",
                             w.path,
                             feat.name,
                             w.resource,
@@ -616,3 +722,14 @@ def extract(
         derived=tuple(derived),
         as_of=work.now.isoformat().replace("+00:00", "Z"),
     )
+
+
+def outside_population(extraction: Extraction, population: Population) -> list[str]:
+    """Why the patient is outside the model's training population (recorded gender, age); empty when inside."""
+    outside = []
+    if population.sex and extraction.gender and extraction.gender != population.sex:
+        outside.append(f"recorded gender is {extraction.gender[:20]}")
+    age = extraction.record.get("age")
+    if age is not None and population.min_age and age < population.min_age:
+        outside.append(f"age {format_value(age)} is under {population.min_age}")
+    return outside

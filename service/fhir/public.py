@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.fhir.extract import Extraction, SourceValue
+from service.fhir.extract import Extraction, SourceValue, outside_population
+from service.model.features import Population
 from service.schemas import ExplanationPublic, PredictionPublic
 
 __all__ = [
@@ -30,9 +31,19 @@ class FhirBundleIn(BaseModel):
 
     resourceType: str = Field(..., pattern="^Bundle$", description="Must be 'Bundle'.")
     type: str | None = Field(None, description="Bundle.type (collection, searchset, ...); not checked.")
-    entry: list[dict[str, Any]] | None = Field(
+    entry: list[Any] | None = Field(
         None, description="Entries, each with a resource: exactly one Patient, and Observations of that patient."
     )
+
+    def as_json(self) -> dict[str, Any]:
+        """The Bundle as received (its entries not copied: a patient's Bundle may hold thousands)."""
+        out: dict[str, Any] = dict(self.model_extra or {})
+        out["resourceType"] = self.resourceType
+        if "type" in self.model_fields_set:
+            out["type"] = self.type
+        if "entry" in self.model_fields_set:
+            out["entry"] = self.entry
+        return out
 
 
 class FhirSourcePublic(BaseModel):
@@ -72,7 +83,20 @@ class FhirProvenancePublic(BaseModel):
     sources: dict[str, FhirSourcePublic] = Field(..., description="By feature: the value used and its resource.")
     not_found: list[str] = Field(..., description="Features not found ('not measured'; imputed by the model).")
     derived: list[str] = Field(..., description="Features computed from other observations (BMI).")
-    issues: list[FhirIssuePublic] = Field(..., description="Resources or values not used, and why.")
+    issues: list[FhirIssuePublic] = Field(
+        ...,
+        description=(
+            "Resources or values not used, and why; conflicting_values: the latest values of an input tie on "
+            "effective[x] and issued and disagree, so none is used (imputed, or a 422 for a required input)."
+        ),
+    )
+    outside_population: list[str] = Field(
+        ...,
+        description=(
+            "Why this patient is outside the population the model was trained on (e.g. the recorded gender, the "
+            "age); empty when inside it. The card says the same."
+        ),
+    )
 
 
 class FhirPredictionPublic(PredictionPublic):
@@ -93,13 +117,19 @@ def _source(s: SourceValue) -> dict[str, Any]:
     return out
 
 
-def provenance(extraction: Extraction) -> dict[str, Any]:
+def provenance(extraction: Extraction, population: Population) -> dict[str, Any]:
     """The ``fhir`` member of an answer."""
+    issues = []
+    for issue in extraction.issues:
+        item = asdict(issue)
+        item["message"] = issue.said()
+        issues.append(item)
     return {
         "patient": f"Patient/{extraction.patient_id}",
         "as_of": extraction.as_of,
         "sources": {k: _source(v) for k, v in extraction.sources.items()},
         "not_found": list(extraction.not_found),
         "derived": list(extraction.derived),
-        "issues": [asdict(i) for i in extraction.issues],
+        "issues": issues,
+        "outside_population": outside_population(extraction, population),
     }

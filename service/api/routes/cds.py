@@ -49,10 +49,10 @@ from service.fhir.cdshooks import (
     prefetch_templates,
     required_prefetch_keys,
 )
-from service.fhir.extract import Issue, extract
+from service.fhir.extract import Issue, extract, relevant_codes
 from service.fhir.feedback import FeedbackStore
 from service.fhir.resources import FhirInputError, parse_search_result
-from service.fhir.server import FhirServerError, fetch_all, render, server_allowed
+from service.fhir.server import FhirServerError, fetch_all, has_control_characters, render, server_allowed
 from service.model.store import Bundle
 from service.runtime.inference import ExplainOptions
 
@@ -72,7 +72,15 @@ class CdsState:
     @classmethod
     def build(cls, settings: Settings, bundle: Bundle) -> CdsState:
         """The state for ``bundle``'s features (their prefetch templates and the keys it cannot do without)."""
-        verifier = CdsJwtVerifier(settings.cds_jwt_issuers) if settings.cds_jwt_issuers else None
+        verifier = (
+            CdsJwtVerifier(
+                settings.cds_jwt_issuers,
+                max_lifetime=settings.cds_jwt_max_lifetime_seconds,
+                ca_file=settings.cds_jwks_ca_file,
+            )
+            if settings.cds_jwt_issuers
+            else None
+        )
         return cls(
             settings=settings,
             verifier=verifier,
@@ -156,6 +164,8 @@ async def _gather(body: CdsRequest, state: CdsState) -> tuple[dict[str, Any], li
         reason = "the prefetch lacks them and the request names no fhirServer"
     elif not settings.cds_fhir_servers:
         reason = "this service calls no FHIR server (GSHAP_CDS_FHIR_SERVERS is empty)"
+    elif has_control_characters(body.fhirServer):
+        reason = "fhirServer holds a space or a control character"
     elif not server_allowed(body.fhirServer, settings.cds_fhir_servers):
         reason = "fhirServer is not in this service's allow-list (GSHAP_CDS_FHIR_SERVERS)"
     else:
@@ -168,6 +178,8 @@ async def _gather(body: CdsRequest, state: CdsState) -> tuple[dict[str, Any], li
                 token=token,
                 timeout_s=settings.cds_fhir_timeout_seconds,
                 max_bytes=settings.cds_fhir_max_bytes,
+                max_pages=settings.fhir_max_pages,
+                max_entries=settings.fhir_max_entries,
             )
         except FhirServerError as exc:
             reason = exc.reason
@@ -186,17 +198,21 @@ async def _gather(body: CdsRequest, state: CdsState) -> tuple[dict[str, Any], li
     return values, issues
 
 
-def _read(values: dict[str, Any], body: CdsRequest, max_entries: int) -> tuple[Any, list[tuple[str, Any]], str]:
+def _read(
+    values: dict[str, Any], body: CdsRequest, max_entries: int, codes: frozenset[tuple[str, str]]
+) -> tuple[Any, list[tuple[str, Any]], str, str | None]:
     patient = None
     observations: list[tuple[str, Any]] = []
-    seen: set[str] = set()  # the same Observation may answer two searches (a panel and its component code)
+    # the same Observation may answer two searches (a panel and its component code): read once if equal, else 422
+    seen: dict[str, tuple[str, Any]] = {}
+    full_urls: dict[str, str] = {}
     patient_path = f"prefetch.{PATIENT_KEY}"
     for key, value in values.items():
         if value is None:
             continue
         path = f"prefetch.{key}"
         try:
-            parsed = parse_search_result(value, max_entries=max_entries, path=path, seen=seen)
+            parsed = parse_search_result(value, max_entries=max_entries, path=path, seen=seen, codes=codes)
         except FhirInputError as exc:
             raise fhir_input_problem(exc) from None
         if key == PATIENT_KEY:
@@ -204,13 +220,14 @@ def _read(values: dict[str, Any], body: CdsRequest, max_entries: int) -> tuple[A
                 raise invalid_input([FieldError(path, "one_patient", "prefetch.patient must be the Patient resource.")])
             patient_path, patient = parsed.patients[0]
         observations += parsed.observations
+        full_urls.update(parsed.full_urls)
     if patient is None:
         raise _unavailable([PATIENT_KEY], "the client has no Patient resource for context.patientId")
     if patient.id != body.context.patientId:
         raise invalid_input(
             [FieldError(f"{patient_path}.id", "patient_mismatch", "The prefetched Patient is not context.patientId.")]
         )
-    return patient, observations, patient_path
+    return patient, observations, patient_path, full_urls.get(patient_path)
 
 
 def build_router(bundle: Bundle) -> APIRouter:
@@ -259,15 +276,23 @@ def build_router(bundle: Bundle) -> APIRouter:
         allowed FHIR server."""
         state = cds_state(request)
         values, fetch_issues = await _gather(body, state)
-        patient, observations, patient_path = _read(values, body, settings.fhir_max_entries)
         bundle = runtime.bundle
+        patient, observations, patient_path, full_url = _read(
+            values, body, settings.fhir_max_entries, relevant_codes(bundle.spec)
+        )
         extraction = extract(
-            patient, observations, spec=bundle.spec, now=dt.datetime.now(dt.UTC), patient_path=patient_path
+            patient,
+            observations,
+            spec=bundle.spec,
+            now=dt.datetime.now(dt.UTC),
+            patient_path=patient_path,
+            patient_full_url=full_url,
         )
         if fetch_issues:
             extraction = type(extraction)(**{**extraction.__dict__, "issues": (*extraction.issues, *fetch_issues)})
         base = base_url(request, settings)
-        links = CardLinks(model_card=f"{base}/model", documentation=f"{base}/docs#/cds-hooks")
+        # the page's model-card view (a human page), not GET /model's JSON
+        links = CardLinks(model_card=f"{base}/#model", documentation=f"{base}/docs#/cds-hooks")
         if extraction.required_missing:
             card = cannot_compute_card(
                 extraction,

@@ -21,9 +21,10 @@ from service.api.errors import FieldError, PayloadTooLarge, invalid_input
 from service.api.routes import POST_PROBLEMS, RuntimeDep, SettingsDep, body_as, problem_responses, require_json
 from service.api.routes.explain import explain_options
 from service.contract import MAX_N_SAMPLES, Output, ServedMethod
-from service.fhir.extract import Extraction, extract
+from service.fhir.extract import Extraction, extract, relevant_codes
 from service.fhir.public import FhirBundleIn, FhirExplanationPublic, FhirPredictionPublic, provenance
 from service.fhir.resources import FhirInputError, TooManyEntriesError, parse_bundle
+from service.model.card import Population
 from service.model.features import FEATURE_CODE_SYSTEM, Feature, FeatureSpec
 from service.model.store import Bundle
 from service.schemas import SEED_MAX, ExplainSettings
@@ -93,7 +94,7 @@ def read_bundle(bundle: FhirBundleIn, max_entries: int, spec: FeatureSpec) -> Ex
     """The strict reading of a posted Bundle for the model of feature specification ``spec`` (see the module's
     docstring)."""
     try:
-        parsed = parse_bundle(bundle.model_dump(exclude_unset=True), max_entries=max_entries)
+        parsed = parse_bundle(bundle.as_json(), max_entries=max_entries, codes=relevant_codes(spec))
     except FhirInputError as exc:
         raise fhir_input_problem(exc) from None
     if len(parsed.patients) != 1:
@@ -111,18 +112,34 @@ def read_bundle(bundle: FhirBundleIn, max_entries: int, spec: FeatureSpec) -> Ex
         raise invalid_input(
             [FieldError(f"{path}.id", "missing", "The Patient needs an id (Observations refer to it).")]
         )
-    extraction = extract(patient, parsed.observations, spec=spec, now=dt.datetime.now(dt.UTC), patient_path=path)
-    refused = [FieldError(i.path or "entry", i.code, i.message) for i in extraction.issues if i.refused]
+    extraction = extract(
+        patient,
+        parsed.observations,
+        spec=spec,
+        now=dt.datetime.now(dt.UTC),
+        patient_path=path,
+        patient_full_url=parsed.full_urls.get(path),
+    )
+    refused = [FieldError(i.path or "entry", i.code, i.said(strict=True)) for i in extraction.issues if i.refused]
     if refused:
         raise invalid_input(refused)
     if extraction.required_missing:
+        conflicts = {i.feature for i in extraction.issues if i.code == "conflicting_values"}
         raise invalid_input(
             [
                 FieldError(
                     name,
-                    "required_input_missing",
-                    f"No usable value of {spec.by_name(name).label.lower()} in the Bundle; the model cannot do "
-                    "without it (see GET /model and docs/CDS_HOOKS.md for its codes).",
+                    "conflicting_values" if name in conflicts else "required_input_missing",
+                    (
+                        f"The latest values of {spec.by_name(name).label.lower()} tie on effective and "
+                        "issued time and disagree; the model cannot do without it; the request is refused."
+                    )
+                    if name in conflicts
+                    else (
+                        f"No usable value of {spec.by_name(name).label.lower()} in the Bundle; the model "
+                        "cannot do without it (see GET /model and docs/CDS_HOOKS.md for its codes); the request is "
+                        "refused."
+                    ),
                 )
                 for name in extraction.required_missing
             ]
@@ -130,9 +147,9 @@ def read_bundle(bundle: FhirBundleIn, max_entries: int, spec: FeatureSpec) -> Ex
     return extraction
 
 
-def _answer(result: Any, extraction: Extraction) -> Response:
+def _answer(result: Any, extraction: Extraction, population: Population) -> Response:
     content = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
-    content["fhir"] = provenance(extraction)
+    content["fhir"] = provenance(extraction, population)
     return Response(orjson.dumps(content), media_type="application/json")
 
 
@@ -158,7 +175,7 @@ def build_router(served: Bundle) -> APIRouter:
         Patient.birthDate at the time of the call."""
         extraction = read_bundle(bundle, settings.fhir_max_entries, served.spec)
         [prediction] = await runtime.apredict([extraction.record])
-        return _answer(prediction, extraction)
+        return _answer(prediction, extraction, served.card.population)
 
     @router.post(
         "/fhir/explain",
@@ -195,6 +212,6 @@ def build_router(served: Bundle) -> APIRouter:
         options = explain_options(explain_settings, runtime)
         extraction = read_bundle(bundle, settings.fhir_max_entries, served.spec)
         [explanation] = await runtime.aexplain([extraction.record], options)
-        return _answer(explanation, extraction)
+        return _answer(explanation, extraction, served.card.population)
 
     return router
