@@ -172,7 +172,7 @@ def _only(d: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 def _short_explanation(e: dict[str, Any]) -> None:
     e["prediction"] = _only(e["prediction"], "probability", "label_name", "calibration", "imputed")
-    e["attributions"] = [_only(a, "feature", "value", "attribution") for a in e["attributions"][:3]]
+    e["attributions"] = [_only(a, "feature", "value", "attribution") for a in e["attributions"][:2]]
     e["attributions"].append("…")
     shortened = _only(e, "prediction", "output", "base_value", "output_value", "attributions", "completeness_gap",
                       "method", "summary")  # fmt: skip
@@ -181,7 +181,7 @@ def _short_explanation(e: dict[str, Any]) -> None:
 
 
 def _short_group(g: dict[str, Any]) -> None:
-    g["features"] = [_only(f, "feature", "mean", "mean_value") for f in g["features"][:3]]
+    g["features"] = [_only(f, "feature", "mean", "mean_value") for f in g["features"][:2]]
     g["features"].append("…")
 
 
@@ -206,9 +206,9 @@ def _short_model(body: dict[str, Any]) -> None:
 
 
 def _short_monitoring(body: dict[str, Any]) -> None:
-    body["variables"] = [_only(v, "name", "psi", "status") for v in body["variables"][:2]]
+    body["variables"] = [_only(v, "name", "psi", "status") for v in body["variables"][:1]]
     body["variables"].append("…")
-    shortened = _only(body, "status", "model_version", "records", "thresholds", "variables")
+    shortened = _only(body, "status", "model_version", "records", "variables")
     body.clear()
     body.update(shortened)
 
@@ -221,10 +221,8 @@ def _short_discovery(body: dict[str, Any]) -> None:
 
 
 def _short_v2_metadata(body: dict[str, Any]) -> None:
-    for key in ("inputs", "outputs"):
-        if key in body:
-            body[key] = [_only(t, "name", "datatype", "shape") for t in body[key][:2]] + ["…"]
-    shortened = _only(body, "name", "versions", "platform", "inputs", "outputs")
+    body["inputs"] = [_only(t, "name", "datatype", "shape") for t in body["inputs"][:1]] + ["…"]
+    shortened = _only(body, "name", "versions", "platform", "inputs")
     body.clear()
     body.update(shortened)
 
@@ -238,7 +236,7 @@ ENDPOINTS: list[tuple[str, list[str], Callable[[Any], None] | None]] = [
     ("`GET /readyz`: health (503 until the bundle is verified, loaded and warmed up; `/healthz`: liveness)",
      ["-s", "{url}/readyz"], None),
     ("`POST /predict`: one record (insulin 0 means not measured: imputed)", _post("/predict", RECORD), None),
-    ("`POST /explain`: the model's default method on the logit (shortened here: three attributions, a few fields)",
+    ("`POST /explain`: the model's default method on the logit (shortened here: two attributions, a few fields)",
      _post("/explain", RECORD), _short_explanation),
     ("`POST /explain/batch` (and `/predict/batch`): each record answered or refused on its own (shortened here)",
      _post("/explain/batch", {"records": [RECORD, BAD_RECORD]}), _short_batch),
@@ -312,14 +310,20 @@ def performance_block() -> str:
 
 
 def settings_block() -> str:
-    from service.config import ENV_PREFIX, Settings
+    """The settings by concern (``service.config.SETTING_GROUPS``): one table a group."""
+    from service.config import ENV_PREFIX, SETTING_GROUPS, Settings
 
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for name, field in Settings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        shown = "none" if default is None or default == [] else f"`{default}`"
-        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
-    return "\n".join(rows) + "\n"
+    fields = Settings.model_fields
+    rows: list[str] = []
+    for title, names in SETTING_GROUPS.values():
+        rows += [f"### {title}", "", "| variable | default | meaning |", "|---|---|---|"]
+        for name in names:
+            field = fields[name]
+            default = field.get_default(call_default_factory=True)
+            shown = "none" if default is None or default == [] else f"`{default}`"
+            rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
+        rows.append("")
+    return "\n".join(rows)
 
 
 def metrics_block() -> str:
