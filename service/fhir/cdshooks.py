@@ -354,7 +354,7 @@ class Feedback(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    """``POST /cds-services/diabetes-risk/feedback``."""
+    """``POST /cds-services/{id}/feedback``."""
 
     model_config = ConfigDict(
         extra="forbid",
