@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -68,14 +69,18 @@ def _operations(client: AppClient) -> list[tuple[str, str, Any]]:
             .replace("{service_id}", "diabetes-risk")
         )
         for method in item:
-            out.append((method.upper(), concrete, bodies.get(path)))
+            # a served model's own routes (/models/{name}[/versions/{version}]/...) take the root route's body
+            root = re.sub(r"^/models/[^/]+(/versions/[^/]+)?(?=/)", "", path)
+            out.append((method.upper(), concrete, bodies.get(path, bodies.get(root))))
     return out
 
 
 def test_every_operation_and_doc_page_needs_a_key(keyed: AppClient) -> None:
     """With GSHAP_API_KEYS, each operation and doc page is 401 without a key and answered with either key."""
     operations = _operations(keyed)
-    assert len(operations) == 28
+    # 28 root operations, /models and /models/{name}, and the served model's 12 under its name and 12 under its
+    # version
+    assert len(operations) == 54
     for method, path, body in operations:
         r = keyed.request(method, path, json=body)
         feedback = path.endswith(("/feedback", "/feedback/summary"))
