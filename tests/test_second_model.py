@@ -138,9 +138,9 @@ def test_metrics_labels_are_the_bundles(server: LiveServer, second: Bundle) -> N
     with httpx.Client(base_url=server.url, timeout=30) as http:
         http.post("/predict", json=example_record(second.spec))
         text = http.get("/metrics").text
-    features = set(re.findall(r'gshap_input_imputed_values_total\{feature="([^"]+)"\}', text))
+    features = set(re.findall(r'gshap_input_imputed_values_total\{[^}]*\bfeature="([^"]+)"', text))
     assert features == set(second.spec.names)
-    labels = set(re.findall(r'gshap_predictions_total\{label="([^"]+)"\}', text))
+    labels = set(re.findall(r'gshap_predictions_total\{[^}]*\blabel="([^"]+)"', text))
     assert labels == {second.spec.positive_label, second.spec.negative_label}
     assert 'model_name="breast-cancer-wisconsin"' in text
     assert 'model_version="1.0.0"' in text
