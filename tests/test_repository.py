@@ -582,13 +582,16 @@ def test_cds_discovery_lists_one_service_per_served_version(store: Path) -> None
     with running_server({"GSHAP_MODEL_STORE": str(store)}) as server, httpx.Client(base_url=server.url) as c:
         services = c.get("/cds-services").json()["services"]
         assert [s["id"] for s in services] == ["diabetes-risk", "diabetes-risk-1.0.0"]
-        summaries = {}
+        summaries, uuids = {}, {}
         for service in services:
             r = c.post(f"/cds-services/{service['id']}", json=request)
             assert r.status_code == 200, r.text
             summaries[service["id"]] = r.json()["cards"][0]["summary"]
+            uuids[service["id"]] = r.json()["cards"][0]["uuid"]
             assert r.headers["X-Model-Version"] in summaries[service["id"]]
         assert "pima-diabetes/1.1.0" in summaries["diabetes-risk"]
         assert "pima-diabetes/1.0.0" in summaries["diabetes-risk-1.0.0"]
-        feedback = {"feedback": [{"card": "c-1", "outcome": "overridden", "outcomeTimestamp": "2026-12-02T00:00:00Z"}]}
+        # feedback is taken only for a card this service issued (docs/CDS_HOOKS.md): the 1.0.0 card's uuid
+        outcome = {"outcome": "overridden", "outcomeTimestamp": "2026-12-02T00:00:00Z"}
+        feedback = {"feedback": [{"card": uuids["diabetes-risk-1.0.0"], **outcome}]}
         assert c.post("/cds-services/diabetes-risk-1.0.0/feedback", json=feedback).status_code == 200
