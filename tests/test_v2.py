@@ -156,7 +156,7 @@ def test_model_metadata_follows_the_bundle(triton_client: Any, http: httpx.Clien
     name, version = served
     card = http.get("/model").json()
     meta = triton_client.get_model_metadata(name, version)
-    assert meta["versions"] == [version]
+    assert meta["versions"][0] == version  # the default version first
     assert [t["name"] for t in meta["inputs"]] == [f["name"] for f in card["features"]]
     assert all(t["datatype"] == "FP64" and t["shape"] == [-1] for t in meta["inputs"])
     assert [(t["parameters"]["valid_min"], t["parameters"]["valid_max"]) for t in meta["inputs"]] == [
@@ -291,6 +291,93 @@ def test_explainer_matches_explain_batch(
             expected[0]["seed"],
         )
     assert by_explainer.get_response()["model_name"] == served[0] + "-explainer"
+
+
+# ---- every model and version of the store ---------------------------------------------------------------
+
+TARGETS = [("pima-diabetes", "1.0.0"), ("pima-diabetes", "1.1.0"), ("breast-cancer-wisconsin", "1.0.0")]
+"""Served side by side by the module's server (the shipped store): both Pima versions and the breast-cancer model."""
+
+
+@pytest.fixture(scope="module")
+def listing(http: httpx.Client) -> dict[str, dict[str, Any]]:
+    """The JSON API's ``GET /models``, by model name."""
+    return {m["name"]: m for m in http.get("/models").json()["models"]}
+
+
+def test_every_served_model_and_version_is_on_v2_with_its_own_metadata(
+    triton_client: Any, http: httpx.Client, listing: dict[str, dict[str, Any]]
+) -> None:
+    """Every model and version ``GET /models`` lists is ready on V2, as is its explainer; its metadata's inputs are
+    that bundle's features (the breast-cancer model's 30); ``versions`` lists the default first, and the bare name
+    answers for the default version."""
+    assert {"pima-diabetes", "breast-cancer-wisconsin"} <= set(listing)
+    for name, model in listing.items():
+        versions = [v["version"] for v in model["versions"]]
+        default = model["default_version"]
+        bare = triton_client.get_model_metadata(name)
+        assert bare["parameters"]["version"] == default
+        assert bare["versions"][0] == default
+        assert sorted(bare["versions"]) == sorted(versions)
+        for version in versions:
+            assert triton_client.is_model_ready(name, version)
+            assert triton_client.is_model_ready(name + "-explainer", version)
+            card = http.get(f"/models/{name}/versions/{version}/model").json()
+            for v2_name in (name, name + "-explainer"):
+                meta = triton_client.get_model_metadata(v2_name, version)
+                assert meta["name"] == v2_name
+                assert meta["parameters"]["version"] == version
+                assert [t["name"] for t in meta["inputs"]] == [f["name"] for f in card["features"]]
+                assert [(t["parameters"]["valid_min"], t["parameters"]["valid_max"]) for t in meta["inputs"]] == [
+                    (f["valid_min"], f["valid_max"]) for f in card["features"]
+                ]
+            explainer = triton_client.get_model_metadata(name + "-explainer", version)
+            shapes = {t["name"]: t["shape"] for t in explainer["outputs"]}
+            assert shapes["attributions"] == [-1, len(card["features"])]
+    cancer = triton_client.get_model_metadata("breast-cancer-wisconsin")
+    assert len(cancer["inputs"]) == 30
+    unknown = http.get("/v2/models/no-such-model").json()["error"]
+    assert all(name in unknown for name in listing)
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=[f"{n}@{v}" for n, v in TARGETS])
+def test_tritonclient_defaults_match_each_model_versions_batches(
+    triton_client: Any, http: httpx.Client, listing: dict[str, dict[str, Any]], target: tuple[str, str]
+) -> None:
+    """tritonclient's defaults (binary tensors) on ``{name}`` at a version, and on ``{name}-explainer``, give that
+    version's ``/models/{name}/versions/{version}/predict/batch`` and ``.../explain/batch`` numbers, bit for bit;
+    the bare name does too when the version is the model's default."""
+    name, version = target
+    meta = http.get(f"/v2/models/{name}/versions/{version}").json()
+    records = _records(meta, n=8, seed=31)
+    inputs = _triton_inputs(records, _features(meta))
+    base = f"/models/{name}/versions/{version}"
+    expected = _batch(http, f"{base}/predict/batch", {"records": records})
+    asked = [version] + ([""] if listing[name]["default_version"] == version else [])
+    for asked_version in asked:
+        result = triton_client.infer(name, inputs, model_version=asked_version)
+        response = result.get_response()
+        assert all("binary_data_size" in o["parameters"] for o in response["outputs"]), "not sent as bytes"
+        assert (response["model_name"], response["model_version"]) == (name, version)
+        _assert_predictions_equal(_decoded(result), expected)
+    for settings in ({}, {"method": "sampled", "n_samples": 32, "seed": 5, "output": "probability"}):
+        explained = _batch(http, f"{base}/explain/batch", {"records": records, **settings})
+        result = triton_client.infer(name + "-explainer", inputs, model_version=version, parameters=settings or None)
+        assert result.get_response()["model_version"] == version
+        _assert_explanations_equal(_decoded(result), explained)
+
+
+def test_each_version_answers_with_its_own_model(triton_client: Any, http: httpx.Client) -> None:
+    """The same records sent to Pima 1.0.0 and 1.1.0 over V2 get different probabilities (1.1.0 recalibrated
+    every one): the version in the path picks the model that answers, not the store's default."""
+    meta = http.get("/v2/models/pima-diabetes/versions/1.0.0").json()
+    records = _records(meta, n=6, seed=41)
+    inputs = _triton_inputs(records, _features(meta))
+    old, new = (
+        _decoded(triton_client.infer("pima-diabetes", inputs, model_version=v))["probability"]
+        for v in ("1.0.0", "1.1.0")
+    )
+    assert all(a != b for a, b in zip(old, new, strict=True))
 
 
 # ---- refusals -------------------------------------------------------------------------------------------
