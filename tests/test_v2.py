@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -380,6 +381,50 @@ def test_each_version_answers_with_its_own_model(triton_client: Any, http: httpx
     assert all(a != b for a, b in zip(old, new, strict=True))
 
 
+def test_a_reload_adds_and_removes_models_on_v2(tmp_path: Path) -> None:
+    """A model added to the store, and a version removed from it, appear on and disappear from V2 at a reload
+    (POST /admin/reload), metadata, readiness and inference alike; the added model answers with its own numbers."""
+    store = tmp_path / "store"
+    for version in ("1.0.0", "1.1.0"):
+        shutil.copytree(ROOT / "model_store" / "pima-diabetes" / version, store / "pima-diabetes" / version)
+    (store / "pima-diabetes" / "DEFAULT").write_text("1.1.0\n")
+    (store / "DEFAULT").write_text("pima-diabetes\n")
+    admin = {"X-Admin-Key": "v2-admin"}
+    env = {"GSHAP_MODEL_STORE": str(store), "GSHAP_ADMIN_KEYS": "v2-admin"}
+    with running_server(env) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        cancer = "/v2/models/breast-cancer-wisconsin"
+        assert c.get(cancer).status_code == 404
+        assert c.get("/v2/models/pima-diabetes/versions/1.0.0/ready").status_code == 200
+        shutil.copytree(
+            ROOT / "model_store" / "breast-cancer-wisconsin" / "1.0.0", store / "breast-cancer-wisconsin" / "1.0.0"
+        )
+        (store / "breast-cancer-wisconsin" / "DEFAULT").write_text("1.0.0\n")
+        shutil.rmtree(store / "pima-diabetes" / "1.0.0")
+        reloaded = c.post("/admin/reload", headers=admin)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["added"] == ["breast-cancer-wisconsin@1.0.0"]
+        assert reloaded.json()["removed"] == ["pima-diabetes@1.0.0"]
+        meta = c.get(cancer).json()
+        assert len(meta["inputs"]) == 30
+        assert c.get(f"{cancer}-explainer/versions/1.0.0/ready").status_code == 200
+        [record] = _records(meta, n=1, seed=2)
+        inputs = [_tensor(k, [float(v)]) for k, v in record.items()]
+        answer = c.post(f"{cancer}/infer", json={"inputs": inputs})
+        assert answer.status_code == 200, answer.text
+        expected = _batch(c, "/models/breast-cancer-wisconsin/predict/batch", {"records": [record]})
+        _assert_predictions_equal({o["name"]: o["data"] for o in answer.json()["outputs"]}, expected)
+        for path in (
+            "/v2/models/pima-diabetes/versions/1.0.0",
+            "/v2/models/pima-diabetes-explainer/versions/1.0.0/ready",
+        ):
+            _refusal(c.get(path), 404, "1.0.0", "1.1.0")
+        assert c.get("/v2/models/pima-diabetes").json()["versions"] == ["1.1.0"]
+        shutil.rmtree(store / "breast-cancer-wisconsin")
+        assert c.post("/admin/reload", headers=admin).json()["removed"] == ["breast-cancer-wisconsin@1.0.0"]
+        _refusal(c.post(f"{cancer}/infer", json={"inputs": inputs}), 404, "breast-cancer-wisconsin")
+        _refusal(c.get(f"{cancer}-explainer"), 404, "breast-cancer-wisconsin-explainer")
+
+
 # ---- refusals -------------------------------------------------------------------------------------------
 
 
@@ -514,20 +559,29 @@ def _kserve_python() -> Path:
     return python
 
 
+KSERVE_TARGETS = [("pima-diabetes", "1.0.0"), ("breast-cancer-wisconsin", "1.1.0")]
+"""Versions that are not their model's default: the bare name and the version's path answer differently."""
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("target", KSERVE_TARGETS, ids=[f"{n}@{v}" for n, v in KSERVE_TARGETS])
 def test_kserve_rest_client_gets_the_json_apis_numbers(
-    live: LiveServer, http: httpx.Client, served: tuple[str, str], metadata: dict[str, Any], tmp_path: Path
+    live: LiveServer, http: httpx.Client, target: tuple[str, str], tmp_path: Path
 ) -> None:
-    """KServe's InferenceRESTClient (protocol v2; JSON and binary tensors; the explainer) gets /predict/batch's
-    and /explain/batch's numbers, bit for bit; an unknown model comes back as the server's V2 error text."""
+    """KServe's InferenceRESTClient (protocol v2; JSON and binary tensors; the explainer), on a model's bare name
+    and on a version that is not its default, gets ``/models/{name}/...`` and ``/models/{name}/versions/{version}/``
+    ``predict/batch`` and ``explain/batch`` numbers, bit for bit; an unknown model comes back as the server's V2
+    error text."""
+    name, version = target
     python = _kserve_python()
+    metadata = http.get(f"/v2/models/{name}/versions/{version}").json()
     records = _records(metadata, n=8, seed=17)
     settings = {"method": "sampled", "n_samples": 32, "seed": 3}
     case = tmp_path / "case.json"
     case.write_text(json.dumps({"records": records, "features": _features(metadata), "explain": settings}))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run(
-        [str(python), str(KSERVE_SCRIPT), live.url, served[0], served[1], str(case)],
+        [str(python), str(KSERVE_SCRIPT), live.url, name, version, str(case)],
         check=False, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
@@ -535,16 +589,21 @@ def test_kserve_rest_client_gets_the_json_apis_numbers(
     assert found["server_live"] is True
     assert found["server_ready"] is True
     assert found["model_ready"] is True
-    predicted = _batch(http, "/predict/batch", {"records": records})
-    for key in ("predict.binary=False", "predict.binary=True", "predict.versioned"):
-        _assert_predictions_equal(found[key], predicted)
-    explained = _batch(http, "/explain/batch", {"records": records, **settings})
-    outputs = found["explain"]
+    default, versioned = f"/models/{name}", f"/models/{name}/versions/{version}"
+    for key in ("predict.binary=False", "predict.binary=True"):
+        _assert_predictions_equal(found[key], _batch(http, f"{default}/predict/batch", {"records": records}))
+    _assert_predictions_equal(
+        found["predict.versioned"], _batch(http, f"{versioned}/predict/batch", {"records": records})
+    )
+    assert found["predict.versioned"]["probability"] != found["predict.binary=True"]["probability"]
     width = len(metadata["inputs"])
-    assert outputs["attributions.shape"] == [len(records), width]
-    outputs["attributions"] = [outputs["attributions"][i * width : (i + 1) * width] for i in range(len(records))]
-    outputs["standard_error"] = [outputs["standard_error"][i * width : (i + 1) * width] for i in range(len(records))]
-    _assert_explanations_equal(outputs, explained)
+    for key, prefix in (("explain", default), ("explain.versioned", versioned)):
+        explained = _batch(http, f"{prefix}/explain/batch", {"records": records, **settings})
+        outputs = found[key]
+        assert outputs["attributions.shape"] == [len(records), width]
+        for matrix in ("attributions", "standard_error"):
+            outputs[matrix] = [outputs[matrix][i * width : (i + 1) * width] for i in range(len(records))]
+        _assert_explanations_equal(outputs, explained)
     assert found["explain.parameters"]["method"] == "sampled"
     assert "no-such-model" in found["unknown_model_error"]
     assert "404" in found["unknown_model_error"]
