@@ -1,4 +1,4 @@
-"""Write docs/CDS_HOOKS.md and the README's CDS section from the code and from a running service.
+"""Write docs/CDS_HOOKS.md from the code and from a running service.
 
     python scripts/cds_docs.py           # rewrite docs/CDS_HOOKS.md
     python scripts/cds_docs.py --check   # exit 1 if it is stale
@@ -7,8 +7,7 @@ The code-table parts come from the default bundle's feature specification (its F
 factors and their sources) and its CDS service (``bundle.cds``), the rules from the modules' docstrings, the
 settings from ``service.config.Settings``; the discovery document, the request and its card, the 412 and the
 feedback answer are real answers of a ``gshap serve`` started here (uuids shown as ``<uuid>``, the call's date as
-``<call date>``). ``scripts/readme.py`` renders the README's ``cds`` block with :func:`readme_block`;
-``tests/test_cds_docs.py`` fails when either is stale.
+``<call date>``). ``tests/test_cds_docs.py`` fails when it is stale.
 """
 
 from __future__ import annotations
@@ -202,15 +201,6 @@ def live_examples() -> dict[str, Any]:
     return out
 
 
-def _keys_only_request(request: dict[str, Any]) -> dict[str, Any]:
-    """The request with each searchset shown as a note of its size (for the README; docs/ shows one entry)."""
-    shown: dict[str, Any] = json.loads(json.dumps(request))
-    for key, value in shown["prefetch"].items():
-        if key != "patient" and isinstance(value, dict) and value.get("resourceType") == "Bundle":
-            shown["prefetch"][key] = f"<searchset Bundle: {len(value.get('entry', []))} Observations>"
-    return shown
-
-
 def _short_request(request: dict[str, Any]) -> dict[str, Any]:
     shown: dict[str, Any] = json.loads(json.dumps(request))
     for key, value in shown["prefetch"].items():
@@ -366,51 +356,6 @@ def document(live: dict[str, Any]) -> str:
         "",
     ]
     return _scrub("\n".join(parts))
-
-
-def readme_block(live: dict[str, Any] | None = None) -> str:
-    """The README's CDS block: the table, the configuration and one real request and its card's summary."""
-    live = live or live_examples()
-    card = live["card"]["cards"][0]
-    text = "\n".join(
-        [
-            "An EHR discovers the service at `GET /cds-services` and calls "
-            f"`POST /cds-services/{_service_id()}` on the `patient-view` hook (CDS Hooks 2.0); FHIR apps post a "
-            "Bundle to `POST /fhir/predict` or `/fhir/explain`. Values are read from LOINC-coded Observations in UCUM "
-            "units, converted by the table below (generated from the default bundle's model spec, its `fhir` "
-            "section); every input also accepts "
-            "`urn:gshap-service:feature|<name>` in its own unit. Sources of the codes and of the CDS Hooks rules, "
-            "the full discovery document, a full card and the rules of reading: "
-            "[docs/CDS_HOOKS.md](docs/CDS_HOOKS.md).",
-            "",
-            mapping_table(),
-            "Configure (see the settings table): `GSHAP_CDS_JWT_ISSUERS=issuer=jwks-url-or-file,...` turns on the "
-            "CDS client JWT check (ES384/RS384, exact `aud`, `exp`/`iat`, `jti` replay); "
-            "`GSHAP_CDS_BASE_URL` is the public URL the `aud` is checked against; `GSHAP_CDS_FHIR_SERVERS` lists the "
-            "FHIR servers the service may search with the client's token when the prefetch lacks data (empty: "
-            "never; then missing required data is a 412); `GSHAP_DATABASE_URL=postgresql://...` keeps the CDS state "
-            "(issued cards, feedback, the `jti` replay cache) in PostgreSQL shared by replicas, else the SQLite file "
-            "`GSHAP_STATE_DB` (older name `GSHAP_CDS_FEEDBACK_DB`).",
-            "",
-            "A real call (the fixture patient of `tests/data/fhir`; each prefetch searchset shown here by its size) "
-            "and its card (the `detail` in full is in docs/CDS_HOOKS.md):",
-            "",
-            "```sh",
-            f"curl -s -X POST http://127.0.0.1:8000/cds-services/{_service_id()} -H 'Content-Type: application/json' "
-            "-d @request.json",
-            "```",
-            "",
-            "```json",
-            _j(_keys_only_request(live["request"])),
-            "```",
-            "",
-            "```json",
-            _j({"cards": [{**card, "detail": card["detail"].split("\n\n")[0] + " …"}]}),
-            "```",
-            "",
-        ]
-    )
-    return _scrub(text)
 
 
 def main() -> int:

@@ -1,24 +1,23 @@
-"""Regenerate the generated blocks of the README and docs/API_EXAMPLES.md from the code, the bundle, the benchmark's
-last run and the running service.
+"""Regenerate the generated blocks of the README and the docs from the code, the bundle, the benchmark's last run
+and the running service.
 
     python scripts/readme.py            # rewrite the blocks (also: make readme)
     python scripts/readme.py --check    # exit 1 if a file differs from what would be written
 
 Blocks are delimited by ``<!-- BEGIN generated:NAME -->`` / ``<!-- END generated:NAME -->``:
 
-- README.md ``settings``: the settings table, from ``service.config.Settings``' fields;
-- README.md ``metrics``: the model's metrics table, from the default bundle's manifest;
-- README.md ``endpoints``: one curl command per endpoint, run with the real ``curl`` against a real
-  ``gshap serve`` started here, and its real answer (compacted, long lists shortened where it says so);
-- README.md ``performance``: the summary of the benchmark's last run, from ``docs/bench/latest.json``;
-- README.md ``cds``: the CDS Hooks / FHIR section: the LOINC/UCUM table from the feature specification and a real
-  CDS call and its card from a ``gshap serve`` started here (``scripts/cds_docs.py``, which also writes
-  docs/CDS_HOOKS.md);
+- README.md ``endpoints``: one curl command per endpoint family, run with the real ``curl`` against a real
+  ``gshap serve`` started here, and its real answer (compacted, long parts shortened where the title says so);
+- docs/MODEL_CARD.md ``card``: the default model's card, from its bundle's one model card (``bundle.card``, the
+  object ``GET /model`` and the CDS card read too); ``metrics``, ``calibration``, ``subgroups``: its tables, from
+  the default bundle's manifest;
+- docs/SETTINGS.md ``settings``: the settings table, from ``service.config.Settings``' fields;
+- docs/PERFORMANCE.md ``performance``: the summary of the benchmark's last run, from ``docs/bench/latest.json``;
 - docs/API_EXAMPLES.md ``examples``: the full set of curl examples (headers, errors, estimators) and their real
   answers, pretty-printed; the random request id is shown as ``<request-id>``.
 
-One server serves both live blocks. ``tests/test_readme.py`` fails when a block drifts, so neither file can quote
-a stale answer.
+One server serves both live blocks. ``tests/test_readme.py`` fails when a block drifts, so no file can quote a
+stale answer. (docs/CDS_HOOKS.md is written by ``scripts/cds_docs.py``, docs/PROBLEMS.md by ``gshap problems``.)
 """
 
 from __future__ import annotations
@@ -37,9 +36,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 API_EXAMPLES = ROOT / "docs" / "API_EXAMPLES.md"
+MODEL_CARD = ROOT / "docs" / "MODEL_CARD.md"
+SETTINGS = ROOT / "docs" / "SETTINGS.md"
+PERFORMANCE = ROOT / "docs" / "PERFORMANCE.md"
 BENCH = ROOT / "docs" / "bench" / "latest.json"
 sys.path.insert(0, str(ROOT / "tests"))
 
+# the records of the examples: the default bundle's (the Pima model's); RECORD is its spec's example patient
 RECORD = {
     "pregnancies": 6,
     "glucose": 148,
@@ -162,60 +165,93 @@ def _first(n: int, items: list[Any]) -> list[Any]:
     return [*items[:n], "…"] if len(items) > n else items
 
 
+def _only(d: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``d`` with only ``keys``, and "…" standing for the rest."""
+    return {k: d[k] for k in keys if k in d} | ({"…": "…"} if set(d) - set(keys) else {})
+
+
 def _short_explanation(e: dict[str, Any]) -> None:
-    e["attributions"] = _first(2, e["attributions"])
-
-
-def _short_explanations(body: dict[str, Any]) -> None:
-    for item in body["results"]:
-        if item.get("ok"):
-            item["prediction"] = {k: item["prediction"][k] for k in ("probability", "label", "imputed")} | {"…": "…"}
-            item["attributions"] = _first(1, item["attributions"])
+    e["prediction"] = _only(e["prediction"], "probability", "label_name", "calibration", "imputed")
+    e["attributions"] = [_only(a, "feature", "value", "attribution") for a in e["attributions"][:2]]
+    e["attributions"].append("…")
+    shortened = _only(e, "prediction", "output", "base_value", "output_value", "attributions", "completeness_gap",
+                      "method", "summary")  # fmt: skip
+    e.clear()
+    e.update(shortened)
 
 
 def _short_group(g: dict[str, Any]) -> None:
-    g["features"] = _first(1, g["features"])
+    g["features"] = [_only(f, "feature", "mean", "mean_value") for f in g["features"][:2]]
+    g["features"].append("…")
 
 
-def _short_groups(body: dict[str, Any]) -> None:
-    for g in body["groups"].values():
-        g["features"] = ["…"]
+def _short_batch(body: dict[str, Any]) -> None:
+    for i, item in enumerate(body["results"]):
+        if item.get("ok"):
+            item["prediction"] = _only(item["prediction"], "probability", "label")
+            body["results"][i] = _only(item, "index", "ok", "prediction", "completeness_gap", "method")
+        else:
+            item["error"] = _only(item["error"], "type", "status", "errors")
 
 
-def _short_card(body: dict[str, Any]) -> None:
-    body["features"] = _first(1, body["features"])
-    body["metrics"] = {"mlp": {k: body["metrics"]["mlp"][k] for k in ("roc_auc", "threshold")}, "…": "…"}
-    for k in ("training", "baselines", "preprocessing", "data", "explanation_defaults", "library_versions"):
-        if k in body:
-            body[k] = "…"
-    for k in ("subgroups", "development_and_validation", "explanation_method", "not_measured", "update_schedule"):
-        if k in body:
-            body[k] = "…"
-    for k in ("intended_users", "out_of_scope_uses", "limitations"):
-        if k in body:
-            body[k] = _first(1, body[k])
-    if "population" in body:
-        body["population"] = {"description": body["population"].get("description"), "…": "…"}
-    if "calibration" in body:
-        body["calibration"] = {"served": body["calibration"]["served"], "…": "…"}
+def _short_model(body: dict[str, Any]) -> None:
+    keep = ("model_version", "outcome", "features", "threshold", "methods", "default_method", "intended_use")
+    body["features"] = [_only(f, "name", "unit", "valid_min", "valid_max") for f in body["features"][:2]]
+    body["features"].append("…")
+    body["outcome"] = _only(body["outcome"], "column", "positive", "label")
+    body["intended_use"] = body["intended_use"].split(". ")[0] + ". …"
+    shortened = _only(body, *keep)
+    body.clear()
+    body.update(shortened)
 
 
-# One example per endpoint, for the README: (title, curl arguments, how the answer is shortened or None)
+def _short_monitoring(body: dict[str, Any]) -> None:
+    body["variables"] = [_only(v, "name", "psi", "status") for v in body["variables"][:1]]
+    body["variables"].append("…")
+    shortened = _only(body, "status", "model_version", "records", "variables")
+    body.clear()
+    body.update(shortened)
+
+
+def _short_discovery(body: dict[str, Any]) -> None:
+    for service in body["services"]:
+        service["prefetch"] = _only(service["prefetch"], "patient")
+        service["description"] = service["description"].split(", with ")[0] + " …"
+        service["usageRequirements"] = service["usageRequirements"].split(": ", 1)[0] + ": …"
+
+
+def _short_v2_metadata(body: dict[str, Any]) -> None:
+    body["inputs"] = [_only(t, "name", "datatype", "shape") for t in body["inputs"][:1]] + ["…"]
+    shortened = _only(body, "name", "versions", "platform", "inputs")
+    body.clear()
+    body.update(shortened)
+
+
+def _short_problem(body: dict[str, Any]) -> None:
+    body.pop("request_id", None)
+
+
+# One example per endpoint family, for the README: (title, curl arguments, how the answer is shortened or None)
 ENDPOINTS: list[tuple[str, list[str], Callable[[Any], None] | None]] = [
-    ("`GET /healthz`: liveness", ["-s", "{url}/healthz"], None),
-    ("`GET /readyz`: readiness (503 until the bundle is verified, loaded and warmed up)", ["-s", "{url}/readyz"], None),
+    ("`GET /readyz`: health (503 until the bundle is verified, loaded and warmed up; `/healthz`: liveness)",
+     ["-s", "{url}/readyz"], None),
     ("`POST /predict`: one record (insulin 0 means not measured: imputed)", _post("/predict", RECORD), None),
-    ("`POST /explain`: exact GradientSHAP of the logit, the defaults (attributions shortened here to two)",
+    ("`POST /explain`: the model's default method on the logit (shortened here: two attributions, a few fields)",
      _post("/explain", RECORD), _short_explanation),
-    ("`POST /predict/batch`: a bad record is refused by its index, the others are answered",
-     _post("/predict/batch", {"records": [RECORD, BAD_RECORD]}), None),
-    ("`POST /explain/batch`: one set of settings for every record (shortened here: the prediction to three fields, "
-     "the attributions to one)",
-     _post("/explain/batch", {"records": [RECORD, SPARSE_RECORD], "output": "probability"}), _short_explanations),
-    ("`GET /groups/{group}`: one outcome group of the evaluation set (features shortened here to one)",
+    ("`POST /explain/batch` (and `/predict/batch`): each record answered or refused on its own (shortened here)",
+     _post("/explain/batch", {"records": [RECORD, BAD_RECORD]}), _short_batch),
+    ("`GET /groups/{group}` (and `/groups`): one outcome group of the evaluation set (shortened here)",
      ["-s", "{url}/groups/FN"], _short_group),
-    ("`GET /groups`: every outcome group (features left out here)", ["-s", "{url}/groups"], _short_groups),
-    ("`GET /model`: the model card (shortened here)", ["-s", "{url}/model"], _short_card),
+    ("`GET /model`: the model card (a few of its fields here; [docs/MODEL_CARD.md](docs/MODEL_CARD.md) has it all)",
+     ["-s", "{url}/model"], _short_model),
+    ("`GET /monitoring` (and `/metrics`): drift of recent inputs against the evaluation set (shortened here)",
+     ["-s", "{url}/monitoring"], _short_monitoring),
+    ("`GET /cds-services`: CDS Hooks discovery of the service the bundle declares (shortened here)",
+     ["-s", "{url}/cds-services"], _short_discovery),
+    ("`GET /v2/models/{name}`: the Open Inference Protocol's model metadata (shortened here; docs/V2.md)",
+     ["-s", "{url}/v2/models/pima-diabetes"], _short_v2_metadata),
+    ("A refusal: `application/problem+json` naming the field and the rule (request id left out here)",
+     _post("/predict", MISSPELLED), _short_problem),
 ]  # fmt: skip
 
 WIDTH = 116
@@ -241,7 +277,7 @@ def endpoints_block(live: Live) -> str:
         body = json.loads(out)
         if shorten is not None:
             shorten(body)
-        parts.append(f"**{title}**\n\n```sh\n{shown}\n```\n\n```json\n{_scrub(compact_json(body))}\n```\n")
+        parts.append(f"**{title}**\n\n```\n$ {shown}\n{_scrub(compact_json(body))}\n```\n")
     return "\n".join(parts)
 
 
@@ -274,14 +310,20 @@ def performance_block() -> str:
 
 
 def settings_block() -> str:
-    from service.config import ENV_PREFIX, Settings
+    """The settings by concern (``service.config.SETTING_GROUPS``): one table a group."""
+    from service.config import ENV_PREFIX, SETTING_GROUPS, Settings
 
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for name, field in Settings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        shown = "none" if default is None or default == [] else f"`{default}`"
-        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
-    return "\n".join(rows) + "\n"
+    fields = Settings.model_fields
+    rows: list[str] = []
+    for title, names in SETTING_GROUPS.values():
+        rows += [f"### {title}", "", "| variable | default | meaning |", "|---|---|---|"]
+        for name in names:
+            field = fields[name]
+            default = field.get_default(call_default_factory=True)
+            shown = "none" if default is None or default == [] else f"`{default}`"
+            rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
+        rows.append("")
+    return "\n".join(rows)
 
 
 def metrics_block() -> str:
@@ -396,27 +438,64 @@ def subgroups_block() -> str:
     return "\n".join(rows) + "\n"
 
 
-def cds_block() -> str:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import cds_docs
+def card_block() -> str:
+    """The default model's card, in words: from its bundle's one model card (``bundle.card``)."""
+    from service.model.store import load_bundle
 
-    text: str = cds_docs.readme_block()
-    return text
+    bundle = load_bundle()
+    card = bundle.card
+    pop = card.to_dict()["population"]
+    details = [f"{k.replace('_', ' ')}: {v}" for k, v in pop.items() if k not in ("description", "sex", "min_age")]
+    rows = [
+        f"**{bundle.name}/{bundle.version}**: {bundle.manifest.get('task', '')}.",
+        "",
+        f"**Outcome.** {card.outcome.label}: `{card.outcome.column}` = {card.outcome.positive} "
+        f"({card.outcome.positive_label}; otherwise {card.outcome.negative_label}). {card.outcome.description}",
+        "",
+        f"**Intended use.** {card.intended_use}",
+        "",
+        "**Intended users.**",
+        "",
+        *[f"- {u}" for u in card.intended_users],
+        "",
+        "**Out of scope.**",
+        "",
+        *[f"- {u}" for u in card.out_of_scope],
+        "",
+        f"**Population.** {card.population.description}",
+        "",
+        *[f"- {d}" for d in details if not d.startswith("quirks")],
+        *[f"- quirk: {q}" for q in pop.get("quirks", [])],
+        "",
+        f"**Not measured.** {card.not_measured}",
+        "",
+        f"**Development and validation.** {card.development}",
+        "",
+        "**Limitations.**",
+        "",
+        *[f"- {u}" for u in card.limitations],
+        "",
+        f"**Explanation methods offered.** {', '.join(bundle.methods)} (default: {bundle.default_method}).",
+        "",
+    ]
+    if bundle.cds is not None:
+        rows += [f"**CDS service.** `{bundle.cds.id}`: {bundle.cds.title}.", ""]
+    return "\n".join(rows)
 
 
 Block = Callable[[Live], str]
 
 # file -> block name -> how the block is made
 BLOCKS: dict[Path, dict[str, Block]] = {
-    README: {
-        "settings": lambda live: settings_block(),
+    README: {"endpoints": endpoints_block},
+    MODEL_CARD: {
+        "card": lambda live: card_block(),
         "metrics": lambda live: metrics_block(),
-        "endpoints": endpoints_block,
-        "performance": lambda live: performance_block(),
         "calibration": lambda live: calibration_block(),
         "subgroups": lambda live: subgroups_block(),
-        "cds": lambda live: cds_block(),
     },
+    SETTINGS: {"settings": lambda live: settings_block()},
+    PERFORMANCE: {"performance": lambda live: performance_block()},
     API_EXAMPLES: {"examples": examples_block},
 }
 NAMES = [name for blocks in BLOCKS.values() for name in blocks]

@@ -1,4 +1,4 @@
-"""The service's settings: one class, the only place that reads the environment.
+"""The service's settings: one class, the only place that reads the environment, its fields grouped by concern.
 
 Every setting has an environment variable ``GSHAP_<NAME>`` (``GSHAP_PORT=9000``); lists are comma-separated
 (``GSHAP_API_KEYS=key-2025-a,key-2025-b``). ``gshap serve`` passes its command-line options as keyword
@@ -10,17 +10,150 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["ENV_PREFIX", "Settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "SETTING_GROUPS",
+    "CdsFhirSettings",
+    "EngineSettings",
+    "LimitSettings",
+    "MonitoringSettings",
+    "Settings",
+]
 
 ENV_PREFIX = "GSHAP_"
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+SETTING_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "server": (
+        "Server: where it listens, the bundle it serves, its logs and its shutdown",
+        ("host", "port", "workers", "model_path", "log_level", "graceful_shutdown_seconds"),
+    ),
+    "limits": (
+        "Limits: the most one request may send or ask for",
+        ("max_batch_records", "max_body_bytes", "max_n_samples", "max_header_bytes", "max_authorization_bytes"),
+    ),
+    "access": (
+        "Access: API keys, rate limit, CORS",
+        ("api_keys", "rate_limit_per_minute", "rate_limit_burst", "cors_origins"),
+    ),
+    "engine": (
+        "Engine: the threads and processes that compute, and how requests are merged",
+        (
+            "torch_threads",
+            "engine_threads",
+            "engine_processes",
+            "gil_switch_interval_ms",
+            "max_coalesce",
+            "batch_window_ms",
+            "plot_threads",
+        ),
+    ),
+    "monitoring": (
+        "Monitoring: Prometheus metrics and drift",
+        (
+            "metrics_enabled",
+            "metrics_require_key",
+            "metrics_dir",
+            "monitoring_window_seconds",
+            "monitoring_min_records",
+        ),
+    ),
+    "cds_fhir": (
+        "CDS Hooks and FHIR",
+        (
+            "cds_fhir_servers",
+            "cds_fhir_timeout_seconds",
+            "cds_fhir_max_bytes",
+            "cds_jwt_issuers",
+            "cds_jwt_max_lifetime_seconds",
+            "cds_jwks_ca_file",
+            "cds_base_url",
+            "cds_feedback_db",
+            "fhir_max_entries",
+            "fhir_max_body_bytes",
+            "fhir_max_pages",
+        ),
+    ),
+    "repository": (
+        "Model repository: which models are served, who signed them, reloads",
+        ("model_store", "models", "trusted_keys", "admin_keys", "reload_file"),
+    ),
+    "state": (
+        "CDS state: the database shared by replicas (issued cards, feedback, the JWT replay cache)",
+        (
+            "database_url",
+            "state_db",
+            "database_pool_size",
+            "database_timeout_seconds",
+            "cds_card_retention_days",
+            "cds_max_cards",
+            "cds_feedback_retention_days",
+            "cds_feedback_max_entries",
+            "cds_feedback_max_per_card",
+            "cds_feedback_max_rows",
+        ),
+    ),
+}
+"""The settings by concern: group key -> (title, field names, in the class order). Every field is in exactly one
+group (tests/test_settings.py); a field's variable stays ``GSHAP_<FIELD>`` whatever its group."""
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """The most one request may send or ask for (``Settings.limits``)."""
+
+    max_batch_records: int
+    max_body_bytes: int
+    max_n_samples: int | None
+    max_header_bytes: int
+    max_authorization_bytes: int
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The threads and processes that compute, and how concurrent requests are merged (``Settings.engine``)."""
+
+    torch_threads: int | None
+    threads: int
+    processes: int
+    gil_switch_interval_ms: float
+    max_coalesce: int
+    batch_window_ms: float
+    plot_threads: int
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    """Prometheus metrics and drift monitoring (``Settings.monitoring``)."""
+
+    metrics_enabled: bool
+    metrics_require_key: bool
+    metrics_dir: Path | None
+    window_seconds: float
+    min_records: int
+
+
+@dataclass(frozen=True)
+class CdsFhirSettings:
+    """CDS Hooks and FHIR (``Settings.cds_fhir``); the JWT issuers and their CA file stay flat (``cds_jwt_*``,
+    ``cds_jwks_ca_file``), read where the JWTs are checked."""
+
+    fhir_servers: tuple[str, ...]
+    fhir_timeout_seconds: float
+    fhir_max_bytes: int
+    base_url: str | None
+    feedback_db: Path | None
+    fhir_max_entries: int
+    fhir_max_body_bytes: int
+    fhir_max_pages: int
 
 
 def _split_commas(value: Any) -> Any:
@@ -30,21 +163,44 @@ def _split_commas(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    """Network, limits, security and logging of one service instance."""
+    """One service instance's settings, grouped by concern (:data:`SETTING_GROUPS`): server, limits, access, engine,
+    monitoring, CDS Hooks and FHIR. The fields stay flat, so that every ``GSHAP_<FIELD>`` name is what it was; the
+    properties :attr:`limits`, :attr:`engine`, :attr:`monitoring` and :attr:`cds_fhir` give a group as one
+    object."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, protected_namespaces=())
 
+    # ---- Server: where it listens, the bundle it serves, its logs and its shutdown ----------------------------
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     model_path: Path | None = Field(
         None, description="Bundle folder, or a store with a DEFAULT pointer; None: the committed default bundle."
     )
+    log_level: LogLevel = Field("info", description="Level of the JSON-lines logs on stderr.")
+    graceful_shutdown_seconds: float = Field(10.0, ge=0, description="How long in-flight requests may finish.")
+
+    # ---- Limits: the most one request may send or ask for -----------------------------------------------------
     max_batch_records: int = Field(100, ge=1, description="Most records one batch request may carry (else 413).")
     max_body_bytes: int = Field(1_048_576, ge=256, description="Largest request body in bytes (else 413).")
     max_n_samples: int | None = Field(
         None, ge=1, description="Lowers the engine's MAX_N_SAMPLES for /explain; None: the engine's own bound."
     )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description=(
+            "Largest request line plus headers in bytes: refused with 431 by the HTTP protocol as soon as that many "
+            "bytes came without the end of the headers."
+        ),
+    )
+    max_authorization_bytes: int = Field(
+        8 * 1024,
+        ge=256,
+        description="Largest Authorization header in bytes (431 before any key or token is read).",
+    )
+
+    # ---- Access: API keys, rate limit, CORS -------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Accepted API keys (several, so that keys can rotate); empty: no authentication.",
@@ -56,7 +212,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS; empty: CORS closed."
     )
-    log_level: LogLevel = Field("info", description="Level of the JSON-lines logs on stderr.")
+
+    # ---- Engine: the threads and processes that compute, and how requests are merged --------------------------
     torch_threads: int | None = Field(
         None,
         ge=1,
@@ -108,7 +265,17 @@ class Settings(BaseSettings):
             "while the threads are busy are merged anyway)."
         ),
     )
-    graceful_shutdown_seconds: float = Field(10.0, ge=0, description="How long in-flight requests may finish.")
+    plot_threads: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description=(
+            "Threads that draw PNG plots at once (?format=png of the plot endpoints); more requests wait. "
+            "SVG plots are written without matplotlib and need none."
+        ),
+    )
+
+    # ---- Monitoring: Prometheus metrics and drift -------------------------------------------------------------
     metrics_enabled: bool = Field(
         True, description="Serve GET /metrics (Prometheus) and GET /monitoring (drift) and record their metrics."
     )
@@ -132,6 +299,8 @@ class Settings(BaseSettings):
     monitoring_min_records: int = Field(
         200, ge=1, description="Records the drift window needs before a drift index is judged."
     )
+
+    # ---- CDS Hooks and FHIR -----------------------------------------------------------------------------------
     cds_fhir_servers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description=(
@@ -152,20 +321,6 @@ class Settings(BaseSettings):
             "or a JSON object; empty: the CDS endpoints take no JWT (logged at start)."
         ),
     )
-    cds_base_url: str | None = Field(
-        None,
-        description=(
-            "Public base URL of this service as CDS clients call it (the JWT aud is <this>/cds-services/...; the "
-            "card's links start here); None: taken from each request."
-        ),
-    )
-    cds_feedback_db: Path | None = Field(
-        None,
-        description=(
-            "The older name of GSHAP_STATE_DB (kept as an alias): the SQLite file of the CDS state (issued cards, "
-            "feedback, jti replay cache) when GSHAP_DATABASE_URL is not set."
-        ),
-    )
     cds_jwt_max_lifetime_seconds: float = Field(
         300.0,
         gt=0,
@@ -179,6 +334,20 @@ class Settings(BaseSettings):
         None,
         description=(
             "PEM file of CA certificates trusted for https JWKS URLs, besides the system's; None: the system's only."
+        ),
+    )
+    cds_base_url: str | None = Field(
+        None,
+        description=(
+            "Public base URL of this service as CDS clients call it (the JWT aud is <this>/cds-services/...; the "
+            "card's links start here); None: taken from each request."
+        ),
+    )
+    cds_feedback_db: Path | None = Field(
+        None,
+        description=(
+            "The older name of GSHAP_STATE_DB (kept as an alias): the SQLite file of the CDS state (issued cards, "
+            "feedback, jti replay cache) when GSHAP_DATABASE_URL is not set."
         ),
     )
     fhir_max_entries: int = Field(
@@ -201,28 +370,8 @@ class Settings(BaseSettings):
     fhir_max_pages: int = Field(
         10, ge=1, le=1000, description="Most pages of one outgoing FHIR search followed by their `next` links."
     )
-    max_header_bytes: int = Field(
-        32 * 1024,
-        ge=1024,
-        description=(
-            "Largest request line plus headers in bytes: refused with 431 by the HTTP protocol as soon as that many "
-            "bytes came without the end of the headers."
-        ),
-    )
-    max_authorization_bytes: int = Field(
-        8 * 1024,
-        ge=256,
-        description="Largest Authorization header in bytes (431 before any key or token is read).",
-    )
-    plot_threads: int = Field(
-        2,
-        ge=1,
-        le=16,
-        description=(
-            "Threads that draw PNG plots at once (?format=png of the plot endpoints); more requests wait. "
-            "SVG plots are written without matplotlib and need none."
-        ),
-    )
+
+    # ---- Model repository: which models are served, who signed them, reloads ------------------------------
     model_store: Path | None = Field(
         None,
         description=(
@@ -259,6 +408,7 @@ class Settings(BaseSettings):
         ),
     )
 
+    # ---- CDS state: the database shared by replicas (issued cards, feedback, JWT replay cache) ---------------
     database_url: SecretStr | None = Field(
         None,
         description=(
@@ -346,6 +496,55 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: Any) -> Any:
         # "GSHAP_RATE_LIMIT_PER_MINUTE=" or "=0" in a deployment file means "off", not a validation error
         return None if value in ("", 0, "0") else value
+
+    @property
+    def limits(self) -> LimitSettings:
+        """The limits group."""
+        return LimitSettings(
+            max_batch_records=self.max_batch_records,
+            max_body_bytes=self.max_body_bytes,
+            max_n_samples=self.max_n_samples,
+            max_header_bytes=self.max_header_bytes,
+            max_authorization_bytes=self.max_authorization_bytes,
+        )
+
+    @property
+    def engine(self) -> EngineSettings:
+        """The engine group."""
+        return EngineSettings(
+            torch_threads=self.torch_threads,
+            threads=self.engine_threads,
+            processes=self.engine_processes,
+            gil_switch_interval_ms=self.gil_switch_interval_ms,
+            max_coalesce=self.max_coalesce,
+            batch_window_ms=self.batch_window_ms,
+            plot_threads=self.plot_threads,
+        )
+
+    @property
+    def monitoring(self) -> MonitoringSettings:
+        """The monitoring group."""
+        return MonitoringSettings(
+            metrics_enabled=self.metrics_enabled,
+            metrics_require_key=self.metrics_require_key,
+            metrics_dir=self.metrics_dir,
+            window_seconds=self.monitoring_window_seconds,
+            min_records=self.monitoring_min_records,
+        )
+
+    @property
+    def cds_fhir(self) -> CdsFhirSettings:
+        """The CDS Hooks and FHIR group."""
+        return CdsFhirSettings(
+            fhir_servers=tuple(self.cds_fhir_servers),
+            fhir_timeout_seconds=self.cds_fhir_timeout_seconds,
+            fhir_max_bytes=self.cds_fhir_max_bytes,
+            base_url=self.cds_base_url,
+            feedback_db=self.cds_feedback_db,
+            fhir_max_entries=self.fhir_max_entries,
+            fhir_max_body_bytes=self.fhir_max_body_bytes,
+            fhir_max_pages=self.fhir_max_pages,
+        )
 
     def feedback_db_path(self) -> Path:
         """The SQLite file of the CDS state: GSHAP_STATE_DB, GSHAP_CDS_FEEDBACK_DB, else the user's state directory."""

@@ -371,7 +371,8 @@ class ProblemFieldError(BaseModel):
     """One broken rule of the request."""
 
     field: str = Field(
-        ..., description="Path of the offending field: 'glucose', 'n_samples', 'records', or 'body' for the whole body."
+        ...,
+        description="Path of the offending field: a feature's name, 'n_samples', 'records', or 'body' (whole body).",
     )
     rule: str = Field(
         ...,
@@ -383,7 +384,7 @@ class ProblemFieldError(BaseModel):
     )
     message: str = Field(..., description="The rule in words, without the offending value.")
     limit: float | int | str | None = Field(
-        None, description="The bound of a range or length rule, in the field's unit (e.g. 600 for glucose)."
+        None, description="The bound of a range or length rule, in the field's unit (e.g. a feature's valid maximum)."
     )
 
 

@@ -90,8 +90,6 @@ def test_base_install_has_no_numerics_and_no_server(base_venv: Path) -> None:
     """Neither torch, numpy nor any server or training package is installed; importing the client loads none."""
     script = f"""
 import importlib.util, importlib.metadata, json, sys
-from helpers import default_spec
-
 import service.client, service.schemas, service.contract
 print(json.dumps({{
     "installed": [m for m in {list(NOT_IN_BASE)!r} if importlib.util.find_spec(m) is not None],

@@ -326,6 +326,21 @@ def test_no_number_depends_on_the_batch_size(tmp_path: Path, output: str) -> Non
     assert read(files[0]) == read(files[1]) == read(files[2])
 
 
+def test_the_cohort_job_loads_no_web_framework() -> None:
+    """What a Ray worker imports (the cohort's modules, the CLI's cohort path) loads neither FastAPI, Starlette,
+    uvicorn nor the web layer: the refused rows' problems come from service.problems."""
+    code = (
+        "import sys, service.cohort.engines, service.cohort.table; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'starlette', 'uvicorn'}), "
+        "[m for m in sys.modules if m.startswith('service.api')])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[] []"
+
+
 # ---- broken files (issue 24) ---------------------------------------------------------------------------------------
 
 

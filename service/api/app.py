@@ -252,14 +252,15 @@ async def _start(state: AppState) -> None:
 
 
 def build_runtime(settings: Settings, bundle: Bundle) -> InferenceRuntime:
-    """The runtime that ``settings`` describe for ``bundle`` (not started)."""
+    """The runtime that ``settings`` (their engine and limits groups) describe for ``bundle`` (not started)."""
+    engine = settings.engine
     return InferenceRuntime(
         bundle,
-        max_n_samples=settings.max_n_samples,
-        engine_threads=settings.engine_threads,
-        engine_processes=settings.engine_processes,
-        max_coalesce=settings.max_coalesce,
-        batch_window_ms=settings.batch_window_ms,
+        max_n_samples=settings.limits.max_n_samples,
+        engine_threads=engine.threads,
+        engine_processes=engine.processes,
+        max_coalesce=engine.max_coalesce,
+        batch_window_ms=engine.batch_window_ms,
     )
 
 
@@ -358,13 +359,14 @@ def create_app(
     bundle = registry.pending_default().runtime.bundle
     models = request_models(bundle.spec, bundle.methods, bundle.default_method)
     state = AppState(settings=settings, preloaded=bundle, prebuilt=runtime, models=models, registry=registry)
-    if settings.metrics_enabled:
-        if settings.metrics_dir is not None:
-            enable_multiprocess(settings.metrics_dir)
+    monitoring = settings.monitoring
+    if monitoring.metrics_enabled:
+        if monitoring.metrics_dir is not None:
+            enable_multiprocess(monitoring.metrics_dir)
         state.telemetry = Telemetry(
-            multiprocess_dir=settings.metrics_dir,
-            monitoring_window_seconds=settings.monitoring_window_seconds,
-            monitoring_min_records=settings.monitoring_min_records,
+            multiprocess_dir=monitoring.metrics_dir,
+            monitoring_window_seconds=monitoring.window_seconds,
+            monitoring_min_records=monitoring.min_records,
         )
     registry.telemetry = state.telemetry
     cds_state = cds.CdsState.build(settings, bundle)

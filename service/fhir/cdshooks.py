@@ -105,7 +105,7 @@ def discovery_document(spec: FeatureSpec, card: ModelCard, service: CdsService, 
             {
                 "hook": HOOK,
                 "title": service.title,
-                "description": f"{service.description} (model {model_version})",
+                "description": f"{service.description.rstrip('.')} (model {model_version}).",
                 "id": service.id,
                 "usageRequirements": f"Population: {card.population.description} {needs}",
                 "prefetch": prefetch_templates(spec),
@@ -356,7 +356,7 @@ class Feedback(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    """``POST /cds-services/diabetes-risk/feedback``."""
+    """``POST /cds-services/{id}/feedback``."""
 
     model_config = ConfigDict(
         extra="forbid",

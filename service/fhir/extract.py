@@ -44,6 +44,7 @@ from typing import Any
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 
+from service.contract import format_value
 from service.model.card import Population
 from service.model.features import UCUM, Feature, FeatureSpec, FhirCode, FhirUnit
 
@@ -63,6 +64,11 @@ __all__ = [
 USABLE_STATUSES = frozenset({"final", "amended", "corrected"})
 CLOCK_SKEW = dt.timedelta(minutes=1)
 _EPOCH = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+
+
+def _range(feat: Feature) -> str:
+    """``0-600``: a feature's valid range, its numbers written one way (:func:`service.contract.format_value`)."""
+    return f"{format_value(feat.valid_min)}-{format_value(feat.valid_max)}"
 
 
 @dataclass(frozen=True)
@@ -366,7 +372,7 @@ def _add_value(
         work.issues.append(
             Issue(
                 "implausible_value",
-                f"{feat.label} converted to {feat.unit} lies outside {feat.valid_min:g}-{feat.valid_max:g}",
+                f"{feat.label} converted to {feat.unit} lies outside {_range(feat)}",
                 path,
                 feat.name,
                 ref,
@@ -553,7 +559,7 @@ def _pick(work: _Work, label: str, feature: str, candidates: list[_Candidate]) -
     values = {round(v.value, 9) for v in tied}
     if len(values) > 1:
         refs = ", ".join(dict.fromkeys(v.resource for v in tied))
-        shown = " vs ".join(f"{v:g}" for v in sorted(values))
+        shown = " vs ".join(format_value(v) for v in sorted(values))
         work.issues.append(
             Issue(
                 "conflicting_values",
@@ -619,7 +625,7 @@ def extract(
                 work.issues.append(
                     Issue(
                         "implausible_value",
-                        f"Age from Patient.birthDate lies outside {feat.valid_min:g}-{feat.valid_max:g}",
+                        f"Age from Patient.birthDate lies outside {_range(feat)}",
                         f"{patient_path}.birthDate",
                         feat.name,
                         ref,
@@ -674,7 +680,10 @@ def extract(
                         value=round(bmi, 1),
                         unit=feat.unit,
                         derived_from=(w, h),
-                        note=f"computed: weight {w.value:g} kg ({w.date}) / height {h.value:g} cm ({h.date}) squared",
+                        note=(
+                            f"computed: weight {format_value(w.value)} kg ({w.date}) / height "
+                            f"{format_value(h.value)} cm ({h.date}) squared"
+                        ),
                     )
                     derived.append(feat.name)
                 else:
@@ -722,5 +731,5 @@ def outside_population(extraction: Extraction, population: Population) -> list[s
         outside.append(f"recorded gender is {extraction.gender[:20]}")
     age = extraction.record.get("age")
     if age is not None and population.min_age and age < population.min_age:
-        outside.append(f"age {age:g} is under {population.min_age}")
+        outside.append(f"age {format_value(age)} is under {population.min_age}")
     return outside

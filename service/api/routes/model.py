@@ -99,7 +99,7 @@ def explanation_method(runtime: InferenceRuntime) -> dict[str, Any]:
     methods, default = bundle.methods, bundle.default_method
     exact = "exact" in methods
     out: dict[str, Any] = {
-        "method": f"GradientSHAP, by default {_METHOD_WORDS[default].split(': ', 1)[1]}",
+        "method": f"GradientSHAP; by default {_METHOD_WORDS[default]}",
         "methods": list(methods),
         "default_method": default,
         "estimators": {m: _METHOD_WORDS[m].split(": ", 1)[1] for m in methods},
