@@ -68,9 +68,9 @@ def _operations(client: AppClient) -> list[tuple[str, str, Any]]:
             .replace("{version}", version)
             .replace("{service_id}", "diabetes-risk")
         )
-        # a per-model path (/models/{name}[/versions/{version}]/...) takes the body of the root path it repeats
-        root = re.sub(r"^/models/[^/{]+(/versions/[^/{]+)?(?=/)", "", path)
         for method in item:
+            # a served model's own routes (/models/{name}[/versions/{version}]/...) take the root route's body
+            root = re.sub(r"^/models/[^/]+(/versions/[^/]+)?(?=/)", "", path)
             out.append((method.upper(), concrete, bodies.get(path, bodies.get(root))))
     return out
 
@@ -78,9 +78,9 @@ def _operations(client: AppClient) -> list[tuple[str, str, Any]]:
 def test_every_operation_and_doc_page_needs_a_key(keyed: AppClient) -> None:
     """With GSHAP_API_KEYS, each operation and doc page is 401 without a key and answered with either key."""
     operations = _operations(keyed)
-    root = [op for op in operations if not op[1].startswith("/models/")]
-    assert len(root) == 29  # 28, and GET /models (the model repository)
-    assert len(operations) > len(root), "no per-model operation in the document"
+    # 28 root operations, /models and /models/{name}, and the served model's 12 under its name and 12 under its
+    # version
+    assert len(operations) == 54
     for method, path, body in operations:
         r = keyed.request(method, path, json=body)
         feedback = path.endswith(("/feedback", "/feedback/summary"))

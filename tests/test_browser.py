@@ -258,14 +258,17 @@ def test_page_asks_for_the_api_key(browser: Any) -> None:
 
 
 def test_page_picks_the_model_and_version(server: LiveServer, browser: Any) -> None:
-    """The shipped store serves two Pima versions: the page offers both (the default chosen), and picking 1.0.0
+    """The shipped store serves two Pima versions (and the breast-cancer model's two): the page offers each (the
+    store's default chosen), and picking 1.0.0
     rebuilds the form from that version's card and explains with it (its risk, its routes)."""
     from selenium.webdriver.support.ui import Select
 
     _open_page(browser, server.url)
     _wait(browser, lambda d: d.find_element(By.ID, "model-picker").is_displayed())
     pick = Select(browser.find_element(By.ID, "model-pick"))
-    assert [o.text for o in pick.options] == ["pima-diabetes 1.0.0", "pima-diabetes 1.1.0 (default)"]
+    pima = [o.text for o in pick.options if o.text.startswith("pima-diabetes ")]
+    assert pima == ["pima-diabetes 1.0.0", "pima-diabetes 1.1.0 (default)"]
+    assert any(o.text.startswith("breast-cancer-wisconsin 1.1.0") for o in pick.options)  # the other shipped model
     assert pick.first_selected_option.text == "pima-diabetes 1.1.0 (default)"
     pick.select_by_visible_text("pima-diabetes 1.0.0")
     _wait(browser, lambda d: d.find_element(By.ID, "model-name").text == "pima-diabetes/1.0.0")

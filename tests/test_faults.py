@@ -375,14 +375,14 @@ def test_warm_up_refuses_a_model_with_non_finite_answers() -> None:
 _SERVE_WITH_A_NAN_WEIGHT = """
 import sys
 import torch
-import service.api.app as app
-loaded = app.load_bundle
+import service.runtime.registry as registry
+loaded = registry.load_bundle
 def with_a_nan_weight(path):
     bundle = loaded(path)
     with torch.no_grad():
         bundle.model[0].weight[0, 0] = float("nan")
     return bundle
-app.load_bundle = with_a_nan_weight
+registry.load_bundle = with_a_nan_weight
 from service.cli import main
 sys.exit(main(["serve", "--host", "127.0.0.1", "--port", "0"]))
 """

@@ -49,20 +49,29 @@ FHIR_REFUSALS = frozenset({412, 413, 422})
 # schema-valid inference request may rightly be refused with 400 or 413, V2's {"error": ...} naming the rule.
 V2_INFER_PATHS = frozenset({"/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"})
 V2_REFUSALS = frozenset({400, 413})
-OPERATIONS = 104  # 29 at the root (GET /models among them), and each served model version's own (the repository)
-_PER_MODEL = re.compile(r"^/models/[^/{]+(/versions/[^/{]+)?(?=/)")
-_CDS_SERVICE = re.compile(r"^/cds-services/diabetes-risk(-[0-9][0-9A-Za-z.-]*)?(?=/feedback$|$)")
-
-
-def _root_path(path: str) -> str:
-    """The root path a per-model path repeats (``/models/{name}[/versions/{version}]/predict/batch`` is
-    ``/predict/batch``), and a served version's CDS service the default's (``diabetes-risk-1.0.0``)."""
-    return _CDS_SERVICE.sub("/cds-services/diabetes-risk", _PER_MODEL.sub("", path))
-
+# A served model's routes (/models/{name}[/versions/{version}]/...) are the root routes' handlers with that model's
+# own request models. The default model's copies (under its name and every version of it) have the root's models,
+# so they are not fuzzed again; every other model is fuzzed under its name (its versions share its models when
+# their features are the same, as the shipped ones' are). 32 root operations and the breast-cancer model's 12.
+DEFAULT_MODEL = (ROOT / "model_store" / "DEFAULT").read_text().strip().split("/")[0]
+COPIES = rf"^/models/{re.escape(DEFAULT_MODEL)}/|^/models/[^/]+/versions/"
+OPERATIONS = 44
 
 schema = schemathesis.openapi.from_path(
     ROOT / "openapi.yaml", config=schemathesis.Config.from_dict({"generation": {"mode": "all"}})
-)
+).exclude(path_regex=COPIES)
+
+
+def _root(path: str) -> str:
+    """The root route a served model's route copies (``/models/x/predict/batch`` -> ``/predict/batch``)."""
+    return re.sub(r"^/models/[^/]+(/versions/[^/]+)?(?=/)", "", path)
+
+
+def _fhir_like(path: str) -> bool:
+    """A FHIR route or a CDS service's call or feedback path (every served version's CDS service has its own)."""
+    root = _root(path)
+    return root in FHIR_PATHS or (root.startswith("/cds-services/") and not root.endswith("/summary"))
+
 
 EXAMPLES: Counter[str] = Counter()
 NEGATIVE: Counter[str] = Counter()
@@ -89,9 +98,9 @@ def live() -> Iterator[LiveServer]:
 @schemathesis.check
 def negative_data_rejection_per_record(ctx: Any, response: Any, case: Any) -> bool | None:
     """Negative data is refused: as a whole (4xx), or, in a batch, as the record that carries it."""
-    if _root_path(case.path) in FHIR_PATHS and response.status_code in FHIR_REFUSALS:
+    if _fhir_like(case.path) and response.status_code in FHIR_REFUSALS:
         return True  # refused (412: no data to compute from, whatever else is wrong)
-    if _root_path(case.path) in BATCH_PATHS and response.status_code == 200:
+    if _root(case.path) in BATCH_PATHS and response.status_code == 200:
         failed = response.json()["failed"]
         if not _is_negative(case):
             assert failed == 0, "a batch of schema-valid records had a record refused"
@@ -104,11 +113,11 @@ def negative_data_rejection_per_record(ctx: Any, response: Any, case: Any) -> bo
 @schemathesis.check
 def positive_data_acceptance_fhir_aware(ctx: Any, response: Any, case: Any) -> bool | None:
     """Valid data is accepted; on the FHIR and CDS paths it may be refused by a FHIR content rule (412/413/422)."""
-    if _root_path(case.path) in FHIR_PATHS and response.status_code in FHIR_REFUSALS:
+    if _fhir_like(case.path) and response.status_code in FHIR_REFUSALS:
         body = response.json()
         assert body.get("errors") or body.get("limit"), "a FHIR refusal must name the field and the rule"
         return True
-    if case.path in V2_INFER_PATHS and response.status_code in V2_REFUSALS:
+    if _root(case.path) in V2_INFER_PATHS and response.status_code in V2_REFUSALS:
         assert set(response.json()) == {"error"}, "a V2 refusal is {'error': ...}"
         return True
     result: bool | None = positive_data_acceptance(ctx, response, case)
@@ -139,7 +148,7 @@ def test_every_operation_conforms_to_the_spec(case: Any, live: LiveServer) -> No
         excluded_checks=[negative_data_rejection, positive_data_acceptance],
         additional_checks=[negative_data_rejection_per_record, positive_data_acceptance_fhir_aware],
     )
-    if _root_path(case.path) in BATCH_PATHS and response.status_code == 200 and response.json()["failed"]:
+    if _root(case.path) in BATCH_PATHS and response.status_code == 200 and response.json()["failed"]:
         REFUSED_IN_BATCH[case.path] += 1
 
 
@@ -158,7 +167,12 @@ def _fuzz_in_a_subprocess(tmp: Path) -> tuple[Counter[str], Counter[str], Counte
 
 def test_fuzzing_reached_every_operation(tmp_path: Path) -> None:
     """Every documented operation was fuzzed with at least MAX_EXAMPLES cases (figures printed)."""
-    documented = {f"{method.upper()} {path}" for path, item in schema.raw_schema["paths"].items() for method in item}
+    documented = {
+        f"{method.upper()} {path}"
+        for path, item in schema.raw_schema["paths"].items()
+        for method in item
+        if not re.match(COPIES, path)
+    }
     assert len(documented) == OPERATIONS
     examples, negative, refused = EXAMPLES, NEGATIVE, REFUSED_IN_BATCH
     if not all(examples[op] for op in documented):  # this session did not fuzz every operation: fuzz them all now

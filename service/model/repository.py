@@ -169,10 +169,17 @@ def plan_single(path: Path) -> StorePlan:
         folder = default_bundle_path(folder)
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-        name, version = str(manifest["name"]), str(manifest["version"])
     except FileNotFoundError:
         raise BundleError(f"model bundle {folder} does not exist or has no manifest.json") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"model bundle {folder}: manifest.json has no readable name and version ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the words load_bundle uses for the same fault
+        raise BundleError(f"model bundle {folder}: manifest.json is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise BundleError(f"model bundle {folder}: manifest.json cannot be read ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"model bundle {folder}: manifest.json is not a JSON object")
+    try:
+        name, version = str(manifest["name"]), str(manifest["version"])
+    except KeyError as exc:
+        raise BundleError(f"model bundle {folder}: manifest.json has no {exc.args[0]!r}") from None
     model = PlannedModel(name=name, versions={version: folder}, default_version=version)
     return StorePlan(models={name: model}, default_model=name, root=None)

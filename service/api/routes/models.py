@@ -171,7 +171,7 @@ async def list_models(request: Request) -> ModelsPublic:
     "/models/{name}",
     operation_id="get_served_model",
     summary="One served model",
-    responses=problem_responses(401, 404, 429, 500, 503),
+    responses=problem_responses(401, 404, 422, 429, 500, 503),
 )
 async def get_served_model(request: Request, name: NameParam) -> ServedModelPublic:
     """One served model, as ``/models`` lists it; 404 for a model that is not served."""
