@@ -249,8 +249,8 @@ def test_several_workers_share_their_metrics(tmp_path: Path) -> None:
             assert value(text, "gshap_http_requests_total", route="/predict", status="200") == 40
             assert value(text, "gshap_predictions_total") == 40
             assert value(text, "gshap_drift_window_records") == 40
-            # one series per served model version (both Pima versions), not one per worker
-            assert value(text, "gshap_build_info", model_version="1.1.0") == 1
+            # one series per served model version (every version of the shipped store), not one per worker
+            assert value(text, "gshap_build_info", model_name="pima-diabetes", model_version="1.1.0") == 1
             assert value(text, "gshap_build_info") == len(SERVED)
             assert value(text, "gshap_ready") == 1
             for canary in CANARY_TEXT:

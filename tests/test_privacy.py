@@ -124,7 +124,7 @@ FORCED_500 = """
 import sys
 import torch
 import service.runtime.inference
-import service.api.app
+import service.runtime.registry
 import service.model.store
 
 real = service.model.store.load_bundle
@@ -135,7 +135,7 @@ def nan_model(path=None):
         next(p for p in bundle.model.parameters() if p.ndim == 2)[0, 0] = float("nan")
     return bundle
 
-service.api.app.load_bundle = service.model.store.load_bundle = nan_model
+service.runtime.registry.load_bundle = service.model.store.load_bundle = nan_model
 service.runtime.inference.InferenceRuntime.warm_up = lambda self: None
 # the drift reference (the served probabilities of the evaluation set) would refuse the model too
 service.runtime.inference.InferenceRuntime.reference_probabilities = lambda self: [0.5] * len(self.bundle.eval_raw)
