@@ -63,6 +63,9 @@ async def main(base_url: str, model: str, version: str, case: dict[str, Any]) ->
         response = await client.infer(base_url, request, model_name=explainer)
         found["explain"] = _outputs(response)
         found["explain.parameters"] = dict(response.parameters or {})
+        versioned_explainer = f"{explainer}/versions/{version}"
+        response = await client.infer(base_url, request, model_name=versioned_explainer)
+        found["explain.versioned"] = _outputs(response)
         try:
             await client.infer(base_url, request, model_name="no-such-model")
         except Exception as exc:  # httpx.HTTPStatusError, carrying the server's V2 error text

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -156,7 +157,7 @@ def test_model_metadata_follows_the_bundle(triton_client: Any, http: httpx.Clien
     name, version = served
     card = http.get("/model").json()
     meta = triton_client.get_model_metadata(name, version)
-    assert meta["versions"] == [version]
+    assert meta["versions"][0] == version  # the default version first
     assert [t["name"] for t in meta["inputs"]] == [f["name"] for f in card["features"]]
     assert all(t["datatype"] == "FP64" and t["shape"] == [-1] for t in meta["inputs"])
     assert [(t["parameters"]["valid_min"], t["parameters"]["valid_max"]) for t in meta["inputs"]] == [
@@ -293,6 +294,137 @@ def test_explainer_matches_explain_batch(
     assert by_explainer.get_response()["model_name"] == served[0] + "-explainer"
 
 
+# ---- every model and version of the store ---------------------------------------------------------------
+
+TARGETS = [("pima-diabetes", "1.0.0"), ("pima-diabetes", "1.1.0"), ("breast-cancer-wisconsin", "1.0.0")]
+"""Served side by side by the module's server (the shipped store): both Pima versions and the breast-cancer model."""
+
+
+@pytest.fixture(scope="module")
+def listing(http: httpx.Client) -> dict[str, dict[str, Any]]:
+    """The JSON API's ``GET /models``, by model name."""
+    return {m["name"]: m for m in http.get("/models").json()["models"]}
+
+
+def test_every_served_model_and_version_is_on_v2_with_its_own_metadata(
+    triton_client: Any, http: httpx.Client, listing: dict[str, dict[str, Any]]
+) -> None:
+    """Every model and version ``GET /models`` lists is ready on V2, as is its explainer; its metadata's inputs are
+    that bundle's features (the breast-cancer model's 30); ``versions`` lists the default first, and the bare name
+    answers for the default version."""
+    assert {"pima-diabetes", "breast-cancer-wisconsin"} <= set(listing)
+    for name, model in listing.items():
+        versions = [v["version"] for v in model["versions"]]
+        default = model["default_version"]
+        bare = triton_client.get_model_metadata(name)
+        assert bare["parameters"]["version"] == default
+        assert bare["versions"][0] == default
+        assert sorted(bare["versions"]) == sorted(versions)
+        for version in versions:
+            assert triton_client.is_model_ready(name, version)
+            assert triton_client.is_model_ready(name + "-explainer", version)
+            card = http.get(f"/models/{name}/versions/{version}/model").json()
+            for v2_name in (name, name + "-explainer"):
+                meta = triton_client.get_model_metadata(v2_name, version)
+                assert meta["name"] == v2_name
+                assert meta["parameters"]["version"] == version
+                assert [t["name"] for t in meta["inputs"]] == [f["name"] for f in card["features"]]
+                assert [(t["parameters"]["valid_min"], t["parameters"]["valid_max"]) for t in meta["inputs"]] == [
+                    (f["valid_min"], f["valid_max"]) for f in card["features"]
+                ]
+            explainer = triton_client.get_model_metadata(name + "-explainer", version)
+            shapes = {t["name"]: t["shape"] for t in explainer["outputs"]}
+            assert shapes["attributions"] == [-1, len(card["features"])]
+    cancer = triton_client.get_model_metadata("breast-cancer-wisconsin")
+    assert len(cancer["inputs"]) == 30
+    unknown = http.get("/v2/models/no-such-model").json()["error"]
+    assert all(name in unknown for name in listing)
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=[f"{n}@{v}" for n, v in TARGETS])
+def test_tritonclient_defaults_match_each_model_versions_batches(
+    triton_client: Any, http: httpx.Client, listing: dict[str, dict[str, Any]], target: tuple[str, str]
+) -> None:
+    """tritonclient's defaults (binary tensors) on ``{name}`` at a version, and on ``{name}-explainer``, give that
+    version's ``/models/{name}/versions/{version}/predict/batch`` and ``.../explain/batch`` numbers, bit for bit;
+    the bare name does too when the version is the model's default."""
+    name, version = target
+    meta = http.get(f"/v2/models/{name}/versions/{version}").json()
+    records = _records(meta, n=8, seed=31)
+    inputs = _triton_inputs(records, _features(meta))
+    base = f"/models/{name}/versions/{version}"
+    expected = _batch(http, f"{base}/predict/batch", {"records": records})
+    asked = [version] + ([""] if listing[name]["default_version"] == version else [])
+    for asked_version in asked:
+        result = triton_client.infer(name, inputs, model_version=asked_version)
+        response = result.get_response()
+        assert all("binary_data_size" in o["parameters"] for o in response["outputs"]), "not sent as bytes"
+        assert (response["model_name"], response["model_version"]) == (name, version)
+        _assert_predictions_equal(_decoded(result), expected)
+    for settings in ({}, {"method": "sampled", "n_samples": 32, "seed": 5, "output": "probability"}):
+        explained = _batch(http, f"{base}/explain/batch", {"records": records, **settings})
+        result = triton_client.infer(name + "-explainer", inputs, model_version=version, parameters=settings or None)
+        assert result.get_response()["model_version"] == version
+        _assert_explanations_equal(_decoded(result), explained)
+
+
+def test_each_version_answers_with_its_own_model(triton_client: Any, http: httpx.Client) -> None:
+    """The same records sent to Pima 1.0.0 and 1.1.0 over V2 get different probabilities (1.1.0 recalibrated
+    every one): the version in the path picks the model that answers, not the store's default."""
+    meta = http.get("/v2/models/pima-diabetes/versions/1.0.0").json()
+    records = _records(meta, n=6, seed=41)
+    inputs = _triton_inputs(records, _features(meta))
+    old, new = (
+        _decoded(triton_client.infer("pima-diabetes", inputs, model_version=v))["probability"]
+        for v in ("1.0.0", "1.1.0")
+    )
+    assert all(a != b for a, b in zip(old, new, strict=True))
+
+
+def test_a_reload_adds_and_removes_models_on_v2(tmp_path: Path) -> None:
+    """A model added to the store, and a version removed from it, appear on and disappear from V2 at a reload
+    (POST /admin/reload), metadata, readiness and inference alike; the added model answers with its own numbers."""
+    store = tmp_path / "store"
+    for version in ("1.0.0", "1.1.0"):
+        shutil.copytree(ROOT / "model_store" / "pima-diabetes" / version, store / "pima-diabetes" / version)
+    (store / "pima-diabetes" / "DEFAULT").write_text("1.1.0\n")
+    (store / "DEFAULT").write_text("pima-diabetes\n")
+    admin = {"X-Admin-Key": "v2-admin"}
+    env = {"GSHAP_MODEL_STORE": str(store), "GSHAP_ADMIN_KEYS": "v2-admin"}
+    with running_server(env) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        cancer = "/v2/models/breast-cancer-wisconsin"
+        assert c.get(cancer).status_code == 404
+        assert c.get("/v2/models/pima-diabetes/versions/1.0.0/ready").status_code == 200
+        shutil.copytree(
+            ROOT / "model_store" / "breast-cancer-wisconsin" / "1.0.0", store / "breast-cancer-wisconsin" / "1.0.0"
+        )
+        (store / "breast-cancer-wisconsin" / "DEFAULT").write_text("1.0.0\n")
+        shutil.rmtree(store / "pima-diabetes" / "1.0.0")
+        reloaded = c.post("/admin/reload", headers=admin)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["added"] == ["breast-cancer-wisconsin@1.0.0"]
+        assert reloaded.json()["removed"] == ["pima-diabetes@1.0.0"]
+        meta = c.get(cancer).json()
+        assert len(meta["inputs"]) == 30
+        assert c.get(f"{cancer}-explainer/versions/1.0.0/ready").status_code == 200
+        [record] = _records(meta, n=1, seed=2)
+        inputs = [_tensor(k, [float(v)]) for k, v in record.items()]
+        answer = c.post(f"{cancer}/infer", json={"inputs": inputs})
+        assert answer.status_code == 200, answer.text
+        expected = _batch(c, "/models/breast-cancer-wisconsin/predict/batch", {"records": [record]})
+        _assert_predictions_equal({o["name"]: o["data"] for o in answer.json()["outputs"]}, expected)
+        for path in (
+            "/v2/models/pima-diabetes/versions/1.0.0",
+            "/v2/models/pima-diabetes-explainer/versions/1.0.0/ready",
+        ):
+            _refusal(c.get(path), 404, "1.0.0", "1.1.0")
+        assert c.get("/v2/models/pima-diabetes").json()["versions"] == ["1.1.0"]
+        shutil.rmtree(store / "breast-cancer-wisconsin")
+        assert c.post("/admin/reload", headers=admin).json()["removed"] == ["breast-cancer-wisconsin@1.0.0"]
+        _refusal(c.post(f"{cancer}/infer", json={"inputs": inputs}), 404, "breast-cancer-wisconsin")
+        _refusal(c.get(f"{cancer}-explainer"), 404, "breast-cancer-wisconsin-explainer")
+
+
 # ---- refusals -------------------------------------------------------------------------------------------
 
 
@@ -427,20 +559,29 @@ def _kserve_python() -> Path:
     return python
 
 
+KSERVE_TARGETS = [("pima-diabetes", "1.0.0"), ("breast-cancer-wisconsin", "1.1.0")]
+"""Versions that are not their model's default: the bare name and the version's path answer differently."""
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("target", KSERVE_TARGETS, ids=[f"{n}@{v}" for n, v in KSERVE_TARGETS])
 def test_kserve_rest_client_gets_the_json_apis_numbers(
-    live: LiveServer, http: httpx.Client, served: tuple[str, str], metadata: dict[str, Any], tmp_path: Path
+    live: LiveServer, http: httpx.Client, target: tuple[str, str], tmp_path: Path
 ) -> None:
-    """KServe's InferenceRESTClient (protocol v2; JSON and binary tensors; the explainer) gets /predict/batch's
-    and /explain/batch's numbers, bit for bit; an unknown model comes back as the server's V2 error text."""
+    """KServe's InferenceRESTClient (protocol v2; JSON and binary tensors; the explainer), on a model's bare name
+    and on a version that is not its default, gets ``/models/{name}/...`` and ``/models/{name}/versions/{version}/``
+    ``predict/batch`` and ``explain/batch`` numbers, bit for bit; an unknown model comes back as the server's V2
+    error text."""
+    name, version = target
     python = _kserve_python()
+    metadata = http.get(f"/v2/models/{name}/versions/{version}").json()
     records = _records(metadata, n=8, seed=17)
     settings = {"method": "sampled", "n_samples": 32, "seed": 3}
     case = tmp_path / "case.json"
     case.write_text(json.dumps({"records": records, "features": _features(metadata), "explain": settings}))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run(
-        [str(python), str(KSERVE_SCRIPT), live.url, served[0], served[1], str(case)],
+        [str(python), str(KSERVE_SCRIPT), live.url, name, version, str(case)],
         check=False, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
@@ -448,16 +589,21 @@ def test_kserve_rest_client_gets_the_json_apis_numbers(
     assert found["server_live"] is True
     assert found["server_ready"] is True
     assert found["model_ready"] is True
-    predicted = _batch(http, "/predict/batch", {"records": records})
-    for key in ("predict.binary=False", "predict.binary=True", "predict.versioned"):
-        _assert_predictions_equal(found[key], predicted)
-    explained = _batch(http, "/explain/batch", {"records": records, **settings})
-    outputs = found["explain"]
+    default, versioned = f"/models/{name}", f"/models/{name}/versions/{version}"
+    for key in ("predict.binary=False", "predict.binary=True"):
+        _assert_predictions_equal(found[key], _batch(http, f"{default}/predict/batch", {"records": records}))
+    _assert_predictions_equal(
+        found["predict.versioned"], _batch(http, f"{versioned}/predict/batch", {"records": records})
+    )
+    assert found["predict.versioned"]["probability"] != found["predict.binary=True"]["probability"]
     width = len(metadata["inputs"])
-    assert outputs["attributions.shape"] == [len(records), width]
-    outputs["attributions"] = [outputs["attributions"][i * width : (i + 1) * width] for i in range(len(records))]
-    outputs["standard_error"] = [outputs["standard_error"][i * width : (i + 1) * width] for i in range(len(records))]
-    _assert_explanations_equal(outputs, explained)
+    for key, prefix in (("explain", default), ("explain.versioned", versioned)):
+        explained = _batch(http, f"{prefix}/explain/batch", {"records": records, **settings})
+        outputs = found[key]
+        assert outputs["attributions.shape"] == [len(records), width]
+        for matrix in ("attributions", "standard_error"):
+            outputs[matrix] = [outputs[matrix][i * width : (i + 1) * width] for i in range(len(records))]
+        _assert_explanations_equal(outputs, explained)
     assert found["explain.parameters"]["method"] == "sampled"
     assert "no-such-model" in found["unknown_model_error"]
     assert "404" in found["unknown_model_error"]

@@ -475,6 +475,7 @@ def create_app(
     app.include_router(per_model)
 
     route_cache = RouteCache((bundle, models))
+    state.schemas = route_cache.request_models  # the V2 routes validate each model's records with its own
 
     def rebuild(changed: ModelRegistry) -> None:
         services = _other_cds_services(changed)

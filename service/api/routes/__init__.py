@@ -77,6 +77,9 @@ class AppState:
     # the served model versions (several at once, reloaded without a restart); ``runtime`` is its default one
     registry: ModelRegistry | None = None
     reload_seen: int = 0  # modification time (ns) of GSHAP_RELOAD_FILE at this process's last reload
+    # each served bundle's request models (versions with the same features share them): the V2 routes' record
+    # validation per model; None: the root bundle's ``models`` for every bundle
+    schemas: Callable[[Bundle], RequestModels] | None = None
 
 
 def get_state(request: Request) -> AppState:

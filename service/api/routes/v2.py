@@ -6,8 +6,8 @@
 - Inputs: one tensor per feature, named by the feature, ``FP64`` or ``FP32``, shape ``[N]`` or ``[N, 1]`` (an
   optional feature may be left out: it is imputed and reported in the output ``imputed``), or one tensor
   ``input`` of shape ``[N, F]`` in the specification's feature order. Each record then passes the JSON API's own
-  validation (the served model's record model, :func:`service.schemas.request_models`: ranges, whole numbers, the
-  missing rules), record by record.
+  validation (that model version's own record model, :func:`service.schemas.request_models`: ranges, whole
+  numbers, the missing rules), record by record.
 - Outputs: ``probability``, ``logit`` (``FP64 [N]``), ``label`` (``BYTES [N]``, the label's name), ``imputed`` and
   ``warnings`` (``BYTES [N]``: the features imputed, and those outside the training range, joined by commas).
 - Explanations: the model ``{name}-explainer`` (or ``parameters: {"explain": true}`` on the model itself)
@@ -16,12 +16,19 @@
   ``parameters`` take the JSON API's explanation settings (``method``, ``output``, ``n_samples``, ``seed``).
 - Errors: ``{"error": "..."}`` (see :func:`service.api.errors.v2_error_response`), never a problem document.
 
+- Models: every model version of the store that the server serves (the model registry's served set, as on
+  ``GET /models``), followed across reloads; ``/v2/models/{name}`` is the model's default version. An inference
+  holds a lease on its model version, so a reload never closes it under a request in flight.
+
 The binary tensor data extension is :mod:`service.api.v2_codec`. Which models exist is :func:`served_models`, the
 one place that knows; the routes look a model up by name and version through :func:`find_model` only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -56,7 +63,8 @@ from service.api.v2_codec import (
     encode_response,
 )
 from service.runtime.inference import InferenceRuntime, Prediction, RecordExplanation
-from service.schemas import ExplainSettings, RequestModels
+from service.runtime.registry import ModelRegistry
+from service.schemas import ExplainSettings, RequestModels, request_models
 
 __all__ = [
     "EXPLAINER_SUFFIX",
@@ -115,17 +123,57 @@ class V2Model:
 
 
 def served_models(request: Request) -> list[ServedModel]:
-    """Every model version this server serves, the default version of each model first.
+    """Every model version this server serves (the registry's served set), the default version of each model first.
 
-    Today one bundle, the runtime's (name and version from its manifest); a model repository serving several
-    points this function at its registry, and every V2 route follows.
+    Each version is answered by its own runtime and validated by its own bundle's record model. The list is made
+    again after each reload (the registry's ``generation``), so that a model added or removed by a reload appears
+    or disappears here too; between reloads it is reused.
     """
     state = get_state(request)
-    runtime, models = state.runtime, state.models
-    if runtime is None or not runtime.ready or models is None:
-        raise ModelNotReady("The model is loading or shutting down; retry shortly.", headers={"Retry-After": "1"})
-    bundle = runtime.bundle
-    return [ServedModel(bundle.name, bundle.version, runtime, models.record)]
+    registry = state.registry
+    if registry is None or registry.served is None:
+        raise _not_ready()
+    cached = _SERVED.get(registry)
+    if cached is not None and cached[0] == registry.generation:
+        return cached[1]
+    schemas = state.schemas
+    entries = sorted(registry.entries(), key=lambda e: (e[0], not e[3]))  # by name, the default version first
+    served: list[ServedModel] = []
+    for name, version, entry, _ in entries:
+        bundle = entry.runtime.bundle
+        if schemas is not None:
+            record_model = schemas(bundle).record
+        elif state.models is not None and entry.runtime is state.runtime:
+            record_model = state.models.record
+        else:
+            record_model = request_models(bundle.spec, bundle.methods, bundle.default_method).record
+        served.append(ServedModel(name, version, entry.runtime, record_model))
+    _SERVED[registry] = (registry.generation, served)
+    return served
+
+
+_SERVED: weakref.WeakKeyDictionary[ModelRegistry, tuple[int, list[ServedModel]]] = weakref.WeakKeyDictionary()
+"""The served models of each registry (an app's), by the registry's generation at the time."""
+
+
+def _not_ready() -> ModelNotReady:
+    return ModelNotReady("The model is loading or shutting down; retry shortly.", headers={"Retry-After": "1"})
+
+
+@contextlib.contextmanager
+def _leased(request: Request, runtime: InferenceRuntime) -> Iterator[None]:
+    """Hold a lease on ``runtime`` for the block: a reload that removes or replaces it closes it only after the
+    block, so that a request in flight finishes on the model it started on."""
+    registry = get_state(request).registry
+    entry = registry.entry_of(runtime) if registry is not None else None
+    if entry is None:  # not served (any more): it keeps running until the leases already held end
+        yield
+        return
+    entry.leases += 1
+    try:
+        yield
+    finally:
+        entry.leases -= 1
 
 
 def find_model(request: Request, name: str, version: str | None) -> V2Model:
@@ -144,6 +192,8 @@ def find_model(request: Request, name: str, version: str | None) -> V2Model:
         if chosen is None:
             raise NotFound(f"Model {_quote(name)} has no version {_quote(version)}; it serves: "
                            f"{', '.join(m.version for m in versions)}.")  # fmt: skip
+        if not chosen.runtime.ready:
+            raise _not_ready()
         return V2Model(chosen, explainer, tuple(m.version for m in versions))
     names = sorted({m.name for m in served} | {m.name + EXPLAINER_SUFFIX for m in served})
     raise NotFound(f"Unknown model {_quote(name)}; this server serves: {', '.join(names)}.")
@@ -385,7 +435,8 @@ async def server_live() -> Liveness:
 )
 async def server_ready(request: Request) -> Readiness:
     """200 once every served model is loaded and warmed up; a 503 error before that and while shutting down."""
-    served_models(request)
+    if not all(m.runtime.ready for m in served_models(request)):
+        raise _not_ready()
     return Readiness(ready=True)
 
 
@@ -606,6 +657,12 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     model = find_model(request, name, version)
     _check_media_type(request)
     runtime = model.served.runtime
+    request.scope.setdefault("state", {})["model_version"] = runtime.model_version
+    with _leased(request, runtime):  # held from the lookup to the answer: a reload closes it only after
+        return await _answer(request, model, runtime)
+
+
+async def _answer(request: Request, model: V2Model, runtime: InferenceRuntime) -> Response:
     settings = get_state(request).settings
     try:
         decoded = decode_request(await request.body(), request.headers.get(HEADER_LENGTH))
