@@ -12,7 +12,7 @@ before the round, and measures with ``wrk`` (1 thread, c = 8, rotating evaluatio
 - ``ceiling``: ``scripts/ceiling_app.py``, the service's own app stack without the model (second reference).
 - ``ours``: ``gshap serve`` with its default settings (metrics on): ``POST /predict``, ``POST /explain`` (exact).
 - ``kserve``: ``scripts/kserve_peer.py``, KServe's ``ModelServer`` with Captum's ``GradientShap`` at 200 samples
-  in its explain handler, run from ``.venv-kserve/`` (created on first use, as ``tests/test_v2.py`` does).
+  in its explain handler, run from ``.venv-kserve/`` (created on first use, as ``tests/api/test_v2.py`` does).
 - ``ours3``: ours serving 3 models (the store plus copies of the default bundle under other names, as
   ``scripts/bench_repository.py`` builds them) when the service reads a model store; ``/explain`` of the default.
 - ``echo_w2`` and ``ours_w2``: ``--workers 2`` (ours with multiprocess metrics, as ``gshap serve`` sets them up).

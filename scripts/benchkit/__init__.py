@@ -1,6 +1,7 @@
 """The benchmarks' shared helpers: one percentile, one wrk wrapper, one process-memory reader.
 
-Used by ``scripts/bench.py``, ``bench_goals.py``, ``soak.py``, ``bench_cds.py`` and the tests (``tests/test_bench.py``).
+Used by ``scripts/bench.py``, ``bench_goals.py``, ``soak.py``, ``bench_cds.py`` and the tests
+(``tests/scripts/test_bench.py``).
 """
 
 from __future__ import annotations

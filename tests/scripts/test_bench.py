@@ -17,7 +17,7 @@ from helpers import app_client, default_spec
 from service.config import Settings
 from service.schemas import example_record
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def _load(name: str) -> ModuleType:
