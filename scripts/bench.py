@@ -59,7 +59,7 @@ for _path in (str(ROOT), str(ROOT / "scripts")):
 
 from benchkit import overhead, v2  # noqa: E402
 from benchkit.cells import CellResult, ServerResult, check_answer, measure_cell  # noqa: E402
-from benchkit.common import HOST, SCHEMA_VERSION, log, write_json, write_text  # noqa: E402
+from benchkit.common import HOST, SCHEMA_VERSION, log, publish  # noqa: E402
 from benchkit.engine import engine_inprocess  # noqa: E402
 from benchkit.goals import evaluate_goals  # noqa: E402
 from benchkit.meta import run_meta  # noqa: E402
@@ -68,6 +68,7 @@ from benchkit.procs import memory_mb  # noqa: E402
 from benchkit.race import race_check  # noqa: E402
 from benchkit.report import markdown_table  # noqa: E402
 from benchkit.responder import generator_capacity, serve_trivial  # noqa: E402
+from benchkit.rounds import RoundsPlan  # noqa: E402
 from benchkit.servers import Server, free_port, running, server_env  # noqa: E402
 from benchkit.targets import eval_records, targets  # noqa: E402
 from benchkit.wrk import wrk_lua_script  # noqa: E402
@@ -133,10 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     records = eval_records()
+    plan = RoundsPlan(
+        records, args.rounds, seconds, warmup, goal_c, extra_env, ROOT / args.json, ROOT / args.md if args.md else None,
+        args.quick,
+    )  # fmt: skip
     if args.metrics_overhead:
-        return overhead.run(args, records, seconds, warmup, goal_c, extra_env)
+        return overhead.run(plan)
     if args.v2:
-        return v2.run(args, records, seconds, warmup, goal_c, extra_env)
+        return v2.run(plan)
     all_targets = targets(records)
     if args.only:
         keep = set(args.only.split(","))
@@ -247,12 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name: evaluate_goals(cells, result["servers"], races.get(name), goal_c, ours_name=name) for name in variants
     }
     result["meta"]["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    write_json(out_path, result)
-    table = markdown_table(result)
-    if args.md:
-        write_text(ROOT / args.md, table)
-    print(table)
-    log(f"bench: {result['meta']['wall_seconds']} s; results in {out_path}")
+    publish(result, markdown_table(result), out_path, ROOT / args.md if args.md else None)
     shutil.rmtree(workdir, ignore_errors=True)
     if not args.no_cds:
         log("· CDS Hooks: p50/p99 with prefetch and with the FHIR-server fallback (scripts/bench_cds.py)")

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -385,6 +386,34 @@ def test_spread_is_the_median_and_extremes_of_what_was_measured() -> None:
     assert spread([0.4, math.nan, 0.6, 0.55]) == pytest.approx({"median": 0.55, "min": 0.4, "max": 0.6})
     assert spread([math.nan]) == {"median": None, "min": None, "max": None}
     assert spread([]) == {"median": None, "min": None, "max": None}
+
+
+def test_interleaved_takes_each_callables_median_after_one_warm_up() -> None:
+    """One warm-up call each (not timed), then the callables in turn; the median of each one's times."""
+    from benchkit.rounds import interleaved
+
+    now = [0.0]
+    calls: list[str] = []
+    b_costs = iter([100.0, 3.0, 1.0, 2.0])  # the first is the warm-up
+
+    def a() -> None:
+        calls.append("a")
+        now[0] += 1.0
+
+    def b() -> None:
+        calls.append("b")
+        now[0] += next(b_costs)
+
+    rounds: list[int] = []
+
+    def progress(it: Iterable[int]) -> Iterable[int]:
+        for i in it:
+            rounds.append(i)
+            yield i
+
+    assert interleaved({"a": a, "b": b}, 3, progress=progress, clock=lambda: now[0]) == {"a": 1.0, "b": 2.0}
+    assert calls == ["a", "b"] * 4
+    assert rounds == [0, 1, 2]
 
 
 def test_process_memory_and_cpu_of_this_process() -> None:

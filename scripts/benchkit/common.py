@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HOST", "ROOT", "SCHEMA_VERSION", "dumps", "finite", "log", "write_json", "write_text"]
+__all__ = ["HOST", "ROOT", "SCHEMA_VERSION", "dumps", "finite", "log", "publish", "write_json", "write_text"]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 HOST = "127.0.0.1"
@@ -46,3 +47,12 @@ def write_text(path: Path, text: str) -> None:
     """``text`` at ``path``, its folder created."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def publish(result: Mapping[str, Any], table: str, json_path: Path, md_path: Path | None) -> None:
+    """A run's end: the results as JSON, the table as Markdown (when asked), the table on stdout, where it went."""
+    write_json(json_path, result)
+    if md_path is not None:
+        write_text(md_path, table)
+    print(table)
+    log(f"bench: {result['meta']['wall_seconds']} s; results in {json_path}")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
+
+from benchkit.rounds import interleaved
 
 __all__ = ["engine_inprocess"]
 
@@ -43,17 +43,8 @@ def engine_inprocess(repeats: int, n_samples: int = 200) -> dict[str, Any]:
         f"captum_{n_samples}_batch": captum_batch,
         f"captum_{n_samples}_per_record": captum_per_record,
     }
-    for fn in cases.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(repeats):  # interleaved, so that machine noise hits every case alike
-        for name, fn in cases.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
     out: dict[str, Any] = {"records": len(x), "n_samples": n_samples, "torch_threads": torch.get_num_threads()}
-    for name, ts in times.items():
-        med = statistics.median(ts)
+    for name, med in interleaved(cases, repeats).items():  # so that machine noise hits every case alike
         out[name] = {"seconds": med, "explanations_per_s": len(x) / med}
     eng = out[f"engine_sampled_{n_samples}"]["explanations_per_s"]
     out["speedup_sampled_vs_captum_batch"] = eng / out[f"captum_{n_samples}_batch"]["explanations_per_s"]

@@ -7,7 +7,6 @@ process through the ASGI app.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import random
@@ -23,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from benchkit.cells import CellResult, check_answer, measure_cell
-from benchkit.common import HOST, ROOT, SCHEMA_VERSION, dumps, log, write_json, write_text
+from benchkit.common import HOST, SCHEMA_VERSION, dumps, log, publish
 from benchkit.meta import run_meta
 from benchkit.procs import cpu_seconds
-from benchkit.rounds import Round, alternating_rounds, spread
+from benchkit.rounds import Round, RoundsPlan, alternating_rounds, spread
 from benchkit.servers import Server, free_port, running, server_env, wait_idle
 from benchkit.targets import Target, targets
 from benchkit.wrk import run_wrk, wrk_lua_script
@@ -34,34 +33,26 @@ from benchkit.wrk import run_wrk, wrk_lua_script
 __all__ = ["asgi_overhead", "metrics_overhead", "overhead_summary", "run", "side_by_side_cpu"]
 
 
-def run(
-    args: argparse.Namespace,
-    records: Sequence[dict[str, Any]],
-    seconds: int,
-    warmup: int,
-    concurrency: int,
-    extra_env: Mapping[str, str],
-) -> int:
+def run(plan: RoundsPlan) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gshap-bench-"))
     t0 = time.perf_counter()
     meta = run_meta()  # before the run: the load average is the machine's, not the run's
-    log(f"bench: metrics overhead, {args.rounds} rounds × c={concurrency}, {seconds} s/cell (+{warmup} s warm-up)")
+    c, seconds, rounds = plan.concurrency, plan.seconds, plan.rounds
+    log(f"bench: metrics overhead, {rounds} rounds × c={c}, {seconds} s/cell (+{plan.warmup} s warm-up)")
     found = metrics_overhead(
-        records, workdir, rounds=args.rounds, seconds=seconds, warmup=warmup, concurrency=concurrency,
-        extra_env=extra_env,
+        plan.records, workdir, rounds=rounds, seconds=seconds, warmup=plan.warmup, concurrency=c,
+        extra_env=plan.extra_env,
     )  # fmt: skip
-    log(f"· in-process: CPU per request through the ASGI app, {args.rounds} rounds")
-    inproc = asgi_overhead(records, rounds=args.rounds, requests=400 if args.quick else 2000)
+    log(f"· in-process: CPU per request through the ASGI app, {plan.rounds} rounds")
+    inproc = asgi_overhead(plan.records, rounds=plan.rounds, requests=400 if plan.quick else 2000)
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "meta": {**meta, "wall_seconds": round(time.perf_counter() - t0, 1)},
         "metrics_overhead": found,
         "metrics_overhead_inprocess": inproc,
     }
-    out_path = ROOT / args.json
-    write_json(out_path, result)
     lines = [
-        f"| endpoint (c={concurrency}, {seconds} s × {args.rounds} rounds each) | median cost | spread (min … max) "
+        f"| endpoint (c={c}, {seconds} s × {rounds} rounds each) | median cost | spread (min … max) "
         "| pooled cost | req/s on (median) | req/s off (median) |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -74,8 +65,8 @@ def run(
         )
     lines += [
         "",
-        f"| endpoint, side by side (both servers loaded at once, c={max(1, concurrency // 2)} each, {seconds} s × "
-        f"{args.rounds} rounds) | server CPU µs/request on | off | median cost | spread (min … max) | pooled cost |",
+        f"| endpoint, side by side (both servers loaded at once, c={max(1, c // 2)} each, {seconds} s × "
+        f"{rounds} rounds) | server CPU µs/request on | off | median cost | spread (min … max) | pooled cost |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for key, sbs in found["side_by_side"].items():
@@ -86,7 +77,7 @@ def run(
         )
     lines += [
         "",
-        f"| endpoint, in-process ASGI ({inproc['requests_per_round']} interleaved request pairs × {args.rounds} "
+        f"| endpoint, in-process ASGI ({inproc['requests_per_round']} interleaved request pairs × {plan.rounds} "
         "rounds) | CPU µs/request on | off | median cost | spread (min … max) | pooled cost |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -97,11 +88,7 @@ def run(
             f"| {e['cost_median'] * 100:+.1f} % | {e['cost_min'] * 100:+.1f} % … {e['cost_max'] * 100:+.1f} % "
             f"| {e['cost_pooled'] * 100:+.1f} % |"
         )
-    table = "\n".join(lines) + "\n"
-    if args.md:
-        write_text(ROOT / args.md, table)
-    print(table)
-    log(f"bench: {result['meta']['wall_seconds']} s; results in {out_path}")
+    publish(result, "\n".join(lines) + "\n", plan.json_path, plan.md_path)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

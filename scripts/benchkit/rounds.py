@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
-__all__ = ["Round", "alternating_rounds", "loadavg", "round_order", "spread"]
+__all__ = ["Round", "RoundsPlan", "alternating_rounds", "interleaved", "loadavg", "round_order", "spread"]
 
 T = TypeVar("T")
 
@@ -26,6 +28,21 @@ def round_order(names: Sequence[str], round_index: int) -> list[str]:
 def loadavg() -> str:
     """The 1, 5 and 15 minute load averages, as the results files print them."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+@dataclass(frozen=True)
+class RoundsPlan:
+    """What a program of alternating rounds measures and where it writes (``bench.py --metrics-overhead``, ``--v2``)."""
+
+    records: Sequence[dict[str, Any]]
+    rounds: int
+    seconds: int
+    warmup: int
+    concurrency: int
+    extra_env: Mapping[str, str]
+    json_path: Path
+    md_path: Path | None
+    quick: bool = False
 
 
 @dataclass
@@ -59,6 +76,25 @@ def alternating_rounds(
         if after is not None:
             after(one)
     return done
+
+
+def interleaved(
+    named: Mapping[str, Callable[[], object]],
+    repeats: int,
+    progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """Median seconds of each callable: one warm-up call each, then ``repeats`` rounds calling each in turn, so
+    that the machine's noise falls on every callable alike (``progress`` wraps the rounds, e.g. tqdm)."""
+    for fn in named.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in named}
+    for _ in progress(range(repeats)) if progress is not None else range(repeats):
+        for name, fn in named.items():
+            t0 = clock()
+            fn()
+            times[name].append(clock() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def spread(values: Sequence[float]) -> dict[str, float | None]:

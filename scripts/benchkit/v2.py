@@ -7,7 +7,6 @@ alternating rounds.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -21,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from benchkit.cells import check_answer, measure_cell
-from benchkit.common import HOST, ROOT, SCHEMA_VERSION, dumps, log, write_json, write_text
+from benchkit.common import HOST, SCHEMA_VERSION, dumps, log, publish
 from benchkit.meta import run_meta
-from benchkit.rounds import Round, alternating_rounds, loadavg, spread
+from benchkit.rounds import Round, RoundsPlan, alternating_rounds, loadavg, spread
 from benchkit.servers import Server, free_port, running, server_env
 from benchkit.targets import Target
 from benchkit.wrk import _LUA_TEMPLATE, WRK_MARK, wrk_lua_script
@@ -103,16 +102,9 @@ V2_PAIRS = {"v2_infer": "predict", "v2_infer_binary": "predict", "v2_explain": "
 """Each V2 target and the JSON API target it is compared with."""
 
 
-def run(
-    args: argparse.Namespace,
-    records: Sequence[dict[str, Any]],
-    seconds: int,
-    warmup: int,
-    concurrency: int,
-    extra_env: Mapping[str, str],
-) -> int:
+def run(plan: RoundsPlan) -> int:
     """V2 ``infer`` (JSON and binary tensors) against ``/predict``, and the V2 explainer against ``/explain``, on
-    one server at ``concurrency``: every round measures every target, the order reversed every other round, so
+    one server at ``plan.concurrency``: every round measures every target, the order reversed every other round, so
     that the machine's drift falls on both sides of each ratio alike. Ratios per round: requests/s of V2 over the
     JSON API's, and server CPU per request of V2 over the JSON API's."""
     from service.model.store import load_bundle
@@ -121,11 +113,12 @@ def run(
     workdir = Path(tempfile.mkdtemp(prefix="gshap-bench-"))
     t0 = time.perf_counter()
     meta = run_meta()  # before the run: the load average is the machine's, not the run's
-    chosen = v2_targets(records, model)
+    chosen = v2_targets(plan.records, model)
     port = free_port()
     command = [sys.executable, "-m", "service.cli", "serve", "--host", HOST, "--port", str(port)]
-    server = Server("ours", command, port, workdir / "logs" / "v2.log", server_env(extra_env))
-    log(f"bench: V2 vs JSON API, {args.rounds} rounds × c={concurrency}, {seconds} s/cell (+{warmup} s warm-up)")
+    server = Server("ours", command, port, workdir / "logs" / "v2.log", server_env(plan.extra_env))
+    c, seconds = plan.concurrency, plan.seconds
+    log(f"bench: V2 vs JSON API, {plan.rounds} rounds × c={c}, {seconds} s/cell (+{plan.warmup} s warm-up)")
     with running(server):
         scripts: dict[str, Path] = {}
         for target, lua in chosen:
@@ -136,20 +129,20 @@ def run(
         by_key = {target.key: target for target, _ in chosen}
 
         def measure(key: str) -> dict[str, Any]:
-            cell = measure_cell(server, by_key[key], scripts[key], concurrency, seconds, warmup)
+            cell = measure_cell(server, by_key[key], scripts[key], plan.concurrency, plan.seconds, plan.warmup)
             if cell.errors:
                 raise RuntimeError(f"{key}: {cell.errors} errors ({cell.error_kinds}); log: {server.log_path}")
             return {**asdict(cell), "cpu_us_per_request": cell.server_cpu_share * 1e6 / cell.rps}
 
         def after(rnd: Round[dict[str, Any]]) -> None:
             log(
-                f"  round {rnd.index + 1}/{args.rounds}: "
+                f"  round {rnd.index + 1}/{plan.rounds}: "
                 + ", ".join(
                     f"{k} {v['rps']:,.0f} req/s {v['cpu_us_per_request']:,.0f} µs" for k, v in rnd.results.items()
                 )
             )
 
-        runs = [rnd.results for rnd in alternating_rounds(list(by_key), args.rounds, measure, after=after)]
+        runs = [rnd.results for rnd in alternating_rounds(list(by_key), plan.rounds, measure, after=after)]
     summary: dict[str, dict[str, Any]] = {}
     for v2_key, json_key in V2_PAIRS.items():
         rps = spread([run[v2_key]["rps"] / run[json_key]["rps"] for run in runs])
@@ -169,17 +162,15 @@ def run(
             **meta,
             "loadavg_end": loadavg(),
             "wall_seconds": round(time.perf_counter() - t0, 1),
-            "concurrency": concurrency,
-            "seconds_per_cell": seconds,
-            "rounds": args.rounds,
+            "concurrency": plan.concurrency,
+            "seconds_per_cell": plan.seconds,
+            "rounds": plan.rounds,
         },
         "v2": {"summary": summary, "runs": runs},
     }
-    out_path = ROOT / args.json
-    write_json(out_path, result)
     lines = [
         f"Load average at the start {meta['loadavg_start']}, at the end {result['meta']['loadavg_end']} "
-        f"({os.cpu_count()} CPUs); c={concurrency}, {seconds} s per cell, {args.rounds} alternating rounds.",
+        f"({os.cpu_count()} CPUs); c={c}, {seconds} s per cell, {plan.rounds} alternating rounds.",
         "",
         "| V2 target | against | req/s V2 / JSON (median, min … max) | server CPU per request V2 / JSON (median, "
         "min … max) | req/s V2 | req/s JSON | p99 ms V2 | p99 ms JSON |",
@@ -192,10 +183,6 @@ def run(
             f"{s['cpu_ratio_max']:.3f}) | {s['rps_median']:,.0f} | {s['json_rps_median']:,.0f} "
             f"| {s['p99_ms_median']:.1f} | {s['json_p99_ms_median']:.1f} |"
         )
-    table = "\n".join(lines) + "\n"
-    if args.md:
-        write_text(ROOT / args.md, table)
-    print(table)
-    log(f"bench: {result['meta']['wall_seconds']} s; results in {out_path}")
+    publish(result, "\n".join(lines) + "\n", plan.json_path, plan.md_path)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
