@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchkit import percentile  # noqa: E402  (0-100 scale)
+from benchkit.common import loadavg  # noqa: E402
 from benchkit.procs import status_kib  # noqa: E402
 
 GOAL_P99_MS = 50.0
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "calls": args.calls,
         "warmup": args.warmup,
-        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "loadavg": loadavg(),
         "fhir_searches": searches,
         "targets": {
             k: {

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the earlier exact kernel, a reference
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchkit
 
+from benchkit.common import loadavg
 from benchkit.procs import status_kib
 from benchkit.rounds import interleaved as interleaved_medians
 from reference_kernels import path_integrals_fast
@@ -553,14 +554,14 @@ def exact_kernels_main(args: argparse.Namespace) -> int:
     res: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu_count": os.cpu_count(),
-        "loadavg_start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "loadavg_start": loadavg(),
     }
     data = load_data(args.seed)
     res["data"] = data["source"]
     res["pima"] = pima_kernels(data, 6 if args.quick else args.rounds)
     k = len(np.asarray(data["weights"]))
     res["sweep"] = depth_sweep(8, k, args.seed, 0.05 if args.quick else 0.3, quadrature=True)
-    res["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    res["loadavg_end"] = loadavg()
     plot_sweep(res["sweep"], res["pima"], args.figure)
     report_kernels(res)
     if args.json:

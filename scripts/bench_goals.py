@@ -48,10 +48,11 @@ for p in (str(HERE), str(ROOT)):
         sys.path.insert(0, p)
 
 from benchkit.cells import check_answer, measure_cell  # noqa: E402
-from benchkit.common import HOST, dumps, log, write_json, write_text  # noqa: E402
+from benchkit.common import HOST, dumps, loadavg, log, write_json, write_text  # noqa: E402
 from benchkit.meta import run_meta  # noqa: E402
 from benchkit.procs import memory_mb  # noqa: E402
-from benchkit.rounds import Round, alternating_rounds, loadavg, round_order, spread  # noqa: E402
+from benchkit.report import fmt  # noqa: E402
+from benchkit.rounds import Round, alternating_rounds, round_order, spread  # noqa: E402
 from benchkit.servers import Server, free_port, server_env  # noqa: E402
 from benchkit.targets import Target, eval_records  # noqa: E402
 from benchkit.wrk import wrk_lua_script  # noqa: E402
@@ -250,7 +251,7 @@ def evaluate(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _f(x: float | None, digits: int = 2) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
+    return fmt(x, digits)
 
 
 def goals_markdown(result: Mapping[str, Any]) -> str:

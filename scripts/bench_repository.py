@@ -45,10 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchkit.common import HOST, write_json  # noqa: E402
+from benchkit.common import HOST, loadavg, write_json  # noqa: E402
 from benchkit.meta import run_meta  # noqa: E402
 from benchkit.procs import status_kib, uss_kib  # noqa: E402
-from benchkit.rounds import loadavg  # noqa: E402
 from benchkit.servers import Server, free_port, server_env  # noqa: E402
 from benchkit.stats import percentile  # noqa: E402
 from helpers import record  # noqa: E402

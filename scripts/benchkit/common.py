@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HOST", "ROOT", "SCHEMA_VERSION", "dumps", "finite", "log", "publish", "write_json", "write_text"]
+__all__ = ["HOST", "ROOT", "SCHEMA_VERSION", "dumps", "finite", "loadavg", "log", "publish", "write_json", "write_text"]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 HOST = "127.0.0.1"
@@ -19,6 +20,11 @@ SCHEMA_VERSION = 1
 def log(msg: str) -> None:
     """Progress on stderr (stdout carries only the final table)."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, as the results files print them ("4.54 3.00 1.33")."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def dumps(obj: Any) -> str:

@@ -10,7 +10,7 @@ import platform
 import subprocess
 from typing import Any
 
-from benchkit.common import ROOT
+from benchkit.common import ROOT, loadavg
 
 __all__ = ["git_describe", "machine_info", "run_meta"]
 
@@ -48,7 +48,7 @@ def run_meta() -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_info(),
         "git": git_describe(),
-        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "loadavg_start": loadavg(),
     }
 
 

@@ -12,7 +12,8 @@ from benchkit.goals import find_cell
 __all__ = ["fmt", "markdown_table"]
 
 
-def fmt(x: float, digits: int = 1) -> str:
+def fmt(x: float | None, digits: int = 1) -> str:
+    """``x`` with thousands separators, or "–" when not measured (None or NaN)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:,.{digits}f}"

@@ -7,7 +7,6 @@ Used by ``bench.py --metrics-overhead`` (metrics on and off), ``bench.py --v2`` 
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -15,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Round", "RoundsPlan", "alternating_rounds", "interleaved", "loadavg", "round_order", "spread"]
+from benchkit.common import loadavg
+
+__all__ = ["Round", "RoundsPlan", "alternating_rounds", "interleaved", "round_order", "spread"]
 
 T = TypeVar("T")
 
@@ -23,11 +24,6 @@ T = TypeVar("T")
 def round_order(names: Sequence[str], round_index: int) -> list[str]:
     """``names`` in their order on even rounds and reversed on odd ones: no contender always runs first."""
     return list(names) if round_index % 2 == 0 else list(reversed(names))
-
-
-def loadavg() -> str:
-    """The 1, 5 and 15 minute load averages, as the results files print them."""
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 @dataclass(frozen=True)

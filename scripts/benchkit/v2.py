@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from benchkit.cells import check_answer, measure_cell
-from benchkit.common import HOST, SCHEMA_VERSION, dumps, log, publish
+from benchkit.common import HOST, SCHEMA_VERSION, dumps, loadavg, log, publish
 from benchkit.meta import run_meta
-from benchkit.rounds import Round, RoundsPlan, alternating_rounds, loadavg, spread
+from benchkit.rounds import Round, RoundsPlan, alternating_rounds, spread
 from benchkit.servers import Server, free_port, running, server_env
 from benchkit.targets import Target
 from benchkit.wrk import _LUA_TEMPLATE, WRK_MARK, wrk_lua_script
