@@ -59,7 +59,7 @@ for _path in (str(ROOT), str(ROOT / "scripts")):
 
 from benchkit import overhead, v2  # noqa: E402
 from benchkit.cells import CellResult, ServerResult, check_answer, measure_cell  # noqa: E402
-from benchkit.common import HOST, SCHEMA_VERSION, log, publish  # noqa: E402
+from benchkit.common import SCHEMA_VERSION, log, publish  # noqa: E402
 from benchkit.engine import engine_inprocess  # noqa: E402
 from benchkit.goals import evaluate_goals  # noqa: E402
 from benchkit.meta import run_meta  # noqa: E402
@@ -69,7 +69,7 @@ from benchkit.race import race_check  # noqa: E402
 from benchkit.report import markdown_table  # noqa: E402
 from benchkit.responder import generator_capacity, serve_trivial  # noqa: E402
 from benchkit.rounds import RoundsPlan  # noqa: E402
-from benchkit.servers import Server, free_port, running, server_env  # noqa: E402
+from benchkit.servers import SERVE, Server, free_port, running, server_env  # noqa: E402
 from benchkit.targets import eval_records, targets  # noqa: E402
 from benchkit.wrk import wrk_lua_script  # noqa: E402
 
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "ceiling": [sys.executable, str(ROOT / "scripts" / "ceiling_app.py"), *workers],
         "peer": [sys.executable, str(ROOT / "scripts" / "naive_peer.py")],
-        "ours": [sys.executable, "-m", "service.cli", "serve", "--host", HOST, *workers],
+        "ours": [*SERVE, *workers],
     }
     variants: dict[str, dict[str, str]] = {}
     for spec in args.variant:

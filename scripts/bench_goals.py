@@ -53,7 +53,7 @@ from benchkit.meta import run_meta  # noqa: E402
 from benchkit.procs import memory_mb  # noqa: E402
 from benchkit.report import fmt  # noqa: E402
 from benchkit.rounds import Round, alternating_rounds, round_order, spread  # noqa: E402
-from benchkit.servers import Server, free_port, server_env  # noqa: E402
+from benchkit.servers import SERVE, Server, free_port, server_env  # noqa: E402
 from benchkit.targets import Target, eval_records  # noqa: E402
 from benchkit.wrk import wrk_lua_script  # noqa: E402
 
@@ -128,7 +128,7 @@ def server_specs(
     singles = tuple(dumps(r) for r in records)
     instances = tuple(dumps({"instances": [r]}) for r in records)
     py = sys.executable
-    serve = (py, "-m", "service.cli", "serve", "--host", HOST)
+    serve = SERVE
     echo = (py, str(HERE / "echo_app.py"), "--host", HOST)
     explain = ("explain", "/explain", singles)
     specs = [

@@ -45,10 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchkit.common import HOST, loadavg, write_json  # noqa: E402
+from benchkit.common import loadavg, write_json  # noqa: E402
 from benchkit.meta import run_meta  # noqa: E402
 from benchkit.procs import status_kib, uss_kib  # noqa: E402
-from benchkit.servers import Server, free_port, server_env  # noqa: E402
+from benchkit.servers import Server, free_port, serve_command, server_env  # noqa: E402
 from benchkit.stats import percentile  # noqa: E402
 from helpers import record  # noqa: E402
 
@@ -89,8 +89,7 @@ def start_server(store: Path, log: Path) -> Server:
     """``gshap serve`` (one worker, the defaults) on a free port with the store at ``store``, ready; its
     ``cold_start_s`` is process start to the first 200 of ``/readyz``."""
     port = free_port()
-    command = [sys.executable, "-m", "service.cli", "serve", "--host", HOST, "--port", str(port)]
-    server = Server("ours", command, port, log, server_env({"GSHAP_MODEL_STORE": str(store)}))
+    server = Server("ours", serve_command(port), port, log, server_env({"GSHAP_MODEL_STORE": str(store)}))
     server.start()
     return server
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,14 +23,13 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchkit.common import dumps  # noqa: E402
 from benchkit.procs import status_kib, uss_kib  # noqa: E402
+from benchkit.servers import Server, free_port, running, serve_command, server_env  # noqa: E402
 from benchkit.wrk import run_wrk, wrk_lua_script  # noqa: E402
-from live_server import running_server  # noqa: E402
 
 from service.model.store import load_bundle  # noqa: E402
 from service.schemas import example_record  # noqa: E402
@@ -56,13 +56,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = []
     example = example_record(load_bundle().spec)  # the served default model's example patient
+    logs = Path(tempfile.mkdtemp(prefix="gshap-workers-"))
     for n in args.workers:
-        with running_server(command=("serve", "--host", "127.0.0.1", "--workers", str(n))) as server:
+        port = free_port()
+        with running(
+            Server(
+                f"workers-{n}",
+                serve_command(port, "--workers", str(n)),
+                port,
+                logs / f"workers-{n}.log",
+                server_env({}),
+            )
+        ) as server:
+            assert server.proc is not None
             row: dict[str, Any] = {"workers": n, "load_before": round(os.getloadavg()[0], 1)}
             for path in ("/explain", "/predict"):
                 wrk(server.url, path, 2, args.connections, example)  # warm-up
                 row[f"{path.strip('/')}_rps"] = round(wrk(server.url, path, args.seconds, args.connections, example))
-            parent = psutil.Process(server.pid)
+            parent = psutil.Process(server.proc.pid)
             # uvicorn's workers, not multiprocessing's resource tracker
             kids = [p for p in parent.children() if "resource_tracker" not in " ".join(p.cmdline())]
             procs = kids if n > 1 else [parent]
@@ -72,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             row["load_after"] = round(os.getloadavg()[0], 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    shutil.rmtree(logs, ignore_errors=True)
     if args.json:
         args.json.write_text(
             json.dumps({"cpus": os.cpu_count(), "connections": args.connections, "results": rows}, indent=2) + "\n"

@@ -12,7 +12,6 @@ import functools
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +25,7 @@ from benchkit.common import HOST, SCHEMA_VERSION, dumps, log, publish
 from benchkit.meta import run_meta
 from benchkit.procs import cpu_seconds
 from benchkit.rounds import Round, RoundsPlan, alternating_rounds, spread
-from benchkit.servers import Server, free_port, running, server_env, wait_idle
+from benchkit.servers import Server, free_port, running, serve_command, server_env, wait_idle
 from benchkit.targets import Target, targets
 from benchkit.wrk import run_wrk, wrk_lua_script
 
@@ -224,8 +223,9 @@ def metrics_overhead(
     for name, enabled in (("on", "true"), ("off", "false")):
         port = free_port()
         env = server_env({**extra_env, "GSHAP_METRICS_ENABLED": enabled})
-        command = [sys.executable, "-m", "service.cli", "serve", "--host", HOST, "--port", str(port)]
-        servers[name] = Server(f"metrics-{name}", command, port, workdir / "logs" / f"metrics_{name}.log", env)
+        servers[name] = Server(
+            f"metrics-{name}", serve_command(port), port, workdir / "logs" / f"metrics_{name}.log", env
+        )
     runs: dict[str, list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:
         for server in servers.values():

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -16,9 +17,19 @@ from pathlib import Path
 from benchkit.common import HOST, ROOT
 from benchkit.procs import cpu_seconds
 
-__all__ = ["READY_TIMEOUT", "Server", "free_port", "http_get_status", "running", "server_env", "wait_idle"]
+__all__ = [
+    "READY_TIMEOUT", "SERVE", "Server", "free_port", "http_get_status", "running", "serve_command", "server_env",
+    "wait_idle",
+]  # fmt: skip
 
 READY_TIMEOUT = 120.0
+SERVE = (sys.executable, "-m", "service.cli", "serve", "--host", HOST)
+"""``gshap serve`` on the loopback host, as this Python runs it (add ``--port``, ``--workers``)."""
+
+
+def serve_command(port: int, *extra: str) -> list[str]:
+    """:data:`SERVE` with ``extra`` options on ``port``."""
+    return [*SERVE, *extra, "--port", str(port)]
 
 
 def free_port() -> int:

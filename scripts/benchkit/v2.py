@@ -11,7 +11,6 @@ import os
 import shutil
 import statistics
 import struct
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -20,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from benchkit.cells import check_answer, measure_cell
-from benchkit.common import HOST, SCHEMA_VERSION, dumps, loadavg, log, publish
+from benchkit.common import SCHEMA_VERSION, dumps, loadavg, log, publish
 from benchkit.meta import run_meta
 from benchkit.rounds import Round, RoundsPlan, alternating_rounds, spread
-from benchkit.servers import Server, free_port, running, server_env
+from benchkit.servers import Server, free_port, running, serve_command, server_env
 from benchkit.targets import Target
 from benchkit.wrk import _LUA_TEMPLATE, WRK_MARK, wrk_lua_script
 
@@ -115,8 +114,7 @@ def run(plan: RoundsPlan) -> int:
     meta = run_meta()  # before the run: the load average is the machine's, not the run's
     chosen = v2_targets(plan.records, model)
     port = free_port()
-    command = [sys.executable, "-m", "service.cli", "serve", "--host", HOST, "--port", str(port)]
-    server = Server("ours", command, port, workdir / "logs" / "v2.log", server_env(plan.extra_env))
+    server = Server("ours", serve_command(port), port, workdir / "logs" / "v2.log", server_env(plan.extra_env))
     c, seconds = plan.concurrency, plan.seconds
     log(f"bench: V2 vs JSON API, {plan.rounds} rounds × c={c}, {seconds} s/cell (+{plan.warmup} s warm-up)")
     with running(server):
