@@ -5,8 +5,9 @@
 
 For each N a fresh server (``python -m service.cli serve --workers N``, its defaults otherwise) is loaded with
 ``wrk`` (POST of the specification's example patient, ``--connections`` connections, 2 wrk threads) for each
-endpoint after a 2 s warm-up; then the RSS and USS of each uvicorn worker process (psutil) and of the parent are
-read. Only 127.0.0.1 is loaded. Needs ``wrk`` (``apt-get install wrk``).
+endpoint after a 2 s warm-up; then the RSS and USS of each uvicorn worker process (psutil lists them,
+``benchkit.procs`` reads ``/proc``) and of the parent are read. Only 127.0.0.1 is loaded. Needs ``wrk``
+(``apt-get install wrk``).
 """
 
 from __future__ import annotations
