@@ -115,3 +115,25 @@ def test_a_ragged_row_is_refused_in_place_by_run_cohort_under_ray(ray_address: s
     assert result.rows == 13
     assert rows_of(tmp_path / "ray.parquet") == rows_of(tmp_path / "local.parquet")
     assert json.loads(rows_of(tmp_path / "ray.parquet")[1]["error"])["errors"][0]["rule"] == "ragged_row"
+
+
+def test_an_unreadable_file_or_output_exits_2_before_ray_starts(tmp_path: Path) -> None:
+    """--engine ray: a CSV whose header is not UTF-8, and OUTPUT that is a folder, exit 2 with the reason before
+    any work (no Ray is started, nothing is written)."""
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_bytes(b"\xff\xfe" + ",".join(NAMES).encode() + b"\n1,2\n")
+    good = write_csv(cohort_rows(4), tmp_path / "in.csv")
+    folder = tmp_path / "folder.parquet"
+    folder.mkdir()
+    cases = [(bad_csv, tmp_path / "o.parquet", "cannot be read"), (good, folder, "OUTPUT is a folder")]
+    for src, out, reason in cases:
+        command = [sys.executable, "-m", "service.cli", "explain-cohort", str(src), str(out), "--engine", "ray"]
+        proc = subprocess.run(
+            [*command, "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert reason in proc.stderr
+        assert "Ray" not in proc.stderr  # refused before Ray started
+    assert not (tmp_path / "o.parquet").exists()
+    assert not (tmp_path / "o.parquet.partial").exists()
+    assert list(folder.iterdir()) == []
