@@ -1,15 +1,19 @@
 """The shipped Pima bundle, rebuilt from its spec file (format 3, an nn.Sequential), holds the same numbers as the
 format-2 bundle it replaced (commit 5161df8): the same weight values tensor for tensor, the same baselines,
-evaluation set and group summaries byte for byte, and the same answers bit for bit.
+evaluation set and group summaries byte for byte, and the same answers (bit for bit on one processor; to the last
+few bits across processors).
 
-The old bundle's values are recorded here by sha256 (computed from the old files, and the old answers with the
-old code, ``BinaryClassification``, before the rebuild): the test needs no git history.
+The old bundle's values are recorded here by sha256 (computed from the old files), and the old code's answers
+(``BinaryClassification``, before the rebuild) as values in ``tests/data/pima_rebuild_answers.json``: the test needs
+no git history.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,48 +49,79 @@ OLD_FILES = {
     "evaluation.safetensors": "536ceab92a773b0cd880eae4d08cc7dcfe961e31ea684a3a5c8df32e4484422a",
     "groups.json": "c9bc0c9adc1749563c2b75f54ee23fa528d496c9f6f859fa38e56fbf4c6fb90a",
 }
-# sha256 of the old code's answers on the old bundle (_engine_answers and _runtime_answers below, run at 5161df8)
-OLD_ENGINE_ANSWERS = "a17f814a3021ee6805cede74d9f592fb4a6402b23b5f417991ec173bdb0acae3"
-OLD_RUNTIME_ANSWERS = "f76dea94703d12f739434db525437c71f37c9ef0d95bb5181bb09e5ba81f4c5b"
+# The old code's answers on the old bundle (commit 5161df8, the format-2 bundle and ``BinaryClassification``), as
+# float64 values: ``_engine_answers`` and ``_runtime_answers`` below, run there. They were first pinned here as
+# sha256 hashes, bit for bit, which held only on the processor they were recorded on: torch's float64 kernels (MKL)
+# dispatch per processor and round the last bit differently on an Intel Xeon and an AMD EPYC. On one machine the old
+# and the new code still agree bit for bit (checked when these values were recorded: the same hashes); across machines
+# the answers agree to the last few bits, which is what is asserted.
+OLD_ANSWERS = Path(__file__).resolve().parents[1] / "data" / "pima_rebuild_answers.json"
+# float64 answers of a network with values of order 1 (logits, attributions, probabilities): a few ulps, never more
+REL, ABS = 1e-12, 1e-13
 
 
-def _engine_answers(bundle: Any) -> str:
+def _engine_answers(bundle: Any) -> dict[str, Any]:
     """Exact (logit and probability), quadrature and sampled explanations and the logits of the evaluation set."""
     engine = GradientShapEngine(bundle.model, bundle.baselines, bundle.baseline_weights)
     x = bundle.eval_x
-    h = hashlib.sha256()
     settings: tuple[dict[str, Any], ...] = (
         {"method": "exact"},
         {"method": "exact", "output": "probability"},
         {"method": "quadrature", "n_samples": 8},
         {"method": "sampled", "n_samples": 16, "seed": 3},
     )
+    answers: list[dict[str, Any]] = []
     for kw in settings:
         ex = engine.explain(x if kw["method"] == "exact" else x[:40], **kw)
-        for a in (ex.output_value, ex.attributions, ex.attribution_se, ex.completeness_gap, np.array([ex.base_value])):
-            h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
-    h.update(engine.predict_logit(x).tobytes())
-    return h.hexdigest()
+        arrays = {
+            "output_value": ex.output_value,
+            "attributions": ex.attributions,
+            "attribution_se": ex.attribution_se,
+            "completeness_gap": ex.completeness_gap,
+            "base_value": np.array([ex.base_value]),
+        }
+        answers.append({"settings": kw} | {k: np.asarray(v, dtype=np.float64).tolist() for k, v in arrays.items()})
+    return {"engine": answers, "engine_logits": np.asarray(engine.predict_logit(x), dtype=np.float64).tolist()}
 
 
-def _runtime_answers(bundle: Any) -> str:
+def _runtime_answers(bundle: Any) -> dict[str, Any]:
     """The service's predictions and default explanations (logit and probability) of every evaluation record."""
     runtime = InferenceRuntime(bundle)
     names = [f.name for f in bundle.spec]
     records = [
         {n: (None if math.isnan(v) else float(v)) for n, v in zip(names, row, strict=True)} for row in bundle.eval_raw
     ]
-    h = hashlib.sha256()
+    out: dict[str, Any] = {}
     try:
-        for p in runtime.predict(records):
-            h.update(np.array([p.probability, p.logit, p.threshold, p.label], dtype=np.float64).tobytes())
-        for options in (ExplainOptions(), ExplainOptions(output="probability")):
-            for e in runtime.explain(records, options):
-                numbers = [e.base_value, e.output_value, e.completeness_gap, *(a.attribution for a in e.attributions)]
-                h.update(np.array(numbers, dtype=np.float64).tobytes())
+        out["predictions"] = [[p.probability, p.logit, p.threshold, float(p.label)] for p in runtime.predict(records)]
+        for key, options in (
+            ("explain_logit", ExplainOptions()),
+            ("explain_probability", ExplainOptions(output="probability")),
+        ):
+            out[key] = [
+                [e.base_value, e.output_value, e.completeness_gap, *(a.attribution for a in e.attributions)]
+                for e in runtime.explain(records, options)
+            ]
     finally:
         runtime.close()
-    return h.hexdigest()
+    return out
+
+
+def _assert_close(got: Any, want: Any, where: str) -> None:
+    """Same structure; numbers equal within a few ulps (REL, ABS); completeness gaps are rounding noise themselves
+    (about 1e-15), so they are held to ABS only."""
+    if isinstance(want, dict):
+        assert sorted(got) == sorted(want), where
+        for k in want:
+            _assert_close(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _assert_close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float | int) and not isinstance(want, bool):
+        assert math.isclose(float(got), float(want), rel_tol=REL, abs_tol=ABS), f"{where}: {got!r} != {want!r}"
+    else:
+        assert got == want, where
 
 
 def test_the_rebuilt_bundle_is_format_3_from_the_spec_file(bundle: Any) -> None:
@@ -115,11 +150,13 @@ def test_same_baselines_evaluation_set_and_groups(bundle: Any, name: str) -> Non
     assert hashlib.sha256((bundle.path / name).read_bytes()).hexdigest() == OLD_FILES[name]
 
 
-def test_same_engine_answers_bit_for_bit(bundle: Any) -> None:
-    """Exact, quadrature and sampled explanations and the logits equal the old code's on the old bundle, bitwise."""
-    assert _engine_answers(bundle) == OLD_ENGINE_ANSWERS
+def test_same_engine_answers_as_the_old_code(bundle: Any) -> None:
+    """Exact, quadrature and sampled explanations and the logits equal the old code's on the old bundle, to the last
+    few bits (bit for bit on the processor they were recorded on)."""
+    old = json.loads(OLD_ANSWERS.read_text())
+    _assert_close(_engine_answers(bundle), {k: old[k] for k in ("engine", "engine_logits")}, "engine")
 
 
-def test_same_service_answers_bit_for_bit(bundle: Any) -> None:
-    """The runtime's predictions and explanations of the evaluation set equal the old ones, bitwise."""
-    assert _runtime_answers(bundle) == OLD_RUNTIME_ANSWERS
+def test_same_service_answers_as_the_old_code(bundle: Any) -> None:
+    """The runtime's predictions and explanations of the evaluation set equal the old ones, to the last few bits."""
+    _assert_close(_runtime_answers(bundle), json.loads(OLD_ANSWERS.read_text())["runtime"], "runtime")
