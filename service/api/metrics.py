@@ -1,8 +1,8 @@
 """The HTTP metrics: requests, latency and requests in flight, by route template, method and status.
 
-Recorded by the pure ASGI :class:`~service.api.observability.RequestContextMiddleware` (no ``BaseHTTPMiddleware``,
-whose task and stream per request would cost more than the metrics), the outermost of the service's middlewares,
-so that every answer is counted, the refusals of the other middlewares and the catch-all 500 included. Labels
+Recorded by the service's one pure ASGI layer, :class:`~service.api.stack.ServiceLayer` (no ``BaseHTTPMiddleware``,
+whose task and stream per request would cost more than the metrics), around everything else the service does,
+so that every answer is counted, the refusals before routing (401, 413, 429, 431) and the catch-all 500 included. Labels
 come from fixed vocabularies only: the route *template* (``/groups/{group}``, never the raw path; a path that
 matches no route is ``<unmatched>``), the method (``other`` for anything unusual) and the status code. The
 instruments live in the app's :class:`~service.observe.metrics.Telemetry` registry; the runtime records the
@@ -27,7 +27,7 @@ _METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"
 
 class HttpMetrics:
     """The HTTP instruments of one app, in its telemetry's registry (created once per app), recorded by
-    :class:`~service.api.observability.RequestContextMiddleware`, which already times every request and knows its
+    :class:`~service.api.stack.ServiceLayer`, which already times every request and knows its
     status: no middleware layer of its own (one more ASGI layer cost more than the metrics).
 
     ``routes`` returns the app's routes, to name the template of a request refused before routing."""
