@@ -48,6 +48,7 @@ from service.api.routes import (
     fhir,
     groups,
     health,
+    install_fast_routes,
     model,
     operations,
     pin_model,
@@ -457,6 +458,7 @@ def create_app(
     install_exception_handlers(app)
     app.include_router(predict.build_router(models))
     app.include_router(explain.build_router(models))
+    install_fast_routes(app.routes)  # POST /predict, /explain without FastAPI's request handling
     for area in (groups, model, health, problems):
         app.include_router(area.router)
     cds_others: list[dict[str, Any]] = []  # discovery entries of the other served versions' CDS services
@@ -586,6 +588,7 @@ def _per_model_routes(
                         if not isinstance(route, APIRoute):
                             raise TypeError(f"only plain routes are served per model, not {route!r}")
                         _add_copy(holder, route, prefix, suffix, pin)
+                install_fast_routes(holder.routes, (name, pinned))
                 cache.routes[key] = holder.routes
             out += cache.routes[key]
     for name, version, bundle, service in cds_services:

@@ -27,10 +27,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import FastAPI
-from starlette._utils import is_async_callable
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
-from starlette.exceptions import HTTPException
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -80,13 +77,10 @@ class ServiceLayer:
         self.header_limits = header_limits
         self.keys = keys
         self.body_limits = body_limits
-        # Starlette's own table of handlers (its defaults, then the app's), as its ExceptionMiddleware builds it
-        table = ExceptionMiddleware(app, handlers=dict(exception_handlers))
-        self.handlers: tuple[Mapping[Any, Callable[..., Any]], Mapping[int, Callable[..., Any]]] = (
-            table._exception_handlers,
-            table._status_handlers,
-        )
-        self.gzip = PageCompressionMiddleware(self._handled).gzip
+        # the app's exception handlers, for what the router raises (404, 405, the fast routes' problems), inside
+        # CORS and gzip as before: Starlette's own middleware, called as a function rather than stacked
+        self.exceptions = ExceptionMiddleware(self._routed, handlers=dict(exception_handlers))
+        self.gzip = PageCompressionMiddleware(self.exceptions).gzip
         self.inner: ASGIApp = ProblemCORSMiddleware(self._guarded, **cors) if cors else self._guarded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -132,28 +126,18 @@ class ServiceLayer:
             await self.inner(scope, receive, send_with_headers)
         except Exception as exc:
             status = 500
-            handler = None if started else self._handler(exc)
-            if handler is not None:  # what the router raised (404, 405, a fast route's problem)
-                request = Request(scope, receive)
-                if is_async_callable(handler):
-                    response = await handler(request, exc)
-                else:
-                    response = await run_in_threadpool(handler, request, exc)
-                if response is not None:
-                    await response(scope, receive, send_with_headers)
-            else:
-                log_event(
-                    "unhandled_error",
-                    logging.ERROR,
-                    request_id=rid,
-                    method=scope.get("method"),
-                    route=route_template(scope),
-                    error_type=type(exc).__name__,
-                    where=where(exc),
-                )
-                if not started:
-                    response = problem_response(ServiceError(), instance=scope.get("path"), request_id=rid)
-                    await response(scope, receive, send_with_headers)
+            log_event(
+                "unhandled_error",
+                logging.ERROR,
+                request_id=rid,
+                method=scope.get("method"),
+                route=route_template(scope),
+                error_type=type(exc).__name__,
+                where=where(exc),
+            )
+            if not started:
+                response = problem_response(ServiceError(), instance=scope.get("path"), request_id=rid)
+                await response(scope, receive, send_with_headers)
         finally:
             seconds = time.perf_counter() - start
             route = route_template(scope)
@@ -186,24 +170,13 @@ class ServiceLayer:
         if compressed(scope):
             await self.gzip(scope, replay, send)
         else:
-            await self._handled(scope, replay, send)
+            await self.exceptions(scope, replay, send)
 
-    async def _handled(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The router, with the handlers its routes look up in the scope and FastAPI's exit stack for files."""
-        scope["starlette.exception_handlers"] = self.handlers
+    async def _routed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The router, with FastAPI's exit stack for files."""
         async with AsyncExitStack() as stack:
             scope["fastapi_middleware_astack"] = stack
             await self.app(scope, receive, send)
-
-    def _handler(self, exc: Exception) -> Callable[..., Any] | None:
-        """The app's handler of ``exc``, looked up as Starlette's ExceptionMiddleware does (status, then class)."""
-        by_class, by_status = self.handlers
-        if isinstance(exc, HTTPException) and exc.status_code in by_status:
-            return by_status[exc.status_code]
-        for cls in type(exc).__mro__:
-            if cls in by_class:
-                return by_class[cls]
-        return None
 
 
 class ServiceApp(FastAPI):
