@@ -38,13 +38,14 @@ from service import __version__
 from service.api.cds_auth import JwksSourceError, check_jwks_sources
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers, is_v2_path
 from service.api.http_limits import http_protocol_options
-from service.api.metrics import HttpMetrics
+from service.api.metrics import HttpMetrics, leaf_routes
 from service.api.observability import REQUEST_ID_HEADER, configure_logging, log_event
 from service.api.page import install_pages
 from service.api.routes import (
     AppState,
     cds,
     explain,
+    fast_table,
     fhir,
     groups,
     health,
@@ -408,6 +409,9 @@ def create_app(
         else None
     )
 
+    # POST /predict, /explain and their per-model copies, by path: sent past the router (service.api.stack)
+    fast: dict[str, tuple[APIRoute, ASGIApp]] = {}
+
     def service_layer(router: ASGIApp, handlers: Mapping[Any, Any]) -> ASGIApp:
         # the request context, security headers, CORS, size limits, API keys, rate limit, gzip and the exception
         # handlers in one layer (service.api.stack): each layer cost every request an await and a send wrapper
@@ -436,6 +440,7 @@ def create_app(
             ),
             exception_handlers=handlers,
             cors=cors,
+            fast_routes=fast,
         )
 
     app = ServiceApp(
@@ -456,9 +461,9 @@ def create_app(
     app.state.gshap = state
     app.state.gshap_cds = cds_state
     install_exception_handlers(app)
-    app.include_router(predict.build_router(models))
-    app.include_router(explain.build_router(models))
-    install_fast_routes(app.routes)  # POST /predict, /explain without FastAPI's request handling
+    for router in (predict.build_router(models), explain.build_router(models)):
+        install_fast_routes(router.routes)  # POST /predict, /explain without FastAPI's request handling
+        app.include_router(router)
     for area in (groups, model, health, problems):
         app.include_router(area.router)
     cds_others: list[dict[str, Any]] = []  # discovery entries of the other served versions' CDS services
@@ -489,12 +494,15 @@ def create_app(
         ]
         per_model._mark_routes_changed()
         app.openapi_schema = None
+        fast.clear()
+        fast.update(fast_table(leaf_routes(app.routes)))
 
     rebuild(registry)
     registry.on_change.append(rebuild)
     if settings.admin_keys:
         app.include_router(models_routes.admin_router)
     install_pages(app, app.title)
+    fast.update(fast_table(leaf_routes(app.routes)))
     app.openapi = lambda: _openapi(app, bundle)  # type: ignore[method-assign]
     return app
 

@@ -19,7 +19,7 @@ from starlette.types import Scope
 
 from service.observe.metrics import LATENCY_BUCKETS, FastCounter, FastHistogram, Telemetry
 
-__all__ = ["UNMATCHED_ROUTE", "HttpMetrics"]
+__all__ = ["UNMATCHED_ROUTE", "HttpMetrics", "leaf_routes"]
 
 UNMATCHED_ROUTE = "<unmatched>"
 _METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
@@ -86,7 +86,7 @@ class HttpMetrics:
     def _template(self, scope: Scope) -> str:
         """The template of the route that would have answered a request refused before routing (401, 413, 429);
         ``<unmatched>`` for a path no route matches."""
-        for candidate in _leaf_routes(self.routes()):
+        for candidate in leaf_routes(self.routes()):
             match, _ = candidate.matches(scope)
             if match is not Match.NONE:
                 found = getattr(candidate, "path", None)
@@ -95,13 +95,13 @@ class HttpMetrics:
         return UNMATCHED_ROUTE
 
 
-def _leaf_routes(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
+def leaf_routes(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
     """The routes with a template, looking into included routers (FastAPI keeps them as one route each)."""
     out: list[BaseRoute] = []
     for route in routes:
         inner = getattr(route, "original_router", None)
         if inner is not None:
-            out += _leaf_routes(inner.routes)
+            out += leaf_routes(inner.routes)
         elif isinstance(getattr(route, "path", None), str):
             out.append(route)
     return out

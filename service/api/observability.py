@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from starlette.datastructures import Headers
 from starlette.types import Scope
 
 __all__ = [
@@ -90,7 +89,7 @@ def log_event(event: str, level: int = logging.INFO, /, **fields: Any) -> None:
 
 def request_id(scope: Scope) -> str:
     """The caller's X-Request-ID if it is short and plain, else a new one."""
-    given = Headers(scope=scope).get(REQUEST_ID_HEADER)
+    given: str | None = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
     # a caller's id is echoed only if it is short and plain: it goes into logs and headers
     if given and _VALID_REQUEST_ID.fullmatch(given):
         return given

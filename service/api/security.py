@@ -294,7 +294,7 @@ class BodySizeLimitMiddleware:
         """The HTTP request's body read whole, as a ``receive`` that hands it over in one message; None when it was
         refused (the 413 sent) or the client went away."""
         limit, name = self._limit(scope["path"])
-        length = Headers(scope=scope).get("content-length")
+        length: str | None = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None and length.isdigit() and int(length) > limit:
             await _refuse(self._too_large(limit, name), scope, receive, send)
             return None
@@ -342,17 +342,13 @@ SECURITY_HEADERS = (
 
 
 @cache
-def security_headers(path_kind: str) -> tuple[tuple[str, str], ...]:
-    """The security headers of every answer, by the kind of path (:func:`path_kind`): the docs pages get the
-    relaxed CSP they need, the page and its files theirs, static files are revalidated rather than never stored."""
+def security_headers(path_kind: str) -> tuple[tuple[bytes, bytes], ...]:
+    """The security headers of every answer (raw: lower-case names), by the kind of path (:func:`path_kind`): the
+    docs pages get the relaxed CSP they need, the page and its files theirs, static files are revalidated rather
+    than never stored."""
     csp = DOCS_CSP if path_kind == "docs" else PAGE_CSP if path_kind in ("page", "static") else API_CSP
-    return (
-        ("X-Content-Type-Options", "nosniff"),
-        ("X-Frame-Options", "DENY"),
-        ("Referrer-Policy", "no-referrer"),
-        ("Cache-Control", "no-cache" if path_kind == "static" else "no-store"),
-        ("Content-Security-Policy", csp),
-    )
+    values = ("nosniff", "DENY", "no-referrer", "no-cache" if path_kind == "static" else "no-store", csp)
+    return tuple((name.encode(), value.encode("latin-1")) for name, value in zip(SECURITY_HEADERS, values, strict=True))
 
 
 def path_kind(path: str) -> str:

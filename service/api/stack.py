@@ -12,8 +12,10 @@ exit-stack middlewares, and the service's own):
    (:mod:`service.api.security`'s policies, which answer before anything is parsed);
 4. gzip on the page, the docs and the large documents (:mod:`service.api.page`);
 5. the app's exception handlers (:func:`service.api.errors.install_exception_handlers`) for what the router raises
-   (404, 405, and the problems of the fast routes, :func:`service.api.routes.fast_route`), and FastAPI's exit
-   stack for files.
+   (404, 405, and the problems of the fast routes), and FastAPI's exit stack for files;
+6. a POST to ``/predict``, ``/explain`` or a per-model copy of them goes straight to its route's fast app
+   (:func:`service.api.routes.fast_route`, :func:`service.api.routes.fast_table`), past the router's walk through
+   every route and FastAPI's request handling; every other request goes to the router.
 
 :class:`ServiceApp` is FastAPI with this layer as its whole middleware stack.
 """
@@ -30,6 +32,7 @@ from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import ServiceError, problem_response, request_id_of
@@ -69,9 +72,11 @@ class ServiceLayer:
         body_limits: BodySizeLimitMiddleware,
         exception_handlers: Mapping[Any, Handler],
         cors: Mapping[str, Any] | None = None,
+        fast_routes: Mapping[str, tuple[BaseRoute, ASGIApp]] | None = None,
     ) -> None:
         self.app = app
-        self.service_version = service_version
+        self.fast_routes = fast_routes if fast_routes is not None else {}
+        self.service_version = service_version.encode("latin-1")
         self.model_version = model_version
         self.metrics = metrics
         self.header_limits = header_limits
@@ -107,9 +112,9 @@ class ServiceLayer:
                 status = int(message["status"])
                 # the model that answered (a per-model route sets it), else the default model
                 model_version = state.get("model_version") or self.model_version()
-                ours = [(REQUEST_ID_HEADER, rid), ("X-Service-Version", self.service_version)]
+                ours = [(b"x-request-id", rid.encode("latin-1")), (b"x-service-version", self.service_version)]
                 if model_version:
-                    ours.append(("X-Model-Version", model_version))
+                    ours.append((b"x-model-version", model_version.encode("latin-1")))
                 ours += secure
                 raw = message.get("headers")
                 raw = [] if raw is None else raw if isinstance(raw, list) else list(raw)
@@ -117,9 +122,9 @@ class ServiceLayer:
                 if any(name in _OURS for name, _ in raw):  # replaced where the answer has them already
                     headers = MutableHeaders(scope=message)
                     for name, value in ours:
-                        headers[name] = value
+                        headers[name.decode()] = value.decode("latin-1")
                 else:
-                    raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in ours]
+                    raw += ours
             await send(message)
 
         try:
@@ -173,7 +178,18 @@ class ServiceLayer:
             await self.exceptions(scope, replay, send)
 
     async def _routed(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The router, with FastAPI's exit stack for files."""
+        """The router, with FastAPI's exit stack for files; a POST to a fast route
+        (:func:`service.api.routes.fast_table`) goes straight to it, with the scope the router would have given it."""
+        if scope["method"] == "POST" and not scope.get("root_path"):
+            fast = self.fast_routes.get(scope["path"])
+            if fast is not None:
+                route, app = fast
+                scope["router"] = self.app
+                scope["endpoint"] = getattr(route, "endpoint", None)
+                scope["path_params"] = {}
+                scope["route"] = route
+                await app(scope, receive, send)
+                return
         async with AsyncExitStack() as stack:
             scope["fastapi_middleware_astack"] = stack
             await self.app(scope, receive, send)

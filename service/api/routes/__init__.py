@@ -27,7 +27,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import (
@@ -59,6 +59,7 @@ __all__ = [
     "body_as",
     "check_json",
     "fast_route",
+    "fast_table",
     "get_runtime",
     "get_state",
     "install_fast_routes",
@@ -347,11 +348,28 @@ def fast_route(endpoint: F) -> F:
 
 
 def install_fast_routes(routes: Iterable[BaseRoute], pin: tuple[str, str | None] | None = None) -> None:
-    """Serve the :func:`fast_route` routes among ``routes`` by :func:`fast_app` (pinned to the model ``pin``,
-    name and version, for the per-model copies, as :func:`pin_model` does)."""
+    """Give each :func:`fast_route` route among ``routes`` its :func:`fast_app` (pinned to the model ``pin``, name
+    and version, for the per-model copies, as :func:`pin_model` does), for :func:`fast_table`."""
     for route in routes:
         if isinstance(route, APIRoute) and getattr(route.endpoint, _FAST, False):
-            route.app = fast_app(route, pin)
+            setattr(route, _FAST, fast_app(route, pin))
+
+
+def fast_table(routes: Sequence[BaseRoute]) -> dict[str, tuple[APIRoute, ASGIApp]]:
+    """The fast routes of an app whose routes are ``routes`` (its leaf routes, in the router's order), by path:
+    those the router would choose for a POST to their path (the first route that matches it fully), each with its
+    :func:`fast_app`. :class:`service.api.stack.ServiceLayer` sends such a request straight there, as the router
+    would have, without the router's walk through every route."""
+    out: dict[str, tuple[APIRoute, ASGIApp]] = {}
+    for route in routes:
+        app = getattr(route, _FAST, None)
+        if not isinstance(route, APIRoute) or app is None or not callable(app):
+            continue
+        probe: Scope = {"type": "http", "method": "POST", "path": route.path, "root_path": "", "headers": []}
+        first = next((r for r in routes if r.matches(probe)[0] is Match.FULL), None)
+        if first is route:
+            out[route.path] = (route, app)
+    return out
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
