@@ -412,6 +412,8 @@ def create_app(
     # POST /predict, /explain and their per-model copies, by path: sent past the router (service.api.stack)
     fast: dict[str, tuple[APIRoute, ASGIApp]] = {}
 
+    http_metrics = HttpMetrics(state.telemetry, routes=lambda: app.routes) if state.telemetry is not None else None
+
     def service_layer(router: ASGIApp, handlers: Mapping[Any, Any]) -> ASGIApp:
         # the request context, security headers, CORS, size limits, API keys, rate limit, gzip and the exception
         # handlers in one layer (service.api.stack): each layer cost every request an await and a send wrapper
@@ -419,7 +421,7 @@ def create_app(
             router,
             service_version=__version__,
             model_version=model_version,
-            metrics=HttpMetrics(state.telemetry, routes=lambda: app.routes) if state.telemetry is not None else None,
+            metrics=http_metrics,
             header_limits=HeaderSizeLimitMiddleware(
                 router, max_bytes=settings.max_header_bytes, max_authorization_bytes=settings.max_authorization_bytes
             ),
