@@ -21,7 +21,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import FrameType
@@ -31,23 +31,25 @@ import anyio
 import yaml
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
-from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
 from service import __version__
 from service.api.cds_auth import JwksSourceError, check_jwks_sources
 from service.api.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, install_exception_handlers, is_v2_path
 from service.api.http_limits import http_protocol_options
-from service.api.metrics import HttpMetrics
-from service.api.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging, log_event
-from service.api.page import PageCompressionMiddleware, install_pages
+from service.api.metrics import HttpMetrics, leaf_routes
+from service.api.observability import REQUEST_ID_HEADER, configure_logging, log_event
+from service.api.page import install_pages
 from service.api.routes import (
     AppState,
     cds,
     explain,
+    fast_table,
     fhir,
     groups,
     health,
+    install_fast_routes,
     model,
     operations,
     pin_model,
@@ -61,9 +63,8 @@ from service.api.security import (
     ApiKeyMiddleware,
     BodySizeLimitMiddleware,
     HeaderSizeLimitMiddleware,
-    ProblemCORSMiddleware,
-    SecurityHeadersMiddleware,
 )
+from service.api.stack import ServiceApp, ServiceLayer
 from service.config import Settings
 from service.fhir.cdshooks import discovery_document
 from service.model.card import CdsService
@@ -391,54 +392,60 @@ def create_app(
     def model_version() -> str | None:
         return state.runtime.model_version if state.runtime is not None else None
 
-    middleware = [
-        Middleware(SecurityHeadersMiddleware),
-        Middleware(
-            RequestContextMiddleware,
-            service_version=__version__,
-            model_version=model_version,
-            metrics=HttpMetrics(state.telemetry, routes=lambda: app.routes) if state.telemetry is not None else None,
-        ),
-    ]
-    if settings.cors_origins:
-        middleware.append(
-            Middleware(
-                ProblemCORSMiddleware,
-                allow_origins=settings.cors_origins,
-                allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "X-API-Key", "Content-Type", REQUEST_ID_HEADER],
-                expose_headers=[REQUEST_ID_HEADER, "X-Service-Version", "X-Model-Version", "Retry-After"],
-                max_age=600,
-            )
-        )
     open_paths = set(OPEN_PATHS) | V2_OPEN_PATHS
     if settings.metrics_enabled and not settings.metrics_require_key:
         open_paths |= {"/metrics", "/monitoring"}
     if settings.admin_keys:
         open_paths |= {"/admin/reload"}  # its own keys (GSHAP_ADMIN_KEYS), checked by the route, not API keys
-    middleware += [
-        Middleware(
-            HeaderSizeLimitMiddleware,
-            max_bytes=settings.max_header_bytes,
-            max_authorization_bytes=settings.max_authorization_bytes,
-        ),
-        Middleware(
-            ApiKeyMiddleware,
-            open_paths=open_paths,
-            api_keys=settings.api_key_values(),
-            rate_limit_per_minute=settings.rate_limit_per_minute,
-            rate_limit_burst=settings.rate_limit_burst,
-        ),
-        Middleware(
-            BodySizeLimitMiddleware,
-            max_bytes=settings.max_body_bytes,
-            routes=[
-                (prefix, settings.fhir_max_body_bytes, "fhir_max_body_bytes") for prefix in ("/fhir/", "/cds-services/")
-            ],
-        ),
-        Middleware(PageCompressionMiddleware),
-    ]
-    app = FastAPI(
+    cors = (
+        {
+            "allow_origins": settings.cors_origins,
+            "allow_methods": ["GET", "POST"],
+            "allow_headers": ["Authorization", "X-API-Key", "Content-Type", REQUEST_ID_HEADER],
+            "expose_headers": [REQUEST_ID_HEADER, "X-Service-Version", "X-Model-Version", "Retry-After"],
+            "max_age": 600,
+        }
+        if settings.cors_origins
+        else None
+    )
+
+    # POST /predict, /explain and their per-model copies, by path: sent past the router (service.api.stack)
+    fast: dict[str, tuple[APIRoute, ASGIApp]] = {}
+
+    http_metrics = HttpMetrics(state.telemetry, routes=lambda: app.routes) if state.telemetry is not None else None
+
+    def service_layer(router: ASGIApp, handlers: Mapping[Any, Any]) -> ASGIApp:
+        # the request context, security headers, CORS, size limits, API keys, rate limit, gzip and the exception
+        # handlers in one layer (service.api.stack): each layer cost every request an await and a send wrapper
+        return ServiceLayer(
+            router,
+            service_version=__version__,
+            model_version=model_version,
+            metrics=http_metrics,
+            header_limits=HeaderSizeLimitMiddleware(
+                router, max_bytes=settings.max_header_bytes, max_authorization_bytes=settings.max_authorization_bytes
+            ),
+            keys=ApiKeyMiddleware(
+                router,
+                open_paths=open_paths,
+                api_keys=settings.api_key_values(),
+                rate_limit_per_minute=settings.rate_limit_per_minute,
+                rate_limit_burst=settings.rate_limit_burst,
+            ),
+            body_limits=BodySizeLimitMiddleware(
+                router,
+                max_bytes=settings.max_body_bytes,
+                routes=[
+                    (prefix, settings.fhir_max_body_bytes, "fhir_max_body_bytes")
+                    for prefix in ("/fhir/", "/cds-services/")
+                ],
+            ),
+            exception_handlers=handlers,
+            cors=cors,
+            fast_routes=fast,
+        )
+
+    app = ServiceApp(
         # FastAPI's native OpenTelemetry hooks looked up the global providers on every request (~2 % of /predict in
         # docs/bench/profile.md); the service reports through Prometheus metrics and its JSON logs instead
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
@@ -448,16 +455,17 @@ def create_app(
         version=__version__,
         openapi_tags=tags(bundle),
         lifespan=lifespan,
-        middleware=middleware,
         # /docs and /redoc are served offline by service.api.page (install_pages)
         docs_url=None,
         redoc_url=None,
     )
+    app.service_layer = service_layer
     app.state.gshap = state
     app.state.gshap_cds = cds_state
     install_exception_handlers(app)
-    app.include_router(predict.build_router(models))
-    app.include_router(explain.build_router(models))
+    for router in (predict.build_router(models), explain.build_router(models)):
+        install_fast_routes(router.routes)  # POST /predict, /explain without FastAPI's request handling
+        app.include_router(router)
     for area in (groups, model, health, problems):
         app.include_router(area.router)
     cds_others: list[dict[str, Any]] = []  # discovery entries of the other served versions' CDS services
@@ -488,12 +496,15 @@ def create_app(
         ]
         per_model._mark_routes_changed()
         app.openapi_schema = None
+        fast.clear()
+        fast.update(fast_table(leaf_routes(app.routes)))
 
     rebuild(registry)
     registry.on_change.append(rebuild)
     if settings.admin_keys:
         app.include_router(models_routes.admin_router)
     install_pages(app, app.title)
+    fast.update(fast_table(leaf_routes(app.routes)))
     app.openapi = lambda: _openapi(app, bundle)  # type: ignore[method-assign]
     return app
 
@@ -587,6 +598,7 @@ def _per_model_routes(
                         if not isinstance(route, APIRoute):
                             raise TypeError(f"only plain routes are served per model, not {route!r}")
                         _add_copy(holder, route, prefix, suffix, pin)
+                install_fast_routes(holder.routes, (name, pinned))
                 cache.routes[key] = holder.routes
             out += cache.routes[key]
     for name, version, bundle, service in cds_services:

@@ -1,8 +1,8 @@
 """The HTTP metrics: requests, latency and requests in flight, by route template, method and status.
 
-Recorded by the pure ASGI :class:`~service.api.observability.RequestContextMiddleware` (no ``BaseHTTPMiddleware``,
-whose task and stream per request would cost more than the metrics), the outermost of the service's middlewares,
-so that every answer is counted, the refusals of the other middlewares and the catch-all 500 included. Labels
+Recorded by the service's one pure ASGI layer, :class:`~service.api.stack.ServiceLayer` (no ``BaseHTTPMiddleware``,
+whose task and stream per request would cost more than the metrics), around everything else the service does,
+so that every answer is counted, the refusals before routing (401, 413, 429, 431) and the catch-all 500 included. Labels
 come from fixed vocabularies only: the route *template* (``/groups/{group}``, never the raw path; a path that
 matches no route is ``<unmatched>``), the method (``other`` for anything unusual) and the status code. The
 instruments live in the app's :class:`~service.observe.metrics.Telemetry` registry; the runtime records the
@@ -19,7 +19,7 @@ from starlette.types import Scope
 
 from service.observe.metrics import LATENCY_BUCKETS, FastCounter, FastHistogram, Telemetry
 
-__all__ = ["UNMATCHED_ROUTE", "HttpMetrics"]
+__all__ = ["UNMATCHED_ROUTE", "HttpMetrics", "leaf_routes"]
 
 UNMATCHED_ROUTE = "<unmatched>"
 _METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
@@ -27,7 +27,7 @@ _METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"
 
 class HttpMetrics:
     """The HTTP instruments of one app, in its telemetry's registry (created once per app), recorded by
-    :class:`~service.api.observability.RequestContextMiddleware`, which already times every request and knows its
+    :class:`~service.api.stack.ServiceLayer`, which already times every request and knows its
     status: no middleware layer of its own (one more ASGI layer cost more than the metrics).
 
     ``routes`` returns the app's routes, to name the template of a request refused before routing."""
@@ -86,7 +86,7 @@ class HttpMetrics:
     def _template(self, scope: Scope) -> str:
         """The template of the route that would have answered a request refused before routing (401, 413, 429);
         ``<unmatched>`` for a path no route matches."""
-        for candidate in _leaf_routes(self.routes()):
+        for candidate in leaf_routes(self.routes()):
             match, _ = candidate.matches(scope)
             if match is not Match.NONE:
                 found = getattr(candidate, "path", None)
@@ -95,13 +95,13 @@ class HttpMetrics:
         return UNMATCHED_ROUTE
 
 
-def _leaf_routes(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
+def leaf_routes(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
     """The routes with a template, looking into included routers (FastAPI keeps them as one route each)."""
     out: list[BaseRoute] = []
     for route in routes:
         inner = getattr(route, "original_router", None)
         if inner is not None:
-            out += _leaf_routes(inner.routes)
+            out += leaf_routes(inner.routes)
         elif isinstance(getattr(route, "path", None), str):
             out.append(route)
     return out

@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["COMPRESSED_PATHS", "STATIC_DIR", "VENDOR_DIR", "PageCompressionMiddleware", "install_pages"]
+__all__ = ["COMPRESSED_PATHS", "STATIC_DIR", "VENDOR_DIR", "PageCompressionMiddleware", "compressed", "install_pages"]
 
 STATIC_DIR = Path(str(files("service.api") / "static"))
 VENDOR_DIR = Path(fastapi_offline.__file__).parent / "static"
@@ -43,15 +43,19 @@ class PageCompressionMiddleware:
         self.gzip = GZipMiddleware(app, minimum_size=1024, compresslevel=6)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "GET"
-            and (path in COMPRESSED_PATHS or path.startswith("/static/"))
-        ):
+        if compressed(scope):
             await self.gzip(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+def compressed(scope: Scope) -> bool:
+    """Whether the request's answer is gzipped (when the client accepts it): a GET of the page, its files, the docs
+    or the large documents."""
+    if scope["type"] != "http" or scope["method"] != "GET":
+        return False
+    path: str = scope.get("path", "")
+    return path in COMPRESSED_PATHS or path.startswith("/static/")
 
 
 _DOCS_PAGE = """<!doctype html>

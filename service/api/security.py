@@ -1,7 +1,9 @@
 """In-app hardening: API keys, a per-key rate limit, the body-size limit and the security headers.
 
-All four are plain ASGI middlewares, so that they answer before FastAPI parses anything and cover every
-route, the docs included. Their refusals are :mod:`service.api.errors` problems rendered by
+All four answer before FastAPI parses anything and cover every route, the docs included: the service applies them
+in its one ASGI layer (:class:`service.api.stack.ServiceLayer`, through :meth:`ApiKeyMiddleware.refusal`,
+:meth:`HeaderSizeLimitMiddleware.refusal`, :meth:`BodySizeLimitMiddleware.buffered` and :func:`security_headers`);
+the classes are plain ASGI middlewares too. Their refusals are :mod:`service.api.errors` problems rendered by
 :func:`service.api.errors.problem_response`, like every other error.
 
 - API keys (``GSHAP_API_KEYS``, a list so that keys can rotate): ``Authorization: Bearer <key>`` or
@@ -35,9 +37,10 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, MutableMapping
+from functools import cache
 from typing import Any
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -58,14 +61,16 @@ __all__ = [
     "OPEN_PATHS",
     "OPEN_PREFIXES",
     "PAGE_CSP",
+    "SECURITY_HEADERS",
     "ApiKeyMiddleware",
     "BodySizeLimitMiddleware",
     "HeaderSizeLimitMiddleware",
     "ProblemCORSMiddleware",
-    "SecurityHeadersMiddleware",
     "TokenBucket",
     "is_page_path",
     "key_id",
+    "path_kind",
+    "security_headers",
 ]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", PROBLEM_BASE.rstrip("/")})
@@ -185,28 +190,22 @@ class ApiKeyMiddleware:
                     found = kid
         return found
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def refusal(self, scope: Scope) -> ServiceError | None:
+        """The 401 or 429 for this HTTP request, or None (the key's id then in the scope's state)."""
+        path = scope["path"]
         if (
-            scope["type"] != "http"
-            or scope["path"] in self.open_paths
-            or scope["path"].startswith(OPEN_PREFIXES)
-            or is_page_path(scope["path"])
+            path in self.open_paths
+            or path.startswith(OPEN_PREFIXES)
+            or is_page_path(path)
             or (not self._keys and self.bucket is None)
         ):
-            await self.app(scope, receive, send)
-            return
+            return None
         client = None
-        cds = scope["path"] == CDS_PREFIX or scope["path"].startswith(CDS_PREFIX + "/")
+        cds = path == CDS_PREFIX or path.startswith(CDS_PREFIX + "/")
         if self._keys and not cds:
             client = self._match(Headers(scope=scope))
             if client is None:
-                await _refuse(
-                    Unauthorized(UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": 'Bearer realm="gshap"'}),
-                    scope,
-                    receive,
-                    send,
-                )
-                return
+                return Unauthorized(UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": 'Bearer realm="gshap"'})
             state: MutableMapping[str, Any] = scope.setdefault("state", {})
             state["api_key_id"] = client
         if self.bucket is not None:
@@ -214,17 +213,17 @@ class ApiKeyMiddleware:
             wait = self.bucket.take(who)
             if wait > 0:
                 retry = max(1, math.ceil(wait))
-                await _refuse(
-                    RateLimited(
-                        f"Rate limit exceeded; retry in {retry} s.",
-                        headers={"Retry-After": str(retry)},
-                        extra={"retry_after": retry},
-                    ),
-                    scope,
-                    receive,
-                    send,
+                return RateLimited(
+                    f"Rate limit exceeded; retry in {retry} s.",
+                    headers={"Retry-After": str(retry)},
+                    extra={"retry_after": retry},
                 )
-                return
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (refused := self.refusal(scope)) is not None:
+            await _refuse(refused, scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -250,20 +249,21 @@ class HeaderSizeLimitMiddleware:
         self.max_bytes = max_bytes
         self.max_authorization_bytes = max_authorization_bytes
 
+    def refusal(self, scope: Scope) -> HeadersTooLarge | None:
+        """The 431 for this HTTP request's headers, or None."""
+        total = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        for name, value in scope["headers"]:
+            total += len(name) + len(value) + 4
+            if name == b"authorization" and len(value) > self.max_authorization_bytes:
+                return header_limit_problem(self.max_authorization_bytes, "Authorization")
+        if total > self.max_bytes:
+            return header_limit_problem(self.max_bytes)
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            total = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-            refusal = None
-            for name, value in scope["headers"]:
-                total += len(name) + len(value) + 4
-                if name == b"authorization" and len(value) > self.max_authorization_bytes:
-                    refusal = header_limit_problem(self.max_authorization_bytes, "Authorization")
-                    break
-            if refusal is None and total > self.max_bytes:
-                refusal = header_limit_problem(self.max_bytes)
-            if refusal is not None:
-                await _refuse(refusal, scope, receive, send)
-                return
+        if scope["type"] == "http" and (refused := self.refusal(scope)) is not None:
+            await _refuse(refused, scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -290,26 +290,25 @@ class BodySizeLimitMiddleware:
             extra={"limit": limit, "limit_name": name},
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def buffered(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """The HTTP request's body read whole, as a ``receive`` that hands it over in one message; None when it was
+        refused (the 413 sent) or the client went away."""
         limit, name = self._limit(scope["path"])
-        length = Headers(scope=scope).get("content-length")
+        length: str | None = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None and length.isdigit() and int(length) > limit:
             await _refuse(self._too_large(limit, name), scope, receive, send)
-            return
+            return None
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
-                return
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 await _refuse(self._too_large(limit, name), scope, receive, send)
-                return
+                return None
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -322,34 +321,43 @@ class BodySizeLimitMiddleware:
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
-
-
-class SecurityHeadersMiddleware:
-    """The security headers of every answer; the docs pages get the relaxed CSP they need."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+        return replay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        csp = DOCS_CSP if path in DOCS_PATHS else PAGE_CSP if is_page_path(path) else API_CSP
-        cache = "no-cache" if path.startswith(STATIC_PREFIX) else "no-store"
+        replay = await self.buffered(scope, receive, send)
+        if replay is not None:
+            await self.app(scope, replay, send)
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["X-Content-Type-Options"] = "nosniff"
-                headers["X-Frame-Options"] = "DENY"
-                headers["Referrer-Policy"] = "no-referrer"
-                headers["Cache-Control"] = cache
-                headers["Content-Security-Policy"] = csp
-            await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+SECURITY_HEADERS = (
+    "x-content-type-options",
+    "x-frame-options",
+    "referrer-policy",
+    "cache-control",
+    "content-security-policy",
+)
+
+
+@cache
+def security_headers(path_kind: str) -> tuple[tuple[bytes, bytes], ...]:
+    """The security headers of every answer (raw: lower-case names), by the kind of path (:func:`path_kind`): the
+    docs pages get the relaxed CSP they need, the page and its files theirs, static files are revalidated rather
+    than never stored."""
+    csp = DOCS_CSP if path_kind == "docs" else PAGE_CSP if path_kind in ("page", "static") else API_CSP
+    values = ("nosniff", "DENY", "no-referrer", "no-cache" if path_kind == "static" else "no-store", csp)
+    return tuple((name.encode(), value.encode("latin-1")) for name, value in zip(SECURITY_HEADERS, values, strict=True))
+
+
+def path_kind(path: str) -> str:
+    """``docs``, ``page``, ``static`` or ``api``: what decides an answer's security headers."""
+    if path in DOCS_PATHS:
+        return "docs"
+    if path.startswith(STATIC_PREFIX):
+        return "static"
+    return "page" if path in PAGE_PATHS else "api"
 
 
 class ProblemCORSMiddleware(CORSMiddleware):

@@ -13,14 +13,22 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import Depends, Request, Response
+from fastapi._compat import Undefined
+from fastapi.dependencies.utils import _validate_value_with_model_field
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import (
     FieldError,
@@ -37,7 +45,7 @@ from service.config import Settings
 from service.model.store import Bundle
 from service.observe.metrics import Telemetry
 from service.runtime.inference import InferenceRuntime
-from service.runtime.registry import ModelRegistry, UnknownModel
+from service.runtime.registry import ModelRegistry, ServedVersion, UnknownModel
 from service.schemas import BatchItemError, PatientRecord, Problem, RequestModels
 
 __all__ = [
@@ -49,9 +57,14 @@ __all__ = [
     "SettingsDep",
     "batch_answer",
     "body_as",
+    "check_json",
+    "fast_route",
+    "fast_table",
     "get_runtime",
     "get_state",
+    "install_fast_routes",
     "json_answer",
+    "lease",
     "pin_model",
     "problem_responses",
     "require_json",
@@ -132,39 +145,51 @@ def pin_model(name: str, version: str | None) -> Callable[[Request], Awaitable[N
     return pinned
 
 
-async def runtime_dependency(request: Request) -> AsyncIterator[InferenceRuntime]:
-    """:func:`get_runtime` as a dependency, leased for the request: a reload that replaces this runtime closes it
-    only once the request is done, so that a request in flight finishes on the model it started on."""
+def lease(request: Request) -> tuple[InferenceRuntime, ServedVersion | None]:
+    """:func:`get_runtime`, leased for the request when the registry serves it: the entry whose ``leases`` the
+    caller gives back (``entry.leases -= 1``) once the request is done, so that a reload that replaces this runtime
+    closes it only then and a request in flight finishes on the model it started on."""
     runtime = get_runtime(request)
     registry = get_state(request).registry
     if registry is None or registry.served is None:
-        yield runtime
-        return
+        return runtime, None
     entry = registry.entry_of(runtime)
     if entry is None:  # left the served set between the lookup and here: still running until its lease ends
-        yield runtime
-        return
+        return runtime, None
     entry.leases += 1
+    return runtime, entry
+
+
+async def runtime_dependency(request: Request) -> AsyncIterator[InferenceRuntime]:
+    """:func:`get_runtime` as a dependency, leased for the request (:func:`lease`)."""
+    runtime, entry = lease(request)
     try:
         yield runtime
     finally:
-        entry.leases -= 1
+        if entry is not None:
+            entry.leases -= 1
 
 
 async def require_json(request: Request) -> None:
-    """415 unless a non-empty body is declared ``application/json`` (or ``+json``)."""
-    content_type = request.headers.get("content-type")
-    if content_type is None and not await request.body():
+    """415 unless a non-empty body is declared ``application/json`` (or ``+json``); 422 for a name given twice in
+    one of its objects."""
+    body = await request.body()
+    check_json(request.headers.get("content-type"), body, lambda: _duplicate_keys(body))
+
+
+def check_json(content_type: str | None, body: bytes, duplicates: Callable[[], list[str]]) -> None:
+    """:func:`require_json`'s rules: ``duplicates`` gives the names given twice (looked at only for a JSON body)."""
+    if content_type is None and not body:
         return  # no body at all: the body validation reports it as missing (422)
     if content_type != "application/json" and not _is_json_media_type(content_type):
         raise UnsupportedMediaType(
             "Send the body as JSON with 'Content-Type: application/json'.",
             headers={"Accept-Post": "application/json"},
         )
-    duplicates = _duplicate_keys(await request.body())
-    if duplicates:
+    names = duplicates()
+    if names:
         raise invalid_input(
-            [FieldError(name[:64], "duplicate_key", "The field is given more than once.") for name in duplicates]
+            [FieldError(name[:64], "duplicate_key", "The field is given more than once.") for name in names]
         )
 
 
@@ -304,3 +329,126 @@ def body_as(**bodies: Any) -> Callable[[F], F]:
         return endpoint
 
     return bind
+
+
+# ---- the fast routes: POST /predict and POST /explain without FastAPI's request handling ------------------------
+
+_FAST = "__gshap_fast_route__"
+
+
+def fast_route(endpoint: F) -> F:
+    """Marks an endpoint ``(body, runtime) -> Response`` (a route under ``require_json``) to be served by
+    :func:`fast_app` once its route is built (:func:`install_fast_routes`).
+
+    FastAPI's request handling (its dependency solving, the body read and parsed, then parsed again for the
+    duplicate names) was the largest block of a ``/predict`` on our side (docs/bench/profile.md). The route itself
+    stays FastAPI's: it is matched, and documented in OpenAPI, as before."""
+    setattr(endpoint, _FAST, True)
+    return endpoint
+
+
+def install_fast_routes(routes: Iterable[BaseRoute], pin: tuple[str, str | None] | None = None) -> None:
+    """Give each :func:`fast_route` route among ``routes`` its :func:`fast_app` (pinned to the model ``pin``, name
+    and version, for the per-model copies, as :func:`pin_model` does), for :func:`fast_table`."""
+    for route in routes:
+        if isinstance(route, APIRoute) and getattr(route.endpoint, _FAST, False):
+            setattr(route, _FAST, fast_app(route, pin))
+
+
+def fast_table(routes: Sequence[BaseRoute]) -> dict[str, tuple[APIRoute, ASGIApp]]:
+    """The fast routes of an app whose routes are ``routes`` (its leaf routes, in the router's order), by path:
+    those the router would choose for a POST to their path (the first route that matches it fully), each with its
+    :func:`fast_app`. :class:`service.api.stack.ServiceLayer` sends such a request straight there, as the router
+    would have, without the router's walk through every route."""
+    out: dict[str, tuple[APIRoute, ASGIApp]] = {}
+    for route in routes:
+        app = getattr(route, _FAST, None)
+        if not isinstance(route, APIRoute) or app is None or not callable(app):
+            continue
+        probe: Scope = {"type": "http", "method": "POST", "path": route.path, "root_path": "", "headers": []}
+        first = next((r for r in routes if r.matches(probe)[0] is Match.FULL), None)
+        if first is route:
+            out[route.path] = (route, app)
+    return out
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def fast_app(route: APIRoute, pin: tuple[str, str | None] | None) -> ASGIApp:
+    """The ASGI app of a :func:`fast_route` route: what FastAPI did for it, in the same order and with the same
+    errors, without the dependency machinery.
+
+    1. The body is read; a body declared JSON (``application/json``, ``application/*+json``) is parsed once, by the
+       same parser FastAPI uses (errors: 400 ``json_invalid`` with the parser's reason and position, or the 400
+       FastAPI gives a body it cannot decode), noting the names given twice on the way;
+    2. :func:`require_json`'s rules (:func:`check_json`: 415, 422 ``duplicate_key``);
+    3. the runtime asked for, leased for the request (:func:`lease`: 404 or 503);
+    4. the body validated by the route's own body field (422 naming each field and rule, as FastAPI reports them);
+    5. the endpoint, whose answer is sent as it is; the lease is given back once it is sent.
+
+    Errors are raised, for the app's exception handlers to render as they rendered FastAPI's."""
+    dependencies = [d.dependency for d in route.dependencies]
+    field = route.body_field
+    if field is None or dependencies[-1:] != [require_json] or len(dependencies) != 1 + (pin is not None):
+        raise TypeError(f"{route.path} is not a fast route: one JSON body under require_json only")
+    endpoint = route.endpoint
+    params = set(inspect.signature(endpoint).parameters)
+    if params != {field.name, "runtime"}:
+        raise TypeError(f"{route.path}: a fast route's endpoint takes its body and the runtime only, not {params}")
+    name = field.name
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if pin is not None:
+            scope.setdefault("state", {})["gshap_model"] = pin
+        content_type = _header(scope, b"content-type")
+        duplicates: list[str] = []
+        try:
+            chunks: list[bytes] = []
+            while True:
+                message = await receive()
+                if message["type"] == "http.request":
+                    chunks.append(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+                elif message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+            body = b"".join(chunks)
+            value: Any = Undefined
+            if body:
+                value = body
+                if content_type and (content_type == "application/json" or _is_json_media_type(content_type)):
+                    value = json.loads(body, object_pairs_hook=lambda pairs: _pairs(pairs, duplicates))
+        except json.JSONDecodeError as exc:
+            error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}}
+            raise RequestValidationError([{**error, "ctx": {"error": exc.msg}}], body=exc.doc) from exc
+        except Exception as exc:
+            raise HTTPException(status_code=400, detail="There was an error parsing the body") from exc
+        check_json(content_type, body, lambda: sorted(set(duplicates)))
+        request = Request(scope, receive, send)
+        runtime, entry = lease(request)
+        try:
+            validated, errors = _validate_value_with_model_field(field=field, value=value, values={}, loc=("body",))
+            if errors:
+                raise RequestValidationError(errors, body=None if value is Undefined else value)
+            response = await endpoint(**{name: validated, "runtime": runtime})
+            await response(scope, receive, send)
+        finally:
+            if entry is not None:
+                entry.leases -= 1
+
+    return app
+
+
+def _pairs(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict[str, Any]:
+    """A JSON object as Python's parser makes it (the last of a name given twice wins), noting the names given
+    twice (:func:`_duplicate_keys`' rule, in the same parse)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        names = [k for k, _ in pairs]
+        duplicates.extend(sorted({k for k in names if names.count(k) > 1}))
+    return out

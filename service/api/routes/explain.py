@@ -15,6 +15,7 @@ from service.api.routes import (
     SettingsDep,
     batch_answer,
     body_as,
+    fast_route,
     json_answer,
     problem_responses,
     require_json,
@@ -119,6 +120,7 @@ def build_router(models: RequestModels) -> APIRouter:
         response_model=ExplanationPublic,
         responses=problem_responses(*POST_PROBLEMS),
     )
+    @fast_route
     @body_as(body=Annotated[models.explain, Body(openapi_examples=examples)])
     async def explain(body: ExplainRequest, runtime: RuntimeDep) -> Response:
         """Why the model scored this patient as it did: each feature's GradientSHAP attribution relative to the

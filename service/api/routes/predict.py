@@ -17,6 +17,7 @@ from service.api.routes import (
     SettingsDep,
     batch_answer,
     body_as,
+    fast_route,
     json_answer,
     problem_responses,
     require_json,
@@ -85,6 +86,7 @@ def build_router(models: RequestModels) -> APIRouter:
         response_model=PredictionPublic,
         responses=problem_responses(*POST_PROBLEMS),
     )
+    @fast_route
     @body_as(record=Annotated[models.record, Body(openapi_examples=examples)])
     async def predict(record: PatientRecord, runtime: RuntimeDep) -> Response:
         """The probability of the model's positive outcome, the label at the model's threshold, the features
