@@ -319,6 +319,16 @@ def test_explain_settings_are_validated(client: AppClient, changes: dict[str, An
     assert _fields(problem) == {field: rule}
 
 
+def test_n_samples_bound_follows_the_published_schema(client: AppClient) -> None:
+    """The schema bounds n_samples by method only where the request names the method (found by fuzzing /explain/plot
+    with n_samples 1 and no method): without one, the default (exact, which takes no samples) accepts it; naming
+    exact keeps the published minimum of 2."""
+    for path in ("/explain", "/explain/plot"):
+        assert client.post(path, json=record(n_samples=1)).status_code == 200, path
+        problem = _problem(client.post(path, json=record(n_samples=1, method="exact")), 422)
+        assert _fields(problem) == {"n_samples": "greater_than_equal"}
+
+
 def test_server_can_lower_max_n_samples(bundle: Bundle) -> None:
     """GSHAP_MAX_N_SAMPLES lowers the bound: above it is a 422 naming n_samples and the limit."""
     with app_client(create_app(Settings(max_n_samples=32), bundle)) as c:
