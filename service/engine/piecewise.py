@@ -20,12 +20,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
-__all__ = ["AffineStage", "NotPiecewiseLinear", "fold_modules", "fold_sequential"]
+if TYPE_CHECKING:  # torch is imported by the functions that fold a torch module, not with this module
+    from torch import Tensor, nn
+
+__all__ = [
+    "AffineStage",
+    "NotPiecewiseLinear",
+    "fold_modules",
+    "fold_sequential",
+]
 
 
 class NotPiecewiseLinear(ValueError):  # noqa: N818 - the name is the issue-20 contract's
@@ -44,6 +51,8 @@ class AffineStage:
 
 def _bn_affine(bn: nn.BatchNorm1d, where: str) -> tuple[Tensor, Tensor]:
     """Eval-mode BatchNorm1d as ``y = s ⊙ x + t`` (float64)."""
+    import torch
+
     if bn.running_mean is None or bn.running_var is None:
         raise NotPiecewiseLinear(
             f"{where}: BatchNorm1d without running statistics (track_running_stats=False) normalises each batch "
@@ -63,6 +72,8 @@ def _bn_affine(bn: nn.BatchNorm1d, where: str) -> tuple[Tensor, Tensor]:
 
 def _first_width(mods: Sequence[nn.Module]) -> int | None:
     """The input width of the first module that fixes one (Linear, BatchNorm1d)."""
+    from torch import nn
+
     for mod in mods:
         if isinstance(mod, nn.Linear):
             return int(mod.in_features)
@@ -80,6 +91,9 @@ def fold_modules(
     The arithmetic is fixed (``W ← W_lin @ W``, ``c ← W_lin @ c + b_lin``; BatchNorm ``W ← s[:, None] * W``,
     ``c ← s * c + t``), so a network folds to the same bits every time.
     """
+    import torch
+    from torch import nn
+
     labels = list(names) if names is not None else [f"layer {i} ({type(m).__name__})" for i, m in enumerate(mods)]
     width = _first_width(mods)
     if width is None:
@@ -135,6 +149,8 @@ def fold_modules(
 
 
 def _flatten(net: nn.Module, prefix: str) -> tuple[list[nn.Module], list[str]]:
+    from torch import nn
+
     mods: list[nn.Module] = []
     names: list[str] = []
     for name, child in net.named_children():
@@ -156,6 +172,8 @@ def fold_sequential(net: nn.Sequential) -> list[AffineStage]:
     Raises:
         NotPiecewiseLinear: naming the first layer that is not one of those, or the rule the network breaks.
     """
+    from torch import nn
+
     if not isinstance(net, nn.Sequential):
         raise NotPiecewiseLinear(f"expected a torch.nn.Sequential, got {type(net).__name__}")
     mods, names = _flatten(net, "")
