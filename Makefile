@@ -116,7 +116,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build service/engine/*.so
 
 # the edit-test loop: the fast, model-free and in-process tests (about a minute; `make test` stays the full run)
-QUICK_TESTS := tests/test_shapley.py tests/test_baselines.py tests/test_schemas.py \
-	tests/test_model_spec.py tests/test_calibration.py tests/test_bench.py tests/test_drift.py
+QUICK_TESTS := tests/engine/test_shapley.py tests/engine/test_baselines.py tests/test_schemas.py \
+	tests/model/test_model_spec.py tests/training/test_calibration.py tests/scripts/test_bench.py tests/observe/test_drift.py
 test-quick: setup
 	$(BIN)/pytest -q -m "not slow" $(QUICK_TESTS)

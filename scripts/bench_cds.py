@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -40,6 +39,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchkit import percentile  # noqa: E402  (0-100 scale)
+from benchkit.common import loadavg  # noqa: E402
+from benchkit.procs import status_kib  # noqa: E402
 
 GOAL_P99_MS = 50.0
 
@@ -98,12 +99,8 @@ def large_bundle(target_bytes: int = 5 * 1024 * 1024) -> dict[str, Any]:
 
 
 def _vm(pid: int) -> dict[str, int]:
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            values[name] = int(rest.split()[0]) * 1024
-    return values
+    """The server process's resident memory and its peak (``VmRSS``, ``VmHWM``), in bytes."""
+    return {name: status_kib(pid, name) * 1024 for name in ("VmRSS", "VmHWM")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "calls": args.calls,
         "warmup": args.warmup,
-        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "loadavg": loadavg(),
         "fhir_searches": searches,
         "targets": {
             k: {

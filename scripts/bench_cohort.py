@@ -34,6 +34,10 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchkit.procs import process_tree, rss_kib, uss_kib  # noqa: E402
 
 
 def cohort(n: int, work: Path) -> Path:
@@ -47,20 +51,10 @@ def cohort(n: int, work: Path) -> Path:
     return path
 
 
-def _tree_memory(proc: psutil.Process) -> tuple[int, int]:
-    rss = uss = 0
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0, 0
-    for p in procs:
-        try:
-            info = p.memory_full_info()
-            rss += info.rss
-            uss += info.uss
-        except psutil.Error:
-            continue
-    return rss, uss
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """RSS and USS of the process and its descendants (Ray's workers), summed, in bytes."""
+    tree = process_tree(pid)
+    return rss_kib(pid) * 1024, sum(uss_kib(p) for p in tree) * 1024
 
 
 def run_one(engine: str, source: Path, out: Path, num_cpus: int | None, batch_size: int) -> dict[str, Any]:
@@ -73,13 +67,12 @@ def run_one(engine: str, source: Path, out: Path, num_cpus: int | None, batch_si
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    proc = psutil.Process(popen.pid)
     peak_rss = peak_uss = 0
     while True:
         pid, status, rusage = os.wait4(popen.pid, os.WNOHANG)
         if pid:
             break
-        rss, uss = _tree_memory(proc)
+        rss, uss = _tree_memory(popen.pid)
         peak_rss, peak_uss = max(peak_rss, rss), max(peak_uss, uss)
         time.sleep(0.5)
     wall = time.perf_counter() - started

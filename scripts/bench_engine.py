@@ -47,7 +47,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the earlier exact kernel, a reference
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchkit
 
+from benchkit.common import loadavg
+from benchkit.procs import status_kib
+from benchkit.rounds import interleaved as interleaved_medians
 from reference_kernels import path_integrals_fast
 
 from service.engine.baselines import summarize_baselines
@@ -107,14 +111,8 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def interleaved(named: dict[str, Callable[[], Any]], repeats: int, desc: str) -> dict[str, float]:
-    """Median seconds of each callable, run in turn ``repeats`` times after one warm-up each."""
-    for fn in named.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in named}
-    for _ in tqdm(range(repeats), desc=desc, leave=False):
-        for k, fn in named.items():
-            times[k].append(timed(fn)[0])
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds of each callable, run in turn ``repeats`` times after one warm-up each (a progress bar)."""
+    return interleaved_medians(named, repeats, progress=partial(tqdm, desc=desc, leave=False))
 
 
 def captum_call(model: torch.nn.Module, x: torch.Tensor, base: torch.Tensor, n: int, seed: int = 0) -> np.ndarray:
@@ -133,10 +131,8 @@ def gap_stats(gap: np.ndarray) -> dict[str, float]:
 
 
 def rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return -1
+    """A memory field of this process's ``/proc/self/status`` (``VmRSS``, ``VmHWM``), KiB."""
+    return status_kib(os.getpid(), field)
 
 
 def memory_run(engine: GradientShapEngine, n: int, seed: int) -> dict[str, float]:
@@ -558,14 +554,14 @@ def exact_kernels_main(args: argparse.Namespace) -> int:
     res: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu_count": os.cpu_count(),
-        "loadavg_start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "loadavg_start": loadavg(),
     }
     data = load_data(args.seed)
     res["data"] = data["source"]
     res["pima"] = pima_kernels(data, 6 if args.quick else args.rounds)
     k = len(np.asarray(data["weights"]))
     res["sweep"] = depth_sweep(8, k, args.seed, 0.05 if args.quick else 0.3, quadrature=True)
-    res["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    res["loadavg_end"] = loadavg()
     plot_sweep(res["sweep"], res["pima"], args.figure)
     report_kernels(res)
     if args.json:

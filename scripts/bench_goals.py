@@ -12,7 +12,7 @@ before the round, and measures with ``wrk`` (1 thread, c = 8, rotating evaluatio
 - ``ceiling``: ``scripts/ceiling_app.py``, the service's own app stack without the model (second reference).
 - ``ours``: ``gshap serve`` with its default settings (metrics on): ``POST /predict``, ``POST /explain`` (exact).
 - ``kserve``: ``scripts/kserve_peer.py``, KServe's ``ModelServer`` with Captum's ``GradientShap`` at 200 samples
-  in its explain handler, run from ``.venv-kserve/`` (created on first use, as ``tests/test_v2.py`` does).
+  in its explain handler, run from ``.venv-kserve/`` (created on first use, as ``tests/api/test_v2.py`` does).
 - ``ours3``: ours serving 3 models (the store plus copies of the default bundle under other names, as
   ``scripts/bench_repository.py`` builds them) when the service reads a model store; ``/explain`` of the default.
 - ``echo_w2`` and ``ours_w2``: ``--workers 2`` (ours with multiprocess metrics, as ``gshap serve`` sets them up).
@@ -27,12 +27,10 @@ summed over the server's process tree right after it became ready. Results: ``--
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import sysconfig
@@ -49,7 +47,15 @@ for p in (str(HERE), str(ROOT)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-import bench  # noqa: E402
+from benchkit.cells import check_answer, measure_cell  # noqa: E402
+from benchkit.common import HOST, dumps, loadavg, log, write_json, write_text  # noqa: E402
+from benchkit.meta import run_meta  # noqa: E402
+from benchkit.procs import memory_mb  # noqa: E402
+from benchkit.report import fmt  # noqa: E402
+from benchkit.rounds import Round, alternating_rounds, round_order, spread  # noqa: E402
+from benchkit.servers import SERVE, Server, free_port, server_env  # noqa: E402
+from benchkit.targets import Target, eval_records  # noqa: E402
+from benchkit.wrk import wrk_lua_script  # noqa: E402
 
 __all__ = ["GOALS", "ServerSpec", "evaluate", "goals_markdown", "main", "round_order", "update_performance_page"]
 
@@ -82,11 +88,6 @@ class ServerSpec:
     env: tuple[tuple[str, str], ...] = ()
 
 
-def round_order(names: Sequence[str], round_index: int) -> list[str]:
-    """Servers in the given order on even rounds and reversed on odd ones: no server always runs first."""
-    return list(names) if round_index % 2 == 0 else list(reversed(names))
-
-
 def kserve_python(install: bool) -> Path | None:
     """The Python of ``.venv-kserve/`` with kserve installed; created when ``install`` (else None if absent)."""
     python = KSERVE_VENV / "bin" / "python"
@@ -95,7 +96,7 @@ def kserve_python(install: bool) -> Path | None:
         return python
     if not install:
         return None
-    bench.log(f"· creating {KSERVE_VENV.name}/ with {KSERVE_REQUIREMENTS.name} (once)")
+    log(f"· creating {KSERVE_VENV.name}/ with {KSERVE_REQUIREMENTS.name} (once)")
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(KSERVE_VENV)], check=True, timeout=300)
     done = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "-r", str(KSERVE_REQUIREMENTS)],
@@ -105,7 +106,7 @@ def kserve_python(install: bool) -> Path | None:
         timeout=1800,
     )
     if done.returncode != 0:
-        bench.log(f"  installing kserve failed: {done.stderr[-800:]}")
+        log(f"  installing kserve failed: {done.stderr[-800:]}")
         return None
     return python
 
@@ -124,11 +125,11 @@ def three_model_store(workdir: Path) -> Path | None:
 def server_specs(
     records: Sequence[dict[str, Any]], kserve: Path | None, store3: Path | None, workers: bool
 ) -> list[ServerSpec]:
-    singles = tuple(bench.dumps(r) for r in records)
-    instances = tuple(bench.dumps({"instances": [r]}) for r in records)
+    singles = tuple(dumps(r) for r in records)
+    instances = tuple(dumps({"instances": [r]}) for r in records)
     py = sys.executable
-    serve = (py, "-m", "service.cli", "serve", "--host", bench.HOST)
-    echo = (py, str(HERE / "echo_app.py"), "--host", bench.HOST)
+    serve = SERVE
+    echo = (py, str(HERE / "echo_app.py"), "--host", HOST)
     explain = ("explain", "/explain", singles)
     specs = [
         ServerSpec("echo", echo, "/readyz", (("echo", "/echo", singles),)),
@@ -161,24 +162,24 @@ def server_specs(
 
 def run_server(spec: ServerSpec, workdir: Path, seconds: int, warmup: int) -> dict[str, Any]:
     """Start ``spec`` fresh, note its cold start and RSS at ready, load each of its cells, stop it."""
-    port = bench.free_port()
+    port = free_port()
     command = [*spec.command, str(port)] if spec.command[-1] == "--http_port" else [*spec.command, "--port", str(port)]
-    env = bench.server_env(dict(spec.env))
+    env = server_env(dict(spec.env))
     if spec.name == "kserve":
         env.pop("VIRTUAL_ENV", None)
-    server = bench.Server(spec.name, command, port, workdir / "logs" / f"{spec.name}.log", env)
+    server = Server(spec.name, command, port, workdir / "logs" / f"{spec.name}.log", env)
     out: dict[str, Any] = {"cells": {}}
     try:
         out["cold_start_s"] = server.start(spec.ready_path)
         assert server.proc is not None
         time.sleep(0.3)  # a worker of --workers 2 may answer before its sibling has finished importing
-        out["rss_at_ready"] = bench.memory_mb(server.proc.pid)
+        out["rss_at_ready"] = memory_mb(server.proc.pid)
         for key, path, bodies in spec.cells:
-            bench.check_answer(server, bench.Target(key, spec.name, key, path, bodies))
+            check_answer(server, Target(key, spec.name, key, path, bodies))
             script = workdir / f"{spec.name}_{key}.lua"
-            script.write_text(bench.wrk_lua_script(path, bodies))
-            target = bench.Target(key, spec.name, f"{spec.name} POST {path}", path, bodies)
-            cell = bench.measure_cell(server, target, script, CONCURRENCY, seconds, warmup)
+            script.write_text(wrk_lua_script(path, bodies))
+            target = Target(key, spec.name, f"{spec.name} POST {path}", path, bodies)
+            cell = measure_cell(server, target, script, CONCURRENCY, seconds, warmup)
             out["cells"][key] = {
                 "rps": cell.rps,
                 "p50_ms": cell.p50_ms,
@@ -234,18 +235,11 @@ def round_values(servers: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     }
 
 
-def _stats(values: Sequence[float]) -> dict[str, float | None]:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return {"median": None, "min": None, "max": None}
-    return {"median": statistics.median(finite), "min": min(finite), "max": max(finite)}
-
-
 def evaluate(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Median, min and max of every per-round value; each goal met when its median meets the bound (None: not
     measured in this run)."""
     keys = list(rounds[0]["values"]) if rounds else []
-    summary = {k: _stats([r["values"][k] for r in rounds]) for k in keys}
+    summary = {k: spread([r["values"][k] for r in rounds]) for k in keys}
     goals = []
     for name, text, bound, higher in GOALS:
         median = summary.get(name, {}).get("median")
@@ -257,7 +251,7 @@ def evaluate(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _f(x: float | None, digits: int = 2) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
+    return fmt(x, digits)
 
 
 def goals_markdown(result: Mapping[str, Any]) -> str:
@@ -333,8 +327,7 @@ def update_performance_page(markdown: str, page: Path = PERFORMANCE) -> None:
 
 def machine_note() -> str:
     """What else the machine was doing: the other processes' CPU share over one second."""
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"load average at start {load} (1, 5, 15 min) on {os.cpu_count()} cores."
+    return f"load average at start {loadavg()} (1, 5, 15 min) on {os.cpu_count()} cores."
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -354,51 +347,55 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
-        bench.log("wrk is not on the PATH: install it (Debian/Ubuntu: apt-get install wrk)")
+        log("wrk is not on the PATH: install it (Debian/Ubuntu: apt-get install wrk)")
         return 2
     rounds = args.rounds or (2 if args.quick else 5)
     seconds = args.seconds or (1 if args.quick else 6)
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 2)
-    meta = {**bench.run_meta(), "rounds": rounds, "seconds_per_cell": seconds, "warmup_seconds": warmup}
+    meta = {**run_meta(), "rounds": rounds, "seconds_per_cell": seconds, "warmup_seconds": warmup}
     meta["machine_note"] = machine_note()
     workdir = Path(tempfile.mkdtemp(prefix="gshap-goals-"))
     t0 = time.perf_counter()
     try:
         kserve = None if args.no_kserve else kserve_python(install=not args.quick)
         if kserve is None and not args.no_kserve:
-            bench.log(f"· no KServe peer: {KSERVE_VENV.name}/ is missing (a full run creates it)")
+            log(f"· no KServe peer: {KSERVE_VENV.name}/ is missing (a full run creates it)")
         store3 = three_model_store(workdir)
-        specs = server_specs(bench.eval_records(), kserve, store3, workers=not args.no_workers)
+        specs = server_specs(eval_records(), kserve, store3, workers=not args.no_workers)
         by_name = {s.name: s for s in specs}
-        done: list[dict[str, Any]] = []
-        for r in range(rounds):
-            order = round_order([s.name for s in specs], r)
-            loadavg = " ".join(f"{x:.2f}" for x in os.getloadavg())
-            bench.log(f"· round {r + 1}/{rounds}: load average {loadavg}; order {', '.join(order)}")
-            servers = {name: run_server(by_name[name], workdir, seconds, warmup) for name in order}
-            values = round_values(servers)
-            bench.log(
+
+        def before(r: int, order: list[str], load: str) -> None:
+            log(f"· round {r + 1}/{rounds}: load average {load}; order {', '.join(order)}")
+
+        def after(rnd: Round[dict[str, Any]]) -> None:
+            values = round_values(rnd.results)
+            log(
                 "  explain/echo {:.2f}  predict/echo {:.2f}  p99 {:.2f} ms  explain/kserve {:.1f}".format(
                     values["explain_vs_echo"], values["predict_vs_echo"], values["explain_p99_ms"],
                     values["explain_vs_kserve"],
                 )
             )  # fmt: skip
-            done.append({"order": order, "loadavg_before": loadavg, "servers": servers, "values": values})
+
+        done = [
+            {"order": rnd.order, "loadavg_before": rnd.loadavg_before, "servers": rnd.results,
+             "values": round_values(rnd.results)}
+            for rnd in alternating_rounds(
+                [s.name for s in specs], rounds,
+                lambda name: run_server(by_name[name], workdir, seconds, warmup), before=before, after=after,
+            )
+        ]  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     meta["wall_seconds"] = round(time.perf_counter() - t0, 1)
     result = {"meta": meta, "rounds": done, "evaluation": evaluate(done)}
     out = ROOT / args.json
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(bench._finite(result), indent=2, allow_nan=False) + "\n")
+    write_json(out, result)
     markdown = goals_markdown(result)
-    md = ROOT / args.md
-    md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(markdown)
+    write_text(ROOT / args.md, markdown)
     if not args.no_docs:
         update_performance_page(markdown)
     print(markdown)
-    bench.log(f"goals: {meta['wall_seconds']} s; results in {out}")
+    log(f"goals: {meta['wall_seconds']} s; results in {out}")
     return 0
 
 

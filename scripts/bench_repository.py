@@ -31,7 +31,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,9 +45,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench import run_meta  # noqa: E402  (a sibling script)
+from benchkit.common import loadavg, write_json  # noqa: E402
+from benchkit.meta import run_meta  # noqa: E402
+from benchkit.procs import status_kib, uss_kib  # noqa: E402
+from benchkit.servers import Server, free_port, serve_command, server_env  # noqa: E402
+from benchkit.stats import percentile  # noqa: E402
 from helpers import record  # noqa: E402
-from live_server import clean_env, free_port  # noqa: E402
 
 from service.model.store import _write_checksums  # noqa: E402
 
@@ -83,54 +85,20 @@ def copy_version(store: Path, name: str, version: str) -> Path:
     return folder
 
 
-class Server:
-    """``gshap serve`` on a free port with the store at ``store``; ``startup_s``: process start to ready."""
+def start_server(store: Path, log: Path) -> Server:
+    """``gshap serve`` (one worker, the defaults) on a free port with the store at ``store``, ready; its
+    ``cold_start_s`` is process start to the first 200 of ``/readyz``."""
+    port = free_port()
+    server = Server("ours", serve_command(port), port, log, server_env({"GSHAP_MODEL_STORE": str(store)}))
+    server.start()
+    return server
 
-    def __init__(self, store: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = clean_env({"GSHAP_MODEL_STORE": str(store), "GSHAP_PORT": str(self.port), "GSHAP_LOG_LEVEL": "warning"})
-        t0 = time.perf_counter()
-        self.log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1"],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        with httpx.Client(base_url=self.url, timeout=2) as c:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.02)
-        self.startup_s = time.perf_counter() - t0
 
-    def memory_mb(self) -> dict[str, float]:
-        """VmRSS (with shared pages) and USS (private pages only) of the server process, in MB."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-        uss_kb = 0
-        rollup = Path(f"/proc/{self.proc.pid}/smaps_rollup")
-        if rollup.exists():
-            for line in rollup.read_text().splitlines():
-                if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                    uss_kb += int(line.split()[1])
-        return {"rss_mb": round(rss_kb / 1024, 1), "uss_mb": round(uss_kb / 1024, 1)}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+def memory_mb(server: Server) -> dict[str, float]:
+    """VmRSS (with shared pages) and USS (private pages only) of the server process, in MB."""
+    assert server.proc is not None
+    pid = server.proc.pid
+    return {"rss_mb": round(status_kib(pid, "VmRSS") / 1024, 1), "uss_mb": round(uss_kib(pid) / 1024, 1)}
 
 
 async def load(url: str, path: str, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -165,7 +133,7 @@ async def load(url: str, path: str, concurrency: int, seconds: float) -> dict[st
     latencies.sort()
 
     def pct(q: float) -> float | None:
-        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2) if latencies else None
+        return round(percentile(latencies, q) * 1000, 2) if latencies else None
 
     return {
         "path": path,
@@ -175,9 +143,9 @@ async def load(url: str, path: str, concurrency: int, seconds: float) -> dict[st
         "failed": failed,
         "errors": errors,
         "throughput_rps": round(len(latencies) / elapsed, 1),
-        "p50_ms": pct(0.50),
-        "p90_ms": pct(0.90),
-        "p99_ms": pct(0.99),
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
         "max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
         "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
     }
@@ -186,7 +154,7 @@ async def load(url: str, path: str, concurrency: int, seconds: float) -> dict[st
 def reload_run(tmp: Path, concurrency: int, seconds: float, every: float) -> dict[str, Any]:
     """The ``reload`` measurement (see the module's docstring)."""
     store = make_store(tmp, 0)
-    server = Server(store, tmp / "reload.log")
+    server = start_server(store, tmp / "reload.log")
     try:
         asyncio.run(load(server.url, "/explain", concurrency, 2.0))  # warm the path up
         quiet = asyncio.run(load(server.url, "/explain", concurrency, seconds))
@@ -201,6 +169,7 @@ def reload_run(tmp: Path, concurrency: int, seconds: float, every: float) -> dic
                     shutil.rmtree(folder)
                 else:
                     copy_version(store, "pima-diabetes", "1.2.0")
+                assert server.proc is not None
                 os.kill(server.proc.pid, signal.SIGHUP)
                 signals += 1
 
@@ -215,7 +184,7 @@ def reload_run(tmp: Path, concurrency: int, seconds: float, every: float) -> dic
             for line in metrics.splitlines()
             if line.startswith("gshap_model_reloads_total{")
         }
-        alive = server.proc.poll() is None
+        alive = server.proc is not None and server.proc.poll() is None
     finally:
         server.stop()
     return {
@@ -232,18 +201,18 @@ def models_run(tmp: Path, counts: Sequence[int], concurrency: int, seconds: floa
     out = []
     for n in counts:
         store = make_store(tmp, n)
-        server = Server(store, tmp / f"models-{n}.log")
+        server = start_server(store, tmp / f"models-{n}.log")
         try:
             listing = httpx.get(f"{server.url}/models", timeout=10).json()
             served = sum(len(m["versions"]) for m in listing["models"])
-            memory = server.memory_mb()
+            memory = memory_mb(server)
             asyncio.run(load(server.url, "/explain", concurrency, 1.0))
             predict = asyncio.run(load(server.url, "/predict", concurrency, seconds))
             explain = asyncio.run(load(server.url, "/explain", concurrency, seconds))
             out.append(
                 {
                     "bundles": served,
-                    "startup_s": round(server.startup_s, 2),
+                    "startup_s": round(server.cold_start_s, 2),
                     **memory,
                     "predict_rps": predict["throughput_rps"],
                     "predict_p99_ms": predict["p99_ms"],
@@ -279,10 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.only in (None, "models"):
             counts = [int(c) for c in args.models.split(",")]
             results["models"] = models_run(Path(tmp), counts, args.concurrency, cell)
-    results["meta"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    results["meta"]["loadavg_end"] = loadavg()
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out, results)
     print(f"wrote {out}")
     failed = results.get("reload", {}).get("with_reloads", {}).get("failed", 0)
     return 1 if failed else 0

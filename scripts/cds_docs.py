@@ -7,7 +7,7 @@ The code-table parts come from the default bundle's feature specification (its F
 factors and their sources) and its CDS service (``bundle.cds``), the rules from the modules' docstrings, the
 settings from ``service.config.Settings``; the discovery document, the request and its card, the 412 and the
 feedback answer are real answers of a ``gshap serve`` started here (uuids shown as ``<uuid>``, the call's date as
-``<call date>``). ``tests/test_cds_docs.py`` fails when it is stale.
+``<call date>``). ``tests/fhir/test_cds_docs.py`` fails when it is stale.
 """
 
 from __future__ import annotations

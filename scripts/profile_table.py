@@ -1,7 +1,7 @@
 """Where a request's microseconds go: a py-spy profile of a loaded server, as a table and a flame graph.
 
     py-spy record --native --rate 250 --format raw -o explain.raw -- python -m service.cli serve --port 8000 &
-    wrk -t1 -c8 -d12s -s explain.lua http://127.0.0.1:8000/explain      # (bench.wrk_lua_script writes the .lua)
+    wrk -t1 -c8 -d12s -s explain.lua http://127.0.0.1:8000/explain      # (benchkit.wrk.wrk_lua_script writes the .lua)
     python scripts/profile_table.py explain.raw --cpu-ms 0.52 --svg docs/bench/flame-explain.svg --md table.md
 
 The raw file holds py-spy's collapsed stacks (``frame;frame;... count``, root first). Only the samples of the

@@ -5,7 +5,7 @@ repository's history, so that it carries its spec and card like every bundle of 
 reads them from git, renames the state dict's keys to the spec's ``nn.Sequential`` (``layer_1`` -> ``0``, ...),
 writes the three CSVs of the split the manifest records (the training split is the reference: imputation medians,
 baselines; the validation split tunes the threshold, with ``--calibrate none``; the test split is the evaluation
-set) and packages them with the Pima spec at version 1.0.0. tests/test_repository.py checks that the rebuilt
+set) and packages them with the Pima spec at version 1.0.0. tests/model/test_repository.py checks that the rebuilt
 bundle answers as the old files did with the code of their time (``tests/data/pima_1_0_0_answers.json``)::
 
     python scripts/rebuild_pima_1_0_0.py [--out model_store]

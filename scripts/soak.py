@@ -5,7 +5,7 @@ answers identical to the unloaded ones.
     python scripts/soak.py --duration 60 --clients 64 --max-growth-mb 25
     python scripts/soak.py --url http://127.0.0.1:8000 --pid 12345     # a server that is already running
 
-``tests/test_load.py`` runs this same code for about 12 s (:func:`soak`). What one run does:
+``tests/api/test_load.py`` runs this same code for about 12 s (:func:`soak`). What one run does:
 
 1. reference: every request of the mix (:data:`MIX`) once, one at a time, on the idle server: the answers;
 2. warm-up: ``clients`` concurrent clients send the mix for ``warmup`` seconds; then the server's resident

@@ -2,7 +2,7 @@
 
 ``python kserve_v2_client.py BASE_URL MODEL VERSION CASE.json`` reads records (``{"records": [...], "features":
 [...], "explain": {...}}``), asks the server through ``kserve.InferenceRESTClient(RESTConfig(protocol="v2"))``
-and prints one JSON document with what the client decoded. Run by ``tests/test_v2.py`` in ``.venv-kserve/``
+and prints one JSON document with what the client decoded. Run by ``tests/api/test_v2.py`` in ``.venv-kserve/``
 (the ``kserve`` package pins older psutil and protobuf than this project); the test compares every number with
 ``/predict/batch`` and ``/explain/batch``. JSON floats are printed with Python's shortest round-trip repr, so the
 comparison is bit for bit.

@@ -16,7 +16,7 @@ defined and any floating-point answer depends on rounding).
 
 ``path_integrals_fast`` is the exact estimator's earlier torch kernel: dense prefix sums in torch over all units and
 knots (``O(K·H1·H2)`` per record). The service now uses the event-driven C kernel
-(:class:`service.engine.exact_kernel.ExactKernel`); ``tests/test_explain.py`` checks both against the piece
+(:class:`service.engine.exact_kernel.ExactKernel`); ``tests/engine/test_explain.py`` checks both against the piece
 enumeration, and ``scripts/bench_engine.py`` times the C kernel against this one (it imports this file through
 ``sys.path``).
 """

@@ -1,6 +1,12 @@
-"""The benchmarks' shared helpers: one percentile, one wrk wrapper, one process-memory reader.
+"""The benchmarks' shared package; ``scripts/bench.py`` is its command line.
 
-Used by ``scripts/bench.py``, ``bench_goals.py``, ``soak.py``, ``bench_cds.py`` and the tests (``tests/test_bench.py``).
+One module a concern: ``servers`` (spawn, ready, cold start, stop), ``procs`` (memory and CPU of a process tree),
+``stats`` (one percentile), ``wrk`` (the load generator), ``responder`` (the trivial responder: wrk's capacity),
+``targets`` and ``cells`` (what is sent, one measured cell), ``race``, ``engine``, ``page`` (page weight),
+``goals`` and ``report`` (the goals and the Markdown), ``meta``, ``rounds`` (alternating rounds), ``overhead``
+(``--metrics-overhead``) and ``v2`` (``--v2``). Used by ``bench.py``, ``bench_goals.py``, ``bench_repository.py``,
+``bench_engine.py``, ``bench_workers.py``, ``bench_cohort.py``, ``soak.py``, ``bench_cds.py`` and the tests
+(``tests/scripts/test_bench.py``).
 """
 
 from __future__ import annotations

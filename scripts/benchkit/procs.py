@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["cpu_seconds", "memory_mb", "process_tree", "rss_kib"]
+__all__ = ["cpu_seconds", "memory_mb", "process_tree", "rss_kib", "status_kib", "uss_kib"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -31,7 +31,8 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def _status_kb(pid: int, key: str) -> int:
+def status_kib(pid: int, key: str) -> int:
+    """One ``/proc/PID/status`` field in KiB (``VmRSS``, ``VmHWM``, ...) of ``pid`` alone; 0 when unreadable."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
@@ -57,8 +58,8 @@ def memory_mb(pid: int) -> dict[str, float]:
     """Peak RSS (VmHWM), current RSS and PSS of the process tree, summed, in MB (10^6 bytes)."""
     tree = process_tree(pid)
     return {
-        "rss_peak_mb": sum(_status_kb(p, "VmHWM") for p in tree) * 1024 / 1e6,
-        "rss_mb": sum(_status_kb(p, "VmRSS") for p in tree) * 1024 / 1e6,
+        "rss_peak_mb": sum(status_kib(p, "VmHWM") for p in tree) * 1024 / 1e6,
+        "rss_mb": sum(status_kib(p, "VmRSS") for p in tree) * 1024 / 1e6,
         "pss_mb": sum(_pss_kb(p) for p in tree) * 1024 / 1e6,
         "processes": len(tree),
     }
@@ -79,4 +80,17 @@ def cpu_seconds(pid: int) -> float:
 
 def rss_kib(pid: int) -> int:
     """Resident memory (VmRSS) of ``pid`` and its descendants, in KiB."""
-    return sum(_status_kb(p, "VmRSS") for p in process_tree(pid))
+    return sum(status_kib(p, "VmRSS") for p in process_tree(pid))
+
+
+def uss_kib(pid: int) -> int:
+    """Unique set size of ``pid`` alone (its private pages: memory no other process shares), in KiB."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1])
+    except OSError:
+        pass
+    return total

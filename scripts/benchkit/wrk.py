@@ -88,11 +88,13 @@ def parse_wrk_output(stdout: str) -> dict[str, Any]:
     }
 
 
-def run_wrk(url: str, script: Path, concurrency: int, seconds: int, timeout_s: float = 10.0) -> dict[str, Any]:
-    """Run wrk (one thread) and return :func:`parse_wrk_output`'s dict plus wrk's own CPU seconds."""
+def run_wrk(
+    url: str, script: Path, concurrency: int, seconds: int, timeout_s: float = 10.0, threads: int = 1
+) -> dict[str, Any]:
+    """Run wrk (one thread unless told) and return :func:`parse_wrk_output`'s dict plus wrk's own CPU seconds."""
     cmd = [
         "wrk",
-        "-t1",
+        f"-t{threads}",
         f"-c{concurrency}",
         f"-d{seconds}s",
         f"--timeout={max(1, math.ceil(timeout_s))}s",

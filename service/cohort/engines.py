@@ -4,15 +4,15 @@ Both apply the same :class:`~service.cohort.table.CohortExplainer` to batches of
 in input order through one :class:`~service.cohort.table.CohortWriter`, so their files hold the same values.
 
 OUTPUT is checked before any work (:func:`~service.cohort.table.check_output`). A job that stops part-way (an
-input that turns unreadable, a ragged CSV row under the ``ray`` engine, whose reader cannot refuse a row on its
-own) keeps the rows already explained: ``OUTPUT.partial`` is closed as a readable Parquet file of them, never
-renamed to OUTPUT, and :class:`CohortStoppedError` says where it is.
+input that turns unreadable) keeps the rows already explained: ``OUTPUT.partial`` is closed as a readable Parquet
+file of them, never renamed to OUTPUT, and :class:`CohortStoppedError` says where it is.
 
 - ``local`` reads the input as a stream of Arrow batches (a CSV row by row with Python's ``csv`` module, so that
   a row that cannot be read, ragged or not UTF-8, is refused on its own in its place; or a Parquet dataset scanner
   with little read-ahead), explains each batch and appends it to the output: memory holds a few batches and one
   row group whatever the input's size. One core computes (the exact kernel is single-threaded per call).
-- ``ray`` builds a Ray Data dataset over the input (``read_csv`` / ``read_parquet``) and maps it with
+- ``ray`` builds a Ray Data dataset over the input (a CSV read by the local engine's row reader, in one streaming
+  read task, so that unreadable rows are refused alike; ``read_parquet``) and maps it with
   ``map_batches(CohortExplainer, concurrency=W)``: W actors, each loading the bundle and warming up the engine
   once, explain batches in parallel; the driver (this process) streams the results back in order
   (``preserve_order``) and writes the file. Without ``ray_address`` it starts a local Ray (``num_cpus`` CPUs,
@@ -55,7 +55,6 @@ __all__ = ["DEFAULT_BATCH_SIZE", "CohortResult", "CohortStoppedError", "Engine",
 
 Engine = Literal["local", "ray"]
 DEFAULT_BATCH_SIZE = 1024
-_CSV_BLOCK_BYTES = 1 << 22
 # the local Ray's shared-memory object store: batches in flight, not the data set (Ray Data streams and spills)
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024 * 1024
 RAY_BLOCK_BYTES = 256 * 1024
@@ -85,21 +84,6 @@ class CohortResult:
     @property
     def records_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else float("nan")
-
-
-def _csv_options(inp: CohortInput) -> dict[str, Any]:
-    import pyarrow.csv as pacsv
-
-    return {
-        "read_options": pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, encoding="utf8"),
-        "convert_options": pacsv.ConvertOptions(
-            column_types=inp.csv_column_types(),
-            include_columns=inp.columns,
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=True,
-            null_values=[""],  # only an empty cell means "not measured"; "NA" stays text and is refused
-        ),
-    }
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
@@ -274,6 +258,31 @@ def _drain(results: Iterable[pa.Table], writer: CohortWriter, bar: Any) -> None:
         bar.update(table.num_rows)
 
 
+def _csv_rows_datasource(inp: CohortInput, batch_size: int) -> Any:
+    """A Ray Data datasource of the CSV's rows as :func:`csv_batches` reads them (cells as bytes, the reader's
+    problem column): one read task streams the file from its first line to its last (so a problem's line number is
+    the file's) and yields a block per ``batch_size`` rows, which Ray Data hands to the actors as they come; the
+    file is never held whole, in the driver or anywhere else. The file must be at the same path on the worker that
+    reads it (as with ``read_csv``)."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    size = inp.path.stat().st_size
+
+    class CsvRows(Datasource):
+        def __init__(self) -> None:
+            super().__init__()  # type: ignore[no-untyped-call]
+
+        def estimate_inmemory_data_size(self) -> int:
+            return size
+
+        def get_read_tasks(self, parallelism: int, *args: Any, **kwargs: Any) -> list[ReadTask]:
+            meta = BlockMetadata(num_rows=None, size_bytes=size, exec_stats=None, input_files=(str(inp.path),))
+            return [ReadTask(lambda: csv_batches(inp, batch_size), meta)]
+
+    return CsvRows()
+
+
 class _RayExplainer:
     """The Ray actor's callable: one :class:`CohortExplainer` per actor, built in the actor."""
 
@@ -336,14 +345,15 @@ def _run_ray(
         context.target_max_block_size = RAY_BLOCK_BYTES
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         n_workers = workers or max(int(ray.cluster_resources().get("CPU", 1)), 1)  # type: ignore[no-untyped-call]
-        files = [str(f) for f in inp.files]
         # The actors hold one CPU each. Reading (mostly I/O and parsing) asks for none, and the pool starts with
         # one actor and grows to n_workers as batches queue up: Ray Data's file listing takes a whole CPU that
         # can't be configured, so a pool that took every CPU at the start would wait for it forever.
         if inp.kind == "csv":
-            ds = ray.data.read_csv(files, num_cpus=0, **_csv_options(inp))
+            # the local engine's row reader, in one streaming read task: a ragged, undecodable or unparsable row
+            # is refused in its place with the local engine's problem (pyarrow's read_csv stops the whole file)
+            ds = ray.data.read_datasource(_csv_rows_datasource(inp, batch_size), num_cpus=0, override_num_blocks=1)
         else:
-            ds = ray.data.read_parquet(files, num_cpus=0).select_columns(inp.columns)
+            ds = ray.data.read_parquet([str(f) for f in inp.files], num_cpus=0).select_columns(inp.columns)
         mapped = ds.map_batches(
             _RayExplainer,
             fn_constructor_kwargs=explainer_kwargs,

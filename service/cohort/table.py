@@ -193,18 +193,19 @@ class CohortInput:
         """The columns read from the input: the id (if any), then the features present."""
         return ([ID_COLUMN] if self.has_id else []) + list(self.features)
 
-    def csv_column_types(self) -> dict[str, pa.DataType]:
-        """Every column of a CSV read as bytes: cells are decoded and parsed by :func:`parse_csv_cell`, row by row,
-        so that a bad cell (not UTF-8, not a number) refuses its row instead of failing the reader for the whole
-        file."""
-        return {c: pa.binary() for c in self.columns}
-
 
 def _csv_header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    """The header row, which must be UTF-8. The rows after it are not decoded here: the text reader decodes a whole
+    buffer at a time, and a row that is not UTF-8 near the top must be refused in its place, not refuse the file."""
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
         header = next(csv.reader(fh), None)
     if not header:
         raise CohortInputError(f"{path}: the CSV has no header row")
+    for cell in header:
+        try:
+            cell.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise CohortInputError(f"{path}: cannot be read as CSV (its header row is not UTF-8: {exc})") from None
     return header
 
 

@@ -9,7 +9,9 @@ The rules (docs/CDS_HOOKS.md states them for users):
 - The Observation must be about the Patient: ``subject.reference`` is ``Patient/{id}`` (relative, or an absolute URL
   ending so, with or without ``/_history``), or the Patient entry's ``fullUrl`` (``urn:uuid:``/``urn:oid:`` inside a
   transaction, batch, collection, searchset or document Bundle, as Synthea writes them). When the Patient's
-  ``fullUrl`` is an absolute URL, an absolute reference must equal it.
+  ``fullUrl`` is an absolute URL, an absolute reference must equal it. This holds for every Observation, also one
+  that carries none of the model's codes (which is otherwise left unread and unvalidated): another patient's is
+  refused by ``/fhir/*`` and not used by a CDS call, whatever its code.
 - The unit is read from ``valueQuantity.system`` = ``http://unitsofmeasure.org`` and ``valueQuantity.code``; only
   without both is ``valueQuantity.unit`` read, and only the spellings the specification lists. Any other unit is
   refused for that value and reported (``unknown_unit``); nothing is guessed. A dimensionless feature (a count,
@@ -45,6 +47,7 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 
 from service.contract import format_value
+from service.fhir.resources import UnreadObservation
 from service.model.card import Population
 from service.model.features import UCUM, Feature, FeatureSpec, FhirCode, FhirUnit
 
@@ -228,12 +231,15 @@ def refers_to_patient(reference: str, patient_id: str, full_url: str = "") -> bo
     return ref == f"Patient/{patient_id}"
 
 
-def _subject_issue(obs: Observation, work: _Work) -> str:
+def _subject_issue(obs: Observation | UnreadObservation, work: _Work) -> str:
     """Why the Observation is not this patient's ("" when it is)."""
-    subject = obs.subject
-    if subject is None or not subject.reference:
+    if isinstance(obs, UnreadObservation):
+        reference = obs.subject_reference
+    else:
+        reference = str(obs.subject.reference or "") if obs.subject is not None else ""
+    if not reference:
         return "The Observation has no subject reference"
-    if refers_to_patient(str(subject.reference), work.patient_id, work.patient_full_url):
+    if refers_to_patient(reference, work.patient_id, work.patient_full_url):
         return ""
     where = "Patient/{id}" + (" or the Patient entry's fullUrl" if work.patient_full_url else "")
     return f"The Observation's subject is another patient or resource (not {where})"
@@ -287,7 +293,8 @@ def _match(coding_system: str, coding_code: str, feat: Feature) -> FhirCode | No
 def relevant_codes(spec: FeatureSpec) -> frozenset[tuple[str, str]]:
     """Every (system, code) the extraction reads or reports for ``spec``: the features' codes (and own codes),
     their near misses and the codes a derived value is computed from. An Observation without any of them, in its
-    code or a component's, cannot change the record or its report, and is skipped unread."""
+    code or a component's, cannot change the record or its report, and is skipped unread (only its subject is
+    checked: :class:`~service.fhir.resources.UnreadObservation`)."""
     return _relevant(tuple(spec))
 
 
@@ -409,7 +416,7 @@ def _add_value(
 def _observation(
     work: _Work,
     path: str,
-    obs: Observation,
+    obs: Observation | UnreadObservation,
     aux: dict[str, list[_Candidate]],
     aux_codes: dict[tuple[str, str], tuple[str, FhirCode]],
 ) -> None:
@@ -418,6 +425,8 @@ def _observation(
     if why:
         work.issues.append(Issue("other_patient", why, path, "", ref, True))
         return
+    if isinstance(obs, UnreadObservation):
+        return  # none of the model's codes: this patient's, and nothing more to read
     status = str(obs.status or "")
     if status not in USABLE_STATUSES:
         work.issues.append(
@@ -576,7 +585,7 @@ def _pick(work: _Work, label: str, feature: str, candidates: list[_Candidate]) -
 
 def extract(
     patient: Patient,
-    observations: Sequence[tuple[str, Observation]],
+    observations: Sequence[tuple[str, Observation | UnreadObservation]],
     *,
     spec: FeatureSpec,
     now: dt.datetime,

@@ -28,6 +28,7 @@ __all__ = [
     "FhirProblem",
     "ParsedResources",
     "TooManyEntriesError",
+    "UnreadObservation",
     "parse_bundle",
     "parse_observation",
     "parse_patient",
@@ -67,11 +68,22 @@ class TooManyEntriesError(FhirInputError):
 
 
 @dataclass(frozen=True)
+class UnreadObservation:
+    """An Observation that carries none of the model's codes: not validated (it cannot change the record or its
+    report), only its ``id`` and ``subject.reference`` taken from the JSON, so that one about another patient is
+    still found (:func:`service.fhir.extract.extract` treats it as it treats a read one)."""
+
+    id: str | None
+    subject_reference: str
+
+
+@dataclass(frozen=True)
 class ParsedResources:
-    """Patients and Observations found, each with the JSON path it came from; ``skipped`` counts other types."""
+    """Patients and Observations found, each with the JSON path it came from; ``skipped`` counts other types and
+    the Observations left unread (which are in ``observations`` as :class:`UnreadObservation`)."""
 
     patients: tuple[tuple[str, Patient], ...]
-    observations: tuple[tuple[str, Observation], ...]
+    observations: tuple[tuple[str, Observation | UnreadObservation], ...]
     skipped: int = 0
     outcome: bool = False  # the value was an OperationOutcome (a CDS client's way to say "I could not fetch it")
     full_urls: Mapping[str, str] = field(default_factory=dict)  # JSON path of a resource -> its entry's fullUrl
@@ -240,6 +252,22 @@ def _is_relevant(resource: Mapping[str, Any], codes: frozenset[tuple[str, str]] 
     )
 
 
+def _unread(resource: Mapping[str, Any]) -> UnreadObservation | None:
+    """An irrelevant Observation's id and subject reference from its JSON; None when the subject is not shaped as a
+    Reference (not an object, or a reference that is not a string), which the model's validation then names."""
+    subject = resource.get("subject")
+    if subject is None:
+        reference: Any = ""
+    elif isinstance(subject, Mapping):
+        reference = subject.get("reference") or ""  # identifier or display only: no subject reference
+    else:
+        return None
+    if not isinstance(reference, str):
+        return None
+    rid = resource.get("id")
+    return UnreadObservation(rid if isinstance(rid, str) and rid else None, reference)
+
+
 def _collect(
     items: Sequence[tuple[str, Any, str]],
     path: str,
@@ -249,7 +277,7 @@ def _collect(
     codes: frozenset[tuple[str, str]] | None = None,
 ) -> ParsedResources:
     patients: list[tuple[str, Patient]] = []
-    observations: list[tuple[str, Observation]] = []
+    observations: list[tuple[str, Observation | UnreadObservation]] = []
     full_urls: dict[str, str] = {}
     skipped = 0
     outcome = False
@@ -267,9 +295,11 @@ def _collect(
         if kind == "Patient":
             patients.append((where, parse_patient(resource, where)))
         elif kind == "Observation":
-            if _is_relevant(resource, codes):
+            unread = None if _is_relevant(resource, codes) else _unread(resource)
+            if unread is None:
                 observations.append((where, parse_observation(resource, where)))
-            else:
+            else:  # unvalidated, but whose patient it is about is still checked
+                observations.append((where, unread))
                 skipped += 1
         elif kind == "Bundle" and depth == 0:
             inner = _collect(_entries(resource, where, max_entries), where, max_entries, depth + 1, copies, codes)

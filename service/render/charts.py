@@ -110,7 +110,8 @@ class BarChart:
 
 
 class Contribution(Protocol):
-    """One feature's part of an explanation (the runtime's FeatureAttribution has these attributes)."""
+    """One feature's part of an explanation, as the charts and the summary sentence (:mod:`.text`) read it (the
+    runtime's FeatureAttribution has these attributes)."""
 
     @property
     def feature(self) -> str: ...

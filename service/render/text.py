@@ -9,31 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
 
 from service.contract import format_value
 from service.model.features import Feature, FeatureSpec
+from service.render.charts import Contribution
 
-__all__ = ["SILENT_UNITS", "Attributed", "format_value", "range_warning", "summary_sentence", "unit_text"]
+__all__ = ["SILENT_UNITS", "format_value", "range_warning", "summary_sentence", "unit_text"]
 
 SILENT_UNITS = frozenset({"", "count", "score"})
 """Units that read badly after a number in a sentence ("6 count", "0.627 score")."""
 
 SUMMARY_SHARE = 0.1
 """A driver is named in the summary only if it moves the output by at least this share of the strongest one."""
-
-
-class Attributed(Protocol):
-    """What a sentence needs of one feature's attribution."""
-
-    @property
-    def feature(self) -> str: ...
-    @property
-    def value(self) -> float: ...
-    @property
-    def imputed(self) -> bool: ...
-    @property
-    def attribution(self) -> float: ...
 
 
 def unit_text(feat: Feature) -> str:
@@ -56,7 +43,7 @@ def _phrase(feat: Feature, value: float, imputed: bool, first: bool) -> str:
     return f"{label} of {shown}{unit_text(feat)}"
 
 
-def summary_sentence(spec: FeatureSpec, attributions: Sequence[Attributed], target: str = "risk") -> str:
+def summary_sentence(spec: FeatureSpec, attributions: Sequence[Contribution], target: str = "risk") -> str:
     """One plain sentence naming the strongest drivers up and down.
 
     e.g. "Glucose of 148 mg/dL and BMI of 33.6 kg/m² push the predicted risk up most; age of 50 years pushes
@@ -73,7 +60,7 @@ def summary_sentence(spec: FeatureSpec, attributions: Sequence[Attributed], targ
     )
     up = [a for a in ranked if a.attribution > 0][:2]
     down = [a for a in ranked if a.attribution < 0][:2]
-    sides: list[tuple[list[Attributed], str]] = [(up, "up"), (down, "down")]
+    sides: list[tuple[list[Contribution], str]] = [(up, "up"), (down, "down")]
     if ranked[0].attribution < 0:
         sides.reverse()
     clauses: list[str] = []

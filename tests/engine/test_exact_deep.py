@@ -450,7 +450,7 @@ def test_net_leaks_nothing_on_refusals_builds_and_records() -> None:
 # --- the deeper breast-cancer bundle, served ------------------------------------------------------------------
 
 
-DEEP_BUNDLE = Path(__file__).resolve().parent.parent / "model_store" / "breast-cancer-wisconsin" / "1.1.0"
+DEEP_BUNDLE = Path(__file__).resolve().parents[2] / "model_store" / "breast-cancer-wisconsin" / "1.1.0"
 
 
 def test_deeper_breast_cancer_bundle_is_explained_exactly() -> None:

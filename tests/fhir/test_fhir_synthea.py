@@ -29,8 +29,8 @@ from service.config import Settings
 LOINC = "http://loinc.org"
 USABLE = {"final", "amended", "corrected"}
 _CANDIDATES = (
-    Path(__file__).parent / "data" / "synthea",
-    Path(__file__).parents[2] / "shared" / "datasets" / "synthea",
+    Path(__file__).resolve().parents[1] / "data" / "synthea",
+    Path(__file__).resolve().parents[3] / "shared" / "datasets" / "synthea",
 )
 FOLDER = Path(os.environ.get("GSHAP_SYNTHEA_DIR") or next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[0]))
 FILES = sorted(FOLDER.glob("*.json")) if FOLDER.is_dir() else []

@@ -26,7 +26,7 @@ from live_server import free_port, running_server
 from service.cli import build_parser
 from service.config import ENV_PREFIX, Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE = ROOT / "docker" / "compose.yaml"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -484,7 +484,7 @@ def test_dockerignore_keeps_local_state_out() -> None:
         ".mypy_cache/x",
         ".pytest_cache/x",
         ".ruff_cache/x",
-        "tests/test_docker.py",
+        "tests/deploy/test_docker.py",
         "service/__pycache__/cli.cpython-311.pyc",
         "docker/Dockerfile",
         ".env",

@@ -1,4 +1,5 @@
-"""The benchmark harness's pieces (scripts/bench.py, naive_peer.py, ceiling_app.py), without timing anything."""
+"""The benchmark harness's pieces (scripts/benchkit, bench.py, naive_peer.py, ceiling_app.py), without timing
+anything."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import importlib.util
 import json
 import math
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,7 +19,21 @@ from helpers import app_client, default_spec
 from service.config import Settings
 from service.schemas import example_record
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+
+from benchkit.cells import CellResult  # noqa: E402
+from benchkit.common import finite  # noqa: E402
+from benchkit.goals import evaluate_goals  # noqa: E402
+from benchkit.overhead import overhead_summary  # noqa: E402
+from benchkit.report import markdown_table  # noqa: E402
+from benchkit.responder import _TrivialProtocol  # noqa: E402
+from benchkit.servers import free_port, http_get_status, server_env  # noqa: E402
+from benchkit.stats import percentile  # noqa: E402
+from benchkit.targets import BATCH_RECORDS, targets  # noqa: E402
+from benchkit.v2 import v2_binary_body, v2_json_body, wrk_lua_binary_script  # noqa: E402
+from benchkit.wrk import WRK_MARK, parse_wrk_output, wrk_lua_script  # noqa: E402
 
 
 def _load(name: str) -> ModuleType:
@@ -32,24 +48,19 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    return _load("bench")
-
-
-def test_percentile_matches_numpy_linear(bench: ModuleType) -> None:
+def test_percentile_matches_numpy_linear() -> None:
     """Percentiles interpolate between closest ranks, as numpy's default does."""
     rng = np.random.default_rng(0)
     data = list(rng.exponential(5.0, size=101))
     for q in (0, 1, 50, 95, 99, 100):
-        assert bench.percentile(data, q) == pytest.approx(float(np.percentile(data, q)), rel=1e-12)
-    assert bench.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
-    assert math.isnan(bench.percentile([], 50))
+        assert percentile(data, q) == pytest.approx(float(np.percentile(data, q)), rel=1e-12)
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert math.isnan(percentile([], 50))
     with pytest.raises(ValueError, match="percentile"):
-        bench.percentile([1.0], 101)
+        percentile([1.0], 101)
 
 
-def test_parse_wrk_output_rates_errors_and_milliseconds(bench: ModuleType) -> None:
+def test_parse_wrk_output_rates_errors_and_milliseconds() -> None:
     """The done() line becomes requests/s, summed errors and latencies in milliseconds."""
     line = (
         'WRKJSON {"requests":5000,"duration_us":2000000,"bytes":1,'
@@ -57,29 +68,29 @@ def test_parse_wrk_output_rates_errors_and_milliseconds(bench: ModuleType) -> No
         '"latency_us":{"min":100,"max":9000,"mean":1500.0,"stdev":10.0,'
         '"p50":1200,"p90":2000,"p95":2500,"p99":4000,"p999":8000}}'
     )
-    r = bench.parse_wrk_output("Running 2s test\n" + line + "\n")
+    r = parse_wrk_output("Running 2s test\n" + line + "\n")
     assert r["rps"] == 2500.0
     assert r["errors"] == 6
     assert (r["p50_ms"], r["p95_ms"], r["p99_ms"]) == (1.2, 2.5, 4.0)
-    empty = bench.parse_wrk_output(line.replace('"requests":5000', '"requests":0'))
+    empty = parse_wrk_output(line.replace('"requests":5000', '"requests":0'))
     assert empty["rps"] == 0.0
     assert math.isnan(empty["p99_ms"])
     with pytest.raises(ValueError, match="WRKJSON"):
-        bench.parse_wrk_output("no summary")
+        parse_wrk_output("no summary")
 
 
-def test_wrk_script_rotates_the_bodies(bench: ModuleType) -> None:
+def test_wrk_script_rotates_the_bodies() -> None:
     """The Lua script embeds every body verbatim and reports with the marker parse_wrk_output looks for."""
     bodies = ['{"a":1}', '{"b":"x y"}']
-    script = bench.wrk_lua_script("/explain", bodies)
+    script = wrk_lua_script("/explain", bodies)
     assert all(f"[==[{b}]==]" in script for b in bodies)
     assert '"POST", "/explain"' in script
-    assert bench.WRK_MARK in script
+    assert WRK_MARK in script
     with pytest.raises(ValueError, match="terminator"):
-        bench.wrk_lua_script("/x", ["]==]"])
+        wrk_lua_script("/x", ["]==]"])
 
 
-def test_trivial_responder_answers_split_and_pipelined_requests(bench: ModuleType) -> None:
+def test_trivial_responder_answers_split_and_pipelined_requests() -> None:
     """The capacity target answers each complete request once, whatever the chunking of its bytes."""
 
     class Transport:
@@ -91,9 +102,9 @@ def test_trivial_responder_answers_split_and_pipelined_requests(bench: ModuleTyp
 
     body = b'{"glucose":148}'
     request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    proto = bench._TrivialProtocol()
+    proto = _TrivialProtocol()
     transport = Transport()
-    proto.connection_made(transport)
+    proto.connection_made(transport)  # type: ignore[arg-type]  # a stand-in: the protocol only writes to it
     proto.data_received(request[:10])
     proto.data_received(request[10:-3])
     assert transport.sent == []
@@ -102,20 +113,20 @@ def test_trivial_responder_answers_split_and_pipelined_requests(bench: ModuleTyp
     assert transport.sent[0].startswith(b"HTTP/1.1 200 OK")
 
 
-def test_targets_use_the_records_and_batch_size(bench: ModuleType) -> None:
+def test_targets_use_the_records_and_batch_size() -> None:
     """Every target sends valid JSON; the batch target carries 100 records and counts them."""
     records = [dict(example_record(default_spec()), age=20 + i) for i in range(150)]
-    by_key = {t.key: t for t in bench.targets(records)}
+    by_key = {t.key: t for t in targets(records)}
     assert {"ceiling", "peer", "predict", "explain", "explain_sampled", "explain_batch", "explain_plot"} <= set(by_key)
     assert by_key["explain_plot"].path == "/explain/plot"
     assert by_key["explain_plot"].answer == "svg"
     assert json.loads(by_key["explain_sampled"].bodies[0])["n_samples"] == 200
     batch = json.loads(by_key["explain_batch"].bodies[0])
-    assert len(batch["records"]) == bench.BATCH_RECORDS == by_key["explain_batch"].records_per_request
+    assert len(batch["records"]) == BATCH_RECORDS == by_key["explain_batch"].records_per_request
 
 
-def _cell(bench: ModuleType, target: str, rps: float, p99: float = 5.0, records: int = 1, server: str = "ours") -> Any:
-    return bench.CellResult(
+def _cell(target: str, rps: float, p99: float = 5.0, records: int = 1, server: str = "ours") -> Any:
+    return CellResult(
         target=target,
         server=target if target in ("ceiling", "peer") else server,
         label=target,
@@ -135,20 +146,20 @@ def _cell(bench: ModuleType, target: str, rps: float, p99: float = 5.0, records:
     )
 
 
-def test_goals_ratios_and_report(bench: ModuleType) -> None:
+def test_goals_ratios_and_report() -> None:
     """Ratios against the ceiling and the peer, verdicts per goal, and a JSON-serialisable result."""
     cells = [
-        _cell(bench, "ceiling", 4000),
-        _cell(bench, "peer", 100),
-        _cell(bench, "explain", 2500, p99=20.0),
-        _cell(bench, "explain_sampled", 900),
-        _cell(bench, "predict", 2000),
-        _cell(bench, "explain_batch", 30, records=100),
+        _cell("ceiling", 4000),
+        _cell("peer", 100),
+        _cell("explain", 2500, p99=20.0),
+        _cell("explain_sampled", 900),
+        _cell("predict", 2000),
+        _cell("explain_batch", 30, records=100),
     ]
-    cells.append(_cell(bench, "explain", 5000, server="ours[fast]"))
+    cells.append(_cell("explain", 5000, server="ours[fast]"))
     servers = {"ours": {"cold_start_s": 2.0, "memory_after_load": {"rss_mb": 400.0}}}
-    ev = bench.evaluate_goals(cells, servers, {"mismatches": 0, "batch_vs_single_mismatches": 0})
-    variant = bench.evaluate_goals(cells, servers, None, ours_name="ours[fast]")
+    ev = evaluate_goals(cells, servers, {"mismatches": 0, "batch_vs_single_mismatches": 0})
+    variant = evaluate_goals(cells, servers, None, ours_name="ours[fast]")
     assert variant["ratios"]["explain_vs_ceiling_c8"] == pytest.approx(1.25)
     assert ev["ratios"]["explain_vs_ceiling_c8"] == pytest.approx(0.625)
     assert ev["ratios"]["explain_vs_peer_c8"] == pytest.approx(25.0)
@@ -166,7 +177,7 @@ def test_goals_ratios_and_report(bench: ModuleType) -> None:
         "explain_plot_c8": None,  # not measured in this run
         "page_first_load": None,
     }
-    plotted = bench.evaluate_goals([*cells, _cell(bench, "explain_plot", 1250)], servers, None, page={"bytes": 101_000})
+    plotted = evaluate_goals([*cells, _cell("explain_plot", 1250)], servers, None, page={"bytes": 101_000})
     verdicts = {g["goal"]: g["met"] for g in plotted["goals"]}
     assert verdicts["explain_plot_c8"] is True
     assert verdicts["page_first_load"] is False
@@ -187,10 +198,10 @@ def test_goals_ratios_and_report(bench: ModuleType) -> None:
         "variant_evaluations": {"ours[fast]": variant},
         "generator": {"concurrency": 8, "rps": 40000.0, "wrk_cpu_share": 0.9},
     }
-    table = bench.markdown_table(result)
+    table = markdown_table(result)
     assert "| explain | 8 | 2,500.0 |" in table
     assert "10.0× the ceiling" in table
-    assert json.loads(json.dumps(bench._finite(result), allow_nan=False))["servers"]["ceiling"]["cold_start_s"] is None
+    assert json.loads(json.dumps(finite(result), allow_nan=False))["servers"]["ceiling"]["cold_start_s"] is None
 
 
 def test_naive_peer_explains_one_record(bundle: Any) -> None:
@@ -222,19 +233,19 @@ def test_ceiling_app_validates_without_the_model(bundle: Any) -> None:
         assert client.get("/readyz").status_code == 200
 
 
-def test_metrics_overhead_summary(bench: ModuleType) -> None:
+def test_metrics_overhead_summary() -> None:
     """The cost of metrics per pair is 1 - on/off; median, extremes and the pooled ratio; no pairs is an error."""
-    s = bench.overhead_summary([(97.0, 100.0), (100.0, 100.0), (110.0, 100.0)])
+    s = overhead_summary([(97.0, 100.0), (100.0, 100.0), (110.0, 100.0)])
     assert s["pairs"] == 3
     assert math.isclose(s["median"], 0.0, abs_tol=1e-12)
     assert math.isclose(s["max"], 0.03)
     assert math.isclose(s["min"], -0.10)
     assert math.isclose(s["pooled"], 1 - 307 / 300)
     with pytest.raises(ValueError, match="no pairs"):
-        bench.overhead_summary([])
+        overhead_summary([])
 
 
-def test_v2_bench_requests_decode_to_the_record(bench: ModuleType) -> None:
+def test_v2_bench_requests_decode_to_the_record() -> None:
     """The V2 bench's requests (JSON tensors, and binary ones escaped into the wrk script) are what the service's
     V2 decoder reads back as the record's values, a feature not measured left out of both."""
     import re
@@ -243,17 +254,17 @@ def test_v2_bench_requests_decode_to_the_record(bench: ModuleType) -> None:
 
     record: dict[str, Any] = {**example_record(default_spec()), "insulin": None}
     measured = {k: float(v) for k, v in record.items() if v is not None}
-    as_json = decode_request(bench.v2_json_body(record).encode(), None)
+    as_json = decode_request(v2_json_body(record).encode(), None)
     assert {t.name: t.values for t in as_json.inputs} == {k: [v] for k, v in measured.items()}
-    body, length = bench.v2_binary_body(record)
+    body, length = v2_binary_body(record)
     as_binary = decode_request(body, str(length))
     assert as_binary.binary_output is True
     assert {t.name: t.values for t in as_binary.inputs} == {k: [v] for k, v in measured.items()}
-    script = bench.wrk_lua_binary_script("/v2/models/m/infer", [(body, length)])
+    script = wrk_lua_binary_script("/v2/models/m/infer", [(body, length)])
     [escaped] = re.findall(r'^  "((?:\\\d{3})*)",$', script, flags=re.MULTILINE)
     assert bytes(int(d) for d in re.findall(r"\\(\d{3})", escaped)) == body
     assert f'lengths = {{"{length}"}}' in script
-    assert bench.WRK_MARK in script
+    assert WRK_MARK in script
     assert '"Inference-Header-Content-Length"' in script
 
 
@@ -332,6 +343,134 @@ def test_goal_rounds_alternate_and_take_the_median() -> None:
     assert found["three_models_vs_one"]["median"] is None
 
 
+def test_alternating_rounds_reverse_the_order_every_other_round() -> None:
+    """Every round measures every contender, the order reversed every other round; each round keeps its results in
+    the order measured and the load average before it; the hooks run around each round."""
+    from benchkit.rounds import alternating_rounds
+
+    calls: list[str] = []
+    hooks: list[tuple[str, int, list[str]]] = []
+
+    def measure(name: str) -> int:
+        calls.append(name)
+        return len(calls)
+
+    done = alternating_rounds(
+        ["a", "b", "c"],
+        3,
+        measure,
+        before=lambda r, order, load: hooks.append(("before", r, order)),
+        after=lambda rnd: hooks.append(("after", rnd.index, rnd.order)),
+    )
+    assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert [r.order for r in done] == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
+    assert list(done[1].results.items()) == [("c", 4), ("b", 5), ("a", 6)]
+    assert all(len(r.loadavg_before.split()) == 3 for r in done)
+    assert [h[:2] for h in hooks] == [
+        ("before", 0),
+        ("after", 0),
+        ("before", 1),
+        ("after", 1),
+        ("before", 2),
+        ("after", 2),
+    ]
+    assert alternating_rounds(["a"], 0, measure) == []
+
+
+def test_spread_is_the_median_and_extremes_of_what_was_measured() -> None:
+    """Median (the mean of the middle two for an even count), min and max; NaN (not measured) is left out and
+    nothing measured is all None."""
+    from benchkit.rounds import spread
+
+    assert spread([3.0, 1.0, 2.0, 10.0]) == {"median": 2.5, "min": 1.0, "max": 10.0}
+    assert spread([0.4, math.nan, 0.6, 0.55]) == pytest.approx({"median": 0.55, "min": 0.4, "max": 0.6})
+    assert spread([math.nan]) == {"median": None, "min": None, "max": None}
+    assert spread([]) == {"median": None, "min": None, "max": None}
+
+
+def test_interleaved_takes_each_callables_median_after_one_warm_up() -> None:
+    """One warm-up call each (not timed), then the callables in turn; the median of each one's times."""
+    from benchkit.rounds import interleaved
+
+    now = [0.0]
+    calls: list[str] = []
+    b_costs = iter([100.0, 3.0, 1.0, 2.0])  # the first is the warm-up
+
+    def a() -> None:
+        calls.append("a")
+        now[0] += 1.0
+
+    def b() -> None:
+        calls.append("b")
+        now[0] += next(b_costs)
+
+    rounds: list[int] = []
+
+    def progress(it: Iterable[int]) -> Iterable[int]:
+        for i in it:
+            rounds.append(i)
+            yield i
+
+    assert interleaved({"a": a, "b": b}, 3, progress=progress, clock=lambda: now[0]) == {"a": 1.0, "b": 2.0}
+    assert calls == ["a", "b"] * 4
+    assert rounds == [0, 1, 2]
+
+
+def test_process_memory_and_cpu_of_this_process() -> None:
+    """The process tree's memory (MB) and CPU seconds from /proc: this process is its own tree's root."""
+    import os
+
+    from benchkit.procs import cpu_seconds, memory_mb, process_tree, rss_kib, status_kib
+
+    pid = os.getpid()
+    assert process_tree(pid)[0] == pid
+    mem = memory_mb(pid)
+    assert set(mem) == {"rss_peak_mb", "rss_mb", "pss_mb", "processes"}
+    assert min(mem["rss_peak_mb"], mem["rss_mb"], mem["processes"]) > 0
+    assert status_kib(pid, "VmRSS") > 0
+    assert rss_kib(pid) > 0
+    assert status_kib(pid, "NoSuchField") == 0
+    assert status_kib(2**22 + 1, "VmRSS") == 0  # no such process
+    assert cpu_seconds(pid) > 0
+
+
+def test_results_are_written_with_nan_as_null(tmp_path: Path) -> None:
+    """NaN (not measured in this run) becomes null, in nested dicts, lists and tuples; folders are created."""
+    from benchkit.common import write_json
+
+    path = tmp_path / "a" / "b.json"
+    write_json(path, {"x": math.nan, "y": [1.0, (math.nan, 2)], "z": {"w": math.nan}})
+    assert json.loads(path.read_text()) == {"x": None, "y": [1.0, [None, 2]], "z": {"w": None}}
+
+
+def test_bench_keeps_its_command_line() -> None:
+    """bench.py's options and their defaults (make bench, make bench-v2 and the docs call them)."""
+    bench = _load("bench")
+    args = vars(bench.parse_args([]))
+    assert args == {
+        "quick": False,
+        "seconds": None,
+        "warmup": None,
+        "concurrency": "1,8,32",
+        "only": None,
+        "workers": None,
+        "server_env": [],
+        "variant": [],
+        "no_engine": False,
+        "no_race": False,
+        "no_cds": False,
+        "json": "bench-results/latest.json",
+        "md": None,
+        "metrics_overhead": False,
+        "rounds": 6,
+        "v2": False,
+        "serve_trivial": None,
+        "goals": False,
+    }
+    v2 = bench.parse_args(["--v2", "--rounds", "2", "--concurrency", "8", "--json", "x.json", "--md", "x.md"])
+    assert (v2.v2, v2.rounds, v2.concurrency, v2.json, v2.md) == (True, 2, "8", "x.json", "x.md")
+
+
 def test_performance_page_block_is_replaced_in_place(tmp_path: Path) -> None:
     """The goals' Markdown replaces only the generated block of the performance page (appended once if absent)."""
     goals = _load("bench_goals")
@@ -382,11 +521,10 @@ def test_kserve_peer_explains_with_captum_from_its_own_environment(bundle: Any, 
     import httpx
 
     goals = _load("bench_goals")
-    bench = _load("bench")
     python = goals.kserve_python(install=True)
     assert python is not None, "could not create .venv-kserve/ with kserve"
-    port = bench.free_port()
-    env = bench.server_env({"KSERVE_PEER_FALLBACK_SITE": sysconfig.get_paths()["purelib"]})
+    port = free_port()
+    env = server_env({"KSERVE_PEER_FALLBACK_SITE": sysconfig.get_paths()["purelib"]})
     env.pop("VIRTUAL_ENV", None)
     with (tmp_path / "peer.log").open("wb") as log:
         proc = subprocess.Popen(
@@ -395,7 +533,7 @@ def test_kserve_peer_explains_with_captum_from_its_own_environment(bundle: Any, 
     try:
         url = f"http://127.0.0.1:{port}/v1/models/{bundle.name}"
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and bench.http_get_status(port, f"/v1/models/{bundle.name}") != 200:
+        while time.monotonic() < deadline and http_get_status(port, f"/v1/models/{bundle.name}") != 200:
             assert proc.poll() is None, (tmp_path / "peer.log").read_text()[-2000:]
             time.sleep(0.2)
         record = example_record(default_spec())

@@ -34,7 +34,7 @@ from service.model.signing import (
 )
 from service.model.store import CHECKSUMS, BundleError, _write_checksums, load_bundle
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STORE = ROOT / "model_store"
 OLD_ANSWERS = ROOT / "tests" / "data" / "pima_1_0_0_answers.json"
 

@@ -1,6 +1,6 @@
 """The second real data set: scikit-learn's Wisconsin breast-cancer data, its CSV, its spec and its bundle
 (``model_store/breast-cancer-wisconsin/1.0.0``, trained by ``gshap train --spec`` with two hidden ReLU layers).
-The web layer's end-to-end checks of this bundle are in tests/test_second_model.py."""
+The web layer's end-to-end checks of this bundle are in tests/model/test_second_model.py."""
 
 from __future__ import annotations
 

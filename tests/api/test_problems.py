@@ -14,7 +14,7 @@ from live_server import LiveServer, running_server
 from service.api.errors import PROBLEM_BASE, OtherHTTPError, ServiceError, problem_kinds, problems_markdown
 from service.schemas import Problem
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "problem-pages-test-key"
 
 

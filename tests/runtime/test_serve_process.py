@@ -123,7 +123,7 @@ def test_serve_refuses_a_tampered_bundle(root: Path, bundle, tmp_path: Path) -> 
 def test_serve_refuses_a_bundle_whose_features_do_not_fit_its_weights(root: Path, bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A verified bundle whose feature list does not fit its network (one feature fewer than its first layer takes)
     stops start-up with a one-line reason naming the file and the key of its spec. (The request schema is the
-    bundle's own, so a bundle's feature names are never "incompatible" with the service: tests/test_api.py serves a
+    bundle's own, so a bundle's feature names are never "incompatible" with the service: tests/api/test_api.py serves a
     renamed one.)"""
     import json
     import shutil

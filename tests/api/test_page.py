@@ -119,7 +119,7 @@ def test_page_form_is_built_from_the_model_card(client: AppClient) -> None:
 
 def test_static_files_are_package_data() -> None:
     """Every file of service/api/static is matched by the package-data globs, so an installed wheel serves it."""
-    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     globs = pyproject["tool"]["setuptools"]["package-data"]["service.api"]
     files = [p.relative_to(STATIC_DIR.parent).as_posix() for p in STATIC_DIR.rglob("*") if p.is_file()]
     assert len(files) >= 8

@@ -427,3 +427,17 @@ def test_rows_explained_before_a_later_failure_are_kept(tmp_path: Path, capsys: 
     kept = pq.read_table(tmp_path / "out.parquet.partial").to_pylist()
     assert [r["id"] for r in kept] == [r["id"] for r in rows[:20]]
     assert all(r["probability"] is not None for r in kept if r["error"] is None)
+
+
+def test_a_row_not_utf8_near_the_top_is_refused_not_the_file(tmp_path: Path) -> None:
+    """A row that is not UTF-8 on line 2 (inside the first buffer the header check reads) refuses that row; only a
+    header that is not UTF-8 makes the file unreadable (exit 2)."""
+    rows = cohort_rows(6, seed=4)
+    head = ("id," + ",".join(NAMES) + "\n").encode()
+    src = tmp_path / "in.csv"
+    src.write_bytes(head + b"X0,1,\xff,72,35,0,33.6,0.627,50\n" + "\n".join(_csv_line(r) for r in rows).encode())
+    out = tmp_path / "out.parquet"
+    assert main(["explain-cohort", str(src), str(out), "--no-progress"]) == 1
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == 7
+    assert [e["rule"] for e in json.loads(table[0]["error"])["errors"]] == ["not_utf8"]
