@@ -65,7 +65,6 @@ from service.engine.exact_kernel import MAX_HIDDEN_LAYERS, ExactKernel
 from service.engine.piecewise import NotPiecewiseLinear, fold_layers, fold_modules, ordered_sum
 
 if TYPE_CHECKING:  # torch is imported where an estimator needs it (see GradientShapEngine), not with this module
-    import torch
     from torch import Tensor, nn
 
     from service.model.store import Bundle
