@@ -35,7 +35,15 @@ memory does not grow with the batch size.
 
 Threads: the compiled kernel releases the GIL; the torch estimators run many medium-sized tensor operations, and
 with several torch threads each one synchronises every core, which stalls badly when another process holds one.
-Serve with ``torch.set_num_threads(1)`` per process (speed: ``scripts/bench_engine.py`` and the README's tables).
+Serve with ``torch.set_num_threads(1)`` per process (speed: ``scripts/bench_engine.py`` and the README's tables);
+:func:`set_torch_threads` sets it when torch is loaded.
+
+Torch is imported lazily. :meth:`GradientShapEngine.from_bundle` folds a bundle's piecewise-linear network with numpy
+(:func:`service.engine.piecewise.fold_layers`, the same on every processor): ``f(x)``, the exact estimator (logit:
+the compiled kernel; probability: :func:`path_integrals_by_pieces_np`) and the base values then need numpy only,
+and torch is imported, with the bundle's torch module, the first time a sampled or quadrature explanation (or exact
+with noise) is asked for; those estimators use the torch fold of the module, as an engine built from the module
+does. An engine built from a torch module folds it with torch, as before.
 """
 
 from __future__ import annotations
@@ -82,6 +90,7 @@ __all__ = [
     "PiecewiseLinearNet",
     "fold_piecewise_linear",
     "path_integrals_by_pieces",
+    "path_integrals_by_pieces_np",
     "set_torch_threads",
 ]
 
