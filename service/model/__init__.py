@@ -2,8 +2,9 @@
 (``store``) and the outcome-group summaries (``groups``).
 
 ``service.model.features`` imports nothing beyond the standard library (the request schema and the client use it);
-the bundle store needs torch, so its public names are loaded on first use:
-``from service.model import load_bundle, Bundle, BundleError``.
+the bundle store needs numpy and safetensors (torch only for a bundle's torch module, ``Bundle.model``, built on
+first access), so its public names are loaded on first use: ``from service.model import load_bundle, Bundle,
+BundleError``.
 """
 
 from __future__ import annotations

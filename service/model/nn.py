@@ -10,12 +10,10 @@ in its input; :mod:`service.engine.gradient_shap` relies on that (and checks it)
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch import nn
+
+from service.model.spec import IDENTITY, Calibration  # torch-free, with the spec; here for the older imports
 
 __all__ = ["DROPOUT", "HIDDEN", "IDENTITY", "BinaryClassification", "CalibratedClassification", "Calibration"]
 
@@ -45,39 +43,6 @@ class BinaryClassification(nn.Module):
         x = self.dropout(x)
         out: torch.Tensor = self.layer_out(x)
         return out
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """An affine map of the logit, ``calibrated = a·logit + b`` (Platt scaling when fitted; identity otherwise).
-
-    Affine in the logit so that the exact GradientSHAP estimator stays exact: the calibrated network is the raw
-    network with its last affine layer scaled by ``a`` and shifted by ``b``, its attributions of the logit are
-    ``a`` times the raw ones and its base value is ``a·base + b``.
-    """
-
-    method: str = "none"
-    fitted_on: str = ""
-    a: float = 1.0
-    b: float = 0.0
-
-    @property
-    def name(self) -> str:
-        """What the answers call the probability scale: ``"platt/validation"``, or ``"none"`` (raw model)."""
-        return "none" if self.method == "none" else f"{self.method}/{self.fitted_on}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "fitted_on": self.fitted_on, "a": self.a, "b": self.b, "name": self.name}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Calibration:
-        a, b = float(d["a"]), float(d["b"])
-        if not (math.isfinite(a) and math.isfinite(b) and a > 0):
-            raise ValueError(f"calibration needs finite a > 0 and finite b, got a={a}, b={b}")
-        return cls(method=str(d["method"]), fitted_on=str(d.get("fitted_on", "")), a=a, b=b)
-
-
-IDENTITY = Calibration()
 
 
 class CalibratedClassification(nn.Sequential):

@@ -41,9 +41,11 @@ __all__ = [
     "ACTIVATIONS",
     "EXACT_LAYERS",
     "EXACT_MAX_HIDDEN",
+    "IDENTITY",
     "LAYER_KINDS",
     "SCHEMA_PATH",
     "SPECS",
+    "Calibration",
     "Layer",
     "ModelSpec",
     "SpecError",
@@ -54,6 +56,7 @@ __all__ = [
     "load_spec",
     "spec_from_dict",
     "spec_from_legacy_manifest",
+    "state_shapes",
 ]
 
 SCHEMA_PATH = Path(__file__).with_name("model_spec.schema.json")
@@ -68,6 +71,39 @@ EXACT_LAYERS = frozenset({"linear", "relu", "leaky_relu", "batchnorm1d", "dropou
 EXACT_MAX_HIDDEN = 64  # service.engine.exact_kernel.MAX_HIDDEN_LAYERS (the model layer does not import the engine)
 _DEFAULT_PARAMETER = {"leaky_relu": 0.01, "elu": 1.0, "softplus": 1.0}
 BATCHNORM_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """An affine map of the logit, ``calibrated = a·logit + b`` (Platt scaling when fitted; identity otherwise).
+
+    Affine in the logit so that the exact GradientSHAP estimator stays exact: the calibrated network is the raw
+    network with its last affine layer scaled by ``a`` and shifted by ``b``, its attributions of the logit are
+    ``a`` times the raw ones and its base value is ``a·base + b``.
+    """
+
+    method: str = "none"
+    fitted_on: str = ""
+    a: float = 1.0
+    b: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """What the answers call the probability scale: ``"platt/validation"``, or ``"none"`` (raw model)."""
+        return "none" if self.method == "none" else f"{self.method}/{self.fitted_on}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "fitted_on": self.fitted_on, "a": self.a, "b": self.b, "name": self.name}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        a, b = float(d["a"]), float(d["b"])
+        if not (math.isfinite(a) and math.isfinite(b) and a > 0):
+            raise ValueError(f"calibration needs finite a > 0 and finite b, got a={a}, b={b}")
+        return cls(method=str(d["method"]), fitted_on=str(d.get("fitted_on", "")), a=a, b=b)
+
+
+IDENTITY = Calibration()
 
 
 class SpecError(ValueError):
@@ -429,6 +465,23 @@ def load_spec(path: str | Path) -> ModelSpec:
         return spec_from_dict(data)
     except SpecError as exc:
         raise SpecError(f"{p}: {exc}") from exc
+
+
+def state_shapes(layers: Sequence[Layer]) -> dict[str, tuple[int, ...]]:
+    """The state dict of :func:`build_network`'s network without building it: each key's shape, in the order of
+    ``nn.Sequential.state_dict()`` (a Linear's weight and bias; a BatchNorm1d's weight, bias, running mean and
+    variance and ``num_batches_tracked``)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for i, layer in enumerate(layers):
+        if layer.kind == "linear":
+            n_in, n_out = int(layer.args[0]), int(layer.args[1])
+            out[f"{i}.weight"], out[f"{i}.bias"] = (n_out, n_in), (n_out,)
+        elif layer.kind == "batchnorm1d":
+            n = int(layer.args[0])
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                out[f"{i}.{name}"] = (n,)
+            out[f"{i}.num_batches_tracked"] = ()
+    return out
 
 
 def build_network(layers: Sequence[Layer]) -> nn.Sequential:

@@ -17,6 +17,11 @@ Layout of ``model_store/<name>/<version>/``::
 Format versions: 2 adds ``calibration`` (``{"method", "fitted_on", "a", "b"}``: the served logit is
 ``a·logit + b`` of the stored network, see :class:`service.model.nn.Calibration`); a format-1 bundle has none
 and loads with the identity calibration (``"none"``), serving its raw network as before.
+
+Loading a bundle reads its weights with numpy (``safetensors.numpy``) and imports no torch: the torch module
+(:attr:`Bundle.model`) is built the first time it is asked for. A service whose networks are all piecewise linear
+folds them with numpy (:meth:`service.engine.gradient_shap.GradientShapEngine.from_bundle`) and may never load
+torch.
 """
 
 from __future__ import annotations
@@ -29,21 +34,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
-from safetensors.torch import load_file as load_torch
-from safetensors.torch import save_file as save_torch
 
 from service.contract import GROUPS, SERVED_METHODS
 from service.model.card import CdsService, ModelCard
 from service.model.features import FeatureSpec
-from service.model.nn import IDENTITY, CalibratedClassification, Calibration
 from service.model.preprocess import Preprocessor
 from service.model.spec import (
+    IDENTITY,
+    Calibration,
     Layer,
     ModelSpec,
     SpecError,
@@ -52,7 +55,13 @@ from service.model.spec import (
     layer_summary,
     spec_from_dict,
     spec_from_legacy_manifest,
+    state_shapes,
 )
+
+if TYPE_CHECKING:  # torch is loaded when a bundle's torch module is first asked for (Bundle.model), not here
+    import torch
+
+    from service.model.nn import CalibratedClassification
 
 __all__ = [
     "DEFAULT_STORE",
@@ -82,20 +91,24 @@ class BundleError(Exception):
 
 @dataclass
 class Bundle:
-    """A loaded, verified bundle. ``model`` is in eval mode and takes model-space ``(N, F)`` float32 inputs.
+    """A loaded, verified bundle. ``model`` (built with torch on first access) is in eval mode and takes
+    model-space ``(N, F)`` float32 inputs.
 
     ``model`` is the served, calibrated network (its ``forward`` is ``a·logit + b``; ``model.uncalibrated`` is the
-    stored raw network); ``calibration`` is its :class:`Calibration` (identity for a format-1 bundle)."""
+    stored raw network); ``calibration`` is its :class:`Calibration` (identity for a format-1 bundle). ``state``
+    is the network's state dict as numpy arrays (keys of the spec's ``nn.Sequential``: ``"0.weight"``, ...);
+    ``baseline_points`` ``(K, F)`` and ``baseline_weight_values`` ``(K,)`` are the baselines in float64
+    (``baselines`` and ``baseline_weights``: the same as torch tensors)."""
 
     path: Path
     name: str
     version: str
     manifest: dict[str, Any]
-    model: CalibratedClassification
+    state: dict[str, np.ndarray]
     spec: FeatureSpec
     preprocessor: Preprocessor
-    baselines: torch.Tensor
-    baseline_weights: torch.Tensor
+    baseline_points: np.ndarray
+    baseline_weight_values: np.ndarray
     threshold: float
     metrics: dict[str, Any]
     eval_raw: np.ndarray
@@ -135,20 +148,55 @@ class Bundle:
     # the key that signed the bundle (service.model.signing: its id and base64 public key); None: unsigned
     signed_by: str | None = field(default=None)
     signing_key: str | None = field(default=None)
+    _model: CalibratedClassification | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def model(self) -> CalibratedClassification:
+        """The served network as a torch module (eval mode), built from ``state`` on first access."""
+        if self._model is None:
+            import torch
+
+            from service.model.nn import CalibratedClassification
+
+            with torch.inference_mode(False):  # a first access may come from inside inference mode
+                model = CalibratedClassification.wrap(build_network(self.model_spec.network), self.calibration)
+                model.load_state_dict({k: torch.as_tensor(np.array(v)) for k, v in self.state.items()})
+            self._model = model.eval()
+        return self._model
+
+    @property
+    def baselines(self) -> torch.Tensor:
+        """``baseline_points`` as a float64 torch tensor."""
+        import torch
+
+        return torch.as_tensor(self.baseline_points)
+
+    @property
+    def baseline_weights(self) -> torch.Tensor:
+        """``baseline_weight_values`` as a float64 torch tensor."""
+        import torch
+
+        return torch.as_tensor(self.baseline_weight_values)
 
     @property
     def eval_x(self) -> torch.Tensor:
         """The evaluation set in model space, ``(N, F)`` float32."""
         return self.to_model_space(self.eval_raw)
 
-    def to_model_space(self, raw: np.ndarray | Sequence[Mapping[str, float | None]]) -> torch.Tensor:
-        """Raw records → ``(N, F)`` float32 model-space tensor.
+    def to_model_array(self, raw: np.ndarray | Sequence[Mapping[str, float | None]]) -> np.ndarray:
+        """Raw records → ``(N, F)`` float32 model-space array.
 
         ``raw`` is either an ``(N, F)`` array in original units (NaN = not measured) or a list of records
         keyed by feature name, where ``None`` (or 0 for a feature whose zero means "not measured") is missing.
         """
         arr = raw if isinstance(raw, np.ndarray) else self.records_to_array(raw)
-        return torch.as_tensor(self.preprocessor.transform(arr), dtype=torch.float32)
+        return np.asarray(self.preprocessor.transform(arr), dtype=np.float32)
+
+    def to_model_space(self, raw: np.ndarray | Sequence[Mapping[str, float | None]]) -> torch.Tensor:
+        """:meth:`to_model_array` as a torch tensor."""
+        import torch
+
+        return torch.from_numpy(self.to_model_array(raw))
 
     def records_to_array(self, records: Sequence[Mapping[str, float | None]]) -> np.ndarray:
         """Records keyed by feature name → ``(N, F)`` float64 in original units with NaN for missing."""
@@ -193,6 +241,8 @@ def write_bundle(
 ) -> Path:
     """Write a bundle folder (created if needed) and its checksums; returns the folder. ``created_at`` (ISO 8601)
     keeps a rewritten bundle's training date; default: now."""
+    from safetensors.torch import save_file as save_torch
+
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_torch(state, str(folder / "weights.safetensors"), metadata={"format": "pt"})
@@ -357,23 +407,18 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
         threshold = float(manifest["threshold"])
         calibration = Calibration.from_dict(manifest["calibration"]) if fmt >= 2 else IDENTITY
     with _reading(folder, "weights.safetensors"):
-        state = load_torch(str(folder / "weights.safetensors"))
+        state = load_numpy(str(folder / "weights.safetensors"))
     if fmt < 3:
         state = {_legacy_key(k): v for k, v in state.items()}
-    network = build_network(model_spec.network)
-    if problem := weights_problem(network, state, model_spec.network):
+    if problem := weights_problem(state, model_spec.network):
         raise BundleError(f"model bundle {folder}: weights.safetensors does not fit the network of its spec: {problem}")
-    model = CalibratedClassification.wrap(network, calibration)
-    with _reading(folder, "weights.safetensors", "does not fit the network"):
-        model.load_state_dict(state)
-    model.eval()
     # a NaN weight passes every check above and the warm-up, and then fails every request with a 500
-    if not all(bool(torch.isfinite(t).all()) for t in state.values()):
+    if not all(bool(np.isfinite(t).all()) for t in state.values()):
         raise BundleError(f"model bundle {folder}: weights.safetensors holds NaN or infinite values")
     with _reading(folder, "baselines.safetensors"):
         base = load_numpy(str(folder / "baselines.safetensors"))
-        points, weights = torch.as_tensor(base["points"]), torch.as_tensor(base["weights"])
-    if not (bool(torch.isfinite(points).all()) and bool(torch.isfinite(weights).all())):
+        points, weights = np.asarray(base["points"]), np.asarray(base["weights"])
+    if not (bool(np.isfinite(points).all()) and bool(np.isfinite(weights).all())):
         raise BundleError(f"model bundle {folder}: baselines.safetensors holds NaN or infinite values")
     with _reading(folder, "evaluation.safetensors"):
         ev = load_numpy(str(folder / "evaluation.safetensors"))
@@ -389,11 +434,11 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
         name=str(manifest["name"]),
         version=str(manifest["version"]),
         manifest=manifest,
-        model=model,
+        state=state,
         spec=spec,
         preprocessor=pre,
-        baselines=points,
-        baseline_weights=weights,
+        baseline_points=points,
+        baseline_weight_values=weights,
         threshold=threshold,
         metrics=manifest["metrics"],
         eval_raw=eval_raw,
@@ -410,10 +455,11 @@ def _legacy_key(key: str) -> str:
     return f"{LEGACY_KEYS.get(module, module)}.{rest}"
 
 
-def weights_problem(network: torch.nn.Module, state: Mapping[str, torch.Tensor], layers: Sequence[Layer]) -> str | None:
-    """What keeps ``state`` (a safetensors state dict) from loading into ``network`` (built from ``layers``): a
-    missing or unexpected tensor, or a shape that differs from the one the spec's layer needs; None if it fits."""
-    expected = network.state_dict()
+def weights_problem(state: Mapping[str, Any], layers: Sequence[Layer]) -> str | None:
+    """What keeps ``state`` (a safetensors state dict of numpy arrays or torch tensors) from loading into the
+    network ``layers`` build: a missing or unexpected tensor, a shape that differs from the one the spec's layer
+    needs, or a floating-point type other than float32 and float64; None if it fits."""
+    expected = state_shapes(layers)
 
     def layer_of(key: str) -> str:
         index = key.partition(".")[0]
@@ -422,19 +468,25 @@ def weights_problem(network: torch.nn.Module, state: Mapping[str, torch.Tensor],
             return f"network[{index}] ({layer_summary([layer])})"
         return "no layer of the spec's network"
 
-    for key, tensor in expected.items():
+    for key, shape in expected.items():
         if key not in state:
             return f"it has no tensor {key!r}, which {layer_of(key)} needs"
         got = tuple(state[key].shape)
-        if got != tuple(tensor.shape):
-            return f"{key!r} has shape {list(got)}, {layer_of(key)} needs {list(tensor.shape)}"
+        if got != shape:
+            return f"{key!r} has shape {list(got)}, {layer_of(key)} needs {list(shape)}"
     extra = [k for k in state if k not in expected]
     if extra:
         return f"it holds {extra[0]!r}, which belongs to {layer_of(extra[0])}"
-    bad = [k for k, t in state.items() if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64)]
+    bad = [k for k, t in state.items() if _float_kind(t) not in (None, "float32", "float64")]
     if bad:
         return f"{bad[0]!r} is {state[bad[0]].dtype}; save float32 (or float64) tensors"
     return None
+
+
+def _float_kind(tensor: Any) -> str | None:
+    """``"float32"``, ``"float16"``, ... for a floating-point numpy array or torch tensor, None for the others."""
+    name = str(tensor.dtype).removeprefix("torch.")
+    return name if "float" in name else None
 
 
 def _model_spec(folder: Path, manifest: dict[str, Any]) -> ModelSpec:

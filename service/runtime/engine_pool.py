@@ -31,14 +31,17 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import signal
+import sys
 from collections import deque
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from service.engine.gradient_shap import Explanation, GradientShapEngine
+from service.engine.gradient_shap import Explanation, GradientShapEngine, set_torch_threads
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("gshap")
 
@@ -52,7 +55,7 @@ def _serve_engine(conn: Connection, engine: GradientShapEngine) -> None:
     """The child's loop: ``(x, kwargs)`` in, ``(True, Explanation)`` or ``(False, exception)`` out, until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    torch.set_num_threads(1)
+    set_torch_threads(1)  # now if torch is loaded, else when an estimator first needs it
     while True:
         try:
             message = conn.recv()
@@ -121,6 +124,8 @@ class EngineProcessPool:
             for kwargs in ({"method": "exact"}, {"method": "sampled", "n_samples": 8}, {"method": "quadrature"}):
                 if kwargs["method"] == "exact" and not self.engine.is_piecewise_linear:
                     continue  # a network without exact explanations (the bundle does not offer them)
+                if self.engine.needs_torch(str(kwargs["method"])) and "torch" not in sys.modules:
+                    continue  # loads torch: warmed up by the first request that asks for it
                 for child in self._children:
                     child.conn.send((warm_up, kwargs))
                 for child in self._children:
@@ -140,7 +145,7 @@ class EngineProcessPool:
         if not child.alive:
             self._free.append(child)
             return await self._here(x, kwargs)
-        x_np = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)  # plain pickling, no torch sharing
+        x_np = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)  # plain pickling, no torch sharing
         child.waiting = loop.create_future()
         try:
             child.conn.send((x_np, kwargs))

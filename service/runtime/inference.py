@@ -20,20 +20,19 @@ merged with the predictions of the same event-loop turn and computed on the loop
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
-import torch
 
 from service import __version__
 from service.contract import DEFAULT_N_SAMPLES, MAX_N_SAMPLES, MIN_N_SAMPLES, Output, label_of, sigmoid
 from service.contract import ServedMethod as Method
-from service.engine.gradient_shap import Explanation, GradientShapEngine
+from service.engine.gradient_shap import Explanation, GradientShapEngine, set_torch_threads
 from service.model.features import FeatureSpec
 from service.model.store import FORMAT_VERSION, Bundle, BundleError
 from service.observe.metrics import ModelTelemetry, Telemetry
@@ -155,7 +154,7 @@ class _Batch:
     raw: np.ndarray  # (N, F) original units, NaN = not measured
     values: np.ndarray  # (N, F) original units, imputed
     missing: np.ndarray  # (N, F) bool
-    x: torch.Tensor  # (N, F) float32 model space
+    x: np.ndarray  # (N, F) float32 model space
 
 
 def ensure_compatible(bundle: Bundle, spec: FeatureSpec) -> None:
@@ -173,11 +172,8 @@ def ensure_compatible(bundle: Bundle, spec: FeatureSpec) -> None:
     pre = bundle.preprocessor
     if any(np.shape(a) != (n,) for a in (pre.fill, pre.mean, pre.scale, pre.train_min, pre.train_max)):
         raise BundleError(f"model bundle {bundle.path}: preprocessing does not have {n} features (incompatible)")
-    if (
-        bundle.baselines.ndim != 2
-        or bundle.baselines.shape[1] != n
-        or len(bundle.baseline_weights) != len(bundle.baselines)
-    ):
+    points = bundle.baseline_points
+    if points.ndim != 2 or points.shape[1] != n or len(bundle.baseline_weight_values) != len(points):
         raise BundleError(f"model bundle {bundle.path}: baselines are not (K, {n}) with K weights (incompatible)")
 
 
@@ -187,11 +183,11 @@ def configure_torch(threads: int | None) -> int:
     One intra-op thread per engine thread: on this service's small tensors intra-op threads gain little, and
     their spin-waiting competes with the event loop and the other engine threads (and any other process on a
     shared machine), which made explanations several times slower under load. The answers do not depend on it.
+    Torch is not imported for this: the threads are set when it is loaded (a service of piecewise-linear models
+    loads it only for a sampled or quadrature explanation).
     """
     n = threads or 1
-    torch.set_num_threads(n)
-    with contextlib.suppress(RuntimeError):  # settable once per process, before any parallel work
-        torch.set_num_interop_threads(1)
+    set_torch_threads(n)
     return n
 
 
@@ -215,7 +211,7 @@ class InferenceRuntime:
         self.spec = bundle.spec
         self.model_version = f"{bundle.name}/{bundle.version}"
         self.max_n_samples = min(max_n_samples or MAX_N_SAMPLES, MAX_N_SAMPLES)
-        self.engine = GradientShapEngine(bundle.model, bundle.baselines, bundle.baseline_weights)
+        self.engine = GradientShapEngine.from_bundle(bundle)
         self.ready = False
         # with engine processes, the coalescer's slots are the processes, driven from the event loop
         self.pool = EngineProcessPool(self.engine, engine_processes) if engine_processes > 0 else None
@@ -240,12 +236,16 @@ class InferenceRuntime:
         return {f.name: f.example for f in self.spec}
 
     def warm_up(self) -> None:
-        """Run one prediction and one explanation per method, so the first client does not pay for it."""
+        """Run one prediction and one explanation per method, so the first client does not pay for it; a method
+        that would import torch when this process has not loaded it (sampled and quadrature on a piecewise-linear
+        network, whose exact answers need no torch) is warmed up by the first request that asks for it."""
         record = [self.example_record()]
         try:
             numbers = [self.predict(record)[0].logit]
             methods = cast("tuple[Method, ...]", self.bundle.methods)  # the methods this network offers
             for method in methods:
+                if self.engine.needs_torch(method) and "torch" not in sys.modules:
+                    continue
                 n = None if method == "exact" else min(8, self.max_n_samples)
                 ex = self.explain(record, ExplainOptions(method=method, n_samples=n))[0]
                 numbers += [ex.base_value, ex.output_value, *(a.attribution for a in ex.attributions)]
@@ -264,7 +264,7 @@ class InferenceRuntime:
         any thread of this process runs torch), then turn ready."""
         if self.pool is not None:
             self.warm_up()
-            self.pool.start(warm_up=self._prepare([self.example_record()]).x.numpy())
+            self.pool.start(warm_up=self._prepare([self.example_record()]).x)
         else:
             await self.coalescer.on_every_thread(self.warm_up)
         if self.telemetry is not None:
@@ -343,7 +343,7 @@ class InferenceRuntime:
         raw = self.bundle.records_to_array(records)
         missing = np.isnan(raw)
         values = self.bundle.preprocessor.impute(raw)
-        x = torch.as_tensor(self.bundle.preprocessor.standardise(values), dtype=torch.float32)
+        x = np.asarray(self.bundle.preprocessor.standardise(values), dtype=np.float32)
         return _Batch(raw=raw, values=values, missing=missing, x=x)
 
     def _warnings(self, raw_row: Sequence[float]) -> tuple[FeatureWarning, ...]:
@@ -393,14 +393,14 @@ class InferenceRuntime:
         return out
 
     def predict(self, records: Sequence[Record]) -> list[Prediction]:
-        """Predict ``N`` records (blocking; runs torch)."""
+        """Predict ``N`` records (blocking)."""
         if not records:
             return []
         batch = self._prepare(records)
         return self._predictions(batch, self.engine.predict_logit(batch.x))
 
     def explain(self, records: Sequence[Record], options: ExplainOptions) -> list[RecordExplanation]:
-        """Predict and explain ``N`` records with the same settings (blocking; runs torch)."""
+        """Predict and explain ``N`` records with the same settings (blocking)."""
         if not records:
             return []
         batch = self._prepare(records)
@@ -417,7 +417,7 @@ class InferenceRuntime:
         kernel = self.engine.compiled
         if self.pool is None and kernel is not None and options.method == "exact" and options.output == "logit":
             # the default: one compiled call for the attributions and the logits (the GIL is taken twice a batch)
-            x = batch.x.numpy().astype(np.float64)
+            x = batch.x.astype(np.float64)
             attributions, logits = await self.coalescer.call(kernel.explain, x)
             predictions = self._predictions(batch, logits)
             ex = self.engine.exact_explanation(attributions, logits, seed=options.seed)
@@ -440,7 +440,7 @@ class InferenceRuntime:
         out: list[RecordExplanation] = []
         output, method = str(ex.output), str(ex.method)
         base_value, n_samples, seed = float(ex.base_value), int(ex.n_samples), int(ex.seed)
-        n_baselines = len(self.bundle.baselines)
+        n_baselines = len(self.bundle.baseline_points)
         texts = self._feature_texts
         rows = zip(
             predictions,

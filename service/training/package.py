@@ -122,7 +122,7 @@ def package(
         )
     state = read_weights(weights)
     network = build_network(spec.network)
-    if problem := weights_problem(network, state, spec.network):
+    if problem := weights_problem(state, spec.network):
         raise PackageError(f"{weights}: does not fit the spec's network {layer_summary(spec.network)}: {problem}")
     network.load_state_dict(state)
     network.eval()

@@ -122,7 +122,6 @@ def test_no_patient_value_in_logs_or_problems(keyed: LiveServer) -> None:
 # log the error's type and frames only.
 FORCED_500 = """
 import sys
-import torch
 import service.runtime.inference
 import service.runtime.registry
 import service.model.store
@@ -130,9 +129,11 @@ import service.model.store
 real = service.model.store.load_bundle
 
 def nan_model(path=None):
-    bundle = real(path)
-    with torch.no_grad():
-        next(p for p in bundle.model.parameters() if p.ndim == 2)[0, 0] = float("nan")
+    bundle = real(path)  # the served network is folded from bundle.state (numpy): the NaN goes there
+    key = next(k for k, v in bundle.state.items() if v.ndim == 2)
+    weight = bundle.state[key].copy()
+    weight[0, 0] = float("nan")
+    bundle.state[key] = weight
     return bundle
 
 service.runtime.registry.load_bundle = service.model.store.load_bundle = nan_model
