@@ -33,16 +33,17 @@ import ssl
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import anyio
-import httpx
-import jwt
 
 from service.api.errors import StoreUnavailable, Unauthorized
 from service.api.observability import log_event
 from service.fhir.state import ReplayStore, StoreUnavailableError
+
+if TYPE_CHECKING:  # httpx and PyJWT load where a JWKS or a token is read: a service without CDS JWTs needs neither
+    import jwt
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -87,6 +88,8 @@ def jwks_source(source: str) -> tuple[str, str]:
 def key_set(data: Any) -> jwt.PyJWKSet:
     """The JWK Set of ``data`` (a parsed JWKS document); a key without ``alg`` gets the one allowed algorithm its
     key type implies (RS384 for RSA, ES384 for EC P-384), instead of PyJWT's RS256/ES256 default."""
+    import jwt
+
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ValueError("a JWK Set is an object with a 'keys' array")
     keys = []
@@ -108,6 +111,8 @@ def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
 
 
 def _parse(body: bytes, where: str) -> jwt.PyJWKSet:
+    import jwt
+
     if len(body) > JWKS_MAX_BYTES:
         raise JwksSourceError(f"JWKS {where}: larger than {JWKS_MAX_BYTES} bytes")
     try:
@@ -129,6 +134,8 @@ def check_jwks_sources(issuers: Mapping[str, str], ca_file: Path | None = None, 
                     f"JWKS of issuer {issuer!r}: cannot read file {where!r} ({exc.strerror or type(exc).__name__})"
                 ) from None
         else:
+            import httpx
+
             try:
                 context = _tls_context(ca_file)
                 with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, verify=context) as c:
@@ -178,6 +185,8 @@ class CdsJwtVerifier:
         self._seen: dict[tuple[str, str], float] = {}
 
     async def _load(self, source: str) -> jwt.PyJWKSet:
+        import httpx
+
         try:
             kind, where = jwks_source(source)
         except JwksSourceError as exc:
@@ -200,6 +209,9 @@ class CdsJwtVerifier:
             raise _RefusedError(str(exc)) from None
 
     async def _key(self, issuer: str, kid: str) -> jwt.PyJWK:
+        import httpx
+        import jwt
+
         source = self.issuers[issuer]
         now = time.monotonic()
         cached = self._sets.get(issuer)
@@ -247,6 +259,8 @@ class CdsJwtVerifier:
 
     async def verify(self, authorization: str | None, audience: str) -> dict[str, Any]:
         """The verified claims, or :class:`~service.api.errors.Unauthorized`."""
+        import jwt
+
         try:
             scheme, _, token = (authorization or "").partition(" ")
             token = token.strip()

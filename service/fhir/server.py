@@ -25,11 +25,13 @@ import re
 import ssl
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-import httpx
 import orjson
+
+if TYPE_CHECKING:  # httpx loads with the first prefetch fetched: a service that never calls a FHIR server needs none
+    import httpx
 
 __all__ = ["FhirServerError", "fetch_all", "has_control_characters", "normalise_base", "server_allowed"]
 
@@ -144,6 +146,8 @@ async def _get_json(client: httpx.AsyncClient, key: str, url: str, headers: Mapp
 async def _stream_into(
     client: httpx.AsyncClient, key: str, url: str, headers: Mapping[str, str], max_bytes: int, body: bytearray
 ) -> None:
+    import httpx
+
     try:
         async with client.stream("GET", url, headers=headers) as response:
             if response.status_code != 200:
@@ -229,6 +233,8 @@ async def fetch_all(
     base = base_url.rstrip("/")
     if has_control_characters(base):
         raise FhirServerError(",".join(queries), "the FHIR server URL holds a space or a control character")
+    import httpx
+
     timeout = httpx.Timeout(timeout_s)
     keys = list(queries)
     failure: tuple[str, str] | None = None
