@@ -41,15 +41,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
-
-from fhir.resources.R4B.observation import Observation
-from fhir.resources.R4B.patient import Patient
+from typing import TYPE_CHECKING, Any
 
 from service.contract import format_value
 from service.fhir.resources import UnreadObservation
 from service.model.card import Population
 from service.model.features import UCUM, Feature, FeatureSpec, FhirCode, FhirUnit
+
+if TYPE_CHECKING:  # annotations only: the models load where resources are parsed (service.fhir.resources)
+    from fhir.resources.R4B.observation import Observation
+    from fhir.resources.R4B.patient import Patient
 
 __all__ = [
     "USABLE_STATUSES",

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fhir.resources.R4B.observation import Observation
-from fhir.resources.R4B.operationoutcome import OperationOutcome
-from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
+
+if TYPE_CHECKING:  # fhir.resources' models load with the first FHIR resource read (~0.1 s of start-up otherwise)
+    from fhir.resources.R4B.observation import Observation
+    from fhir.resources.R4B.patient import Patient
 
 __all__ = [
     "FhirInputError",
@@ -120,6 +121,8 @@ def _parse(model: Any, data: Mapping[str, Any], path: str) -> Any:
 
 def parse_patient(data: Mapping[str, Any], path: str) -> Patient:
     """A Patient resource (R4 JSON)."""
+    from fhir.resources.R4B.patient import Patient
+
     result: Patient = _parse(Patient, data, path)
     return result
 
@@ -153,6 +156,8 @@ def parse_observation(data: Mapping[str, Any], path: str) -> Observation:
     problems = _number_problems(data, path)
     if problems:
         raise FhirInputError(problems)
+    from fhir.resources.R4B.observation import Observation
+
     result: Observation = _parse(Observation, data, path)
     return result
 
@@ -308,6 +313,8 @@ def _collect(
             full_urls.update(inner.full_urls)
             skipped += inner.skipped
         elif kind == "OperationOutcome":
+            from fhir.resources.R4B.operationoutcome import OperationOutcome
+
             _parse(OperationOutcome, resource, where)
             outcome = True
         else:
