@@ -25,6 +25,13 @@ def load(name: str) -> dict[str, Any]:
     return copy.deepcopy(data)
 
 
+def clean_bundle() -> dict[str, Any]:
+    """The patient Bundle fixture without the other patient's Observation (which /fhir/* refuses)."""
+    bundle = load("patient_bundle.json")
+    bundle["entry"] = [e for e in bundle["entry"] if e["resource"].get("id") != "glu-other"]
+    return bundle
+
+
 def resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     return [e["resource"] for e in bundle["entry"]]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import markdown_it
 import pytest
-from fhir_helpers import cds_request, load, prefetch_for, searchset
+from fhir_helpers import cds_request, clean_bundle, load, prefetch_for, searchset
 from helpers import app_client
 
 from service.api.app import create_app
@@ -30,13 +30,6 @@ def client(bundle: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[An
     settings = Settings(cds_feedback_db=tmp_path_factory.mktemp("f") / "fb.sqlite3")
     with app_client(create_app(settings, bundle)) as c:
         yield c
-
-
-def clean_bundle() -> dict[str, Any]:
-    """The fixture without the other patient's Observation (which /fhir/* refuses)."""
-    bundle = load("patient_bundle.json")
-    bundle["entry"] = [e for e in bundle["entry"] if e["resource"].get("id") != "glu-other"]
-    return bundle
 
 
 def as_transaction(bundle: dict[str, Any], scheme: str = "uuid") -> dict[str, Any]:

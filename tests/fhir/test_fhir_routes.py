@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fhir_helpers import load
+from fhir_helpers import clean_bundle, load
 from helpers import app_client
 
 from service.api.app import create_app
@@ -19,13 +19,6 @@ def client(bundle: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[An
     settings = Settings(cds_feedback_db=tmp_path_factory.mktemp("f") / "fb.sqlite3", fhir_max_entries=50)
     with app_client(create_app(settings, bundle)) as c:
         yield c
-
-
-def clean_bundle() -> dict[str, Any]:
-    """The fixture without the other patient's Observation (which /fhir/* refuses)."""
-    bundle = load("patient_bundle.json")
-    bundle["entry"] = [e for e in bundle["entry"] if e["resource"].get("id") != "glu-other"]
-    return bundle
 
 
 def test_fhir_predict_equals_predict_on_the_extracted_record(client: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fhir_helpers import cds_request, load, prefetch_for
+from fhir_helpers import cds_request, clean_bundle, load, prefetch_for
 from live_server import LiveServer, running_server
 
 SERVICE = "/cds-services/diabetes-risk"
@@ -27,13 +27,6 @@ def server() -> Iterator[LiveServer]:
 
 def post(server: LiveServer, path: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(f"{server.url}{path}", json=body, timeout=60)
-
-
-def clean_bundle() -> dict[str, Any]:
-    """The fixture without its other patient's glucose (which /fhir/* refuses)."""
-    bundle = load("patient_bundle.json")
-    bundle["entry"] = [e for e in bundle["entry"] if e["resource"].get("id") != "glu-other"]
-    return bundle
 
 
 def heart_rate(rid: str, subject: Any) -> dict[str, Any]:
