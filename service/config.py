@@ -227,8 +227,9 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description=(
-            "Threads running the engine in this process. More than one rarely helps: they share one GIL with "
-            "the event loop (scripts/bench.py compares them); use GSHAP_ENGINE_PROCESSES for cores."
+            "Threads running the engine in this process: the exact kernel's C threads, which never take the GIL, "
+            "and the worker threads of the other methods, which share it with the event loop (more of those "
+            "rarely helps; use GSHAP_ENGINE_PROCESSES for cores)."
         ),
     )
     engine_processes: int = Field(

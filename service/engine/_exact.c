@@ -28,6 +28,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <unistd.h>
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define GSHAP_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -1317,8 +1322,10 @@ static int work_alloc(const NetObject *M, work_t *W, void **block) {
         ni += 2 * (size_t)(M->h[l] + 1);
         nb += 8 * (size_t)((M->h[l] + 7) / 8) + 8;
     }
-    char *mem = PyMem_RawCalloc(1, nd * sizeof(double) + ni * sizeof(Py_ssize_t) + nb + 8);
-    if (!mem) return -1;
+    const size_t bytes = nd * sizeof(double) + ni * sizeof(Py_ssize_t) + nb + 8;
+    char *mem = NULL;
+    if (posix_memalign((void **)&mem, 64, bytes) != 0) return -1;
+    memset(mem, 0, bytes);
     *block = mem;
     double *at = (double *)mem;
     double **one[] = {&W->wx, &W->d, &W->tt, &W->aa, &W->bb, &W->g1, &W->key0, &W->cand0};
@@ -1391,6 +1398,43 @@ static PyObject *net_logits(NetObject *self, PyObject *const *args, Py_ssize_t n
     Py_RETURN_NONE;
 }
 
+/* the attributions (n, f) and logits (n,) of the rows of xs, on W and buf (2 (hmax + 1) doubles): plain C, no
+ * Python object touched, so that a caller may run it without the GIL (net_explain) or on a thread that never takes
+ * it (Runner). A record's numbers do not depend on the scratch's history: the same bits alone or in any batch. */
+static void net_rows(const NetObject *M, work_t *W, double *buf, const double *xs, Py_ssize_t n, double *attr,
+                     double *logit) {
+    const Py_ssize_t f = M->f;
+    double *b1 = buf + M->hmax + 1;
+    if (M->nl == 2) { /* the two-layer loop, on the same scratch (its arrays are at least as long as it needs) */
+        const dims_t dm = {.n = n, .f = f, .h1 = M->h[0], .h2 = M->h[1], .k = M->k};
+        const scratch_t s = {.wx = W->wx, .d = W->d, .tt = W->tt, .a = W->aa, .b = W->bb, .g1 = W->g1,
+                             .key = W->key0, .slope = W->s[1], .h = W->v[1], .hp = W->vp[1], .tidx = W->tidx0,
+                             .cidx = W->cidx0, .cand = W->cand0, .integ = W->integ, .fl = W->fl[1]};
+        for (Py_ssize_t r = 0; r < n; r++) {
+            const double *x = xs + r * f;
+            logit[r] = net_logit(M, x, buf, b1);
+            net_record2(x, M->w[0], M->db, M->ab, M->m0, M->wt[1], M->vt, M->h0[1], M->u0, M->p, M->c, M->bw,
+                        M->bl, M->slope[0], M->slope[1], &s, &dm, attr + r * f);
+        }
+    } else {
+        for (Py_ssize_t r = 0; r < n; r++) {
+            const double *x = xs + r * f;
+            logit[r] = net_logit(M, x, buf, b1);
+            net_record(M, x, W, attr + r * f);
+        }
+    }
+}
+
+/* xs, attr and logit of an explain call, checked by name (views in bs, released by the caller) */
+static int explain_args(NetObject *self, bufs_t *bs, PyObject *const *args, const double **xs, double **attr,
+                        double **logit, Py_ssize_t *n) {
+    const Py_ssize_t f = self->f;
+    *xs = take(bs, args[0], "xs", -f, 8, 0, n);
+    *attr = *xs ? take(bs, args[1], "attr", *n * f, 8, 1, NULL) : NULL;
+    *logit = *attr ? take(bs, args[2], "logit", *n, 8, 1, NULL) : NULL;
+    return *logit != NULL;
+}
+
 static PyObject *net_explain(NetObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "explain(xs, attr, logit)");
@@ -1399,11 +1443,9 @@ static PyObject *net_explain(NetObject *self, PyObject *const *args, Py_ssize_t 
     if (!net_ready(self)) return NULL;
     Py_ssize_t n = 0;
     bufs_t bs = {.n = 0};
-    const Py_ssize_t f = self->f;
-    const double *xs = take(&bs, args[0], "xs", -f, 8, 0, &n);
-    double *attr = xs ? take(&bs, args[1], "attr", n * f, 8, 1, NULL) : NULL;
-    double *logit = attr ? take(&bs, args[2], "logit", n, 8, 1, NULL) : NULL;
-    if (!logit) {
+    const double *xs;
+    double *attr, *logit;
+    if (!explain_args(self, &bs, args, &xs, &attr, &logit, &n)) {
         release_all(&bs);
         return NULL;
     }
@@ -1415,31 +1457,10 @@ static PyObject *net_explain(NetObject *self, PyObject *const *args, Py_ssize_t 
         release_all(&bs);
         return PyErr_NoMemory();
     }
-    double *b1 = buf + self->hmax + 1;
-    const NetObject *M = self;
-    if (M->nl == 2) { /* the two-layer loop, on the same scratch (its arrays are at least as long as it needs) */
-        const dims_t dm = {.n = n, .f = f, .h1 = M->h[0], .h2 = M->h[1], .k = M->k};
-        const scratch_t s = {.wx = W.wx, .d = W.d, .tt = W.tt, .a = W.aa, .b = W.bb, .g1 = W.g1, .key = W.key0,
-                             .slope = W.s[1], .h = W.v[1], .hp = W.vp[1], .tidx = W.tidx0, .cidx = W.cidx0,
-                             .cand = W.cand0, .integ = W.integ, .fl = W.fl[1]};
-        Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t r = 0; r < n; r++) {
-            const double *x = xs + r * f;
-            logit[r] = net_logit(M, x, buf, b1);
-            net_record2(x, M->w[0], M->db, M->ab, M->m0, M->wt[1], M->vt, M->h0[1], M->u0, M->p, M->c, M->bw,
-                        M->bl, M->slope[0], M->slope[1], &s, &dm, attr + r * f);
-        }
-        Py_END_ALLOW_THREADS
-    } else {
-        Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t r = 0; r < n; r++) {
-            const double *x = xs + r * f;
-            logit[r] = net_logit(M, x, buf, b1);
-            net_record(M, x, &W, attr + r * f);
-        }
-        Py_END_ALLOW_THREADS
-    }
-    PyMem_RawFree(block);
+    Py_BEGIN_ALLOW_THREADS
+    net_rows(self, &W, buf, xs, n, attr, logit);
+    Py_END_ALLOW_THREADS
+    free(block);
     PyMem_RawFree(buf);
     release_all(&bs);
     Py_RETURN_NONE;
@@ -1507,6 +1528,301 @@ static PyTypeObject NetType = {
     .tp_getset = net_getset,
 };
 
+/* ---- Runner: the kernel on threads of its own, which never take the GIL ------------------------------------
+ *
+ *   r = Runner(net, threads)       threads (>= 1) started at once; each has its own scratch
+ *   r.submit(token, xs, attr, logit)   queue one call (the buffers are checked, and held until collected)
+ *   r.fileno()                     a pipe that turns readable when calls are done (an event loop watches it)
+ *   r.collect()                    the tokens of the calls done since the last collect, in the order they finished
+ *   r.close()                      finish the queued calls, stop the threads (collect still returns their tokens)
+ *
+ * An explanation on a Python worker thread takes the GIL three times (to start the call, to return from it and to
+ * hand the answer to the event loop), and each time waits for the loop to let go of it; here the threads compute
+ * without ever taking it, and the loop's only costs are submit, one read of the pipe per wake-up, and collect. The
+ * pipe gets one byte when the done list turns non-empty, not one per call. A token is any object, kept alive (and
+ * touched) only by the methods above, which run with the GIL. */
+
+typedef struct job {
+    struct job *next;
+    PyObject *token;
+    bufs_t bs; /* the views of xs, attr and logit, released by collect (with the GIL) */
+    const double *xs;
+    double *attr, *logit;
+    Py_ssize_t n;
+} job_t;
+
+typedef struct {
+    PyObject_HEAD
+    NetObject *net;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t *threads;
+    int nthreads, started, stopping, signalled, sync_ok;
+    job_t *queue, *queue_tail, *done, *done_tail;
+    Py_ssize_t pending; /* submitted and not yet collected */
+    int rfd, wfd;
+} RunnerObject;
+
+static void *runner_thread(void *arg) {
+    RunnerObject *R = arg;
+    const NetObject *M = R->net;
+    work_t W;
+    void *block = NULL;
+    double *buf = PyMem_RawMalloc(sizeof(double) * 2 * (size_t)(M->hmax + 1));
+    int ok = buf && work_alloc(M, &W, &block) == 0;
+    pthread_mutex_lock(&R->mu);
+    for (;;) {
+        while (!R->queue && !R->stopping) pthread_cond_wait(&R->cv, &R->mu);
+        job_t *j = R->queue;
+        if (!j) break; /* stopping, and nothing left to do */
+        R->queue = j->next;
+        if (!R->queue) R->queue_tail = NULL;
+        pthread_mutex_unlock(&R->mu);
+        if (ok) {
+            net_rows(M, &W, buf, j->xs, j->n, j->attr, j->logit);
+        } else { /* no scratch (out of memory at start): NaN answers, which the service refuses as non-finite */
+            for (Py_ssize_t q = 0; q < j->n * M->f; q++) j->attr[q] = NAN;
+            for (Py_ssize_t r = 0; r < j->n; r++) j->logit[r] = NAN;
+        }
+        pthread_mutex_lock(&R->mu);
+        j->next = NULL;
+        if (R->done_tail)
+            R->done_tail->next = j;
+        else
+            R->done = j;
+        R->done_tail = j;
+        if (!R->signalled) { /* the byte is written outside the lock: a system call must not hold up submit */
+            R->signalled = 1;
+            pthread_mutex_unlock(&R->mu);
+            const char one = 1;
+            ssize_t w;
+            do w = write(R->wfd, &one, 1);
+            while (w < 0 && errno == EINTR); /* EAGAIN: the pipe is full, so already readable */
+            pthread_mutex_lock(&R->mu);
+        }
+    }
+    pthread_mutex_unlock(&R->mu);
+    free(block);
+    PyMem_RawFree(buf);
+    return NULL;
+}
+
+static void runner_stop(RunnerObject *R) {
+    if (!R->started) return;
+    pthread_mutex_lock(&R->mu);
+    R->stopping = 1;
+    pthread_cond_broadcast(&R->cv);
+    pthread_mutex_unlock(&R->mu);
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < R->nthreads; i++) pthread_join(R->threads[i], NULL);
+    Py_END_ALLOW_THREADS
+    R->started = 0;
+}
+
+static void job_free(job_t *j) {
+    release_all(&j->bs);
+    Py_XDECREF(j->token);
+    PyMem_RawFree(j);
+}
+
+static int runner_init(RunnerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"net", "threads", NULL};
+    PyObject *net;
+    int threads;
+    if (self->net) {
+        PyErr_SetString(PyExc_TypeError, "Runner: already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!i", kwlist, &NetType, &net, &threads)) return -1;
+    if (threads < 1 || threads > 256) {
+        PyErr_Format(PyExc_ValueError, "threads: expected 1 to 256, got %d", threads);
+        return -1;
+    }
+    if (!net_ready((NetObject *)net)) return -1;
+    int fds[2];
+    if (pipe(fds) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    for (int i = 0; i < 2; i++) {
+        int fl = fcntl(fds[i], F_GETFL);
+        if (fl < 0 || fcntl(fds[i], F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fds[i], F_SETFD, FD_CLOEXEC) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            close(fds[0]);
+            close(fds[1]);
+            return -1;
+        }
+    }
+    self->rfd = fds[0];
+    self->wfd = fds[1];
+    self->threads = PyMem_RawCalloc((size_t)threads, sizeof(pthread_t));
+    if (!self->threads || pthread_mutex_init(&self->mu, NULL) != 0 || pthread_cond_init(&self->cv, NULL) != 0) {
+        PyErr_NoMemory();
+        return -1; /* dealloc closes the pipe and frees the rest */
+    }
+    self->sync_ok = 1;
+    Py_INCREF(net);
+    self->net = (NetObject *)net;
+    for (int i = 0; i < threads; i++) {
+        int rc = pthread_create(&self->threads[i], NULL, runner_thread, self);
+        if (rc != 0) {
+            self->nthreads = i;
+            self->started = i > 0;
+            runner_stop(self);
+            errno = rc;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        self->nthreads = i + 1;
+        self->started = 1;
+    }
+    return 0;
+}
+
+static int runner_ready(RunnerObject *self) {
+    if (!self->net) {
+        PyErr_SetString(PyExc_TypeError, "Runner: not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *runner_submit(RunnerObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "submit(token, xs, attr, logit)");
+        return NULL;
+    }
+    if (!runner_ready(self)) return NULL;
+    if (!self->started || self->stopping) {
+        PyErr_SetString(PyExc_RuntimeError, "Runner: closed");
+        return NULL;
+    }
+    job_t *j = PyMem_RawCalloc(1, sizeof(job_t));
+    if (!j) return PyErr_NoMemory();
+    if (!explain_args(self->net, &j->bs, args + 1, &j->xs, &j->attr, &j->logit, &j->n)) {
+        job_free(j);
+        return NULL;
+    }
+    Py_INCREF(args[0]);
+    j->token = args[0];
+    pthread_mutex_lock(&self->mu);
+    if (self->queue_tail)
+        self->queue_tail->next = j;
+    else
+        self->queue = j;
+    self->queue_tail = j;
+    self->pending++;
+    pthread_cond_signal(&self->cv);
+    pthread_mutex_unlock(&self->mu);
+    Py_RETURN_NONE;
+}
+
+static PyObject *runner_collect(RunnerObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!runner_ready(self)) return NULL;
+    /* the pipe first, then the list: a call that finishes in between is in the list, one after it writes anew */
+    char sink[64];
+    while (read(self->rfd, sink, sizeof sink) > 0) {
+    }
+    pthread_mutex_lock(&self->mu);
+    job_t *j = self->done;
+    self->done = self->done_tail = NULL;
+    self->signalled = 0;
+    pthread_mutex_unlock(&self->mu);
+    PyObject *out = PyList_New(0);
+    while (j) {
+        job_t *next = j->next;
+        if (out && PyList_Append(out, j->token) < 0) Py_CLEAR(out);
+        self->pending--;
+        job_free(j);
+        j = next;
+    }
+    return out;
+}
+
+static PyObject *runner_fileno(RunnerObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!runner_ready(self)) return NULL;
+    return PyLong_FromLong(self->rfd);
+}
+
+static PyObject *runner_close(RunnerObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!runner_ready(self)) return NULL;
+    runner_stop(self);
+    self->stopping = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *runner_get_pending(RunnerObject *self, void *closure) {
+    (void)closure;
+    if (!runner_ready(self)) return NULL;
+    return PyLong_FromSsize_t(self->pending);
+}
+
+static PyObject *runner_get_threads(RunnerObject *self, void *closure) {
+    (void)closure;
+    if (!runner_ready(self)) return NULL;
+    return PyLong_FromLong(self->started ? self->nthreads : 0);
+}
+
+static void runner_dealloc(RunnerObject *self) {
+    runner_stop(self);
+    for (job_t *lists[2] = {self->queue, self->done}, **l = lists; l < lists + 2; l++) {
+        for (job_t *j = *l; j;) {
+            job_t *next = j->next;
+            job_free(j);
+            j = next;
+        }
+    }
+    if (self->sync_ok) {
+        pthread_cond_destroy(&self->cv);
+        pthread_mutex_destroy(&self->mu);
+    }
+    if (self->threads) PyMem_RawFree(self->threads);
+    if (self->rfd >= 0) close(self->rfd);
+    if (self->wfd >= 0) close(self->wfd);
+    Py_XDECREF(self->net);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef runner_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))runner_submit, METH_FASTCALL,
+     "submit(token, xs, attr, logit): queue Net.explain(xs, attr, logit) for the threads; the buffers are checked "
+     "now and held until the call is collected."},
+    {"collect", (PyCFunction)runner_collect, METH_NOARGS,
+     "collect() -> list: the tokens of the calls done since the last collect, in the order they finished (their "
+     "attr and logit are written); drains the pipe."},
+    {"fileno", (PyCFunction)runner_fileno, METH_NOARGS,
+     "fileno() -> int: the read end of a non-blocking pipe that turns readable when a call is done."},
+    {"close", (PyCFunction)runner_close, METH_NOARGS,
+     "close(): finish the queued calls and stop the threads; later submits raise RuntimeError."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef runner_getset[] = {
+    {"pending", (getter)runner_get_pending, NULL, "calls submitted and not yet collected", NULL},
+    {"threads", (getter)runner_get_threads, NULL, "threads running (0 once closed)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyObject *runner_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    RunnerObject *self = (RunnerObject *)PyType_GenericNew(type, args, kwds);
+    if (self) self->rfd = self->wfd = -1;
+    return (PyObject *)self;
+}
+
+static PyTypeObject RunnerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "service.engine._exact.Runner",
+    .tp_doc = "Runner(net, threads): Net.explain on threads of its own that never take the GIL; calls are "
+              "submitted, and collected when the pipe of fileno() turns readable.",
+    .tp_basicsize = sizeof(RunnerObject),
+    .tp_itemsize = 0,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = runner_new,
+    .tp_init = (initproc)runner_init,
+    .tp_dealloc = (destructor)runner_dealloc,
+    .tp_methods = runner_methods,
+    .tp_getset = runner_getset,
+};
+
 static struct PyModuleDef module = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_exact",
@@ -1515,7 +1831,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__exact(void) {
-    if (PyType_Ready(&ModelType) < 0 || PyType_Ready(&NetType) < 0) return NULL;
+    if (PyType_Ready(&ModelType) < 0 || PyType_Ready(&NetType) < 0 || PyType_Ready(&RunnerType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&ModelType);
@@ -1527,6 +1843,12 @@ PyMODINIT_FUNC PyInit__exact(void) {
     Py_INCREF(&NetType);
     if (PyModule_AddObject(m, "Net", (PyObject *)&NetType) < 0) {
         Py_DECREF(&NetType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&RunnerType);
+    if (PyModule_AddObject(m, "Runner", (PyObject *)&RunnerType) < 0) {
+        Py_DECREF(&RunnerType);
         Py_DECREF(m);
         return NULL;
     }

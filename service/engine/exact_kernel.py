@@ -206,6 +206,12 @@ class ExactKernel:
         self._model.explain(x, attr, logit)
         return attr, logit
 
+    def runner(self, threads: int = 1) -> _exact.Runner:
+        """This kernel's :meth:`explain` on ``threads`` threads of its own, which never take the GIL (``_exact.Runner``:
+        ``submit(token, xs, attr, logit)``, ``fileno()``, ``collect()``, ``close()``; the same numbers as
+        :meth:`explain`). :class:`service.runtime.kernel_threads.KernelThreads` drives one from an event loop."""
+        return _exact.Runner(self._model, threads)
+
     def logits(self, xs: np.ndarray) -> np.ndarray:
         """``(N, F) -> (N,)`` logits by fixed-order loops: a row's value is bitwise the same in any batch."""
         x = self._rows(xs)

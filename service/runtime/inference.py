@@ -39,6 +39,7 @@ from service.observe.metrics import ModelTelemetry, Telemetry
 from service.render.text import range_warning, summary_sentence
 from service.runtime.batching import Coalescer
 from service.runtime.engine_pool import EngineProcessPool
+from service.runtime.kernel_threads import KernelThreads
 
 __all__ = [
     "DEFAULT_N_SAMPLES",
@@ -224,6 +225,13 @@ class InferenceRuntime:
             thread_name_prefix="gshap-engine",
             on_batch=self._on_batch if telemetry is not None else None,
         )
+        # the default explanation (exact, logit) on C threads that never take the GIL, awaited on the event loop
+        kernel = self.engine.compiled
+        self.kernel_threads = (
+            KernelThreads(kernel, engine_threads, functools.partial(self.coalescer.call, kernel.explain))
+            if kernel is not None and self.pool is None
+            else None
+        )
         pre = bundle.preprocessor
         self._lo: list[float] = [float(v) for v in pre.train_min]
         self._hi: list[float] = [float(v) for v in pre.train_max]
@@ -324,6 +332,8 @@ class InferenceRuntime:
         if self.telemetry is not None:
             self.telemetry.set_ready(False)
         self.coalescer.close()
+        if self.kernel_threads is not None:
+            self.kernel_threads.close()
         if self.pool is not None:
             self.pool.close()
 
@@ -414,11 +424,10 @@ class InferenceRuntime:
         the answers (pure Python, which holds the GIL) stay on the loop, so that an engine thread never queues
         for the GIL behind the loop, and the loop's work of one batch overlaps the engine's work of another."""
         batch = self._prepare(records)
-        kernel = self.engine.compiled
-        if self.pool is None and kernel is not None and options.method == "exact" and options.output == "logit":
-            # the default: one compiled call for the attributions and the logits (the GIL is taken twice a batch)
-            x = batch.x.astype(np.float64)
-            attributions, logits = await self.coalescer.call(kernel.explain, x)
+        threads = self.kernel_threads
+        if threads is not None and options.method == "exact" and options.output == "logit":
+            # the default: one compiled call for the attributions and the logits, on the kernel's own threads
+            attributions, logits = await threads.explain(batch.x.astype(np.float64))
             predictions = self._predictions(batch, logits)
             ex = self.engine.exact_explanation(attributions, logits, seed=options.seed)
             return self._explanations(batch, predictions, ex)
