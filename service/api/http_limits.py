@@ -6,6 +6,12 @@ look at it, and the event loop is busy meanwhile. :class:`HeaderLimitedProtocol`
 head as they arrive and, once ``max_header_bytes`` came without the end of the headers, answers ``431`` with the
 service's problem document and closes the connection, having parsed nothing more.
 
+It also writes each answer's head together with the first piece of its body. uvicorn writes them in two calls
+of the transport, and each is a system call and a TCP segment of its own: on the hot routes the second write was
+the largest single cost of a request on the event loop (docs/bench/profile.md). :class:`OneWriteTransport` holds
+a response head until the next write (or the end of the event loop's turn, for an answer without a body) and
+writes both at once; the bytes and their order are unchanged.
+
 ``gshap serve`` uses it (:func:`http_protocol_options`): with one worker as a class bound to the setting, with
 several as an import string whose limit the workers read from ``GSHAP_MAX_HEADER_BYTES`` (``serve`` puts every
 setting in their environment). Without httptools, uvicorn's h11 protocol gets the same limit
@@ -14,13 +20,14 @@ setting in their environment). Without httptools, uvicorn's h11 protocol gets th
 
 from __future__ import annotations
 
+import asyncio
 import os
-from typing import Any
+from typing import Any, cast
 
 from service.api.errors import problem_body
 from service.api.security import header_limit_problem
 
-__all__ = ["DEFAULT_MAX_HEADER_BYTES", "http_protocol_options", "limited_protocol"]
+__all__ = ["DEFAULT_MAX_HEADER_BYTES", "OneWriteTransport", "http_protocol_options", "limited_protocol"]
 
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 REFUSED_DRAIN_SECONDS = 1.0
@@ -45,6 +52,51 @@ def _refusal(limit: int) -> bytes:
     )
 
 
+class OneWriteTransport:
+    """A connection's transport that writes a response head (bytes starting ``HTTP/1.1 ``) together with what is
+    written next: the head is held, and written at the next ``write`` (joined to it), ``write_eof``, ``close`` or
+    at the end of the event loop's current turn, whichever comes first. Every other call goes to the transport."""
+
+    __slots__ = ("_head", "_loop", "_transport")
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head + data)
+        elif data.startswith(b"HTTP/1.1 "):
+            self._head = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Write the held head, if any."""
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head)
+
+    def writelines(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 if HttpToolsProtocol is not None:
 
     class HeaderLimitedProtocol(HttpToolsProtocol):
@@ -57,6 +109,9 @@ if HttpToolsProtocol is not None:
             self._in_head = True
             self._head_bytes = 0
             self._refused = False
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(cast("asyncio.Transport", OneWriteTransport(transport, self.loop)))
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
