@@ -26,6 +26,7 @@ torch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -128,9 +129,10 @@ class Bundle:
         """The CDS Hooks service the model offers, or None."""
         return self.model_spec.cds
 
-    @property
+    @functools.cached_property
     def methods(self) -> tuple[str, ...]:
-        """The explanation methods this network offers: ``exact`` only where the exact kernel covers it."""
+        """The explanation methods this network offers: ``exact`` only where the exact kernel covers it (read on
+        every explain request: worked out once)."""
         if self.model_spec.exact:
             return SERVED_METHODS
         return tuple(m for m in SERVED_METHODS if m != "exact")

@@ -267,7 +267,7 @@ class Coalescer:
             if head.inline:  # on this thread, now: every same-turn unit of its key in one call
                 batch = self._take(1)
                 self._count(batch)
-                self._finish(batch, _run_batch(cast(SyncBatchFn[Any, Any], head.fn), batch))
+                self._finish(batch, _run_batch(cast("SyncBatchFn[Any, Any]", head.fn), batch))
                 continue
             if self._idle == 0:
                 return  # a finishing thread dispatches again
@@ -276,9 +276,9 @@ class Coalescer:
             self._count(batch)
             job: asyncio.Future[list[tuple[bool, Any]]]
             if inspect.iscoroutinefunction(head.fn):  # its slot is a concurrency bound, not a thread
-                job = asyncio.ensure_future(_run_batch_async(cast(AsyncBatchFn[Any, Any], head.fn), batch))
+                job = asyncio.ensure_future(_run_batch_async(cast("AsyncBatchFn[Any, Any]", head.fn), batch))
             else:
-                sync_fn = cast(SyncBatchFn[Any, Any], head.fn)
+                sync_fn = cast("SyncBatchFn[Any, Any]", head.fn)
                 job = asyncio.get_running_loop().run_in_executor(self._executor, _run_batch, sync_fn, batch)
             job.add_done_callback(functools.partial(self._done, batch))
 
