@@ -28,6 +28,7 @@ __all__ = ["CATEGORIES", "categorize", "flame_svg", "load_stacks", "request_stac
 
 # (category, frame pattern), tried in this order on each frame from the innermost out
 CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("kernel hand-off (submit, pipe, collect)", r"runner_submit|runner_collect|kernel_threads\.py"),
     ("kernel (exact C)", r"_exact|exact_kernel\.py"),
     ("metrics", r"prometheus_client|service/api/metrics\.py|\(metrics\.py|service/observe|\(drift\.py|_binning"),
     ("logging", r"\(__init__\.py.*logging|logging/|\(observability\.py:.*(log|_emit)|Logger\.|Handler\.|Formatter\."),
@@ -66,14 +67,36 @@ def load_stacks(path: Path) -> list[tuple[list[str], int]]:
     return out
 
 
-def request_stacks(stacks: Iterable[tuple[list[str], int]]) -> list[tuple[list[str], int]]:
-    """The samples of the server at work: in the running event loop or a thread, with no import on the stack."""
+# innermost frames of a thread that waits (no CPU): the loop in epoll, an executor thread for work, a kernel thread
+# for a call, a thread for the GIL (CPython's take_gil waits on a condition variable)
+_WAITS = re.compile(
+    r"^(epoll_wait|epoll_pwait|uv__io_poll|_queue_SimpleQueue_get\w*|PyThread_acquire_lock_timed|pthread_cond_wait|"
+    r"pthread_cond_timedwait|select|poll|__futex\w*|futex_wait\w*) "
+)
+_WAIT_DEPTH = 4  # how many innermost frames may show the wait (libc's own frames come below the named call)
+
+
+def is_wait(frames: Sequence[str]) -> bool:
+    """Whether a sample is a thread waiting (for events, work or the GIL) rather than using the CPU."""
+    return any(_WAITS.search(frame) for frame in frames[-_WAIT_DEPTH:])
+
+
+def request_stacks(
+    stacks: Iterable[tuple[list[str], int]], waits: list[tuple[list[str], int]] | None = None
+) -> list[tuple[list[str], int]]:
+    """The samples of the server at work: in the running event loop, a Python thread or the exact kernel's own C
+    threads (``runner_thread``), with no import on the stack. Samples of a thread that waits (:func:`is_wait`)
+    are left out, and appended to ``waits`` when given: py-spy samples waiting threads too, which use no CPU."""
     kept = []
     for frames, n in stacks:
         joined = ";".join(frames)
         if "_find_and_load" in joined or "load_bundle" in joined or "warm_up" in joined:
             continue
-        if "Loop__run" in joined or "run_forever" in joined or "(threading.py" in joined:
+        if "Loop__run" in joined or "run_forever" in joined or "(threading.py" in joined or "runner_thread" in joined:
+            if is_wait(frames):
+                if waits is not None:
+                    waits.append((frames, n))
+                continue
             kept.append((frames, n))
     return kept
 
@@ -158,11 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--title", default=None, help="the flame graph's title")
     p.add_argument("--md", type=Path, default=None, help="write the table here (else print it)")
     args = p.parse_args(argv)
-    stacks = request_stacks(load_stacks(args.raw))
+    waits: list[tuple[list[str], int]] = []
+    stacks = request_stacks(load_stacks(args.raw), waits)
     if not stacks:
         print(f"{args.raw}: no sample of a serving event loop", file=sys.stderr)
         return 1
     md = table(stacks, args.cpu_ms)
+    waited = sum(n for _, n in waits)
+    md += f"\n({waited:,} samples of threads waiting, for events, work or the GIL, are left out: they use no CPU.)\n"
     if args.md:
         args.md.write_text(md)
     else:

@@ -487,7 +487,8 @@ def test_performance_page_block_is_replaced_in_place(tmp_path: Path) -> None:
 
 def test_profile_table_attributes_samples_to_the_innermost_category(tmp_path: Path) -> None:
     """A sample counts for the innermost frame with a category (libc under the access log is logging, under
-    uvicorn the server); start-up stacks (imports) are left out; the shares add up to the total CPU per request."""
+    uvicorn the server); start-up stacks (imports) and threads waiting (the loop in epoll, an idle executor thread)
+    are left out; the shares add up to the total CPU per request."""
     prof = _load("profile_table")
     loop = "Loop__run (loop.c:1);RequestResponseCycle.run_asgi (uvicorn/protocols/http/httptools_impl.py:2)"
     raw = tmp_path / "x.raw"
@@ -496,9 +497,14 @@ def test_profile_table_attributes_samples_to_the_innermost_category(tmp_path: Pa
         f"{loop};Logger.info (logging/__init__.py:4);write (libc.so.6) 1\n"
         f"{loop};write (libc.so.6) 4\n"
         f"main (cli.py:1);_find_and_load (<frozen importlib._bootstrap>:1);<module> (torch/__init__.py:1) 50\n"
+        f"Loop__run (loop.c:1);uv_run (libuv);uv__io_poll (linux.c:1);epoll_pwait (libc.so.6) 30\n"
+        f"Thread.run (threading.py:1);_worker (thread.py:81);_queue_SimpleQueue_get (q.c:1);"
+        f"PyThread_acquire_lock_timed (libpython);0x7f (libc.so.6) 20\n"
     )
-    stacks = prof.request_stacks(prof.load_stacks(raw))
+    waits: list[tuple[list[str], int]] = []
+    stacks = prof.request_stacks(prof.load_stacks(raw), waits)
     assert sum(n for _, n in stacks) == 8
+    assert sum(n for _, n in waits) == 50  # the idle loop and the idle executor thread use no CPU
     md = prof.table(stacks, cpu_ms=0.8)
     assert "| kernel (exact C) | 3 | 37.5 % | 300 |" in md
     assert "| logging | 1 | 12.5 % | 100 |" in md
