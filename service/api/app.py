@@ -41,6 +41,7 @@ from service.api.http_limits import http_protocol_options
 from service.api.metrics import HttpMetrics, leaf_routes
 from service.api.observability import REQUEST_ID_HEADER, configure_logging, log_event
 from service.api.page import install_pages
+from service.api.route_copies import pinned_copy
 from service.api.routes import (
     AppState,
     cds,
@@ -463,14 +464,16 @@ def create_app(
     app.state.gshap = state
     app.state.gshap_cds = cds_state
     install_exception_handlers(app)
-    for router in (predict.build_router(models), explain.build_router(models)):
+    root_predict, root_explain = predict.build_router(models), explain.build_router(models)
+    for router in (root_predict, root_explain):
         install_fast_routes(router.routes)  # POST /predict, /explain without FastAPI's request handling
         app.include_router(router)
     for area in (groups, model, health, problems):
         app.include_router(area.router)
     cds_others: list[dict[str, Any]] = []  # discovery entries of the other served versions' CDS services
     app.include_router(cds.build_router(bundle, others=lambda: list(cds_others)))
-    app.include_router(fhir.build_router(bundle))
+    root_fhir = fhir.build_router(bundle)
+    app.include_router(root_fhir)
     v2_router = v2.build_router(models)
     app.include_router(v2_router)
     v2.route_v2_first(app, v2_router)
@@ -482,7 +485,7 @@ def create_app(
     per_model = APIRouter()
     app.include_router(per_model)
 
-    route_cache = RouteCache((bundle, models))
+    route_cache = RouteCache((bundle, models), (root_predict, root_explain, root_fhir))
     state.schemas = route_cache.request_models  # the V2 routes validate each model's records with its own
 
     def rebuild(changed: ModelRegistry) -> None:
@@ -535,17 +538,35 @@ def _other_cds_services(registry: ModelRegistry) -> list[tuple[str, str, Bundle,
 class RouteCache:
     """The per-model routes already built, by what they depend on (the prefix, the bundle object and its load time,
     the CDS service id), so that a reload builds only the routes of the versions it adds or replaces: building a
-    version's routes takes a few hundred milliseconds of the event loop's time on a busy machine."""
+    version's routes takes a few hundred milliseconds of the event loop's time on a busy machine.
 
-    def __init__(self, root: tuple[Bundle, RequestModels] | None = None) -> None:
+    It also keeps the routes the copies are made from (:func:`service.api.route_copies.pinned_copy`), each built
+    once: the predict and explain routes once per request models (versions with the same features share them; the
+    root app's own for the root bundle's), the FHIR routes once per bundle."""
+
+    def __init__(self, root: tuple[Bundle, RequestModels] | None = None, root_routes: Sequence[APIRouter] = ()) -> None:
         self.routes: dict[tuple[Any, ...], list[BaseRoute]] = {}
         self.models: dict[str, RequestModels] = {}
+        # the predict and explain routes by request models' key, with the models they were built for
+        self.record_routes: dict[str, tuple[RequestModels, list[BaseRoute]]] = {}
+        # by bundle id, with the bundle itself: its request models' key, and its FHIR routes once built
+        self.bundles: dict[int, tuple[Bundle, str, list[BaseRoute] | None]] = {}
         if root is not None:  # the root routes' models: a version with the same features shares their schemas
-            self.models[self._key(root[0])] = root[1]
+            key = self._key(root[0])
+            self.models[key] = root[1]
+            if root_routes:  # the root app's predict, explain and FHIR routers, built for the root bundle
+                predict_router, explain_router, fhir_router = root_routes
+                self.record_routes[key] = (root[1], [*predict_router.routes, *explain_router.routes])
+                self.bundles[id(root[0])] = (root[0], key, list(fhir_router.routes))
 
-    @staticmethod
-    def _key(bundle: Bundle) -> str:
-        return json.dumps([bundle.spec.to_dict(), list(bundle.methods), bundle.default_method], default=str)
+    def _key(self, bundle: Bundle) -> str:
+        """What request models depend on (the spec, the methods), as a key; computed once per bundle."""
+        known = self.bundles.get(id(bundle))
+        if known is not None and known[0] is bundle:
+            return known[1]
+        key = json.dumps([bundle.spec.to_dict(), list(bundle.methods), bundle.default_method], default=str)
+        self.bundles[id(bundle)] = (bundle, key, None)
+        return key
 
     def request_models(self, bundle: Bundle) -> RequestModels:
         """Versions with the same features share their request models (and so their schemas); other models get
@@ -556,8 +577,26 @@ class RouteCache:
             self.models[key] = request_models(bundle.spec, bundle.methods, bundle.default_method, suffix)
         return self.models[key]
 
-    def keep_only(self, keys: set[tuple[Any, ...]]) -> None:
+    def model_routes(self, bundle: Bundle, *, with_monitoring: bool) -> list[BaseRoute]:
+        """The routes every prefix of ``bundle`` copies, in order: predict, explain, groups, model, FHIR and (with
+        the metrics) monitoring; each built once (for its request models, for its bundle) and kept."""
+        req = self.request_models(bundle)
+        key = self._key(bundle)
+        if key not in self.record_routes or self.record_routes[key][0] is not req:
+            self.record_routes[key] = (req, [*predict.build_router(req).routes, *explain.build_router(req).routes])
+        fhir_routes = self.bundles[id(bundle)][2]
+        if fhir_routes is None:
+            fhir_routes = list(fhir.build_router(bundle).routes)
+            self.bundles[id(bundle)] = (bundle, key, fhir_routes)
+        monitoring = operations.monitoring_router.routes if with_monitoring else []
+        return [*self.record_routes[key][1], *groups.router.routes, *model.router.routes, *fhir_routes, *monitoring]
+
+    def keep_only(self, keys: set[tuple[Any, ...]], bundles: Sequence[Bundle] | None = None) -> None:
+        """Forget the routes not under ``keys`` and, given the bundles served, what was built for the others."""
         self.routes = {k: v for k, v in self.routes.items() if k in keys}
+        if bundles is not None:
+            ids = {id(b) for b in bundles}
+            self.bundles = {k: v for k, v in self.bundles.items() if k in ids}
 
 
 def _per_model_routes(
@@ -568,14 +607,18 @@ def _per_model_routes(
     cache: RouteCache | None = None,
 ) -> list[BaseRoute]:
     """The routes of every served model version under ``/models/{name}/versions/{version}`` and of every model's
-    default version under ``/models/{name}``: the root routes' modules built again for that bundle (its own request
-    models, CDS and FHIR facts), pinned to it, each operation id suffixed with the model (and version). Routes of a
+    default version under ``/models/{name}``: the root routes' modules built for that bundle (its own request
+    models, CDS and FHIR facts; once per request models, once per bundle, see :class:`RouteCache`) and copied
+    under each prefix, pinned to it, each operation id suffixed with the model (and version). The copies are made
+    from the built routes without FastAPI analysing them again (:mod:`service.api.route_copies`). Routes of a
     version whose bundle did not change come from ``cache``."""
     cache = cache or RouteCache()
     out: list[BaseRoute] = []
     used: set[tuple[Any, ...]] = set()
+    bundles: list[Bundle] = []
     for name, version, entry, is_default in registry.served_or_pending():
         bundle = entry.runtime.bundle
+        bundles.append(bundle)
         slug = _slug(name)
         targets: list[tuple[str, str | None, str]] = [
             (f"/models/{name}/versions/{version}", version, f"{slug}__{_slug(version)}")
@@ -586,34 +629,28 @@ def _per_model_routes(
             key: tuple[Any, ...] = (prefix, id(bundle), entry.loaded_at, with_monitoring)
             used.add(key)
             if key not in cache.routes:
-                req = cache.request_models(bundle)
-                routers = [predict.build_router(req), explain.build_router(req), groups.router, model.router]
-                routers.append(fhir.build_router(bundle))
-                if with_monitoring:
-                    routers.append(operations.monitoring_router)
-                holder = APIRouter()
                 pin = Depends(pin_model(name, pinned))
-                for router in routers:
-                    for route in router.routes:
-                        if not isinstance(route, APIRoute):
-                            raise TypeError(f"only plain routes are served per model, not {route!r}")
-                        _add_copy(holder, route, prefix, suffix, pin)
-                install_fast_routes(holder.routes, (name, pinned))
-                cache.routes[key] = holder.routes
+                copies: list[BaseRoute] = []
+                for route in cache.model_routes(bundle, with_monitoring=with_monitoring):
+                    if not isinstance(route, APIRoute):
+                        raise TypeError(f"only plain routes are served per model, not {route!r}")
+                    copies.append(_copy(route, prefix, suffix, pin))
+                install_fast_routes(copies, (name, pinned))
+                cache.routes[key] = copies
             out += cache.routes[key]
     for name, version, bundle, service in cds_services:
         key = ("cds", service.id, service.title, id(bundle), name, version)
         used.add(key)
         if key not in cache.routes:
-            holder = APIRouter()
+            copies = []
             for route in cds.build_router(bundle, service).routes:
                 # one discovery lists all; the feedback summary (its path takes the service id) is the default's
                 if isinstance(route, APIRoute) and route.operation_id not in ("cds_discovery", "cds_feedback_summary"):
                     suffix = f"{_slug(name)}__{_slug(version)}"
-                    _add_copy(holder, route, "", suffix, Depends(pin_model(name, version)), tags=["cds-hooks"])
-            cache.routes[key] = holder.routes
+                    copies.append(_copy(route, "", suffix, Depends(pin_model(name, version)), tags=["cds-hooks"]))
+            cache.routes[key] = copies
         out += cache.routes[key]
-    cache.keep_only(used)
+    cache.keep_only(used, bundles)
     return out
 
 
@@ -621,33 +658,15 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
 
 
-def _add_copy(
-    holder: APIRouter, route: APIRoute, prefix: str, suffix: str, pin: Any, tags: list[str | Any] | None = None
-) -> None:
-    holder.add_api_route(
-        prefix + route.path,
-        route.endpoint,
-        response_model=route.response_model,
-        status_code=route.status_code,
-        tags=tags or ["models"],
-        dependencies=[pin, *route.dependencies],
-        summary=route.summary,
-        description=route.description,
-        response_description=route.response_description,
-        responses=dict(route.responses),
-        deprecated=route.deprecated,
-        methods=sorted(route.methods or ()),
+def _copy(route: APIRoute, prefix: str, suffix: str, pin: Any, tags: list[str | Any] | None = None) -> APIRoute:
+    """``route`` under ``prefix``, its operation id suffixed, tagged ``tags`` (``models``), with the ``pin``
+    dependency before its own: built from ``route``'s analysis (:func:`~service.api.route_copies.pinned_copy`)."""
+    return pinned_copy(
+        route,
+        path=prefix + route.path,
         operation_id=f"{route.operation_id}__{suffix}" if route.operation_id else None,
-        response_model_include=route.response_model_include,
-        response_model_exclude=route.response_model_exclude,
-        response_model_by_alias=route.response_model_by_alias,
-        response_model_exclude_unset=route.response_model_exclude_unset,
-        response_model_exclude_defaults=route.response_model_exclude_defaults,
-        response_model_exclude_none=route.response_model_exclude_none,
-        include_in_schema=route.include_in_schema,
-        response_class=route.response_class,
-        name=route.name,
-        openapi_extra=route.openapi_extra,
+        tags=tags or ["models"],
+        prepend=[pin],
     )
 
 
