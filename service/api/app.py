@@ -482,22 +482,33 @@ def create_app(
     # every served model under its name (its default version) and under each version, with its own request
     # models: built now for the served set, and again after each reload
     app.include_router(models_routes.router)
-    per_model = APIRouter()
-    app.include_router(per_model)
+    # The per-model routes follow those of GET /models in the app's own routes, not in an included router: FastAPI
+    # builds every route of an included router again (its "effective route") at the first request that walks past
+    # them and after every change of them, which for these routes undid what RouteCache saves (~0.25 s at the
+    # first such request after start and after each reload). They are what an included router (no prefix, tags
+    # or dependencies) would serve: the app is their dependency_overrides_provider, as for the included routes.
+    after = app.router.routes[-1]
+    per_model: list[BaseRoute] = []
 
     route_cache = RouteCache((bundle, models), (root_predict, root_explain, root_fhir))
     state.schemas = route_cache.request_models  # the V2 routes validate each model's records with its own
 
     def rebuild(changed: ModelRegistry) -> None:
         services = _other_cds_services(changed)
-        per_model.routes = _per_model_routes(
-            changed, with_monitoring=state.telemetry is not None, cds_services=services, cache=route_cache
+        routes = _per_model_routes(
+            changed,
+            with_monitoring=state.telemetry is not None,
+            cds_services=services,
+            cache=route_cache,
+            dependency_overrides_provider=app.router.dependency_overrides_provider,
         )
+        _replace_after(app.router.routes, after, per_model, routes)
+        per_model[:] = routes
         cds_others[:] = [
             discovery_document(b.spec, b.card, svc, f"{name}/{version}")["services"][0]
             for name, version, b, svc in services
         ]
-        per_model._mark_routes_changed()
+        app.router._mark_routes_changed()
         app.openapi_schema = None
         fast.clear()
         fast.update(fast_table(leaf_routes(app.routes)))
@@ -510,6 +521,14 @@ def create_app(
     fast.update(fast_table(leaf_routes(app.routes)))
     app.openapi = lambda: _openapi(app, bundle)  # type: ignore[method-assign]
     return app
+
+
+def _replace_after(routes: list[BaseRoute], after: BaseRoute, old: list[BaseRoute], new: list[BaseRoute]) -> None:
+    """Replace ``old``, the routes that follow ``after`` in ``routes``, with ``new`` (in one list assignment)."""
+    at = next(i for i, route in enumerate(routes) if route is after) + 1
+    if any(a is not b for a, b in zip(routes[at : at + len(old)], old, strict=True)):
+        raise RuntimeError("the per-model routes are no longer where they were put")
+    routes[at : at + len(old)] = new
 
 
 def _other_cds_services(registry: ModelRegistry) -> list[tuple[str, str, Bundle, CdsService]]:
@@ -605,13 +624,15 @@ def _per_model_routes(
     with_monitoring: bool,
     cds_services: Sequence[tuple[str, str, Bundle, CdsService]] = (),
     cache: RouteCache | None = None,
+    dependency_overrides_provider: Any = None,
 ) -> list[BaseRoute]:
     """The routes of every served model version under ``/models/{name}/versions/{version}`` and of every model's
     default version under ``/models/{name}``: the root routes' modules built for that bundle (its own request
     models, CDS and FHIR facts; once per request models, once per bundle, see :class:`RouteCache`) and copied
     under each prefix, pinned to it, each operation id suffixed with the model (and version). The copies are made
     from the built routes without FastAPI analysing them again (:mod:`service.api.route_copies`). Routes of a
-    version whose bundle did not change come from ``cache``."""
+    version whose bundle did not change come from ``cache`` (made with the same ``dependency_overrides_provider``,
+    the app whose ``dependency_overrides`` apply to them)."""
     cache = cache or RouteCache()
     out: list[BaseRoute] = []
     used: set[tuple[Any, ...]] = set()
@@ -634,7 +655,7 @@ def _per_model_routes(
                 for route in cache.model_routes(bundle, with_monitoring=with_monitoring):
                     if not isinstance(route, APIRoute):
                         raise TypeError(f"only plain routes are served per model, not {route!r}")
-                    copies.append(_copy(route, prefix, suffix, pin))
+                    copies.append(_copy(route, prefix, suffix, pin, overrides=dependency_overrides_provider))
                 install_fast_routes(copies, (name, pinned))
                 cache.routes[key] = copies
             out += cache.routes[key]
@@ -647,7 +668,8 @@ def _per_model_routes(
                 # one discovery lists all; the feedback summary (its path takes the service id) is the default's
                 if isinstance(route, APIRoute) and route.operation_id not in ("cds_discovery", "cds_feedback_summary"):
                     suffix = f"{_slug(name)}__{_slug(version)}"
-                    copies.append(_copy(route, "", suffix, Depends(pin_model(name, version)), tags=["cds-hooks"]))
+                    pin = Depends(pin_model(name, version))
+                    copies.append(_copy(route, "", suffix, pin, ["cds-hooks"], overrides=dependency_overrides_provider))
             cache.routes[key] = copies
         out += cache.routes[key]
     cache.keep_only(used, bundles)
@@ -658,7 +680,9 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
 
 
-def _copy(route: APIRoute, prefix: str, suffix: str, pin: Any, tags: list[str | Any] | None = None) -> APIRoute:
+def _copy(
+    route: APIRoute, prefix: str, suffix: str, pin: Any, tags: list[str | Any] | None = None, *, overrides: Any = None
+) -> APIRoute:
     """``route`` under ``prefix``, its operation id suffixed, tagged ``tags`` (``models``), with the ``pin``
     dependency before its own: built from ``route``'s analysis (:func:`~service.api.route_copies.pinned_copy`)."""
     return pinned_copy(
@@ -667,6 +691,7 @@ def _copy(route: APIRoute, prefix: str, suffix: str, pin: Any, tags: list[str | 
         operation_id=f"{route.operation_id}__{suffix}" if route.operation_id else None,
         tags=tags or ["models"],
         prepend=[pin],
+        dependency_overrides_provider=overrides,
     )
 
 

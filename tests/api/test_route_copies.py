@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import fastapi
@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from helpers import app_client
+from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute
 
 import service.api.app as app_module
@@ -27,24 +28,16 @@ from service.api import route_copies
 from service.api import routes as routes_module
 from service.api.metrics import leaf_routes
 from service.api.route_copies import ROUTE_ATTRIBUTES, analysed_copy, pinned_copy
+from service.api.routes import models as models_routes
 from service.api.routes import pin_model, require_json, runtime_dependency
 from service.config import Settings
-from service.runtime.registry import ModelRegistry
 
 FAST = routes_module._FAST
 Copy = tuple[APIRoute, dict[str, Any], APIRoute]
 
 
 @pytest.fixture(scope="module")
-def registry() -> Iterator[ModelRegistry]:
-    registry = app_module.build_registry(Settings())
-    registry.prepare()
-    yield registry
-    registry.close()
-
-
-@pytest.fixture(scope="module")
-def copies(registry: ModelRegistry) -> list[Copy]:
+def copies() -> list[Copy]:
     """Every copy the app of the shipped store makes (per-model and CDS), with the route and arguments it came from."""
     made: list[Copy] = []
 
@@ -55,7 +48,7 @@ def copies(registry: ModelRegistry) -> list[Copy]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(app_module, "pinned_copy", recording)
-        app_module.create_app(Settings(), registry=registry)
+        app_module.create_app(Settings())
     return made
 
 
@@ -111,6 +104,51 @@ def test_a_prefix_with_path_parameters_is_analysed_again() -> None:
     assert [f.name for f in route.dependant.query_params] == ["name"]
     assert [f.name for f in new.dependant.path_params] == ["name", "group"]
     _same(new, analysed_copy(route, prepend=[pin], **kwargs), new.path)
+
+
+def test_leaf_routes_hold_every_copy(copies: list[Copy]) -> None:
+    """Sanity: the copies the app makes are what it serves under /models/ and the CDS paths of other versions."""
+    app = app_module.create_app(Settings())
+    routes = [r for r in leaf_routes(app.routes) if isinstance(r, APIRoute)]
+    served = {r.operation_id for r in routes if "__" in (r.operation_id or "")}
+    assert served == {new.operation_id for _, _, new in copies}
+
+
+def test_per_model_routes_are_served_as_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copies are the app's own routes, right after those of GET /models: not an included router's, which
+    FastAPI builds again at the first request that walks past them and after every change. No copy is analysed
+    again at a request, nor after a reload; the app's dependency overrides apply to them as to the others."""
+    app = app_module.create_app(Settings(admin_keys=["admin-secret"]))
+    top = app.router.routes
+    at = next(i for i, r in enumerate(top) if getattr(r, "original_router", None) is models_routes.router) + 1
+    copied = top[at : at + 6 * 12 + 2]
+    assert all(isinstance(r, APIRoute) and "__" in (r.operation_id or "") for r in copied)
+    following = top[at + len(copied)]
+    assert not isinstance(following, APIRoute) or "__" not in (following.operation_id or "")
+    paths = {r.path for r in copied if isinstance(r, APIRoute)}
+    analysed: list[str] = []
+    populate = fastapi.routing._populate_api_route_state
+
+    def counting(route: Any, path: str, *args: Any, **kwargs: Any) -> None:
+        analysed.append(path)
+        populate(route, path, *args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "_populate_api_route_state", counting)
+    asked = ["/readyz", "/", "/models/pima-diabetes/model", "/models/breast-cancer-wisconsin/versions/1.1.0/groups"]
+    with app_client(app) as client:
+        for path in asked:
+            assert client.get(path).status_code == 200, path
+        assert client.post("/admin/reload", headers={"X-Admin-Key": "admin-secret"}).status_code == 200
+        assert app.router.routes[at : at + len(copied)] == copied  # an unchanged store: the same routes
+        for path in asked[2:]:
+            assert client.get(path).status_code == 200, path
+
+        async def refused() -> None:
+            raise HTTPException(status_code=418)
+
+        app.dependency_overrides[runtime_dependency] = refused
+        assert client.get("/model").status_code == client.get("/models/pima-diabetes/model").status_code == 418
+    assert [p for p in analysed if p in paths] == []
 
 
 # ---- over HTTP -------------------------------------------------------------------------------------------------
@@ -175,12 +213,12 @@ def _answers(app: FastAPI) -> list[tuple[str, int, dict[str, str], bytes]]:
         return out
 
 
-def test_copies_answer_as_analysed_routes_over_http(registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_copies_answer_as_analysed_routes_over_http(monkeypatch: pytest.MonkeyPatch) -> None:
     """The app with copied routes and the app with routes analysed by FastAPI give the same answers, headers and
     refusals on the per-model paths (fast routes, FastAPI's request handling, path parameters, CDS)."""
-    copied = _answers(app_module.create_app(Settings(), registry=registry))
+    copied = _answers(app_module.create_app(Settings()))
     monkeypatch.setattr(app_module, "pinned_copy", analysed_copy)
-    analysed = _answers(app_module.create_app(Settings(), registry=registry))
+    analysed = _answers(app_module.create_app(Settings()))
     assert {200, 400, 404, 405, 415, 422} <= {status for _, status, _, _ in copied}
     assert len(copied) == len(analysed)
     for a, b in zip(copied, analysed, strict=True):
@@ -283,11 +321,3 @@ def _same(a: Any, b: Any, where: str) -> None:
         raise AssertionError(f"{where}: a route where none was expected")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
-
-
-def test_leaf_routes_hold_every_copy(copies: list[Copy], registry: ModelRegistry) -> None:
-    """Sanity: the copies the app makes are what it serves under /models/ and the CDS paths of other versions."""
-    app = app_module.create_app(Settings(), registry=registry)
-    routes = [r for r in leaf_routes(app.routes) if isinstance(r, APIRoute)]
-    served = {r.operation_id for r in routes if "__" in (r.operation_id or "")}
-    assert served == {new.operation_id for _, _, new in copies}
