@@ -556,12 +556,13 @@ def _other_cds_services(registry: ModelRegistry) -> list[tuple[str, str, Bundle,
 
 class RouteCache:
     """The per-model routes already built, by what they depend on (the prefix, the bundle object and its load time,
-    the CDS service id), so that a reload builds only the routes of the versions it adds or replaces: building a
-    version's routes takes a few hundred milliseconds of the event loop's time on a busy machine.
+    the CDS service id), so that a reload builds only the routes of the versions it adds or replaces, on the event
+    loop's time.
 
     It also keeps the routes the copies are made from (:func:`service.api.route_copies.pinned_copy`), each built
     once: the predict and explain routes once per request models (versions with the same features share them; the
-    root app's own for the root bundle's), the FHIR routes once per bundle."""
+    root app's own for the root bundle's), the FHIR routes once per bundle. Building those is what costs (tens of
+    milliseconds a router: FastAPI analyses each route); a prefix's copies of them take a few milliseconds."""
 
     def __init__(self, root: tuple[Bundle, RequestModels] | None = None, root_routes: Sequence[APIRouter] = ()) -> None:
         self.routes: dict[tuple[Any, ...], list[BaseRoute]] = {}
