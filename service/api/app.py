@@ -219,6 +219,7 @@ async def _start(state: AppState) -> None:
     # for tens of milliseconds now and then under load (the p99 latency).
     gc.collect()
     gc.freeze()
+    gc.enable()  # gshap serve starts with the collector off (service.cli): this collection is the start's only one
     if settings.cds_jwt_issuers:
         try:  # a JWK Set that is not there at start is a refusal, not a 401 for every call later
             await anyio.to_thread.run_sync(check_jwks_sources, settings.cds_jwt_issuers, settings.cds_jwks_ca_file)
@@ -802,6 +803,7 @@ def serve(settings: Settings) -> int:
             # which every worker watches (uvicorn's own SIGHUP would restart the workers).
             registry.close()
             del registry
+            gc.enable()  # off while starting (service.cli); this process supervises, no lifespan turns it on
             reload_dir = Path(tempfile.mkdtemp(prefix="gshap-reload-"))
             settings = settings.model_copy(update={"reload_file": reload_dir / "reload"})
             assert settings.reload_file is not None
