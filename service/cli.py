@@ -7,6 +7,7 @@ same code without a subprocess.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -175,6 +176,10 @@ def _figures(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # The cyclic GC stays off while the server starts: the app's lifespan collects once, freezes what is alive and
+    # turns it back on before /readyz answers 200 (service.api.app._start); until then its automatic full
+    # collections only scanned the same start-up objects again (two of ~30 and ~65 ms, ~0.1 s of the cold start).
+    gc.disable()
     from service.api.app import serve
     from service.api.cds_auth import JwksSourceError
     from service.config import Settings

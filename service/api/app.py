@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import shutil
@@ -25,10 +26,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import yaml
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
@@ -41,6 +41,7 @@ from service.api.http_limits import http_protocol_options
 from service.api.metrics import HttpMetrics, leaf_routes
 from service.api.observability import REQUEST_ID_HEADER, configure_logging, log_event
 from service.api.page import install_pages
+from service.api.route_copies import pinned_copy
 from service.api.routes import (
     AppState,
     cds,
@@ -75,6 +76,9 @@ from service.observe.metrics import Telemetry, enable_multiprocess, prepare_mult
 from service.runtime.inference import InferenceRuntime, configure_torch, ensure_compatible
 from service.runtime.registry import ModelRegistry
 from service.schemas import EXAMPLE_PREDICTION, RequestModels, request_models
+
+if TYPE_CHECKING:
+    import yaml
 
 __all__ = ["create_app", "description", "openapi_yaml", "serve", "tags", "uvicorn_options"]
 
@@ -218,6 +222,7 @@ async def _start(state: AppState) -> None:
     # for tens of milliseconds now and then under load (the p99 latency).
     gc.collect()
     gc.freeze()
+    gc.enable()  # gshap serve starts with the collector off (service.cli): this collection is the start's only one
     if settings.cds_jwt_issuers:
         try:  # a JWK Set that is not there at start is a refusal, not a 401 for every call later
             await anyio.to_thread.run_sync(check_jwks_sources, settings.cds_jwt_issuers, settings.cds_jwks_ca_file)
@@ -463,14 +468,16 @@ def create_app(
     app.state.gshap = state
     app.state.gshap_cds = cds_state
     install_exception_handlers(app)
-    for router in (predict.build_router(models), explain.build_router(models)):
+    root_predict, root_explain = predict.build_router(models), explain.build_router(models)
+    for router in (root_predict, root_explain):
         install_fast_routes(router.routes)  # POST /predict, /explain without FastAPI's request handling
         app.include_router(router)
     for area in (groups, model, health, problems):
         app.include_router(area.router)
     cds_others: list[dict[str, Any]] = []  # discovery entries of the other served versions' CDS services
     app.include_router(cds.build_router(bundle, others=lambda: list(cds_others)))
-    app.include_router(fhir.build_router(bundle))
+    root_fhir = fhir.build_router(bundle)
+    app.include_router(root_fhir)
     v2_router = v2.build_router(models)
     app.include_router(v2_router)
     v2.route_v2_first(app, v2_router)
@@ -479,22 +486,33 @@ def create_app(
     # every served model under its name (its default version) and under each version, with its own request
     # models: built now for the served set, and again after each reload
     app.include_router(models_routes.router)
-    per_model = APIRouter()
-    app.include_router(per_model)
+    # The per-model routes follow those of GET /models in the app's own routes, not in an included router: FastAPI
+    # builds every route of an included router again (its "effective route") at the first request that walks past
+    # them and after every change of them, which for these routes undid what RouteCache saves (~0.25 s at the
+    # first such request after start and after each reload). They are what an included router (no prefix, tags
+    # or dependencies) would serve: the app is their dependency_overrides_provider, as for the included routes.
+    after = app.router.routes[-1]
+    per_model: list[BaseRoute] = []
 
-    route_cache = RouteCache((bundle, models))
+    route_cache = RouteCache((bundle, models), (root_predict, root_explain, root_fhir))
     state.schemas = route_cache.request_models  # the V2 routes validate each model's records with its own
 
     def rebuild(changed: ModelRegistry) -> None:
         services = _other_cds_services(changed)
-        per_model.routes = _per_model_routes(
-            changed, with_monitoring=state.telemetry is not None, cds_services=services, cache=route_cache
+        routes = _per_model_routes(
+            changed,
+            with_monitoring=state.telemetry is not None,
+            cds_services=services,
+            cache=route_cache,
+            dependency_overrides_provider=app.router.dependency_overrides_provider,
         )
+        _replace_after(app.router.routes, after, per_model, routes)
+        per_model[:] = routes
         cds_others[:] = [
             discovery_document(b.spec, b.card, svc, f"{name}/{version}")["services"][0]
             for name, version, b, svc in services
         ]
-        per_model._mark_routes_changed()
+        app.router._mark_routes_changed()
         app.openapi_schema = None
         fast.clear()
         fast.update(fast_table(leaf_routes(app.routes)))
@@ -507,6 +525,14 @@ def create_app(
     fast.update(fast_table(leaf_routes(app.routes)))
     app.openapi = lambda: _openapi(app, bundle)  # type: ignore[method-assign]
     return app
+
+
+def _replace_after(routes: list[BaseRoute], after: BaseRoute, old: list[BaseRoute], new: list[BaseRoute]) -> None:
+    """Replace ``old``, the routes that follow ``after`` in ``routes``, with ``new`` (in one list assignment)."""
+    at = next(i for i, route in enumerate(routes) if route is after) + 1
+    if any(a is not b for a, b in zip(routes[at : at + len(old)], old, strict=True)):
+        raise RuntimeError("the per-model routes are no longer where they were put")
+    routes[at : at + len(old)] = new
 
 
 def _other_cds_services(registry: ModelRegistry) -> list[tuple[str, str, Bundle, CdsService]]:
@@ -534,18 +560,37 @@ def _other_cds_services(registry: ModelRegistry) -> list[tuple[str, str, Bundle,
 
 class RouteCache:
     """The per-model routes already built, by what they depend on (the prefix, the bundle object and its load time,
-    the CDS service id), so that a reload builds only the routes of the versions it adds or replaces: building a
-    version's routes takes a few hundred milliseconds of the event loop's time on a busy machine."""
+    the CDS service id), so that a reload builds only the routes of the versions it adds or replaces, on the event
+    loop's time.
 
-    def __init__(self, root: tuple[Bundle, RequestModels] | None = None) -> None:
+    It also keeps the routes the copies are made from (:func:`service.api.route_copies.pinned_copy`), each built
+    once: the predict and explain routes once per request models (versions with the same features share them; the
+    root app's own for the root bundle's), the FHIR routes once per bundle. Building those is what costs (tens of
+    milliseconds a router: FastAPI analyses each route); a prefix's copies of them take a few milliseconds."""
+
+    def __init__(self, root: tuple[Bundle, RequestModels] | None = None, root_routes: Sequence[APIRouter] = ()) -> None:
         self.routes: dict[tuple[Any, ...], list[BaseRoute]] = {}
         self.models: dict[str, RequestModels] = {}
+        # the predict and explain routes by request models' key, with the models they were built for
+        self.record_routes: dict[str, tuple[RequestModels, list[BaseRoute]]] = {}
+        # by bundle id, with the bundle itself: its request models' key, and its FHIR routes once built
+        self.bundles: dict[int, tuple[Bundle, str, list[BaseRoute] | None]] = {}
         if root is not None:  # the root routes' models: a version with the same features shares their schemas
-            self.models[self._key(root[0])] = root[1]
+            key = self._key(root[0])
+            self.models[key] = root[1]
+            if root_routes:  # the root app's predict, explain and FHIR routers, built for the root bundle
+                predict_router, explain_router, fhir_router = root_routes
+                self.record_routes[key] = (root[1], [*predict_router.routes, *explain_router.routes])
+                self.bundles[id(root[0])] = (root[0], key, list(fhir_router.routes))
 
-    @staticmethod
-    def _key(bundle: Bundle) -> str:
-        return json.dumps([bundle.spec.to_dict(), list(bundle.methods), bundle.default_method], default=str)
+    def _key(self, bundle: Bundle) -> str:
+        """What request models depend on (the spec, the methods), as a key; computed once per bundle."""
+        known = self.bundles.get(id(bundle))
+        if known is not None and known[0] is bundle:
+            return known[1]
+        key = json.dumps([bundle.spec.to_dict(), list(bundle.methods), bundle.default_method], default=str)
+        self.bundles[id(bundle)] = (bundle, key, None)
+        return key
 
     def request_models(self, bundle: Bundle) -> RequestModels:
         """Versions with the same features share their request models (and so their schemas); other models get
@@ -556,8 +601,26 @@ class RouteCache:
             self.models[key] = request_models(bundle.spec, bundle.methods, bundle.default_method, suffix)
         return self.models[key]
 
-    def keep_only(self, keys: set[tuple[Any, ...]]) -> None:
+    def model_routes(self, bundle: Bundle, *, with_monitoring: bool) -> list[BaseRoute]:
+        """The routes every prefix of ``bundle`` copies, in order: predict, explain, groups, model, FHIR and (with
+        the metrics) monitoring; each built once (for its request models, for its bundle) and kept."""
+        req = self.request_models(bundle)
+        key = self._key(bundle)
+        if key not in self.record_routes or self.record_routes[key][0] is not req:
+            self.record_routes[key] = (req, [*predict.build_router(req).routes, *explain.build_router(req).routes])
+        fhir_routes = self.bundles[id(bundle)][2]
+        if fhir_routes is None:
+            fhir_routes = list(fhir.build_router(bundle).routes)
+            self.bundles[id(bundle)] = (bundle, key, fhir_routes)
+        monitoring = operations.monitoring_router.routes if with_monitoring else []
+        return [*self.record_routes[key][1], *groups.router.routes, *model.router.routes, *fhir_routes, *monitoring]
+
+    def keep_only(self, keys: set[tuple[Any, ...]], bundles: Sequence[Bundle] | None = None) -> None:
+        """Forget the routes not under ``keys`` and, given the bundles served, what was built for the others."""
         self.routes = {k: v for k, v in self.routes.items() if k in keys}
+        if bundles is not None:
+            ids = {id(b) for b in bundles}
+            self.bundles = {k: v for k, v in self.bundles.items() if k in ids}
 
 
 def _per_model_routes(
@@ -566,16 +629,22 @@ def _per_model_routes(
     with_monitoring: bool,
     cds_services: Sequence[tuple[str, str, Bundle, CdsService]] = (),
     cache: RouteCache | None = None,
+    dependency_overrides_provider: Any = None,
 ) -> list[BaseRoute]:
     """The routes of every served model version under ``/models/{name}/versions/{version}`` and of every model's
-    default version under ``/models/{name}``: the root routes' modules built again for that bundle (its own request
-    models, CDS and FHIR facts), pinned to it, each operation id suffixed with the model (and version). Routes of a
-    version whose bundle did not change come from ``cache``."""
+    default version under ``/models/{name}``: the root routes' modules built for that bundle (its own request
+    models, CDS and FHIR facts; once per request models, once per bundle, see :class:`RouteCache`) and copied
+    under each prefix, pinned to it, each operation id suffixed with the model (and version). The copies are made
+    from the built routes without FastAPI analysing them again (:mod:`service.api.route_copies`). Routes of a
+    version whose bundle did not change come from ``cache`` (made with the same ``dependency_overrides_provider``,
+    the app whose ``dependency_overrides`` apply to them)."""
     cache = cache or RouteCache()
     out: list[BaseRoute] = []
     used: set[tuple[Any, ...]] = set()
+    bundles: list[Bundle] = []
     for name, version, entry, is_default in registry.served_or_pending():
         bundle = entry.runtime.bundle
+        bundles.append(bundle)
         slug = _slug(name)
         targets: list[tuple[str, str | None, str]] = [
             (f"/models/{name}/versions/{version}", version, f"{slug}__{_slug(version)}")
@@ -586,34 +655,29 @@ def _per_model_routes(
             key: tuple[Any, ...] = (prefix, id(bundle), entry.loaded_at, with_monitoring)
             used.add(key)
             if key not in cache.routes:
-                req = cache.request_models(bundle)
-                routers = [predict.build_router(req), explain.build_router(req), groups.router, model.router]
-                routers.append(fhir.build_router(bundle))
-                if with_monitoring:
-                    routers.append(operations.monitoring_router)
-                holder = APIRouter()
                 pin = Depends(pin_model(name, pinned))
-                for router in routers:
-                    for route in router.routes:
-                        if not isinstance(route, APIRoute):
-                            raise TypeError(f"only plain routes are served per model, not {route!r}")
-                        _add_copy(holder, route, prefix, suffix, pin)
-                install_fast_routes(holder.routes, (name, pinned))
-                cache.routes[key] = holder.routes
+                copies: list[BaseRoute] = []
+                for route in cache.model_routes(bundle, with_monitoring=with_monitoring):
+                    if not isinstance(route, APIRoute):
+                        raise TypeError(f"only plain routes are served per model, not {route!r}")
+                    copies.append(_copy(route, prefix, suffix, pin, overrides=dependency_overrides_provider))
+                install_fast_routes(copies, (name, pinned))
+                cache.routes[key] = copies
             out += cache.routes[key]
     for name, version, bundle, service in cds_services:
         key = ("cds", service.id, service.title, id(bundle), name, version)
         used.add(key)
         if key not in cache.routes:
-            holder = APIRouter()
+            copies = []
             for route in cds.build_router(bundle, service).routes:
                 # one discovery lists all; the feedback summary (its path takes the service id) is the default's
                 if isinstance(route, APIRoute) and route.operation_id not in ("cds_discovery", "cds_feedback_summary"):
                     suffix = f"{_slug(name)}__{_slug(version)}"
-                    _add_copy(holder, route, "", suffix, Depends(pin_model(name, version)), tags=["cds-hooks"])
-            cache.routes[key] = holder.routes
+                    pin = Depends(pin_model(name, version))
+                    copies.append(_copy(route, "", suffix, pin, ["cds-hooks"], overrides=dependency_overrides_provider))
+            cache.routes[key] = copies
         out += cache.routes[key]
-    cache.keep_only(used)
+    cache.keep_only(used, bundles)
     return out
 
 
@@ -621,33 +685,18 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
 
 
-def _add_copy(
-    holder: APIRouter, route: APIRoute, prefix: str, suffix: str, pin: Any, tags: list[str | Any] | None = None
-) -> None:
-    holder.add_api_route(
-        prefix + route.path,
-        route.endpoint,
-        response_model=route.response_model,
-        status_code=route.status_code,
-        tags=tags or ["models"],
-        dependencies=[pin, *route.dependencies],
-        summary=route.summary,
-        description=route.description,
-        response_description=route.response_description,
-        responses=dict(route.responses),
-        deprecated=route.deprecated,
-        methods=sorted(route.methods or ()),
+def _copy(
+    route: APIRoute, prefix: str, suffix: str, pin: Any, tags: list[str | Any] | None = None, *, overrides: Any = None
+) -> APIRoute:
+    """``route`` under ``prefix``, its operation id suffixed, tagged ``tags`` (``models``), with the ``pin``
+    dependency before its own: built from ``route``'s analysis (:func:`~service.api.route_copies.pinned_copy`)."""
+    return pinned_copy(
+        route,
+        path=prefix + route.path,
         operation_id=f"{route.operation_id}__{suffix}" if route.operation_id else None,
-        response_model_include=route.response_model_include,
-        response_model_exclude=route.response_model_exclude,
-        response_model_by_alias=route.response_model_by_alias,
-        response_model_exclude_unset=route.response_model_exclude_unset,
-        response_model_exclude_defaults=route.response_model_exclude_defaults,
-        response_model_exclude_none=route.response_model_exclude_none,
-        include_in_schema=route.include_in_schema,
-        response_class=route.response_class,
-        name=route.name,
-        openapi_extra=route.openapi_extra,
+        tags=tags or ["models"],
+        prepend=[pin],
+        dependency_overrides_provider=overrides,
     )
 
 
@@ -686,22 +735,30 @@ def _openapi(app: FastAPI, bundle: Bundle) -> dict[str, Any]:
     return doc
 
 
-class _OpenAPIDumper(yaml.SafeDumper):
-    """Multi-line strings as literal blocks (readable descriptions in diffs)."""
-
-
 def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
     style = "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
-_OpenAPIDumper.add_representer(str, _str_representer)
+@functools.cache
+def _openapi_dumper() -> type[yaml.SafeDumper]:
+    """yaml's safe dumper writing multi-line strings as literal blocks (readable descriptions in diffs). yaml is
+    imported here, by ``gshap openapi``, not with the app (~13 ms of the server's start)."""
+    import yaml
+
+    class OpenAPIDumper(yaml.SafeDumper):
+        pass
+
+    OpenAPIDumper.add_representer(str, _str_representer)
+    return OpenAPIDumper
 
 
 def openapi_yaml() -> str:
     """The OpenAPI document the app serves, as YAML in the document's own key order (deterministic)."""
+    import yaml
+
     doc = create_app(Settings()).openapi()
-    return yaml.dump(doc, Dumper=_OpenAPIDumper, sort_keys=False, allow_unicode=True, width=120)
+    return yaml.dump(doc, Dumper=_openapi_dumper(), sort_keys=False, allow_unicode=True, width=120)
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
@@ -757,6 +814,7 @@ def serve(settings: Settings) -> int:
             # which every worker watches (uvicorn's own SIGHUP would restart the workers).
             registry.close()
             del registry
+            gc.enable()  # off while starting (service.cli); this process supervises, no lifespan turns it on
             reload_dir = Path(tempfile.mkdtemp(prefix="gshap-reload-"))
             settings = settings.model_copy(update={"reload_file": reload_dir / "reload"})
             assert settings.reload_file is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -12,7 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port, record
+from helpers import app_client, free_port, record
+
+import service.api.app as app_module
+from service.cli import main
+from service.config import Settings
+from service.model.store import Bundle
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -161,3 +167,24 @@ def test_serve_refuses_a_missing_or_plain_http_jwks_with_one_line_and_exit_2(roo
         assert len(lines) == 1, err
         assert source in lines[0]
         assert "Traceback" not in err
+
+
+def test_the_collector_is_off_while_serve_starts_and_on_once_ready(
+    monkeypatch: pytest.MonkeyPatch, bundle: Bundle
+) -> None:
+    """`gshap serve` turns the cyclic GC off before it imports the app, and the app's lifespan turns it back on once it
+    has collected and frozen what start-up made (one full collection at start instead of three)."""
+    seen: list[bool] = []
+
+    def serve(settings: Settings) -> int:
+        seen.append(gc.isenabled())
+        return 0
+
+    monkeypatch.setattr(app_module, "serve", serve)
+    try:
+        assert main(["serve", "--port", str(free_port())]) == 0
+        assert seen == [False]
+        with app_client(app_module.create_app(Settings(), bundle)):
+            assert gc.isenabled()
+    finally:
+        gc.enable()
