@@ -24,7 +24,7 @@ import functools
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -144,6 +144,47 @@ class RecordExplanation:
     n_baselines: int
     seed: int
     summary: str
+
+
+_new = object.__new__
+
+
+def _check_fillable(*classes: type) -> None:
+    """The answers' dataclasses are frozen, and a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``: about a microsecond an instance, ten instances a record on the event loop. The runtime
+    fills their ``__dict__`` directly instead (the same instance: equal, same repr, same JSON; tested), which is
+    only right for a plain frozen dataclass: no ``__slots__``, no ``__post_init__``, no default to fill in."""
+    for cls in classes:
+        params = getattr(cls, "__dataclass_params__", None)
+        fields = getattr(cls, "__dataclass_fields__", {})
+        if (
+            params is None
+            or not params.frozen
+            or hasattr(cls, "__slots__")
+            or hasattr(cls, "__post_init__")
+            or any(f.default is not MISSING or f.default_factory is not MISSING for f in fields.values())
+        ):
+            raise TypeError(f"{cls.__name__} is not a plain frozen dataclass: build it with its __init__")
+
+
+_check_fillable(Prediction, FeatureAttribution, RecordExplanation)
+
+
+def _attribution(
+    feature: str, label: str, unit: str, value: float, imputed: bool, attribution: float, standard_error: float
+) -> FeatureAttribution:
+    """``FeatureAttribution(...)`` field by field (see :func:`_check_fillable`)."""
+    item: FeatureAttribution = _new(FeatureAttribution)
+    item.__dict__.update(
+        feature=feature,
+        label=label,
+        unit=unit,
+        value=value,
+        imputed=imputed,
+        attribution=attribution,
+        standard_error=standard_error,
+    )
+    return item
 
 
 def _engine_kwargs(options: ExplainOptions) -> dict[str, Any]:
@@ -382,22 +423,23 @@ class InferenceRuntime:
         _require_finite("logit", logits)
         out: list[Prediction] = []
         rows = batch.raw.tolist()
+        positive, negative, version = self.spec.positive_label, self.spec.negative_label, self.model_version
         for logit, missing, raw in zip(logits.tolist(), batch.missing.tolist(), rows, strict=True):
             probability = sigmoid(logit)
             label = label_of(probability, threshold)
-            out.append(
-                Prediction(
-                    probability=probability,
-                    logit=logit,
-                    label=label,
-                    label_name=self.spec.positive_label if label else self.spec.negative_label,
-                    threshold=threshold,
-                    model_version=self.model_version,
-                    calibration=calibration,
-                    imputed=tuple(n for n, m in zip(names, missing, strict=True) if m),
-                    warnings=self._warnings(raw),
-                )
+            prediction = _new(Prediction)  # Prediction(...) field by field (see _check_fillable)
+            prediction.__dict__.update(
+                probability=probability,
+                logit=logit,
+                label=label,
+                label_name=positive if label else negative,
+                threshold=threshold,
+                model_version=version,
+                calibration=calibration,
+                imputed=tuple(n for n, m in zip(names, missing, strict=True) if m) if True in missing else (),
+                warnings=self._warnings(raw),
             )
+            out.append(prediction)
         if self.telemetry is not None and self.ready:
             self.telemetry.record_predictions(batch.raw, out, rows)
         return out
@@ -463,34 +505,26 @@ class InferenceRuntime:
         )
         for prediction, values, missing, attrs, ses, output_value, gap in rows:
             items = tuple(
-                FeatureAttribution(
-                    feature=name,
-                    label=label,
-                    unit=unit,
-                    value=value,
-                    imputed=imputed,
-                    attribution=attribution,
-                    standard_error=se,
-                )
+                _attribution(name, label, unit, value, imputed, attribution, se)
                 for (name, label, unit), value, imputed, attribution, se in zip(
                     texts, values, missing, attrs, ses, strict=True
                 )
             )
-            out.append(
-                RecordExplanation(
-                    prediction=prediction,
-                    output=output,
-                    base_value=base_value,
-                    output_value=output_value,
-                    attributions=items,
-                    completeness_gap=gap,
-                    method=method,
-                    n_samples=n_samples,
-                    n_baselines=n_baselines,
-                    seed=seed,
-                    summary=summary_sentence(self.spec, items),
-                )
+            explanation = _new(RecordExplanation)  # RecordExplanation(...) field by field (see _check_fillable)
+            explanation.__dict__.update(
+                prediction=prediction,
+                output=output,
+                base_value=base_value,
+                output_value=output_value,
+                attributions=items,
+                completeness_gap=gap,
+                method=method,
+                n_samples=n_samples,
+                n_baselines=n_baselines,
+                seed=seed,
+                summary=summary_sentence(self.spec, items),
             )
+            out.append(explanation)
         if self.telemetry is not None and self.ready:
             self.telemetry.record_explanations(method, output, gaps.tolist())
         return out
