@@ -45,7 +45,8 @@ def test_filled_answers_are_the_constructed_ones() -> None:
     predictions = runtime.predict(records)
     assert any(e.prediction.imputed for e in explanations)
     assert any(e.prediction.warnings for e in explanations)
-    for obj in [*explanations, *predictions]:
+    answers: list[Any] = [*explanations, *predictions]
+    for obj in answers:
         again = rebuilt(obj)
         assert type(obj) is type(again)
         assert obj == again
@@ -53,7 +54,7 @@ def test_filled_answers_are_the_constructed_ones() -> None:
         assert orjson.dumps(obj) == orjson.dumps(again)
         assert list(vars(obj)) == [f.name for f in dataclasses.fields(obj)]  # the fields' order, as __init__ sets
         with pytest.raises(dataclasses.FrozenInstanceError):
-            obj.summary = "changed"  # type: ignore[misc,union-attr]
+            obj.summary = "changed"
     runtime.close()
 
 
