@@ -110,17 +110,24 @@ def categorize(frames: Sequence[str]) -> str:
     return OTHER
 
 
-def table(stacks: Sequence[tuple[list[str], int]], cpu_ms: float | None) -> str:
-    """Markdown: samples, share and (with ``cpu_ms``) microseconds per request, by category."""
+def table(
+    stacks: Sequence[tuple[list[str], int]], cpu_ms: float | None, extra: Sequence[tuple[str, float]] = ()
+) -> str:
+    """Markdown: samples, share and (with ``cpu_ms``, the sampled threads' CPU per request) microseconds per request,
+    by category; ``extra`` rows (name, ms per request) are CPU measured another way, e.g. threads py-spy does not
+    see (the exact kernel's C threads: their CPU time from ``/proc/<pid>/task``), added to the total."""
     counts: collections.Counter[str] = collections.Counter()
     for frames, n in stacks:
         counts[categorize(frames)] += n
     total = sum(counts.values()) or 1
-    lines = ["| where | samples | share | µs per request |", "|---|---:|---:|---:|"]
+    lines = ["| where | samples | share of the samples | µs per request |", "|---|---:|---:|---:|"]
     for name, n in counts.most_common():
         us = f"{n / total * cpu_ms * 1000:,.0f}" if cpu_ms else "–"
         lines.append(f"| {name} | {n:,} | {n / total * 100:.1f} % | {us} |")
-    us_total = f"{cpu_ms * 1000:,.0f}" if cpu_ms else "–"
+    for name, ms in extra:
+        lines.append(f"| {name} | – | – | {ms * 1000:,.0f} |")
+    all_ms = (cpu_ms or 0.0) + sum(ms for _, ms in extra)
+    us_total = f"{all_ms * 1000:,.0f}" if cpu_ms else "–"
     lines.append(f"| **total** | {total:,} | 100 % | {us_total} |")
     return "\n".join(lines) + "\n"
 
@@ -180,13 +187,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--svg", type=Path, default=None, help="write the flame graph here")
     p.add_argument("--title", default=None, help="the flame graph's title")
     p.add_argument("--md", type=Path, default=None, help="write the table here (else print it)")
+    p.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="NAME=MS",
+        help="a row of CPU ms per request measured another way (e.g. the kernel's C threads), added to the total",
+    )
     args = p.parse_args(argv)
     waits: list[tuple[list[str], int]] = []
     stacks = request_stacks(load_stacks(args.raw), waits)
     if not stacks:
         print(f"{args.raw}: no sample of a serving event loop", file=sys.stderr)
         return 1
-    md = table(stacks, args.cpu_ms)
+    extra = []
+    for item in args.add:
+        name, _, ms = item.rpartition("=")
+        extra.append((name, float(ms)))
+    md = table(stacks, args.cpu_ms, extra)
     waited = sum(n for _, n in waits)
     md += f"\n({waited:,} samples of threads waiting, for events, work or the GIL, are left out: they use no CPU.)\n"
     if args.md:

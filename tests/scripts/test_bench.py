@@ -507,6 +507,7 @@ def test_profile_table_attributes_samples_to_the_innermost_category(tmp_path: Pa
     assert sum(n for _, n in waits) == 50  # the idle loop and the idle executor thread use no CPU
     md = prof.table(stacks, cpu_ms=0.8)
     assert "| kernel (exact C) | 3 | 37.5 % | 300 |" in md
+    assert "| **total** | 8 | 100 % | 1,000 |" in prof.table(stacks, cpu_ms=0.8, extra=[("kernel threads", 0.2)])
     assert "| logging | 1 | 12.5 % | 100 |" in md
     assert "| server (uvicorn, uvloop, httptools) | 4 | 50.0 % | 400 |" in md
     import xml.etree.ElementTree as ET
