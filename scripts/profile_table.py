@@ -30,17 +30,20 @@ __all__ = ["CATEGORIES", "categorize", "flame_svg", "load_stacks", "request_stac
 CATEGORIES: tuple[tuple[str, str], ...] = (
     ("kernel hand-off (submit, pipe, collect)", r"runner_submit|runner_collect|kernel_threads\.py"),
     ("kernel (exact C)", r"_exact|exact_kernel\.py"),
-    ("metrics", r"prometheus_client|service/api/metrics\.py|\(metrics\.py|service/observe|\(drift\.py|_binning"),
-    ("logging", r"\(__init__\.py.*logging|logging/|\(observability\.py:.*(log|_emit)|Logger\.|Handler\.|Formatter\."),
-    ("model forward (torch)", r"torch/|libtorch|\(nn\.py|\(module\.py|\(linear\.py|\(batchnorm\.py|\(functional\.py"),
-    ("runtime (inference, batching)", r"\(inference\.py|\(batching\.py|\(engine_pool\.py|\(gradient_shap\.py"),
+    ("metrics", r"prometheus_client|service/api/metrics\.py|[(/]metrics\.py|service/observe|[(/]drift\.py|_binning"),
+    ("logging", r"logging/|[(/]observability\.py:.*(log|_emit)|Logger\.|Handler\.|Formatter\."),
+    ("model forward (torch)", r"torch/|libtorch|torch/nn/"),
+    (
+        "runtime: records in, answers out (inference, batching, words)",
+        r"service/runtime/|service/engine/gradient_shap\.py|service/render/text\.py|service/contract\.py"
+        r"|service/model/(store|preprocess|spec|features)\.py",
+    ),
     ("numpy", r"numpy|_multiarray"),
-    ("validation (pydantic)", r"pydantic|validate_python|validate_json|\(schemas\.py"),
-    ("JSON parse", r"json/decoder|json/__init__\.py.*loads|orjson.*loads|Request\.json|Request\.body|_json\.c"),
+    ("validation (pydantic)", r"pydantic|validate_python|validate_json|service/schemas\.py"),
+    ("JSON parse", r"json/decoder|loads \(json/|orjson.*loads|Request\.json|Request\.body|_json\.c|^_pairs \("),
     (
         "answer building, serialisation",
-        r"json/encoder|jsonable_encoder|JSONResponse|\.render |orjson|serialize_response"
-        r"|\(presentation|\(answers?\.py|\(text\.py",
+        r"json/encoder|jsonable_encoder|JSONResponse|\.render |orjson|serialize_response|json_answer",
     ),
     ("route handlers", r"service/api/routes|\(predict\.py|\(explain\.py|routes/__init__\.py"),
     ("FastAPI dependencies, routing", r"fastapi/|starlette/routing|\(routing\.py|\(utils\.py|solve_dependencies"),
