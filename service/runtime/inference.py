@@ -25,7 +25,7 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -146,6 +146,7 @@ class RecordExplanation:
     summary: str
 
 
+T = TypeVar("T")
 _new = object.__new__
 
 
@@ -170,21 +171,12 @@ def _check_fillable(*classes: type) -> None:
 _check_fillable(Prediction, FeatureAttribution, RecordExplanation)
 
 
-def _attribution(
-    feature: str, label: str, unit: str, value: float, imputed: bool, attribution: float, standard_error: float
-) -> FeatureAttribution:
-    """``FeatureAttribution(...)`` field by field (see :func:`_check_fillable`)."""
-    item: FeatureAttribution = _new(FeatureAttribution)
-    item.__dict__.update(
-        feature=feature,
-        label=label,
-        unit=unit,
-        value=value,
-        imputed=imputed,
-        attribution=attribution,
-        standard_error=standard_error,
-    )
-    return item
+def _filled(cls: type[T], **fields: Any) -> T:
+    """``cls(**fields)`` without the generated ``__init__``, for the classes :func:`_check_fillable` accepts; the
+    fields are given in their declared order (the order of ``vars()``, hence of the JSON)."""
+    obj: T = _new(cls)
+    obj.__dict__.update(fields)
+    return obj
 
 
 def _engine_kwargs(options: ExplainOptions) -> dict[str, Any]:
@@ -427,8 +419,8 @@ class InferenceRuntime:
         for logit, missing, raw in zip(logits.tolist(), batch.missing.tolist(), rows, strict=True):
             probability = sigmoid(logit)
             label = label_of(probability, threshold)
-            prediction = _new(Prediction)  # Prediction(...) field by field (see _check_fillable)
-            prediction.__dict__.update(
+            prediction = _filled(
+                Prediction,
                 probability=probability,
                 logit=logit,
                 label=label,
@@ -436,7 +428,7 @@ class InferenceRuntime:
                 threshold=threshold,
                 model_version=version,
                 calibration=calibration,
-                imputed=tuple(n for n, m in zip(names, missing, strict=True) if m) if True in missing else (),
+                imputed=tuple(n for n, m in zip(names, missing, strict=True) if m),
                 warnings=self._warnings(raw),
             )
             out.append(prediction)
@@ -461,10 +453,10 @@ class InferenceRuntime:
         return self._explanations(batch, predictions, ex)
 
     async def _explain_split(self, records: list[Record], options: ExplainOptions) -> list[RecordExplanation]:
-        """:meth:`explain` with only the engine's arithmetic off the event loop: on an engine thread, where the
-        compiled exact kernel runs without the GIL, or in an engine process. Preparing the records and building
-        the answers (pure Python, which holds the GIL) stay on the loop, so that an engine thread never queues
-        for the GIL behind the loop, and the loop's work of one batch overlaps the engine's work of another."""
+        """:meth:`explain` with only the engine's arithmetic off the event loop: the exact kernel on its own C
+        threads (:class:`KernelThreads`), the other methods on an engine thread or in an engine process. Preparing
+        the records and building the answers (pure Python, which holds the GIL) stay on the loop, so that the
+        loop's work of one batch overlaps the engine's work of another."""
         batch = self._prepare(records)
         threads = self.kernel_threads
         if threads is not None and options.method == "exact" and options.output == "logit":
@@ -505,13 +497,22 @@ class InferenceRuntime:
         )
         for prediction, values, missing, attrs, ses, output_value, gap in rows:
             items = tuple(
-                _attribution(name, label, unit, value, imputed, attribution, se)
+                _filled(
+                    FeatureAttribution,
+                    feature=name,
+                    label=label,
+                    unit=unit,
+                    value=value,
+                    imputed=imputed,
+                    attribution=attribution,
+                    standard_error=se,
+                )
                 for (name, label, unit), value, imputed, attribution, se in zip(
                     texts, values, missing, attrs, ses, strict=True
                 )
             )
-            explanation = _new(RecordExplanation)  # RecordExplanation(...) field by field (see _check_fillable)
-            explanation.__dict__.update(
+            explanation = _filled(
+                RecordExplanation,
                 prediction=prediction,
                 output=output,
                 base_value=base_value,
