@@ -186,7 +186,8 @@ class ExactKernel:
         self.depth = len(constants["slopes"])
         self._model = _exact.Net(**constants)
 
-    def _rows(self, xs: np.ndarray) -> np.ndarray:
+    def rows(self, xs: np.ndarray) -> np.ndarray:
+        """``xs`` as the C-contiguous float64 ``(N, F)`` rows the kernel takes (``ValueError`` for another shape)."""
         x = _c64(xs)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"x must be (N, {self.n_features}), got shape {x.shape}")
@@ -200,7 +201,7 @@ class ExactKernel:
     def explain(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(N, F) -> ((N, F), (N,))``: attributions and logits in one C call (one release of the GIL),
         the same numbers as :meth:`attributions` and :meth:`logits`."""
-        x = self._rows(xs)
+        x = self.rows(xs)
         attr = np.empty_like(x)
         logit = np.empty(x.shape[0])
         self._model.explain(x, attr, logit)
@@ -214,7 +215,7 @@ class ExactKernel:
 
     def logits(self, xs: np.ndarray) -> np.ndarray:
         """``(N, F) -> (N,)`` logits by fixed-order loops: a row's value is bitwise the same in any batch."""
-        x = self._rows(xs)
+        x = self.rows(xs)
         out = np.empty(x.shape[0])
         self._model.logits(x, out)
         return out

@@ -68,9 +68,7 @@ class KernelThreads:
             return await self._fallback(x)
         runner = self._runner
         assert runner is not None
-        xs = np.ascontiguousarray(x, dtype=np.float64)
-        if xs.ndim != 2 or xs.shape[1] != self.kernel.n_features:
-            raise ValueError(f"x must be (N, {self.kernel.n_features}), got shape {xs.shape}")
+        xs = self.kernel.rows(x)
         attr = np.empty_like(xs)
         logit = np.empty(xs.shape[0])
         token = next(self._tokens)

@@ -143,7 +143,8 @@ def test_runner_refuses_impossible_thread_counts() -> None:
 
 def test_kernel_threads_answer_concurrent_calls_on_the_loop() -> None:
     """Property: concurrent awaits on one loop each get their own rows' answers (the direct call's bits); a call
-    cancelled while in flight does not disturb the others, and the threads stop at close."""
+    cancelled while in flight does not disturb the others, rows of the wrong shape are refused before they reach
+    the threads, and the threads stop at close."""
     kernel = random_kernel(7)
 
     async def fallback(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +167,9 @@ def test_kernel_threads_answer_concurrent_calls_on_the_loop() -> None:
         want_attr, want_logit = kernel.explain(x)
         assert attr.tobytes() == want_attr.tobytes()
         assert logit.tobytes() == want_logit.tobytes()
+    with pytest.raises(ValueError, match=r"\(N, 6\), got shape \(3, 5\)"):
+        asyncio.run(threads.explain(rows(1, 3, features=5)))  # the kernel's own shape check, before any submit
+    assert threads.in_flight == 0
     threads.close()
     with pytest.raises(RuntimeError, match="closed"):
         asyncio.run(threads.explain(xs[0]))
