@@ -19,7 +19,7 @@
  * Reproducibility: records are computed one at a time with fixed-order loops; the build passes
  * -ffp-contract=off (no fused multiply-add) and no -ffast-math, so the compiler may vectorise element-wise
  * loops but never reorder a sum: a record's numbers are bitwise the same alone or in any batch, and on any
- * x86-64 (the AVX2 and baseline clones of the hot function compute the same thing).
+ * x86-64 (the AVX-512, AVX2 and baseline clones of the hot functions compute the same thing).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -33,8 +33,14 @@
 #include <pthread.h>
 #include <unistd.h>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define GSHAP_CLONES __attribute__((target_clones("avx2", "default")))
+/* The hot functions are compiled three times, for AVX-512 (x86-64-v4), AVX2 and the x86-64 baseline, and the
+ * loader picks the best the CPU has. Element-wise loops only are vectorised (no sum is reordered, no multiply-add
+ * fused), so each clone computes the same bits: tests/engine/test_kernel_clones.py builds the file once for each
+ * instruction set, with GSHAP_NO_CLONES and -march, and compares their answers bit for bit. */
+#if defined(GSHAP_NO_CLONES)
+#define GSHAP_CLONES
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define GSHAP_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define GSHAP_CLONES
 #endif

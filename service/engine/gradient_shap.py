@@ -611,6 +611,12 @@ class GradientShapEngine:
         return self._wn.copy()
 
     @property
+    def folded(self) -> Folded | None:
+        """The network folded to ``(weights, biases, slopes)`` (numpy), what the exact kernel is built from; None
+        when it is not piecewise-linear."""
+        return self._folded
+
+    @property
     def is_piecewise_linear(self) -> bool:
         """Whether the exact estimator is available for this model."""
         return self._folded is not None
