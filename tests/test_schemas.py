@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from service.contract import format_value
 from service.model.features import Feature, FeatureSpec
-from service.render.text import summary_sentence
+from service.render.text import SummaryWriter, summary_sentence
 from service.runtime.inference import FeatureAttribution
 from service.schemas import example_record, patient_record_model, request_models
 
@@ -165,6 +165,24 @@ def test_summary_sentence_without_drivers() -> None:
     """All-zero attributions say that nothing moves the risk."""
     attrs = [_attr("glucose", 117, 0.0), _attr("age", 30, 0.0)]
     assert summary_sentence(SCHEMA_SPEC, attrs) == "No feature moves the predicted risk away from the baseline average."
+
+
+def test_summary_sentence_ties_keep_the_given_order_and_small_drivers_stay_out() -> None:
+    """Drivers of equal size are named in the order given (a stable ranking); one under a tenth of the strongest
+    is not named, and a third driver in one direction is not named either."""
+    attrs = [
+        _attr("bmi", 40, 0.5),
+        _attr("glucose", 150, 0.5),
+        _attr("age", 60, 0.5),
+        _attr("blood_pressure", 90, -0.04),
+    ]
+    assert summary_sentence(SCHEMA_SPEC, attrs) == (
+        "BMI of 40 kg/m² and glucose of 150 mg/dL push the predicted risk up most."
+    )
+    writer = SummaryWriter(SCHEMA_SPEC, target="probability")
+    assert writer(attrs[::-1][1:]) == (
+        "Age of 60 years and glucose of 150 mg/dL push the predicted probability up most."
+    )
 
 
 def test_documented_examples_validate_against_their_models() -> None:

@@ -43,9 +43,10 @@ class Preprocessor:
             train_max=np.nanmax(x_train, axis=0),
         )
 
-    def impute(self, x_raw: np.ndarray) -> np.ndarray:
-        """``(N, F)`` raw with NaN → ``(N, F)`` raw with training medians filled in."""
-        out: np.ndarray = np.where(np.isnan(x_raw), self.fill, x_raw)
+    def impute(self, x_raw: np.ndarray, missing: np.ndarray | None = None) -> np.ndarray:
+        """``(N, F)`` raw with NaN → ``(N, F)`` raw with training medians filled in (``missing``: the caller's
+        ``np.isnan(x_raw)``, when it has it)."""
+        out: np.ndarray = np.where(np.isnan(x_raw) if missing is None else missing, self.fill, x_raw)
         return out
 
     def transform(self, x_raw: np.ndarray) -> np.ndarray:

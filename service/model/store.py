@@ -201,16 +201,34 @@ class Bundle:
         return torch.from_numpy(self.to_model_array(raw))
 
     def records_to_array(self, records: Sequence[Mapping[str, float | None]]) -> np.ndarray:
-        """Records keyed by feature name → ``(N, F)`` float64 in original units with NaN for missing."""
-        out = np.empty((len(records), len(self.spec)), dtype=np.float64)
-        for j, feat in enumerate(self.spec):
-            for i, rec in enumerate(records):
-                v = rec.get(feat.name)
-                missing = v is None or (feat.zero_means_missing and v == 0)
-                if missing and not feat.may_be_missing:
-                    raise ValueError(f"feature {feat.name!r} is required")
-                out[i, j] = np.nan if missing else float(v)  # type: ignore[arg-type]
-        return out
+        """Records keyed by feature name → ``(N, F)`` float64 in original units with NaN for missing.
+
+        Raises ``ValueError`` naming the first required feature (in the specification's order) that a record
+        lacks."""
+        plan = self._record_plan
+        nan = math.nan
+        flat: list[float] = []
+        lacking: set[str] = set()
+        for rec in records:
+            get = rec.get
+            for name, zero_missing, may_be_missing in plan:
+                v = get(name)
+                if v is None or (zero_missing and v == 0):
+                    flat.append(nan)
+                    if not may_be_missing:
+                        lacking.add(name)
+                else:
+                    flat.append(float(v))
+        if lacking:
+            first = next(name for name, _, _ in plan if name in lacking)
+            raise ValueError(f"feature {first!r} is required")
+        # one array from one list: numpy's item-by-item assignment cost more than the loop above
+        return np.array(flat, dtype=np.float64).reshape(len(records), len(plan))
+
+    @functools.cached_property
+    def _record_plan(self) -> tuple[tuple[str, bool, bool], ...]:
+        """Per feature: its name, whether 0 means "not measured", whether it may be missing."""
+        return tuple((f.name, f.zero_means_missing, f.may_be_missing) for f in self.spec)
 
 
 def _sha256(path: Path) -> str:

@@ -14,7 +14,7 @@ from service.contract import format_value
 from service.model.features import Feature, FeatureSpec
 from service.render.charts import Contribution
 
-__all__ = ["SILENT_UNITS", "format_value", "range_warning", "summary_sentence", "unit_text"]
+__all__ = ["SILENT_UNITS", "SummaryWriter", "format_value", "range_warning", "summary_sentence", "unit_text"]
 
 SILENT_UNITS = frozenset({"", "count", "score"})
 """Units that read badly after a number in a sentence ("6 count", "0.627 score")."""
@@ -33,14 +33,54 @@ def _lower_label(label: str) -> str:
     return label if label[:2].isupper() else label[:1].lower() + label[1:]
 
 
-def _phrase(feat: Feature, value: float, imputed: bool, first: bool) -> str:
-    label = feat.label if first else _lower_label(feat.label)
-    shown = format_value(value, feat.integer)
-    if imputed:
-        return f"{label} (not measured; imputed as {shown}{unit_text(feat)})"
-    if feat.unit == "count":  # "the number of pregnancies (6)": singular, whatever the count
-        return f"{'The' if first else 'the'} number of {_lower_label(feat.label)} ({shown})"
-    return f"{label} of {shown}{unit_text(feat)}"
+class SummaryWriter:
+    """:func:`summary_sentence` for one feature specification, with each feature's words (its label, lowered
+    inside a sentence, its unit text, its integer rule) looked up once: the runtime writes a sentence for every
+    explanation on the event loop."""
+
+    def __init__(self, spec: FeatureSpec, target: str = "risk") -> None:
+        # name -> (label, label inside a sentence, unit text, integer, counted)
+        self._words = {
+            f.name: (f.label, _lower_label(f.label), unit_text(f), f.integer, f.unit == "count") for f in spec
+        }
+        self._flat = f"No feature moves the predicted {target} away from the baseline average."
+        self._most = {side: f"the predicted {target} {side} most" for side in ("up", "down")}
+
+    def _phrase(self, a: Contribution, first: bool) -> str:
+        label, lowered, unit, integer, counted = self._words[a.feature]
+        shown = format_value(a.value, integer)
+        if a.imputed:
+            return f"{label if first else lowered} (not measured; imputed as {shown}{unit})"
+        if counted:  # "the number of pregnancies (6)": singular, whatever the count
+            return f"{'The' if first else 'the'} number of {lowered} ({shown})"
+        return f"{label if first else lowered} of {shown}{unit}"
+
+    def __call__(self, attributions: Sequence[Contribution]) -> str:
+        """The sentence for ``attributions`` (see :func:`summary_sentence`)."""
+        if not attributions:
+            return "The model has no features to explain."
+        sizes = [abs(a.attribution) for a in attributions]
+        strongest = max(sizes)
+        if not math.isfinite(strongest) or strongest <= 1e-12:
+            return self._flat
+        floor = SUMMARY_SHARE * strongest
+        # strongest first; equal sizes keep their order (a stable sort)
+        ranked = sorted((-size, i) for i, size in enumerate(sizes) if size >= floor)
+        up = [a for a in (attributions[i] for _, i in ranked) if a.attribution > 0][:2]
+        down = [a for a in (attributions[i] for _, i in ranked) if a.attribution < 0][:2]
+        sides: list[tuple[list[Contribution], str]] = [(up, "up"), (down, "down")]
+        if attributions[ranked[0][1]].attribution < 0:
+            sides.reverse()
+        clauses: list[str] = []
+        for items, direction in sides:
+            if not items:
+                continue
+            first_clause = not clauses
+            names = " and ".join(self._phrase(a, first_clause and i == 0) for i, a in enumerate(items))
+            verb = "pushes" if len(items) == 1 else "push"
+            what = self._most[direction] if first_clause else f"it {direction}"
+            clauses.append(f"{names} {verb} {what}")
+        return "; ".join(clauses) + "."
 
 
 def summary_sentence(spec: FeatureSpec, attributions: Sequence[Contribution], target: str = "risk") -> str:
@@ -48,33 +88,9 @@ def summary_sentence(spec: FeatureSpec, attributions: Sequence[Contribution], ta
 
     e.g. "Glucose of 148 mg/dL and BMI of 33.6 kg/m² push the predicted risk up most; age of 50 years pushes
     it down." At most two features a direction, each moving the output by at least a tenth of the strongest.
+    A writer that serves many sentences keeps one :class:`SummaryWriter`.
     """
-    if not attributions:
-        return "The model has no features to explain."
-    strongest = max(abs(a.attribution) for a in attributions)
-    if not math.isfinite(strongest) or strongest <= 1e-12:
-        return f"No feature moves the predicted {target} away from the baseline average."
-    ranked = sorted(
-        (a for a in attributions if abs(a.attribution) >= SUMMARY_SHARE * strongest),
-        key=lambda a: -abs(a.attribution),
-    )
-    up = [a for a in ranked if a.attribution > 0][:2]
-    down = [a for a in ranked if a.attribution < 0][:2]
-    sides: list[tuple[list[Contribution], str]] = [(up, "up"), (down, "down")]
-    if ranked[0].attribution < 0:
-        sides.reverse()
-    clauses: list[str] = []
-    for items, direction in sides:
-        if not items:
-            continue
-        first_clause = not clauses
-        names = " and ".join(
-            _phrase(spec.by_name(a.feature), a.value, a.imputed, first_clause and i == 0) for i, a in enumerate(items)
-        )
-        verb = "pushes" if len(items) == 1 else "push"
-        what = f"the predicted {target} {direction} most" if first_clause else f"it {direction}"
-        clauses.append(f"{names} {verb} {what}")
-    return "; ".join(clauses) + "."
+    return SummaryWriter(spec, target)(attributions)
 
 
 def range_warning(feat: Feature, value: float, low: float, high: float) -> str:

@@ -36,7 +36,7 @@ from service.engine.gradient_shap import Explanation, GradientShapEngine, set_to
 from service.model.features import FeatureSpec
 from service.model.store import FORMAT_VERSION, Bundle, BundleError
 from service.observe.metrics import ModelTelemetry, Telemetry
-from service.render.text import range_warning, summary_sentence
+from service.render.text import SummaryWriter, range_warning
 from service.runtime.batching import Coalescer
 from service.runtime.engine_pool import EngineProcessPool
 from service.runtime.kernel_threads import KernelThreads
@@ -74,6 +74,15 @@ def _require_finite(what: str, values: np.ndarray) -> None:
     if not np.isfinite(values).all():
         bad = int((~np.isfinite(values)).reshape(len(values), -1).any(axis=1).sum())
         raise NonFiniteOutputError(f"the model gave a non-finite {what} for {bad} of {len(values)} records")
+
+
+def _all_finite(rows: list[list[float]]) -> bool:
+    """Whether every number of ``rows`` (a ``tolist()``) is finite: for the few numbers of a request, a loop in C
+    over the Python floats the answer is built from costs less than numpy's small-array calls."""
+    return all(all(map(_isfinite, row)) for row in rows)
+
+
+_isfinite = math.isfinite
 
 
 @dataclass(frozen=True)
@@ -269,6 +278,7 @@ class InferenceRuntime:
         self._lo: list[float] = [float(v) for v in pre.train_min]
         self._hi: list[float] = [float(v) for v in pre.train_max]
         self._feature_texts = [(f.name, f.label, f.unit) for f in self.spec]
+        self._summary = SummaryWriter(self.spec)
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -385,7 +395,7 @@ class InferenceRuntime:
     def _prepare(self, records: Sequence[Record]) -> _Batch:
         raw = self.bundle.records_to_array(records)
         missing = np.isnan(raw)
-        values = self.bundle.preprocessor.impute(raw)
+        values = self.bundle.preprocessor.impute(raw, missing)
         x = np.asarray(self.bundle.preprocessor.standardise(values), dtype=np.float32)
         return _Batch(raw=raw, values=values, missing=missing, x=x)
 
@@ -412,11 +422,13 @@ class InferenceRuntime:
         threshold = float(self.bundle.threshold)
         calibration = self.bundle.calibration.name
         logits = np.asarray(logits, dtype=np.float64)
-        _require_finite("logit", logits)
+        logit_list = logits.tolist()
+        if not all(map(_isfinite, logit_list)):
+            _require_finite("logit", logits)
         out: list[Prediction] = []
         rows = batch.raw.tolist()
         positive, negative, version = self.spec.positive_label, self.spec.negative_label, self.model_version
-        for logit, missing, raw in zip(logits.tolist(), batch.missing.tolist(), rows, strict=True):
+        for logit, missing, raw in zip(logit_list, batch.missing.tolist(), rows, strict=True):
             probability = sigmoid(logit)
             label = label_of(probability, threshold)
             prediction = _filled(
@@ -478,20 +490,24 @@ class InferenceRuntime:
         standard_errors = np.asarray(ex.attribution_se, dtype=np.float64)
         output_values = np.asarray(ex.output_value, dtype=np.float64)
         gaps = np.asarray(ex.completeness_gap, dtype=np.float64)
-        _require_finite("attribution", attributions)
-        _require_finite("output value", output_values)
+        attribution_rows, value_list = attributions.tolist(), output_values.tolist()
+        if not _all_finite(attribution_rows):
+            _require_finite("attribution", attributions)
+        if not all(map(_isfinite, value_list)):
+            _require_finite("output value", output_values)
         out: list[RecordExplanation] = []
         output, method = str(ex.output), str(ex.method)
         base_value, n_samples, seed = float(ex.base_value), int(ex.n_samples), int(ex.seed)
         n_baselines = len(self.bundle.baseline_points)
         texts = self._feature_texts
+        summary = self._summary
         rows = zip(
             predictions,
             batch.values.tolist(),
             batch.missing.tolist(),
-            attributions.tolist(),
+            attribution_rows,
             standard_errors.tolist(),
-            output_values.tolist(),
+            value_list,
             gaps.tolist(),
             strict=True,
         )
@@ -523,7 +539,7 @@ class InferenceRuntime:
                 n_samples=n_samples,
                 n_baselines=n_baselines,
                 seed=seed,
-                summary=summary_sentence(self.spec, items),
+                summary=summary(items),
             )
             out.append(explanation)
         if self.telemetry is not None and self.ready:

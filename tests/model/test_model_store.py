@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.model.store import FORMAT_VERSION, BundleError, _write_checksums, load_bundle
@@ -90,3 +91,25 @@ def test_missing_bundle_is_one_line(tmp_path: Path) -> None:
         load_bundle(tmp_path / "nope")
     assert "does not exist" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_records_to_array_marks_missing_and_names_the_first_required_feature() -> None:
+    """None, and 0 where zero means "not measured", become NaN; a batch lacking two required features is refused
+    naming the one first in the specification's order, whichever record lacks it."""
+    bundle = load_bundle()
+    record = {f.name: f.example or 1 for f in bundle.spec}  # every value measured
+    zero_missing = next(f.name for f in bundle.spec if f.zero_means_missing)
+    optional = next(f.name for f in bundle.spec if f.may_be_missing)
+    required = [f.name for f in bundle.spec if not f.may_be_missing]
+    rows = bundle.records_to_array([record, {**record, zero_missing: 0, optional: None}])
+    assert rows.shape == (2, len(bundle.spec))
+    assert not np.isnan(rows[0]).any()
+    names = bundle.spec.names
+    assert np.isnan(rows[1, names.index(zero_missing)])
+    assert np.isnan(rows[1, names.index(optional)])
+    assert np.isnan(rows[1]).sum() == len({zero_missing, optional})
+    later = {**record, required[-1]: None}
+    first = {**record, required[0]: None}
+    with pytest.raises(ValueError, match=f"feature '{required[0]}' is required"):
+        bundle.records_to_array([later, first])
+    assert bundle.records_to_array([]).shape == (0, len(bundle.spec))
