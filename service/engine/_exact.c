@@ -45,6 +45,31 @@
 #define GSHAP_CLONES
 #endif
 
+/* Sign-change flags are bytes of 0 or 1, read eight at a time as a word: the index of its first set byte, and the
+ * word without it (so the units of a word are visited in increasing order, with no branch per unit). The portable
+ * version (any byte order or compiler; GSHAP_PORTABLE_FLAGS forces it, for the test that compares the builds)
+ * visits the same units in the same order. */
+#if !defined(GSHAP_PORTABLE_FLAGS) && defined(__GNUC__) && defined(__BYTE_ORDER__) && \
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+static inline Py_ssize_t first_flag(uint64_t word) { return (Py_ssize_t)(__builtin_ctzll(word) >> 3); }
+static inline uint64_t drop_first_flag(uint64_t word) { return word & (word - 1); }
+#else
+static inline Py_ssize_t first_flag(uint64_t word) {
+    unsigned char b[8];
+    memcpy(b, &word, 8);
+    Py_ssize_t i = 0;
+    while (!b[i]) i++;
+    return i;
+}
+static inline uint64_t drop_first_flag(uint64_t word) {
+    unsigned char b[8];
+    memcpy(b, &word, 8);
+    b[first_flag(word)] = 0;
+    memcpy(&word, b, 8);
+    return word;
+}
+#endif
+
 typedef struct {
     Py_ssize_t n, f, h1, h2, k;
 } dims_t;
@@ -732,9 +757,10 @@ static inline __attribute__((always_inline)) int last_pass(Py_ssize_t hn, Py_ssi
         memcpy(&word, fl + 8 * w, 8);
         if (!word) continue; /* eight units without a sign change */
         any = 1;
-        const Py_ssize_t end = 8 * w + 8 < hn ? 8 * w + 8 : hn;
-        for (Py_ssize_t j = 8 * w; j < end; j++) {
-            if (!fl[j]) continue;
+        /* the units that changed, in increasing order, one per set byte (a flag is 0 or 1): no branch per unit */
+        for (; word; word = drop_first_flag(word)) {
+            const Py_ssize_t j = 8 * w + first_flag(word);
+            if (j >= hn) break; /* padding */
             const double v0 = vp[j], v1 = h[j];
             const double tau = tprev + seg * (v0 / (v0 - v1));
             const double sg = (v1 > 0.0 ? 1.0 : -1.0) * keep; /* the mask's change: ±1 for a ReLU */
@@ -890,9 +916,10 @@ static void net_record2(const double *restrict x, const double *restrict w1, con
                 uint64_t word;
                 memcpy(&word, fl + 8 * w, 8);
                 if (!word) continue; /* eight units without a sign change */
-                const Py_ssize_t end = 8 * w + 8 < h2n ? 8 * w + 8 : h2n;
-                for (Py_ssize_t j = 8 * w; j < end; j++) {
-                    if (!fl[j]) continue;
+                /* the units that changed, in increasing order, one per set byte: no branch per unit */
+                for (; word; word = drop_first_flag(word)) {
+                    const Py_ssize_t j = 8 * w + first_flag(word);
+                    if (j >= h2n) break; /* padding */
                     const double v0 = hp[j], v1 = h[j];
                     const double tau = tprev + seg * (v0 / (v0 - v1));
                     const double sg = (v1 > 0.0 ? 1.0 : -1.0) * keep; /* ±1 for a ReLU */

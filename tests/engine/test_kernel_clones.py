@@ -1,5 +1,6 @@
 """Every instruction set gives the same bits: the exact kernel built for the x86-64 baseline, for AVX2 and for
-AVX-512 (x86-64-v4) against the installed build, which picks the best clone this CPU has at load time.
+AVX-512 (x86-64-v4) against the installed build, which picks the best clone this CPU has at load time (and the
+baseline again with ``GSHAP_PORTABLE_FLAGS``: the byte-order-free reading of the sign-change flags).
 
 The kernel's hot functions are compiled as target clones (``GSHAP_CLONES`` in ``service/engine/_exact.c``); the
 build forbids fused multiply-adds and reordered sums, so a wider vector may only do the same element-wise
@@ -28,7 +29,7 @@ from service.engine.gradient_shap import GradientShapEngine
 from service.model.store import load_bundle
 
 SOURCE = Path(_exact.__file__).with_name("_exact.c")
-FLAGS = ["-shared", "-fPIC", "-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c11", "-DGSHAP_NO_CLONES"]
+FLAGS = ["-shared", "-fPIC", "-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c11", "-DGSHAP_NO_CLONES", "-pthread"]
 
 # -march for each build, and the /proc/cpuinfo flags a CPU needs to run it
 TARGETS = {
@@ -36,6 +37,8 @@ TARGETS = {
     "x86-64-v3": ("avx2", "fma", "bmi2"),
     "x86-64-v4": ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"),
 }
+# extra macros of a build: the baseline again with the portable reading of the sign-change flags
+VARIANTS = {march: () for march in TARGETS} | {"x86-64 portable flags": ("-DGSHAP_PORTABLE_FLAGS",)}
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +53,8 @@ def _cpu_flags() -> set[str]:
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModuleType]:
-    """The kernel compiled once per instruction set this machine can run (``_exact`` modules, not the installed one)."""
+    """The kernel compiled once per instruction set this machine can run, and once more with the portable reading
+    of the sign-change flags (``_exact`` modules beside the installed one), by name."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None or sysconfig.get_platform() != "linux-x86_64":
         pytest.skip("needs a C compiler on x86-64 Linux (the installed kernel was built with one)")
@@ -58,29 +62,29 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModuleType]:
     include = sysconfig.get_paths()["include"]
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     runnable = {
-        march: tmp_path_factory.mktemp(march) / f"_exact{suffix}"
-        for march, needs in TARGETS.items()
-        if set(needs) <= flags
+        name: tmp_path_factory.mktemp(name.replace(" ", "-")) / f"_exact{suffix}"
+        for name in VARIANTS
+        if set(TARGETS[name.split()[0]]) <= flags
     }
     compiling = [  # side by side: a few seconds each
         subprocess.Popen(
-            [compiler, *FLAGS, f"-march={march}", f"-I{include}", str(SOURCE), "-o", str(so), "-lpthread"],
+            [compiler, *FLAGS, *VARIANTS[name], f"-march={name.split()[0]}", f"-I{include}", str(SOURCE), "-o", so],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        for march, so in runnable.items()
+        for name, so in runnable.items()
     ]
     for process in compiling:
         _, err = process.communicate()
         assert process.returncode == 0, err.decode(errors="replace")
     out: dict[str, ModuleType] = {}
-    for march, so in runnable.items():
+    for name, so in runnable.items():
         spec = importlib.util.spec_from_file_location("_exact", so)
         assert spec is not None
         assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        out[march] = module
+        out[name] = module
     assert "x86-64" in out, "the baseline build must always run"
     return out
 
