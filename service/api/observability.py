@@ -10,10 +10,10 @@ anything else that could carry a patient's values.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import traceback
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,7 +93,16 @@ def request_id(scope: Scope) -> str:
     # a caller's id is echoed only if it is short and plain: it goes into logs and headers
     if given and _VALID_REQUEST_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """``uuid.uuid4().hex``, without building a :class:`uuid.UUID` (a few microseconds of Python a request): 16
+    random bytes with the version (4) and variant (RFC 4122) bits set as ``uuid4`` sets them."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    return b.hex()
 
 
 def where(exc: BaseException) -> list[str]:

@@ -4,6 +4,7 @@ copies) served past the router and FastAPI's request handling, with the same ans
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 from helpers import AppClient, app_client
 
 from service.api.app import create_app
+from service.api.observability import new_request_id
 from service.api.stack import ServiceLayer
 from service.config import Settings
 from service.model.store import Bundle
@@ -108,3 +110,32 @@ def test_fast_routes_answer_with_every_header(app: FastAPI, client: AppClient) -
     assert r.headers["x-content-type-options"] == "nosniff"
     metrics = client.get("/metrics").text
     assert f'gshap_http_requests_total{{method="POST",route="/models/{name}/predict",status="200"}}' in metrics
+
+
+def test_fast_routes_parse_bodies_as_json_loads_does(app: FastAPI, client: AppClient) -> None:
+    """The shared parser reads what json.loads reads from bytes: a UTF-8 BOM and UTF-16 are decoded as it decodes
+    them (the same answer as plain UTF-8), names given twice are found at any depth, and a malformed body is
+    still a 400."""
+    example = app.state.gshap.models.example()
+    json_type = {"content-type": "application/json"}
+    text = json.dumps(example)
+    plain = client.post("/explain", content=text.encode(), headers=json_type)
+    assert plain.status_code == 200
+    for encoded in (b"\xef\xbb\xbf" + text.encode(), text.encode("utf-16"), text.encode("utf-32-le")):
+        r = client.post("/explain", content=encoded, headers=json_type)
+        assert r.status_code == 200, r.text
+        assert r.json() == plain.json()
+    r = client.post("/explain", content=b'{"a": {"y": 1, "y": 2}, "b": [1, {"z": 0, "z": 0}]}', headers=json_type)
+    assert [(e["field"], e["rule"]) for e in r.json()["errors"]] == [("y", "duplicate_key"), ("z", "duplicate_key")]
+    r = client.post("/explain", content=b'{"glucose": 1, "age": }', headers=json_type)
+    assert (r.status_code, r.json()["errors"][0]["rule"]) == (400, "json_invalid")
+
+
+def test_new_request_ids_are_uuid4_hex() -> None:
+    """A request without a usable X-Request-ID gets what uuid.uuid4().hex gives: 32 hex digits, version 4, the
+    RFC 4122 variant, and never the same twice."""
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for rid in ids:
+        parsed = uuid.UUID(hex=rid)
+        assert (parsed.hex, parsed.version, parsed.variant) == (rid, 4, uuid.RFC_4122)

@@ -422,7 +422,10 @@ def fast_app(route: APIRoute, pin: tuple[str, str | None] | None) -> ASGIApp:
             if body:
                 value = body
                 if content_type and (content_type == "application/json" or _is_json_media_type(content_type)):
-                    value = json.loads(body, object_pairs_hook=lambda pairs: _pairs(pairs, duplicates))
+                    try:
+                        value = _JSON.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+                    except _DuplicateNameError:  # parsed again, to the end, noting every name given twice
+                        value = json.loads(body, object_pairs_hook=lambda pairs: _pairs(pairs, duplicates))
         except json.JSONDecodeError as exc:
             error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}}
             raise RequestValidationError([{**error, "ctx": {"error": exc.msg}}], body=exc.doc) from exc
@@ -442,6 +445,23 @@ def fast_app(route: APIRoute, pin: tuple[str, str | None] | None) -> ASGIApp:
                 entry.leases -= 1
 
     return app
+
+
+class _DuplicateNameError(Exception):
+    """A name given twice in a JSON object: the shared parser stops, and the body is parsed again by the one that
+    notes every such name (the rare path)."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _DuplicateNameError
+    return out
+
+
+# One parser for every request (json.loads with a hook builds a decoder a call), used as json.loads uses it on
+# bytes: decoded by the encoding json.detect_encoding finds, surrogates passed through
+_JSON = json.JSONDecoder(object_pairs_hook=_unique_pairs)
 
 
 def _pairs(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict[str, Any]:

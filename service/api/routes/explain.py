@@ -113,6 +113,7 @@ def build_router(models: RequestModels) -> APIRouter:
     router = APIRouter(tags=["explain"], dependencies=[Depends(require_json)])
     examples, batch = explain_examples(models), explain_batch_examples(models)
     fields = set(models.spec.names)
+    names = tuple(models.spec.names)
 
     @router.post(
         "/explain",
@@ -129,7 +130,8 @@ def build_router(models: RequestModels) -> APIRouter:
         training population (the baseline distribution), adding up to output_value - base_value, with a
         one-sentence summary of the strongest drivers."""
         options = explain_options(body, runtime)
-        record = body.model_dump(include=fields)
+        given = body.__dict__  # the validated fields: model_dump(include=fields) without the serialiser
+        record = {name: given[name] for name in names}
         [explanation] = await runtime.aexplain([record], options)
         return json_answer(explanation)
 

@@ -91,7 +91,8 @@ def build_router(models: RequestModels) -> APIRouter:
     async def predict(record: PatientRecord, runtime: RuntimeDep) -> Response:
         """The probability of the model's positive outcome, the label at the model's threshold, the features
         that were not measured (imputed) and warnings where the model extrapolates."""
-        [prediction] = await runtime.apredict([record.model_dump()])
+        # the validated fields as they are (model_dump() would copy them through the serialiser): read, not kept
+        [prediction] = await runtime.apredict([record.__dict__])
         return json_answer(prediction)
 
     @router.post(
