@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchkit.common import HOST
-from benchkit.procs import cpu_seconds
+from benchkit.procs import cpu_seconds, machine_cpu, steal_share
 from benchkit.servers import Server, wait_idle
 from benchkit.targets import Target
 from benchkit.wrk import run_wrk
@@ -37,6 +38,7 @@ class CellResult:
     error_kinds: dict[str, int]
     server_cpu_share: float  # server CPU seconds / wall seconds (2.0 = both cores of this machine)
     wrk_cpu_share: float
+    steal_share: float = math.nan  # the machine's CPU time stolen by the hypervisor during the cell (procs.steal_share)
 
 
 @dataclass
@@ -74,10 +76,11 @@ def measure_cell(
     if warmup > 0:
         run_wrk(server.url + target.path, script, concurrency, warmup)
         wait_idle(server.proc.pid)
-    cpu0, t0 = cpu_seconds(server.proc.pid), time.perf_counter()
+    machine0, cpu0, t0 = machine_cpu(), cpu_seconds(server.proc.pid), time.perf_counter()
     r = run_wrk(server.url + target.path, script, concurrency, seconds)
     wall = time.perf_counter() - t0
     cpu = cpu_seconds(server.proc.pid) - cpu0
+    stolen = steal_share(machine0, machine_cpu())
     wait_idle(server.proc.pid)
     return CellResult(
         target=target.key,
@@ -96,4 +99,5 @@ def measure_cell(
         error_kinds=r["error_kinds"],
         server_cpu_share=cpu / wall,
         wrk_cpu_share=r["wrk_cpu_s"] / wall,
+        steal_share=stolen,
     )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
-__all__ = ["cpu_seconds", "memory_mb", "process_tree", "rss_kib", "status_kib", "uss_kib"]
+__all__ = [
+    "cpu_seconds", "machine_cpu", "memory_mb", "process_tree", "rss_kib", "status_kib", "steal_share", "uss_kib",
+]  # fmt: skip
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -94,3 +97,23 @@ def uss_kib(pid: int) -> int:
     except OSError:
         pass
     return total
+
+
+def machine_cpu() -> tuple[int, int]:
+    """The whole machine's (steal, total) CPU ticks so far, from ``/proc/stat``; ``(0, 0)`` where it is unreadable.
+
+    Steal is the time the hypervisor ran something else while this virtual machine had work: on a shared host it
+    slows every server of a benchmark alike, which a ratio cancels and an absolute latency does not."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return 0, 0
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return (ticks[7], sum(ticks)) if len(ticks) == 8 else (0, 0)
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's CPU time stolen between two :func:`machine_cpu` readings (NaN: unknown)."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else math.nan

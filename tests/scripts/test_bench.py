@@ -434,6 +434,37 @@ def test_process_memory_and_cpu_of_this_process() -> None:
     assert cpu_seconds(pid) > 0
 
 
+def test_steal_share_is_the_stolen_part_of_the_machines_ticks() -> None:
+    """The share of CPU ticks stolen between two readings of /proc/stat; NaN when no tick passed."""
+    from benchkit.procs import machine_cpu, steal_share
+
+    assert steal_share((10, 1000), (40, 1300)) == pytest.approx(0.1)
+    assert math.isnan(steal_share((10, 1000), (10, 1000)))
+    steal, total = machine_cpu()
+    assert 0 <= steal <= total
+    assert total > 0  # Linux: /proc/stat is there
+
+
+def test_goal_rounds_report_the_echo_tail_and_the_steal() -> None:
+    """Each round's row carries the echo app's own p99 and the CPU stolen during the /explain cell."""
+    goals = _load("bench_goals")
+    servers = {
+        "echo": {"cold_start_s": 1.0, "cells": {"echo": {"rps": 1000.0, "p99_ms": 3.25, "steal_share": 0.02}}},
+        "ours": {"cold_start_s": 2.0, "cells": {"explain": {"rps": 500.0, "p99_ms": 4.5, "steal_share": 0.3}}},
+    }
+    values = goals.round_values(servers)
+    assert (values["echo_p99_ms"], values["steal_share_explain"], values["steal_share_echo"]) == (3.25, 0.3, 0.02)
+    rounds = [{"order": ["echo", "ours"], "loadavg_before": "1.00 1.00 1.00", "values": values}]
+    result = {
+        "meta": {"date": "d", "machine": {"summary": "m"}, "git": "g", "rounds": 1, "seconds_per_cell": 1,
+                 "warmup_seconds": 0, "machine_note": "n"},
+        "rounds": rounds,
+        "evaluation": goals.evaluate(rounds),
+    }  # fmt: skip
+    row = next(line for line in goals.goals_markdown(result).splitlines() if line.startswith("| 1 |"))
+    assert "| 4.50 | 3.25 | 30% |" in row
+
+
 def test_results_are_written_with_nan_as_null(tmp_path: Path) -> None:
     """NaN (not measured in this run) becomes null, in nested dicts, lists and tuples; folders are created."""
     from benchkit.common import write_json
