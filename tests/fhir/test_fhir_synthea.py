@@ -3,11 +3,11 @@ blood pressure as 55284-4 panels, random glucose 2339-0): the answer is a 422 na
 and, once those are added, the values used equal what a careful reader takes from the Bundle (the latest final
 value, panel components read, near misses not used).
 
-The Bundles are not in this repository: they come from ``smart-on-fhir/generated-sample-data`` (Apache-2.0,
-``R4/SYNTHEA/*.json``), whose files are kept outside the project's history. Point ``GSHAP_SYNTHEA_DIR`` at a
-folder of them, or put them in ``tests/data/synthea/`` or in ``shared/datasets/synthea/`` beside the checkout (where
-the steering repository keeps data; CI has ``../shared``); without one these tests are skipped, saying so. Nothing
-here is specific to the files chosen: every expected value is read from the Bundle by the reader below.
+The Bundles come from ``smart-on-fhir/generated-sample-data`` (Apache-2.0, ``R4/SYNTHEA/*.json``): four of them,
+byte for byte, are in ``tests/data/synthea/`` (its README says which and why). Point ``GSHAP_SYNTHEA_DIR`` at a
+folder of others to run them instead (``shared/datasets/synthea/`` beside the checkout is read too when the
+project's folder is absent); without any, these tests are skipped, saying so. Nothing here is specific to the files
+chosen: every expected value is read from the Bundle by the reader below.
 """
 
 from __future__ import annotations
