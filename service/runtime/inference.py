@@ -79,10 +79,7 @@ def _require_finite(what: str, values: np.ndarray) -> None:
 def _all_finite(rows: list[list[float]]) -> bool:
     """Whether every number of ``rows`` (a ``tolist()``) is finite: for the few numbers of a request, a loop in C
     over the Python floats the answer is built from costs less than numpy's small-array calls."""
-    return all(all(map(_isfinite, row)) for row in rows)
-
-
-_isfinite = math.isfinite
+    return all(all(map(math.isfinite, row)) for row in rows)
 
 
 @dataclass(frozen=True)
@@ -423,7 +420,7 @@ class InferenceRuntime:
         calibration = self.bundle.calibration.name
         logits = np.asarray(logits, dtype=np.float64)
         logit_list = logits.tolist()
-        if not all(map(_isfinite, logit_list)):
+        if not all(map(math.isfinite, logit_list)):
             _require_finite("logit", logits)
         out: list[Prediction] = []
         rows = batch.raw.tolist()
@@ -493,7 +490,7 @@ class InferenceRuntime:
         attribution_rows, value_list = attributions.tolist(), output_values.tolist()
         if not _all_finite(attribution_rows):
             _require_finite("attribution", attributions)
-        if not all(map(_isfinite, value_list)):
+        if not all(map(math.isfinite, value_list)):
             _require_finite("output value", output_values)
         out: list[RecordExplanation] = []
         output, method = str(ex.output), str(ex.method)

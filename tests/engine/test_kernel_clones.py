@@ -17,6 +17,7 @@ import importlib.util
 import shutil
 import subprocess
 import sysconfig
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
@@ -29,7 +30,17 @@ from service.engine.gradient_shap import GradientShapEngine
 from service.model.store import load_bundle
 
 SOURCE = Path(_exact.__file__).with_name("_exact.c")
-FLAGS = ["-shared", "-fPIC", "-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c11", "-DGSHAP_NO_CLONES", "-pthread"]
+
+
+def _install_flags() -> list[str]:
+    """The compile flags the install builds the kernel with (pyproject.toml's ext-modules entry), so that every
+    build here differs from the installed one only by its instruction set."""
+    modules = tomllib.loads((SOURCE.parents[2] / "pyproject.toml").read_text())["tool"]["setuptools"]["ext-modules"]
+    [kernel] = [m for m in modules if m["name"] == "service.engine._exact"]
+    return list(kernel["extra-compile-args"])
+
+
+FLAGS = ["-shared", "-fPIC", *_install_flags(), "-DGSHAP_NO_CLONES", "-pthread"]
 
 # -march for each build, and the /proc/cpuinfo flags a CPU needs to run it
 TARGETS = {
